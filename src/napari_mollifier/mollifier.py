@@ -1,0 +1,531 @@
+"""Mollified derivatives: ``d^alpha u = g (*) K_alpha`` by one convolution per requested derivative.
+
+``derivatives`` (numpy or torch in, the same type out) and the ``Mollifier`` module share one engine:
+
+* kernels come from :mod:`napari_mollifier.kernels` (moment-corrected, correlation form, pixel units) and are
+  divided by ``prod(h_i ** alpha_i)`` so that results are in the image's physical units;
+* the field is padded by the kernel half-width with the chosen boundary mode and correlated with all kernels at
+  once, directly (``conv{1,2,3}d``) for small kernels or by FFT for large ones;
+* in mask mode the convolution sees only pixels inside the mask (normalised convolution), and near the mask's
+  edge the moment correction is solved again pixel by pixel, so derivatives of polynomials of degree
+  ``<= order + 1`` stay exact up to an irregular edge. Outside the mask the output is NaN.
+
+Everything is differentiable with respect to the field (gradients flow through convolutions and FFTs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import MollifierInputError
+from .kernels import (
+    MAX_ORDER,
+    analytic_kernel,
+    correction_coefficients,
+    corrected_kernel,
+    half_width,
+    moment_targets,
+    monomials,
+    multi_indices,
+    parse_kernel,
+)
+
+__all__ = ["derivatives", "Mollifier", "default_keys", "key_terms", "BOUNDARIES", "AXIS_LETTERS"]
+
+BOUNDARIES = ("reflect", "replicate", "periodic", "zeros")
+AXIS_LETTERS = {1: "x", 2: "yx", 3: "zyx"}
+_PAD_MODE = {"reflect": "reflect", "replicate": "replicate", "periodic": "circular", "zeros": "constant"}
+_EDGE_CHUNK = 8192  # edge pixels per batched moment solve in mask mode
+_RCOND = 1e-12  # smallest eigenvalue ratio of a local moment matrix accepted in mask mode
+
+
+def default_keys(ndim: int) -> tuple[str, ...]:
+    """Keys returned when ``which`` is not given: the smoothed field, all first and second derivatives,
+    the Laplacian and the bi-Laplacian."""
+    letters = AXIS_LETTERS[ndim]
+    first = tuple(reversed(letters))  # x, y, z
+    second = tuple(a + a for a in first) + tuple(
+        "".join(sorted(a + b, key=letters[::-1].index)) for i, a in enumerate(first) for b in first[i + 1 :]
+    )
+    return ("u",) + first + second + ("lap", "biharm")
+
+
+def key_terms(key: str, ndim: int) -> list[tuple[tuple[int, ...], float]]:
+    """A derivative key as a sum of ``(alpha, coefficient)`` pure/mixed partial derivatives.
+
+    ``"u"`` -> the smoothed field; a string of axis letters (``"x"``, ``"xy"``, ``"xxyy"``, ``"zzz"``...) -> that
+    partial derivative; ``"lap"`` = ``sum_i d_ii``; ``"biharm"`` = ``lap(lap)`` = ``sum_i d_iiii + 2 sum_{i<j} d_iijj``.
+    ``alpha`` is in array-axis order (``(a_y, a_x)`` in 2-D).
+    """
+    letters = AXIS_LETTERS[ndim]
+    unit = [tuple(int(j == i) for j in range(ndim)) for i in range(ndim)]
+    if key == "u":
+        return [((0,) * ndim, 1.0)]
+    if key == "lap":
+        return [(tuple(2 * v for v in e), 1.0) for e in unit]
+    if key == "biharm":
+        terms = [(tuple(4 * v for v in e), 1.0) for e in unit]
+        terms += [
+            (tuple(2 * (a + b) for a, b in zip(unit[i], unit[j])), 2.0) for i in range(ndim) for j in range(i + 1, ndim)
+        ]
+        return terms
+    if not key or any(c not in letters for c in key):
+        raise MollifierInputError(
+            f"unknown derivative key {key!r} for {ndim}-D data: use 'u', 'lap', 'biharm' or letters from {letters!r}"
+        )
+    if len(key) > MAX_ORDER:
+        raise MollifierInputError(f"derivative {key!r} has order {len(key)}; the maximum is {MAX_ORDER}")
+    return [(tuple(key.count(c) for c in letters), 1.0)]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything about a derivative request that does not depend on the data."""
+
+    ndim: int
+    radius: float
+    spacing: tuple[float, ...]
+    kernel: str
+    boundary: str
+    keys: tuple[str, ...]
+    method: str
+
+    @property
+    def half(self) -> int:
+        return half_width(self.radius)
+
+    @property
+    def alphas(self) -> list[tuple[int, ...]]:
+        seen: dict = {}
+        for key in self.keys:
+            for alpha, _ in key_terms(key, self.ndim):
+                seen[alpha] = None
+        return list(seen)
+
+    @property
+    def order(self) -> int:
+        return max(sum(a) for a in self.alphas)
+
+    def weight(self, alpha: tuple[int, ...]) -> float:
+        """``1 / prod(h_i ** alpha_i)``: pixel-unit derivatives to physical units."""
+        return 1.0 / math.prod(h**a for h, a in zip(self.spacing, alpha))
+
+    def key_combination(self, dtype, device) -> torch.Tensor:
+        """Matrix ``(n_keys, n_alphas)`` mapping per-alpha pixel-unit outputs to physical-unit keys."""
+        alphas = self.alphas
+        comb = torch.zeros(len(self.keys), len(alphas), dtype=dtype, device=device)
+        for i, key in enumerate(self.keys):
+            for alpha, coef in key_terms(key, self.ndim):
+                comb[i, alphas.index(alpha)] += coef * self.weight(alpha)
+        return comb
+
+    def key_kernels(self, dtype, device) -> torch.Tensor:
+        """Physical-unit correlation kernels, one per key: ``(n_keys, *window)``."""
+        stack = np.stack([corrected_kernel(self.kernel, self.radius, a) for a in self.alphas])
+        comb = self.key_combination(torch.float64, "cpu").numpy()
+        return torch.as_tensor(np.tensordot(comb, stack, axes=1), dtype=dtype, device=device)
+
+
+def _make_plan(radius, spacing, kernel, boundary, which, ndim, method, spatial_shape) -> _Plan:
+    parse_kernel(kernel)
+    if boundary not in BOUNDARIES:
+        raise MollifierInputError(f"unknown boundary {boundary!r}: use one of {BOUNDARIES} (or pass a mask)")
+    if method not in ("auto", "direct", "fft"):
+        raise MollifierInputError(f"unknown method {method!r}: use 'auto', 'direct' or 'fft'")
+    spacing_t = _spacing(spacing, ndim)
+    keys = tuple(default_keys(ndim) if which is None else ((which,) if isinstance(which, str) else tuple(which)))
+    if not keys:
+        raise MollifierInputError("`which` is empty: ask for at least one derivative key, e.g. which=('lap',)")
+    for key in keys:
+        key_terms(key, ndim)
+    try:
+        radius = float(radius)
+    except (TypeError, ValueError):
+        raise MollifierInputError(f"radius must be a number of pixels, got {radius!r}") from None
+    plan = _Plan(ndim, radius, spacing_t, kernel, boundary, keys, method)
+    if not math.isfinite(radius) or radius < plan.order + 1:
+        raise MollifierInputError(
+            f"radius {radius} px is too small for derivatives of order {plan.order} "
+            f"(keys {keys}): use radius >= {plan.order + 1} px"
+        )
+    if any(radius > n for n in spatial_shape):
+        raise MollifierInputError(
+            f"radius {radius} px is larger than the image ({tuple(spatial_shape)} px): use a smaller radius"
+        )
+    return plan
+
+
+def _spacing(spacing, ndim: int) -> tuple[float, ...]:
+    values = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+    if values.ndim != 1 or values.size not in (1, ndim):
+        raise MollifierInputError(f"spacing must be one number or {ndim} numbers (one per axis), got {spacing!r}")
+    if not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise MollifierInputError(f"spacing must be positive and finite, got {spacing!r}")
+    return tuple(float(v) for v in np.broadcast_to(values, (ndim,)))
+
+
+def _infer_ndim(field_ndim: int, spacing, mask, ndim) -> int:
+    if ndim is None:
+        if mask is not None:
+            ndim = np.ndim(mask) if not isinstance(mask, torch.Tensor) else mask.dim()
+        elif np.ndim(spacing) == 1 and len(spacing) > 1:
+            ndim = len(spacing)
+        else:
+            ndim = min(field_ndim, 2)
+    if ndim not in (1, 2, 3):
+        raise MollifierInputError(f"only 1-D, 2-D and 3-D fields are supported, got ndim={ndim}")
+    if field_ndim < ndim:
+        raise MollifierInputError(
+            f"field has {field_ndim} dimension(s) but {ndim}-D derivatives were asked for: "
+            f"pass an array shaped (..., {', '.join(AXIS_LETTERS[ndim])})"
+        )
+    return ndim
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Valid-mode correlation of ``x`` ``(B, 1, *P)`` with ``weight`` ``(K, *k)`` -> ``(B, K, *(P - k + 1))``."""
+    conv = (F.conv1d, F.conv2d, F.conv3d)[weight.dim() - 2]
+    return conv(x, weight.unsqueeze(1))
+
+
+def _fft_correlate(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Same as :func:`_conv`, by ``irfft(rfft(x) * conj(rfft(weight)))`` (circular, cropped to the valid part)."""
+    d = weight.dim() - 1
+    dims = tuple(range(-d, 0))
+    size = x.shape[-d:]
+    spec_x = torch.fft.rfftn(x, s=size, dim=dims)
+    spec_w = torch.fft.rfftn(weight, s=size, dim=dims)
+    out = torch.fft.irfftn(spec_x * spec_w.conj().unsqueeze(0), s=size, dim=dims)
+    valid = tuple(slice(0, n - k + 1) for n, k in zip(size, weight.shape[1:]))
+    return out[(Ellipsis,) + valid]
+
+
+def _use_fft(method: str, weight: torch.Tensor, padded_shape) -> bool:
+    """Direct cost ~ taps * K per pixel; FFT cost ~ (K + 1) transforms of ~ 5 log2(N) flops per pixel."""
+    if method != "auto":
+        return method == "fft"
+    taps = math.prod(weight.shape[1:])
+    n_kernels = weight.shape[0]
+    n_pix = math.prod(padded_shape)
+    return taps * n_kernels > 3.0 * (n_kernels + 1) * math.log2(max(n_pix, 2))
+
+
+def _correlate(x: torch.Tensor, weight: torch.Tensor, method: str) -> torch.Tensor:
+    if _use_fft(method, weight, x.shape[2:]):
+        return _fft_correlate(x, weight)
+    return _conv(x, weight)
+
+
+def _pad(x: torch.Tensor, half: int, boundary: str) -> torch.Tensor:
+    pads = [half] * (2 * (x.dim() - 2))
+    if half == 0:
+        return x
+    return F.pad(x, pads, mode=_PAD_MODE[boundary])
+
+
+def _apply(x: torch.Tensor, plan: _Plan, mask: torch.Tensor | None) -> torch.Tensor:
+    """Core: ``x`` ``(B, 1, *S)`` floating -> ``(B, n_keys, *S)`` in physical units."""
+    if mask is None:
+        weight = plan.key_kernels(x.dtype, x.device)
+        return _correlate(_pad(x, plan.half, plan.boundary), weight, plan.method)
+    return _apply_masked(x, plan, mask)
+
+
+def _apply_masked(x: torch.Tensor, plan: _Plan, mask: torch.Tensor) -> torch.Tensor:
+    """Normalised convolution inside ``mask`` ``(1 or B, 1, *S)`` with per-pixel moment re-correction.
+
+    For each derivative ``alpha`` (order n, D = n + 1) the kernel at pixel p is
+    ``m(p + x) [A_alpha(x) + eta(x) sum_{|b|<=D} c_b(p) (x/R)^b]`` where ``A_alpha`` is the sampled analytic kernel
+    and ``c(p)`` solves ``G(p) c = t_alpha - a_alpha(p)`` with ``G_gb(p) = sum_x m(p+x) eta(x) (x/R)^(g+b)`` and
+    ``a_g(p) = sum_x m(p+x) A_alpha(x) (x/R)^g``. Where the window lies inside the mask this is exactly the
+    fixed corrected kernel; elsewhere ``G`` comes from convolutions of the mask. Pixels whose local ``G`` is
+    singular (too few mask pixels around them) are NaN, like pixels outside the mask.
+    """
+    ndim, half, radius = plan.ndim, plan.half, plan.radius
+    dtype, device = x.dtype, x.device
+    alphas = plan.alphas
+    d_max = plan.order + 1
+    betas = multi_indices(ndim, d_max)
+    axis = np.arange(-half, half + 1, dtype=np.float64)
+    coords = list(np.meshgrid(*([axis] * ndim), indexing="ij"))
+    eta = analytic_kernel(plan.kernel, radius, (0,) * ndim)
+    mono = monomials(coords, betas, radius)  # (nb, *w)
+    m = mask.to(dtype=dtype)
+    xm = torch.where(mask, x, torch.zeros((), dtype=dtype, device=device))
+    xm = _pad(xm, half, "zeros")
+    mp = _pad(m, half, "zeros")
+
+    # Field convolutions: with each analytic kernel, and with eta * monomial (the correction basis).
+    analytic = np.stack([analytic_kernel(plan.kernel, radius, a) for a in alphas])
+    field_basis = torch.as_tensor(np.concatenate([analytic, eta[None] * mono]), dtype=dtype, device=device)
+    conv_f = _correlate(xm, field_basis, plan.method)  # (B, na + nb, *S)
+    conv_a, conv_b = conv_f[:, : len(alphas)], conv_f[:, len(alphas) :]
+
+    # Interior coefficients: the fixed moment correction of each alpha (zero-padded to the full basis).
+    coef_interior = np.zeros((len(alphas), len(betas)))
+    for i, a in enumerate(alphas):
+        c = correction_coefficients(plan.kernel, radius, a)
+        coef_interior[i, : len(c)] = c
+
+    # Which mask pixels see the outside of the mask (or the image edge) within their window?
+    support = torch.as_tensor(eta > 0, dtype=dtype, device=device)[None]
+    inside_count = _correlate(mp, support, "auto")[:, 0]
+    mask_b = mask[:, 0]
+    edge = mask_b & (inside_count < support.sum() - 0.5)
+    coef = torch.as_tensor(coef_interior, dtype=dtype, device=device)  # (na, nb)
+    out_alpha = conv_a + torch.einsum("ab,nb...->na...", coef, conv_b)
+
+    if bool(edge.any()):
+        out_alpha = _edge_correction(out_alpha, conv_a, conv_b, edge, mp, plan, coords, eta, mono, betas)
+
+    comb = plan.key_combination(dtype, device)
+    out = torch.einsum("ka,na...->nk...", comb, out_alpha)
+    invalid = ~mask_b.unsqueeze(1) | torch.isnan(out)
+    return out.masked_fill(invalid, float("nan"))
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    return a.reshape(a.shape[0], -1)
+
+
+def _edge_correction(out_alpha, conv_a, conv_b, edge, mp, plan, coords, eta, mono, betas):
+    """Re-solve the moment correction at mask-edge pixels (float64 Gram systems, batched)."""
+    ndim, radius = plan.ndim, plan.radius
+    alphas = plan.alphas
+    dtype, device = out_alpha.dtype, out_alpha.device
+    nb = len(betas)
+    # Gram entries need eta * (x/R)^delta for |delta| <= 2 D; moments of A_alpha need A_alpha * (x/R)^g.
+    deltas = multi_indices(ndim, 2 * (plan.order + 1))
+    mono_delta = monomials(coords, deltas, radius)
+    analytic = [analytic_kernel(plan.kernel, radius, a) for a in alphas]
+    mask_basis = np.concatenate([eta[None] * mono_delta] + [a[None] * mono for a in analytic])
+    mp64 = mp.to(torch.float64)
+    mconv = _correlate(mp64, torch.as_tensor(mask_basis, dtype=torch.float64, device=device), plan.method)
+    # mconv: (Bm, n_delta + na * nb, *S), Bm is 1 when one mask serves the whole batch.
+    index = {d: i for i, d in enumerate(deltas)}
+    gram_index = torch.tensor(
+        [[index[tuple(g + b for g, b in zip(gi, bi))] for bi in betas] for gi in betas], device=device
+    )
+    out_alpha = out_alpha.clone()
+    n_batch = out_alpha.shape[0]
+    for bm in range(mconv.shape[0]):
+        pos = torch.nonzero(edge[bm], as_tuple=False)
+        for start in range(0, pos.shape[0], _EDGE_CHUNK):
+            chunk = tuple(pos[start : start + _EDGE_CHUNK].T)
+            vals = mconv[(bm, slice(None)) + chunk].T  # (E, n_basis)
+            gram_full = vals[:, gram_index]  # (E, nb, nb)
+            moments_a = vals[:, len(deltas) :].reshape(-1, len(alphas), nb)
+            batch_ids = range(n_batch) if mconv.shape[0] == 1 else [bm]
+            for i, a in enumerate(alphas):
+                k = len(multi_indices(ndim, sum(a) + 1))
+                gram = gram_full[:, :k, :k]
+                target = torch.as_tensor(moment_targets(a, betas[:k], radius), dtype=torch.float64, device=device)
+                rhs = target - moments_a[:, i, :k]
+                coef, ok = _safe_solve(gram, rhs)
+                coef = coef.to(dtype)
+                for bi in batch_ids:
+                    cb = conv_b[(bi, slice(0, k)) + chunk].T  # (E, k)
+                    value = conv_a[(bi, i) + chunk] + (coef * cb).sum(-1)
+                    value = torch.where(ok, value, torch.full_like(value, float("nan")))
+                    out_alpha[(bi, i) + chunk] = value
+    return out_alpha
+
+
+def _safe_solve(gram: torch.Tensor, rhs: torch.Tensor):
+    """Solve symmetric ``gram @ c = rhs`` per pixel; flag systems whose eigenvalue ratio is below ``_RCOND``."""
+    evals, evecs = torch.linalg.eigh(gram)
+    ok = evals[:, 0] > _RCOND * evals[:, -1].clamp_min(1e-300)
+    safe = torch.where(ok[:, None], evals, torch.ones_like(evals))
+    coef = evecs @ ((evecs.transpose(1, 2) @ rhs[..., None])[..., 0] / safe)[..., None]
+    return coef[..., 0], ok
+
+
+def _as_float_tensor(field):
+    """``(tensor, was_numpy, numpy_dtype)``; integer and bool inputs become floating point."""
+    if isinstance(field, torch.Tensor):
+        t = field
+        if not (t.is_floating_point()):
+            if t.is_complex():
+                raise MollifierInputError("complex fields are not supported: pass the real part or the magnitude")
+            t = t.to(torch.get_default_dtype())
+        elif t.dtype in (torch.float16, torch.bfloat16):
+            t = t.to(torch.float32)
+        return t, False
+    array = np.asarray(field)
+    if array.dtype == object or np.iscomplexobj(array):
+        raise MollifierInputError(f"field must be a real numeric array, got dtype {array.dtype}")
+    if array.dtype.kind in "biu" or array.dtype == np.float16:
+        array = array.astype(np.float64 if array.dtype.kind in "biu" else np.float32)
+    if array.dtype.kind != "f":
+        raise MollifierInputError(f"field must be a real numeric array, got dtype {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(array)), True
+
+
+def _mask_tensor(mask, spatial_shape, batch_shape, device) -> torch.Tensor:
+    m = mask if isinstance(mask, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(np.asarray(mask)))
+    if m.dtype != torch.bool:
+        if m.is_floating_point() and not bool(torch.all((m == 0) | (m == 1))):
+            raise MollifierInputError("mask must be boolean (or 0/1): use roi > 0 for a label image")
+        m = m != 0
+    m = m.to(device)
+    nd = len(spatial_shape)
+    if tuple(m.shape) == tuple(spatial_shape):
+        m = m.reshape((1, 1) + tuple(spatial_shape))
+    elif tuple(m.shape) == tuple(batch_shape) + tuple(spatial_shape):
+        m = m.reshape((-1, 1) + tuple(spatial_shape))
+    else:
+        raise MollifierInputError(
+            f"mask shape {tuple(m.shape)} matches neither the image {tuple(spatial_shape)} "
+            f"nor the whole field {tuple(batch_shape) + tuple(spatial_shape)} ({nd}-D derivatives)"
+        )
+    empty = ~m.reshape(m.shape[0], -1).any(dim=1)
+    if bool(empty.any()):
+        raise MollifierInputError("mask is empty (no pixel inside): draw an ROI that covers part of the image")
+    return m
+
+
+def _check_finite(x: torch.Tensor, mask: torch.Tensor | None) -> None:
+    bad = ~torch.isfinite(x)
+    if mask is not None:
+        bad = bad & mask
+    if bool(bad.any()):
+        where = "inside the mask " if mask is not None else ""
+        raise MollifierInputError(
+            f"field has {int(bad.sum())} NaN/inf pixel(s) {where}: fill or mask them "
+            "(pass mask=... so that only finite pixels are used)"
+        )
+
+
+def derivatives(
+    field,
+    radius: float,
+    spacing=1.0,
+    kernel: str = "poly",
+    boundary: str = "reflect",
+    mask=None,
+    which=None,
+    *,
+    ndim: int | None = None,
+    method: str = "auto",
+) -> dict:
+    """Mollified field and derivatives, ``d^alpha u = g (*) d^alpha eta``, in the image's physical units.
+
+    Parameters
+    ----------
+    field : numpy.ndarray or torch.Tensor
+        Shape ``(..., y, x)`` (2-D), ``(..., z, y, x)`` (3-D) or ``(..., x)`` (1-D); leading axes are a batch.
+        Integer and bool arrays are converted to floating point.
+    radius : float
+        Kernel support radius in pixels, at least ``order + 1`` and at most the image size.
+    spacing : float or sequence of float
+        Physical pixel size per axis (``(dz, dy, dx)``); a k-th derivative is divided by ``h^k``.
+    kernel : str
+        ``"poly"`` (``(1 - r^2)^8``), ``"poly<k>"`` or ``"bump"`` (``exp(-1 / (1 - r^2))``).
+    boundary : str
+        Padding outside the image: ``"reflect"``, ``"replicate"``, ``"periodic"`` or ``"zeros"``. Ignored with a
+        ``mask``, which treats everything outside the mask (and the image) as missing.
+    mask : array of bool, optional
+        ROI or nucleus, shaped like the image (or the whole field). Only pixels inside it are used; the output
+        is NaN outside it. Field values outside the mask may be NaN.
+    which : sequence of str, optional
+        Keys: ``"u"``, axis-letter derivatives (``"x"``, ``"yy"``, ``"xy"``, ``"xxyy"``...), ``"lap"``,
+        ``"biharm"``. Default: ``u``, first and second derivatives, ``lap``, ``biharm``.
+    ndim : int, optional
+        Number of spatial axes; by default ``len(spacing)`` when a sequence is given, else the mask's ndim,
+        else 2 (1 for 1-D input).
+    method : str
+        ``"auto"`` (direct convolution for small kernels, FFT for large), ``"direct"`` or ``"fft"``.
+
+    Returns
+    -------
+    dict
+        ``{key: array}`` of the same type (numpy or torch), dtype and shape as the (floating) input.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y, x = np.mgrid[0:64, 0:64] * 0.5           # pixel size 0.5
+    >>> d = derivatives(x**2 + 3 * x * y, radius=6, spacing=0.5, which=("xx", "xy", "lap"))
+    >>> [round(float(d[k][32, 32]), 9) for k in ("xx", "xy", "lap")]
+    [2.0, 3.0, 2.0]
+    """
+    tensor, was_numpy = _as_float_tensor(field)
+    nd = _infer_ndim(tensor.dim(), spacing, mask, ndim)
+    spatial = tuple(tensor.shape[-nd:])
+    batch = tuple(tensor.shape[:-nd])
+    plan = _make_plan(radius, spacing, kernel, boundary, which, nd, method, spatial)
+    m = None if mask is None else _mask_tensor(mask, spatial, batch, tensor.device)
+    x = tensor.reshape((-1, 1) + spatial)
+    _check_finite(x, m)
+    out = _apply(x, plan, m)
+    result = {key: out[:, i].reshape(batch + spatial) for i, key in enumerate(plan.keys)}
+    if was_numpy:
+        return {k: v.detach().cpu().numpy() for k, v in result.items()}
+    return result
+
+
+class Mollifier(torch.nn.Module):
+    """Mollifier layer: ``(batch, channel, *spatial)`` tensor -> dict of derivative tensors of the same shape.
+
+    The kernels are fixed (built once, registered as a buffer so ``.to(device)`` moves them); gradients flow to
+    the input, so a base network can be trained through the layer. Arguments as in :func:`derivatives`.
+
+    Examples
+    --------
+    >>> layer = Mollifier(radius=5, which=("u", "lap"))
+    >>> out = layer(torch.zeros(2, 3, 32, 32))
+    >>> tuple(out["lap"].shape)
+    (2, 3, 32, 32)
+    """
+
+    def __init__(
+        self,
+        radius: float,
+        spacing=1.0,
+        kernel: str = "poly",
+        boundary: str = "reflect",
+        which=None,
+        ndim: int = 2,
+        method: str = "auto",
+    ):
+        super().__init__()
+        spatial = (int(math.ceil(float(radius))),) * ndim  # placeholder shape: the real check is in forward
+        self.plan = _make_plan(radius, spacing, kernel, boundary, which, ndim, method, spatial)
+        # float64 master copy, cast to the input's dtype in forward (module.to(float32) must not lose precision
+        # for a later float64 input)
+        self.register_buffer("weight", self.plan.key_kernels(torch.float64, "cpu"), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        weight = self.weight
+        super()._apply(fn, recurse)
+        self.weight = weight.to(device=self.weight.device)  # keep float64 whatever dtype cast was applied
+        return self
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return self.plan.keys
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+        nd = self.plan.ndim
+        if x.dim() != nd + 2:
+            raise MollifierInputError(
+                f"Mollifier expects (batch, channel, {', '.join(AXIS_LETTERS[nd])}) with {nd + 2} dimensions, "
+                f"got shape {tuple(x.shape)}"
+            )
+        spatial = tuple(x.shape[2:])
+        if any(self.plan.radius > n for n in spatial):
+            raise MollifierInputError(f"radius {self.plan.radius} px is larger than the input {spatial}")
+        flat = x.reshape((-1, 1) + spatial)
+        if mask is None:
+            weight = self.weight.to(dtype=flat.dtype, device=flat.device)
+            out = _correlate(_pad(flat, self.plan.half, self.plan.boundary), weight, self.plan.method)
+        else:
+            m = _mask_tensor(mask, spatial, tuple(x.shape[:2]), x.device)
+            out = _apply_masked(flat, self.plan, m)
+        out = out.reshape(tuple(x.shape[:2]) + (len(self.plan.keys),) + spatial)
+        return {key: out[:, :, i] for i, key in enumerate(self.plan.keys)}
