@@ -5,6 +5,19 @@ The compute core (this package without ``_napari``) imports neither Qt nor napar
 
 from ._version import __version__
 from .errors import MollifierInputError, RunCancelled
+from .models import MODELS, get_model
 from .mollifier import Mollifier, derivatives
+from .result import RateResult
+from .solve import infer_rates
 
-__all__ = ["__version__", "derivatives", "Mollifier", "MollifierInputError", "RunCancelled"]
+__all__ = [
+    "__version__",
+    "derivatives",
+    "Mollifier",
+    "infer_rates",
+    "RateResult",
+    "MODELS",
+    "get_model",
+    "MollifierInputError",
+    "RunCancelled",
+]

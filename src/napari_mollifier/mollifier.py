@@ -15,7 +15,9 @@ Everything is differentiable with respect to the field (gradients flow through c
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -243,76 +245,94 @@ def _apply_masked(x: torch.Tensor, plan: _Plan, mask: torch.Tensor) -> torch.Ten
     ``m(p + x) [A_alpha(x) + eta(x) sum_{|b|<=D} c_b(p) (x/R)^b]`` where ``A_alpha`` is the sampled analytic kernel
     and ``c(p)`` solves ``G(p) c = t_alpha - a_alpha(p)`` with ``G_gb(p) = sum_x m(p+x) eta(x) (x/R)^(g+b)`` and
     ``a_g(p) = sum_x m(p+x) A_alpha(x) (x/R)^g``. Where the window lies inside the mask this is exactly the
-    fixed corrected kernel; elsewhere ``G`` comes from convolutions of the mask. Pixels whose local ``G`` is
-    singular (too few mask pixels around them) are NaN, like pixels outside the mask.
+    fixed corrected kernel. The coefficients depend on the mask only and are cached, so many fields on one mask
+    (bootstrap samples, training steps) cost one convolution each. Pixels whose local ``G`` is singular (too few
+    mask pixels around them) are NaN, like pixels outside the mask.
     """
-    ndim, half, radius = plan.ndim, plan.half, plan.radius
-    dtype, device = x.dtype, x.device
-    alphas = plan.alphas
-    d_max = plan.order + 1
-    betas = multi_indices(ndim, d_max)
-    axis = np.arange(-half, half + 1, dtype=np.float64)
-    coords = list(np.meshgrid(*([axis] * ndim), indexing="ij"))
+    dtype = x.dtype
+    coef, valid = _mask_coefficients(plan, mask, dtype, x.device)
+    n_alpha = len(plan.alphas)
+    xm = _pad(torch.where(mask, x, torch.zeros((), dtype=dtype, device=x.device)), plan.half, "zeros")
+    conv_f = _correlate(xm, _field_basis(plan, dtype, x.device), plan.method)  # (B, na + nb, *S)
+    conv_a, conv_b = conv_f[:, :n_alpha], conv_f[:, n_alpha:]
+    if coef.shape[0] == 1:
+        out_alpha = conv_a + torch.einsum("ab...,nb...->na...", coef[0], conv_b)
+    else:
+        out_alpha = conv_a + torch.einsum("nab...,nb...->na...", coef, conv_b)
+    out = torch.einsum("ka,na...->nk...", plan.key_combination(dtype, x.device), out_alpha)
+    return out.masked_fill(~valid.unsqueeze(1), float("nan"))
+
+
+def _field_basis(plan: _Plan, dtype, device) -> torch.Tensor:
+    """Kernels the masked field is correlated with: each analytic ``A_alpha``, then ``eta (x/R)^b``."""
+    ndim, radius = plan.ndim, plan.radius
     eta = analytic_kernel(plan.kernel, radius, (0,) * ndim)
-    mono = monomials(coords, betas, radius)  # (nb, *w)
-    m = mask.to(dtype=dtype)
-    xm = torch.where(mask, x, torch.zeros((), dtype=dtype, device=device))
-    xm = _pad(xm, half, "zeros")
-    mp = _pad(m, half, "zeros")
+    betas = multi_indices(ndim, plan.order + 1)
+    mono = monomials(_window(plan), betas, radius)
+    analytic = np.stack([analytic_kernel(plan.kernel, radius, a) for a in plan.alphas])
+    return torch.as_tensor(np.concatenate([analytic, eta[None] * mono]), dtype=dtype, device=device)
 
-    # Field convolutions: with each analytic kernel, and with eta * monomial (the correction basis).
-    analytic = np.stack([analytic_kernel(plan.kernel, radius, a) for a in alphas])
-    field_basis = torch.as_tensor(np.concatenate([analytic, eta[None] * mono]), dtype=dtype, device=device)
-    conv_f = _correlate(xm, field_basis, plan.method)  # (B, na + nb, *S)
-    conv_a, conv_b = conv_f[:, : len(alphas)], conv_f[:, len(alphas) :]
 
-    # Interior coefficients: the fixed moment correction of each alpha (zero-padded to the full basis).
-    coef_interior = np.zeros((len(alphas), len(betas)))
+def _window(plan: _Plan) -> list[np.ndarray]:
+    axis = np.arange(-plan.half, plan.half + 1, dtype=np.float64)
+    return list(np.meshgrid(*([axis] * plan.ndim), indexing="ij"))
+
+
+_MASK_CACHE: OrderedDict = OrderedDict()
+_MASK_CACHE_SIZE = 12
+
+
+def _mask_coefficients(plan: _Plan, mask: torch.Tensor, dtype, device):
+    """Per-pixel correction coefficients ``(Bm, n_alpha, n_basis, *S)`` and validity ``(Bm, *S)`` for a mask."""
+    digest = hashlib.sha1(mask.detach().cpu().numpy().tobytes()).hexdigest()
+    key = (plan.ndim, plan.radius, plan.kernel, tuple(plan.alphas), tuple(mask.shape), digest, dtype, str(device))
+    if key in _MASK_CACHE:
+        _MASK_CACHE.move_to_end(key)
+        return _MASK_CACHE[key]
+    ndim, radius, alphas = plan.ndim, plan.radius, plan.alphas
+    betas = multi_indices(ndim, plan.order + 1)
+    eta = analytic_kernel(plan.kernel, radius, (0,) * ndim)
+    mp = _pad(mask.to(torch.float64), plan.half, "zeros")
+
+    # Interior: the fixed moment correction of each alpha (zero-padded to the full basis).
+    interior = np.zeros((len(alphas), len(betas)))
     for i, a in enumerate(alphas):
         c = correction_coefficients(plan.kernel, radius, a)
-        coef_interior[i, : len(c)] = c
+        interior[i, : len(c)] = c
+    spatial = tuple(mask.shape[2:])
+    coef = torch.as_tensor(interior, dtype=torch.float64, device=device)
+    coef = coef.reshape((1,) + coef.shape + (1,) * ndim).repeat((mask.shape[0], 1, 1) + spatial)
 
-    # Which mask pixels see the outside of the mask (or the image edge) within their window?
-    support = torch.as_tensor(eta > 0, dtype=dtype, device=device)[None]
-    inside_count = _correlate(mp, support, "auto")[:, 0]
-    mask_b = mask[:, 0]
-    edge = mask_b & (inside_count < support.sum() - 0.5)
-    coef = torch.as_tensor(coef_interior, dtype=dtype, device=device)  # (na, nb)
-    out_alpha = conv_a + torch.einsum("ab,nb...->na...", coef, conv_b)
-
+    # Mask pixels that see the outside of the mask (or the image edge) within their window: solve again.
+    support = torch.as_tensor(eta > 0, dtype=torch.float64, device=device)[None]
+    inside_count = _correlate(mp, support, plan.method)[:, 0]
+    edge = mask[:, 0] & (inside_count < support.sum() - 0.5)
+    valid = mask[:, 0].clone()
     if bool(edge.any()):
-        out_alpha = _edge_correction(out_alpha, conv_a, conv_b, edge, mp, plan, coords, eta, mono, betas)
-
-    comb = plan.key_combination(dtype, device)
-    out = torch.einsum("ka,na...->nk...", comb, out_alpha)
-    invalid = ~mask_b.unsqueeze(1) | torch.isnan(out)
-    return out.masked_fill(invalid, float("nan"))
-
-
-def _flat(a: np.ndarray) -> np.ndarray:
-    return a.reshape(a.shape[0], -1)
+        _solve_edge(coef, valid, edge, mp, plan, betas, eta)
+    result = (coef.to(dtype), valid)
+    _MASK_CACHE[key] = result
+    if len(_MASK_CACHE) > _MASK_CACHE_SIZE:
+        _MASK_CACHE.popitem(last=False)
+    return result
 
 
-def _edge_correction(out_alpha, conv_a, conv_b, edge, mp, plan, coords, eta, mono, betas):
-    """Re-solve the moment correction at mask-edge pixels (float64 Gram systems, batched)."""
-    ndim, radius = plan.ndim, plan.radius
-    alphas = plan.alphas
-    dtype, device = out_alpha.dtype, out_alpha.device
+def _solve_edge(coef, valid, edge, mp, plan, betas, eta) -> None:
+    """Fill ``coef`` and ``valid`` at edge pixels from batched float64 local moment systems."""
+    ndim, radius, alphas = plan.ndim, plan.radius, plan.alphas
+    device = coef.device
+    coords = _window(plan)
     nb = len(betas)
-    # Gram entries need eta * (x/R)^delta for |delta| <= 2 D; moments of A_alpha need A_alpha * (x/R)^g.
+    # Gram entries need eta (x/R)^delta for |delta| <= 2 D; the moments of A_alpha need A_alpha (x/R)^g.
     deltas = multi_indices(ndim, 2 * (plan.order + 1))
-    mono_delta = monomials(coords, deltas, radius)
     analytic = [analytic_kernel(plan.kernel, radius, a) for a in alphas]
-    mask_basis = np.concatenate([eta[None] * mono_delta] + [a[None] * mono for a in analytic])
-    mp64 = mp.to(torch.float64)
-    mconv = _correlate(mp64, torch.as_tensor(mask_basis, dtype=torch.float64, device=device), plan.method)
-    # mconv: (Bm, n_delta + na * nb, *S), Bm is 1 when one mask serves the whole batch.
+    mono = monomials(coords, betas, radius)
+    basis = np.concatenate([eta[None] * monomials(coords, deltas, radius)] + [a[None] * mono for a in analytic])
+    mconv = _correlate(mp, torch.as_tensor(basis, dtype=torch.float64, device=device), plan.method)
     index = {d: i for i, d in enumerate(deltas)}
     gram_index = torch.tensor(
         [[index[tuple(g + b for g, b in zip(gi, bi))] for bi in betas] for gi in betas], device=device
     )
-    out_alpha = out_alpha.clone()
-    n_batch = out_alpha.shape[0]
     for bm in range(mconv.shape[0]):
         pos = torch.nonzero(edge[bm], as_tuple=False)
         for start in range(0, pos.shape[0], _EDGE_CHUNK):
@@ -320,20 +340,16 @@ def _edge_correction(out_alpha, conv_a, conv_b, edge, mp, plan, coords, eta, mon
             vals = mconv[(bm, slice(None)) + chunk].T  # (E, n_basis)
             gram_full = vals[:, gram_index]  # (E, nb, nb)
             moments_a = vals[:, len(deltas) :].reshape(-1, len(alphas), nb)
-            batch_ids = range(n_batch) if mconv.shape[0] == 1 else [bm]
+            ok_all = torch.ones(vals.shape[0], dtype=torch.bool, device=device)
             for i, a in enumerate(alphas):
                 k = len(multi_indices(ndim, sum(a) + 1))
-                gram = gram_full[:, :k, :k]
                 target = torch.as_tensor(moment_targets(a, betas[:k], radius), dtype=torch.float64, device=device)
-                rhs = target - moments_a[:, i, :k]
-                coef, ok = _safe_solve(gram, rhs)
-                coef = coef.to(dtype)
-                for bi in batch_ids:
-                    cb = conv_b[(bi, slice(0, k)) + chunk].T  # (E, k)
-                    value = conv_a[(bi, i) + chunk] + (coef * cb).sum(-1)
-                    value = torch.where(ok, value, torch.full_like(value, float("nan")))
-                    out_alpha[(bi, i) + chunk] = value
-    return out_alpha
+                c, ok = _safe_solve(gram_full[:, :k, :k], target - moments_a[:, i, :k])
+                full = torch.zeros(c.shape[0], nb, dtype=torch.float64, device=device)
+                full[:, :k] = c
+                coef[(bm, i, slice(None)) + chunk] = full.T
+                ok_all &= ok
+            valid[(bm,) + chunk] = ok_all
 
 
 def _safe_solve(gram: torch.Tensor, rhs: torch.Tensor):

@@ -1,0 +1,34 @@
+"""Euchromatin balance (2nd order): ``l2 lap(phi_e) = lambda phi_e - phi_h``.
+
+Closed form ``lambda = (phi_h + l2 lap(phi_e)) / phi_e``. ``l2 = D / G_ac`` is a squared length; the default 1.04
+is in the reference data's box units (10 x 10 box) and was calibrated on the authors' finite-element states
+(SCIENCE.md section 2); pass it in your pixel-size units for real images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .base import Coefficient, Model
+
+
+@dataclass(frozen=True)
+class ChromatinBalance(Model):
+    name: str = "chromatin-balance"
+    summary: str = "l2 lap(phi_e) = lambda phi_e - phi_h (2nd order)"
+    inputs: tuple = ("phi_h", "phi_e")
+    coefficients: dict = field(
+        default_factory=lambda: {"l2": Coefficient(1.04, 2, "D / G_ac, squared length (pixel-size units squared)")}
+    )
+
+    def needs(self, ndim):
+        return {"phi_h": ("u",), "phi_e": ("u", "lap")}
+
+    def rate(self, d, params):
+        return (d["phi_h"]["u"] + params["l2"] * d["phi_e"]["lap"]) / d["phi_e"]["u"]
+
+    def residual(self, d, rate, params):
+        return params["l2"] * d["phi_e"]["lap"] - rate * d["phi_e"]["u"] + d["phi_h"]["u"]
+
+    def denominator(self, d, params):
+        return d["phi_e"]["u"]

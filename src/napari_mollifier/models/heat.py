@@ -1,0 +1,31 @@
+"""Steady heat equation with spatially varying diffusivity (2nd order): ``0 = lambda lap(u) + m``.
+
+Closed form ``lambda = -m / lap(u)``; undefined where ``lap(u) ~ 0``. ``m`` is the source field, in the units of
+``u`` per unit time; ``lambda`` is in squared length (pixel-size units) per unit time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .base import Model
+
+
+@dataclass(frozen=True)
+class Heat(Model):
+    name: str = "heat"
+    summary: str = "0 = lambda lap(u) + m (2nd order)"
+    inputs: tuple = ("u", "m")
+    coefficients: dict = field(default_factory=dict)
+
+    def needs(self, ndim):
+        return {"u": ("lap",), "m": ("u",)}
+
+    def rate(self, d, params):
+        return -d["m"]["u"] / d["u"]["lap"]
+
+    def residual(self, d, rate, params):
+        return rate * d["u"]["lap"] + d["m"]["u"]
+
+    def denominator(self, d, params):
+        return d["u"]["lap"]

@@ -1,0 +1,34 @@
+"""Langevin-type growth (1st order in time): ``u_t = u + lambda(t)``.
+
+The field is a 1-D time series ``u(t)`` sampled every ``pixel_size`` time units; closed form
+``lambda = u_t - u``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .base import Model
+
+
+@dataclass(frozen=True)
+class Langevin(Model):
+    name: str = "langevin"
+    summary: str = "u_t = u + lambda(t) (1st order, 1-D in time)"
+    inputs: tuple = ("u",)
+    coefficients: dict = field(default_factory=dict)
+    ndim: int = 1
+
+    def needs(self, ndim):
+        return {"u": ("u", "x")}
+
+    def rate(self, d, params):
+        return d["u"]["x"] - d["u"]["u"]
+
+    def residual(self, d, rate, params):
+        return d["u"]["x"] - d["u"]["u"] - rate
+
+    def denominator(self, d, params):
+        return torch.ones_like(d["u"]["u"])

@@ -1,0 +1,65 @@
+"""The outcome of a rate inference: maps, the radius used, per-ROI statistics and provenance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["RateResult"]
+
+
+@dataclass
+class RateResult:
+    """Rate map with its uncertainty and PDE residual, all shaped like the input image (NaN outside the ROI).
+
+    Attributes
+    ----------
+    rate : ndarray
+        The inferred rate (``lambda = G_me / G_ac`` for the chromatin models; see the model for units).
+    uncertainty : ndarray
+        One standard deviation of ``rate`` (parametric bootstrap; see ``provenance["uncertainty"]``).
+    residual : ndarray
+        PDE residual with the reported rate smoothed at the kernel scale (zero where the model holds there).
+    fields : dict of str -> ndarray
+        The mollified input fields (``"phi_h"``, ``"phi_e"``... smoothed by the kernel).
+    radius : float
+        Kernel radius used, in pixels (the choice when ``radius="auto"``).
+    labels : ndarray of int
+        ROI label of every pixel (0 = outside every ROI).
+    roi_stats : list of dict
+        Per ROI: ``label``, ``n_pixels``, ``area`` (physical units^ndim), ``mean``, ``median``, ``q25``, ``q75``,
+        ``iqr``, ``radius`` and ``mean_uncertainty`` of the rate.
+    provenance : dict
+        Everything needed to re-run: versions, model, coefficients, pixel size, radius, method, device, seed,
+        hashes of the inputs.
+    """
+
+    rate: np.ndarray
+    uncertainty: np.ndarray
+    residual: np.ndarray
+    fields: dict = field(default_factory=dict)
+    radius: float = 0.0
+    labels: np.ndarray | None = None
+    roi_stats: list = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        return self.provenance.get("model", "")
+
+    @property
+    def pixel_size(self):
+        return self.provenance.get("pixel_size", 1.0)
+
+    def table(self) -> list[dict]:
+        """The per-ROI statistics (a list of rows, ready for ``csv.DictWriter`` or ``pandas.DataFrame``)."""
+        return [dict(row) for row in self.roi_stats]
+
+    def __repr__(self) -> str:
+        inside = np.isfinite(self.rate)
+        mean = float(np.nanmean(self.rate)) if inside.any() else float("nan")
+        return (
+            f"RateResult(model={self.model!r}, shape={self.rate.shape}, radius={self.radius:g} px, "
+            f"rois={len(self.roi_stats)}, mean rate={mean:.4g}, device={self.provenance.get('device')!r})"
+        )

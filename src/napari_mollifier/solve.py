@@ -1,0 +1,485 @@
+"""``infer_rates``: from observed fields to a rate map, its uncertainty and the PDE residual.
+
+The one public entry point the widget, the CLI and scripts call. Steps, per ROI label:
+
+1. mollified derivatives of the (derived) fields the model needs (:mod:`napari_mollifier.mollifier`), in the
+   image's physical units, using only valid pixels (``boundary="mask"``: finite pixels of the image, or of the ROI
+   with ``roi_mode="isolate"``) so image edges, holes and ROI edges are handled without bias;
+2. the rate: the model's separable closed form (``method="direct"``) or a mollified network fit
+   (``"network"``; ``"autodiff"`` is the autodiff-PINN baseline);
+3. ``radius="auto"``: the quasi-optimality criterion (Tikhonov & Glasko): on a geometric ladder of radii
+   ``R_k = R_min 1.25^k``, pick the ``R_k`` that minimises the change ``median |lambda_{k+1} - lambda_k|`` over the
+   ROI: small radii change a lot because noise dominates, large radii change because smoothing bias grows;
+4. uncertainty: parametric bootstrap. The noise of every input field is estimated from the data
+   (:func:`napari_mollifier.noise.estimate_noise`), ``n_bootstrap`` noise realisations of that level are added to
+   the inputs and pushed through the same estimator; the standard deviation of the rate over realisations is the
+   reported one-sigma uncertainty (noise only: it does not include model error or smoothing bias);
+5. residual: the model residual with the rate map smoothed by the same kernel (what the model fails to explain at
+   the kernel scale).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import MollifierInputError, RunCancelled
+from .models import Model, get_model
+from .mollifier import derivatives
+from .noise import estimate_noise
+from .result import RateResult
+
+__all__ = ["infer_rates", "resolve_device", "METHODS"]
+
+METHODS = ("direct", "network", "autodiff")
+_LADDER_STEP = 1.25
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> cuda if available, then mps, then cpu; anything else is checked to exist."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MollifierInputError("device 'cuda' was asked for but no CUDA GPU is available: use device='cpu'")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise MollifierInputError("device 'mps' was asked for but is not available: use device='cpu'")
+    return dev
+
+
+def _dtype_for(device: torch.device) -> torch.dtype:
+    return torch.float64 if device.type == "cpu" else torch.float32
+
+
+def _check_fields(fields, model: Model) -> dict[str, np.ndarray]:
+    if not isinstance(fields, dict) or not fields:
+        raise MollifierInputError(f"fields must be a dict of arrays with keys {model.inputs} for model {model.name!r}")
+    missing = [k for k in model.inputs if k not in fields]
+    if missing:
+        raise MollifierInputError(
+            f"model {model.name!r} needs fields {model.inputs}; missing {missing} (got {sorted(fields)})"
+        )
+    arrays = {}
+    for name in model.inputs:
+        arr = np.asarray(fields[name])
+        if arr.dtype == object or np.iscomplexobj(arr) or arr.dtype.kind not in "biuf":
+            raise MollifierInputError(f"field {name!r} must be a real numeric image, got dtype {arr.dtype}")
+        arrays[name] = arr.astype(np.float64)
+    shapes = {a.shape for a in arrays.values()}
+    if len(shapes) != 1:
+        raise MollifierInputError(f"all fields must have the same shape, got {[a.shape for a in arrays.values()]}")
+    shape = shapes.pop()
+    allowed = (1,) if model.ndim == 1 else (2, 3)
+    if len(shape) not in allowed:
+        raise MollifierInputError(
+            f"model {model.name!r} takes {' or '.join(f'{n}-D' for n in allowed)} fields, got shape {shape}"
+            + (": pick one channel or slice (RGB images are not chromatin fractions)" if len(shape) > 3 else "")
+        )
+    return arrays
+
+
+def _labels_from_roi(roi, shape) -> np.ndarray:
+    if roi is None:
+        return np.ones(shape, dtype=np.int64)
+    labels = np.asarray(roi)
+    if labels.shape != shape:
+        raise MollifierInputError(f"roi shape {labels.shape} does not match the image shape {shape}")
+    if labels.dtype == bool:
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind in "iu":
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+        labels = labels.astype(np.int64)
+    else:
+        raise MollifierInputError(f"roi must be a boolean mask or an integer label image, got dtype {labels.dtype}")
+    if not (labels > 0).any():
+        raise MollifierInputError("the ROI is empty (no pixel inside): draw an ROI over the nucleus, or pass roi=None")
+    return labels
+
+
+def _spacing(pixel_size, ndim) -> tuple[float, ...]:
+    values = np.atleast_1d(np.asarray(pixel_size, dtype=np.float64))
+    if values.size not in (1, ndim) or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise MollifierInputError(f"pixel_size must be one positive number or {ndim} (one per axis), got {pixel_size!r}")
+    return tuple(float(v) for v in np.broadcast_to(values, (ndim,)))
+
+
+def _hash(array: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(str((array.shape, str(array.dtype))).encode())
+    h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+class _Context:
+    """Shared state of one run: progress accounting, cancel checks, derivative settings."""
+
+    def __init__(self, model, params, spacing, kernel, boundary, device, progress, cancel, total):
+        self.model, self.params, self.spacing = model, params, spacing
+        self.kernel, self.boundary, self.device = kernel, boundary, device
+        self.dtype = _dtype_for(device)
+        self.order = _model_order(model, len(spacing))
+        self._progress, self._cancel = progress, cancel
+        self.total, self.step = total, 0
+        self.started = time.perf_counter()
+
+    def tick(self, info: dict | None = None, n: int = 1) -> None:
+        if self._cancel is not None and self._cancel():
+            raise RunCancelled("the run was cancelled; nothing was returned")
+        self.step = min(self.step + n, self.total)
+        if self._progress is not None:
+            self._progress(self.step, self.total, dict(info or {}))
+
+    def mollify(self, fields: dict, radius: float, mask: np.ndarray) -> dict:
+        """``{derived field: {key: tensor}}`` for the model's needs; ``fields`` values are (B, *S) tensors."""
+        derived = self.model.derived(fields, self.params)
+        needs = self.model.needs(len(self.spacing))
+        kwargs = {"mask": mask} if self.boundary == "mask" else {"boundary": self.boundary}
+        return {
+            name: derivatives(derived[name], radius, spacing=self.spacing, kernel=self.kernel, which=keys,
+                              ndim=len(self.spacing), **kwargs)
+            for name, keys in needs.items()
+        }
+
+    def rate(self, fields: dict, radius: float, mask: np.ndarray) -> torch.Tensor:
+        d = self.mollify(fields, radius, mask)
+        with np.errstate(all="ignore"):
+            return self.model.rate(d, self.params)
+
+
+def _tensors(arrays: dict, ctx: _Context) -> dict:
+    return {k: torch.as_tensor(v, dtype=ctx.dtype, device=ctx.device)[None] for k, v in arrays.items()}
+
+
+def _radius_ladder(model_order: int, extent: int) -> list[float]:
+    r_min = float(max(model_order + 1, 3))
+    r_max = max(r_min, extent / 4.0)
+    ladder = [r_min]
+    while ladder[-1] * _LADDER_STEP <= r_max:
+        ladder.append(round(ladder[-1] * _LADDER_STEP, 2))
+    return ladder
+
+
+def _model_order(model: Model, ndim: int) -> int:
+    from .mollifier import key_terms
+
+    return max(sum(a) for keys in model.needs(ndim).values() for k in keys for a, _ in key_terms(k, ndim))
+
+
+def _choose_radius(arrays, ctx: _Context, deriv_mask, out_mask, ladder) -> tuple[float, list[dict]]:
+    """Quasi-optimality: the radius whose rate map changes least to the next radius on the ladder."""
+    tensors = _tensors(arrays, ctx)
+    maps = []
+    for r in ladder:
+        maps.append(ctx.rate(tensors, r, deriv_mask)[0].detach().cpu().numpy())
+        ctx.tick({"stage": "choosing radius", "radius": r})
+    scale = np.nanmedian(np.abs(np.concatenate([m[out_mask] for m in maps])))
+    scale = scale if np.isfinite(scale) and scale > 0 else 1.0
+    table = []
+    for k in range(len(ladder) - 1):
+        both = out_mask & np.isfinite(maps[k]) & np.isfinite(maps[k + 1])
+        change = float(np.median(np.abs(maps[k + 1][both] - maps[k][both]))) / scale if both.any() else np.inf
+        table.append({"radius": ladder[k], "next": ladder[k + 1], "relative_change": change})
+    if not table:
+        return ladder[0], table
+    best = min(range(len(table)), key=lambda k: table[k]["relative_change"])
+    return ladder[best], table
+
+
+def _direct(arrays, ctx: _Context, radius, deriv_mask, n_bootstrap, noise, seed, out_mask):
+    """Closed form at ``radius`` plus the parametric-bootstrap uncertainty (noise and smoothing bias).
+
+    Noise: standard deviation of the rate over ``n_bootstrap`` realisations of the estimated input noise.
+    Bias: the change to the next-smaller radius ``R / q`` (``q = 1.25``) smoothed at ``R``; a bias growing like
+    ``R^2`` makes it ``(1 - q^-2)`` times the bias at ``R``. It counts only where it exceeds twice its own noise
+    (estimated with the same realisations). ``uncertainty = sqrt(noise^2 + bias^2)``.
+    """
+    tensors = _tensors(arrays, ctx)
+    small = max(radius / _LADDER_STEP, ctx.order + 1)
+    d = ctx.mollify(tensors, radius, deriv_mask)
+    with np.errstate(all="ignore"):
+        rate = ctx.model.rate(d, ctx.params)[0]
+    out_mask = out_mask & torch.isfinite(rate).cpu().numpy()  # fixed for all samples: one cached mask operator
+    change = _smoothed_change(rate, ctx.rate(tensors, small, deriv_mask)[0], ctx, radius, out_mask)
+    ctx.tick({"stage": "closed form"})
+    rng = np.random.default_rng(seed)
+    stats = torch.zeros((4,) + tuple(rate.shape), dtype=rate.dtype, device=rate.device)
+    for b in range(n_bootstrap):
+        noisy = {
+            k: tensors[k] + torch.as_tensor(noise[k] * rng.standard_normal(arrays[k].shape), dtype=ctx.dtype,
+                                            device=ctx.device)[None]
+            for k in arrays
+        }
+        sample = ctx.rate(noisy, radius, deriv_mask)[0]
+        sample_change = _smoothed_change(sample, ctx.rate(noisy, small, deriv_mask)[0], ctx, radius, out_mask)
+        stats += torch.stack([sample, sample**2, sample_change, sample_change**2])
+        ctx.tick({"stage": "uncertainty", "sample": b + 1})
+    if n_bootstrap > 1:
+        mean = stats / n_bootstrap
+        factor = n_bootstrap / (n_bootstrap - 1)
+        noise_var = (mean[1] - mean[0] ** 2).clamp_min(0) * factor
+        change_noise_var = (mean[3] - mean[2] ** 2).clamp_min(0) * factor
+        significant = change**2 > 4 * change_noise_var  # keep the bias only where it passes a 2-sigma test
+        bias_sq = torch.where(significant, change**2, torch.zeros_like(change)) / (1 - _LADDER_STEP**-2) ** 2
+        sigma = (noise_var + bias_sq).sqrt()
+    else:
+        sigma = torch.full_like(rate, float("nan"))
+    smoothed = {k: d[k]["u"][0] for k in d if "u" in d[k] and k in arrays}
+    return rate, sigma, d, smoothed
+
+
+def _smoothed_change(rate, rate_small, ctx: _Context, radius, out_mask) -> torch.Tensor:
+    """``rate - rate_small`` smoothed by the kernel at ``radius`` inside the ROI (NaN where undefined)."""
+    delta = torch.nan_to_num(rate - rate_small, nan=0.0, posinf=0.0, neginf=0.0)
+    if not out_mask.any():
+        return torch.full_like(delta, float("nan"))
+    return derivatives(delta, radius, spacing=ctx.spacing, kernel=ctx.kernel, which=("u",),
+                       ndim=len(ctx.spacing), mask=out_mask)["u"]
+
+
+def _residual(d, rate: torch.Tensor, ctx: _Context, radius, deriv_mask) -> torch.Tensor:
+    """Model residual with the rate smoothed by the same kernel (NaN where the rate is undefined)."""
+    finite = torch.isfinite(rate)
+    mask = np.asarray(deriv_mask, bool) & finite.cpu().numpy()
+    if not mask.any():
+        return torch.full_like(rate, float("nan"))
+    kwargs = {"mask": mask} if ctx.boundary == "mask" else {"boundary": ctx.boundary}
+    if ctx.boundary != "mask" and not bool(finite.all()):
+        kwargs = {"mask": mask}
+    smooth = derivatives(torch.nan_to_num(rate), radius, spacing=ctx.spacing, kernel=ctx.kernel, which=("u",),
+                         ndim=len(ctx.spacing), **kwargs)["u"]
+    one = {k: {kk: vv[0] for kk, vv in v.items()} for k, v in d.items()}
+    return ctx.model.residual(one, smooth, ctx.params)
+
+
+def infer_rates(
+    fields: dict,
+    model: str | Model = "chromatin-balance",
+    params: dict | None = None,
+    pixel_size=1.0,
+    radius="auto",
+    method: str = "direct",
+    roi=None,
+    device="auto",
+    seed: int = 0,
+    progress=None,
+    cancel=None,
+    *,
+    kernel: str = "poly",
+    boundary: str = "mask",
+    roi_mode: str = "image",
+    n_bootstrap: int = 100,
+    noise="auto",
+    iterations: int | None = None,
+    base: str = "mlp",
+) -> RateResult:
+    """Infer a rate map from observed fields.
+
+    Parameters
+    ----------
+    fields : dict of str -> array
+        The model's inputs, all the same shape: ``{"phi_h", "phi_e"}`` (volume fractions) for the chromatin
+        models, ``{"u", "m"}`` for ``"heat"``, ``{"u"}`` (1-D time series) for ``"langevin"``. Non-finite pixels
+        are treated as missing data.
+    model : str
+        A registered model name (:data:`napari_mollifier.models.MODELS`).
+    params : dict, optional
+        Coefficients overriding the model's defaults, lengths in the units of ``pixel_size``
+        (``{"l2": 0.0234}`` in um^2 for a pixel size in um).
+    pixel_size : float or tuple
+        Physical size of a pixel (per axis); for ``"langevin"`` the time step.
+    radius : "auto" or float
+        Kernel radius in pixels; ``"auto"`` chooses it by quasi-optimality (module docstring).
+    method : str
+        ``"direct"`` (closed form on mollified data), ``"network"`` (mollified network) or ``"autodiff"``.
+    roi : None, bool array or int array
+        ``None``: the whole image. A bool mask, or a label image (0 = background): one solve per label.
+    device : str
+        ``"auto"`` (cuda, then mps, then cpu), ``"cpu"``, ``"cuda"``...
+    seed : int
+        Seeds the bootstrap noise and the network; equal inputs and seed give identical output on the CPU.
+    progress : callable, optional
+        ``progress(step, total, info)``, called after every unit of work (at least every 1 %).
+    cancel : callable, optional
+        ``cancel() -> bool``; when it returns True the run raises :class:`RunCancelled` within one step.
+    kernel, boundary : str
+        Mollifier kernel, and ``"mask"`` (default: only valid pixels are used, edges exact) or a padding mode
+        of :func:`derivatives` (``"periodic"`` for periodic simulations).
+    roi_mode : str
+        ``"image"``: derivatives use all valid pixels of the image, the ROI selects where the maps are reported
+        (no ROI-edge band). ``"isolate"``: each ROI is solved with only its own pixels (separate nuclei).
+    n_bootstrap : int
+        Noise realisations for the uncertainty (>= 2; 0 disables it).
+    noise : "auto", float or dict
+        Noise standard deviation of the inputs (per field as a dict); ``"auto"`` estimates it from the data.
+    iterations, base : network options (``method="network"``/``"autodiff"``).
+
+    Returns
+    -------
+    RateResult
+    """
+    m = get_model(model)
+    try:
+        p = m.params(params)
+    except ValueError as exc:
+        raise MollifierInputError(str(exc)) from None
+    if method not in METHODS:
+        raise MollifierInputError(f"unknown method {method!r}: use one of {METHODS}")
+    if roi_mode not in ("image", "isolate"):
+        raise MollifierInputError(f"unknown roi_mode {roi_mode!r}: use 'image' or 'isolate'")
+    arrays = _check_fields(fields, m)
+    shape = next(iter(arrays.values())).shape
+    ndim = len(shape)
+    spacing = _spacing(pixel_size, ndim)
+    labels = _labels_from_roi(roi, shape)
+    dev = resolve_device(device)
+    valid = np.all([np.isfinite(a) for a in arrays.values()], axis=0)
+    if boundary != "mask" and not valid.all():
+        raise MollifierInputError(
+            f"{int((~valid).sum())} pixel(s) are NaN/inf: use boundary='mask' so that they are treated as missing"
+        )
+    label_ids = [int(v) for v in np.unique(labels) if v > 0]
+    order = _model_order(m, ndim)
+    auto = isinstance(radius, str)
+    if auto and radius != "auto":
+        raise MollifierInputError(f"radius must be a number of pixels or 'auto', got {radius!r}")
+    if not auto:
+        try:
+            radius = float(radius)
+        except (TypeError, ValueError):
+            raise MollifierInputError(f"radius must be a number of pixels or 'auto', got {radius!r}") from None
+    n_bootstrap = int(n_bootstrap) if method == "direct" else 0
+    if n_bootstrap == 1:
+        raise MollifierInputError("n_bootstrap must be 0 (no uncertainty) or at least 2")
+    noise_levels = _noise_levels(noise, arrays, valid)
+    extent = min(shape) if roi is None else None
+
+    ladders = {}
+    for lab in label_ids:
+        region = labels == lab
+        ext = extent or int(min(np.ptp(np.nonzero(region)[k]) + 1 for k in range(ndim)))
+        ext = max(ext, min(shape) if roi_mode == "image" else ext)
+        ladders[lab] = _radius_ladder(order, min(ext, min(shape))) if auto else [radius]
+    network_steps = 0 if method == "direct" else int(iterations or 1500)
+    per_label = {lab: (len(ladders[lab]) if auto else 0) + 2 + n_bootstrap + network_steps for lab in label_ids}
+    ctx = _Context(m, p, spacing, kernel, boundary, dev, progress, cancel, total=sum(per_label.values()))
+
+    rate_map = np.full(shape, np.nan)
+    sigma_map = np.full(shape, np.nan)
+    residual_map = np.full(shape, np.nan)
+    smoothed_maps = {k: np.full(shape, np.nan) for k in arrays}
+    stats, radius_choice = [], {}
+    for lab in label_ids:
+        region = (labels == lab) & valid
+        if not region.any():
+            raise MollifierInputError(f"ROI {lab} contains no valid (finite) pixel")
+        deriv_mask = region if roi_mode == "isolate" else valid
+        if auto:
+            r, table = _choose_radius(arrays, ctx, deriv_mask, region, ladders[lab])
+            radius_choice[lab] = {"radius": r, "ladder": table}
+        else:
+            r = radius
+        if method == "direct":
+            rate, sigma, d, smoothed = _direct(arrays, ctx, r, deriv_mask, n_bootstrap, noise_levels, seed,
+                                               region)
+            resid = _residual(d, rate, ctx, r, deriv_mask)
+            rate_np, sigma_np = rate.cpu().numpy(), sigma.cpu().numpy()
+            resid_np = resid.detach().cpu().numpy()
+            smoothed_np = {k: v.cpu().numpy() for k, v in smoothed.items()}
+        else:
+            out = _network(arrays, ctx, r, deriv_mask, method, iterations, base, seed)
+            rate_np, resid_np, smoothed_np = out["rate"], out["residual"], out["smoothed"]
+            sigma_np = np.full(shape, np.nan)
+        ctx.tick({"stage": "done", "label": lab})
+        rate_map[region] = rate_np[region]
+        sigma_map[region] = sigma_np[region]
+        residual_map[region] = resid_np[region]
+        for k in smoothed_maps:
+            if k in smoothed_np:
+                smoothed_maps[k][region] = smoothed_np[k][region]
+        stats.append(_roi_stats(lab, region, rate_np, sigma_np, spacing, r))
+
+    provenance = {
+        "software": {"napari_mollifier": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "model": m.name,
+        "params": p,
+        "pixel_size": list(spacing),
+        "radius": "auto" if auto else radius,
+        "radius_used": {str(k): v["radius"] for k, v in radius_choice.items()} or {str(k): radius for k in label_ids},
+        "radius_choice": {str(k): v for k, v in radius_choice.items()},
+        "method": method,
+        "kernel": kernel,
+        "boundary": boundary,
+        "roi_mode": roi_mode,
+        "device": str(dev),
+        "seed": int(seed),
+        "n_bootstrap": n_bootstrap,
+        "noise": noise_levels,
+        "uncertainty": "sqrt(noise^2 + bias^2): parametric bootstrap at the estimated input noise, plus the "
+        "smoothing bias estimated from the change to radius R/1.25 (noise part removed)",
+        "iterations": network_steps or None,
+        "base": base if method != "direct" else None,
+        "input_hashes": {k: _hash(v) for k, v in arrays.items()},
+        "roi_hash": _hash(labels),
+        "labels": label_ids,
+        "seconds": round(time.perf_counter() - ctx.started, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    used = [s["radius"] for s in stats]
+    return RateResult(
+        rate=rate_map, uncertainty=sigma_map, residual=residual_map, fields=smoothed_maps,
+        radius=float(np.median(used)), labels=np.where(valid, labels, 0), roi_stats=stats, provenance=provenance,
+    )
+
+
+def _noise_levels(noise, arrays, valid) -> dict:
+    if isinstance(noise, str):
+        if noise != "auto":
+            raise MollifierInputError(f"noise must be 'auto', a number or a dict per field, got {noise!r}")
+        return {k: estimate_noise(np.where(valid, v, 0.0), valid) for k, v in arrays.items()}
+    if isinstance(noise, dict):
+        return {k: float(noise.get(k, 0.0)) for k in arrays}
+    return {k: float(noise) for k in arrays}
+
+
+def _roi_stats(lab, region, rate, sigma, spacing, radius) -> dict:
+    values = rate[region]
+    values = values[np.isfinite(values)]
+    q25, med, q75 = (np.percentile(values, [25, 50, 75]) if values.size else (np.nan,) * 3)
+    return {
+        "label": int(lab),
+        "n_pixels": int(region.sum()),
+        "area": float(region.sum() * np.prod(spacing)),
+        "mean": float(values.mean()) if values.size else float("nan"),
+        "median": float(med),
+        "q25": float(q25),
+        "q75": float(q75),
+        "iqr": float(q75 - q25),
+        "radius": float(radius),
+        "mean_uncertainty": float(np.nanmean(sigma[region])) if np.isfinite(sigma[region]).any() else float("nan"),
+    }
+
+
+def _network(arrays, ctx: _Context, radius, deriv_mask, method, iterations, base, seed):
+    from .methods.network import fit_network
+
+    def progress(step, total, info):
+        ctx.tick(dict(info, stage="network fit"))
+
+    return fit_network(
+        {k: np.where(deriv_mask, v, 0.0) for k, v in arrays.items()}, ctx.model, ctx.params, ctx.spacing, radius,
+        deriv_mask, base=base, derivatives_via="autodiff" if method == "autodiff" else "mollifier",
+        iterations=int(iterations or 1500), device=str(ctx.device), seed=seed, progress=progress,
+        cancel=None, kernel=ctx.kernel,
+    )
