@@ -367,3 +367,18 @@ def test_constant_field_property(c, radius, boundary):
     np.testing.assert_allclose(out["u"], c, atol=1e-10 * (1 + abs(c)))
     for key in set(out) - {"u"}:
         np.testing.assert_allclose(out[key], 0, atol=1e-9 * (1 + abs(c)))
+
+
+def test_where_limits_mask_mode_output_without_changing_it():
+    rng = np.random.default_rng(9)
+    f = rng.normal(size=(48, 50))
+    mask = np.ones(f.shape, bool)
+    where = np.zeros(f.shape, bool)
+    where[10:30, 5:45] = True
+    full = derivatives(f, 6, mask=mask, which=("u", "lap"))
+    part = derivatives(f, 6, mask=mask, which=("u", "lap"), where=where)
+    for key in full:
+        np.testing.assert_allclose(part[key][where], full[key][where], rtol=1e-12, atol=1e-12)
+        assert np.isnan(part[key][~where]).all()
+    with pytest.raises(MollifierInputError, match="needs a `mask`"):
+        derivatives(f, 6, where=where)

@@ -182,3 +182,22 @@ def test_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises((MollifierInputError, ValueError), match=match):
         nm.infer_rates(**args)
+
+
+def test_single_density_channel_uses_documented_split():
+    from napari_mollifier.density import split_density
+
+    s = S.synthetic_nucleus(shape=(96, 96), pixel_size=0.02, seed=1)
+    density = 1 - s["phi_w"]
+    fractions, assumption = split_density(density, s["nucleus"])
+    np.testing.assert_allclose(fractions["phi_h"] + fractions["phi_e"] + fractions["phi_w"], 1.0)
+    assert (fractions["phi_e"] > 0).all() and assumption["method"] == "linear"
+    # denser pixels get a larger heterochromatin share
+    share = fractions["phi_h"] / (fractions["phi_h"] + fractions["phi_e"])
+    assert np.corrcoef(share[s["nucleus"]], density[s["nucleus"]])[0, 1] > 0.99
+    res = nm.infer_rates({"density": density}, params=s["params"], pixel_size=0.02, roi=s["nucleus"], radius=8,
+                         n_bootstrap=0)
+    assert res.provenance["density_split"]["method"] == "linear"
+    assert np.isfinite(res.rate[s["nucleus"]]).mean() > 0.95
+    with pytest.raises(MollifierInputError, match="constant"):
+        split_density(np.ones((20, 20)))

@@ -8,6 +8,7 @@ from .errors import MollifierInputError, RunCancelled
 from .models import MODELS, get_model
 from .mollifier import Mollifier, derivatives
 from .result import RateResult
+from .density import split_density
 from .solve import infer_rates
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "Mollifier",
     "infer_rates",
     "RateResult",
+    "split_density",
     "MODELS",
     "get_model",
     "MollifierInputError",

@@ -199,12 +199,35 @@ def _fft_correlate(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Same as :func:`_conv`, by ``irfft(rfft(x) * conj(rfft(weight)))`` (circular, cropped to the valid part)."""
     d = weight.dim() - 1
     dims = tuple(range(-d, 0))
-    size = x.shape[-d:]
+    size = tuple(x.shape[-d:])
     spec_x = torch.fft.rfftn(x, s=size, dim=dims)
-    spec_w = torch.fft.rfftn(weight, s=size, dim=dims)
-    out = torch.fft.irfftn(spec_x * spec_w.conj().unsqueeze(0), s=size, dim=dims)
+    out = torch.fft.irfftn(spec_x * _kernel_spectrum(weight, size).unsqueeze(0), s=size, dim=dims)
     valid = tuple(slice(0, n - k + 1) for n, k in zip(size, weight.shape[1:]))
     return out[(Ellipsis,) + valid]
+
+
+_SPECTRUM_CACHE: OrderedDict = OrderedDict()
+_SPECTRUM_CACHE_BYTES = 256 * 2**20
+
+
+def _kernel_spectrum(weight: torch.Tensor, size: tuple) -> torch.Tensor:
+    """``conj(rfftn(weight, size))``, cached for fixed kernels (the same kernels serve many fields)."""
+    d = weight.dim() - 1
+    dims = tuple(range(-d, 0))
+    if weight.requires_grad:
+        return torch.fft.rfftn(weight, s=size, dim=dims).conj()
+    digest = hashlib.sha1(weight.detach().cpu().numpy().tobytes()).hexdigest()
+    key = (tuple(weight.shape), size, weight.dtype, str(weight.device), digest)
+    if key in _SPECTRUM_CACHE:
+        _SPECTRUM_CACHE.move_to_end(key)
+        return _SPECTRUM_CACHE[key]
+    spectrum = torch.fft.rfftn(weight, s=size, dim=dims).conj()
+    _SPECTRUM_CACHE[key] = spectrum
+    while len(_SPECTRUM_CACHE) > 1 and sum(
+        v.numel() * v.element_size() for v in _SPECTRUM_CACHE.values()
+    ) > _SPECTRUM_CACHE_BYTES:
+        _SPECTRUM_CACHE.popitem(last=False)
+    return spectrum
 
 
 def _use_fft(method: str, weight: torch.Tensor, padded_shape) -> bool:
@@ -238,7 +261,7 @@ def _apply(x: torch.Tensor, plan: _Plan, mask: torch.Tensor | None) -> torch.Ten
     return _apply_masked(x, plan, mask)
 
 
-def _apply_masked(x: torch.Tensor, plan: _Plan, mask: torch.Tensor) -> torch.Tensor:
+def _apply_masked(x: torch.Tensor, plan: _Plan, mask: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
     """Normalised convolution inside ``mask`` ``(1 or B, 1, *S)`` with per-pixel moment re-correction.
 
     For each derivative ``alpha`` (order n, D = n + 1) the kernel at pixel p is
@@ -250,7 +273,7 @@ def _apply_masked(x: torch.Tensor, plan: _Plan, mask: torch.Tensor) -> torch.Ten
     mask pixels around them) are NaN, like pixels outside the mask.
     """
     dtype = x.dtype
-    coef, valid = _mask_coefficients(plan, mask, dtype, x.device)
+    coef, valid = _mask_coefficients(plan, mask, dtype, x.device, where)
     n_alpha = len(plan.alphas)
     xm = _pad(torch.where(mask, x, torch.zeros((), dtype=dtype, device=x.device)), plan.half, "zeros")
     conv_f = _correlate(xm, _field_basis(plan, dtype, x.device), plan.method)  # (B, na + nb, *S)
@@ -282,9 +305,12 @@ _MASK_CACHE: OrderedDict = OrderedDict()
 _MASK_CACHE_SIZE = 12
 
 
-def _mask_coefficients(plan: _Plan, mask: torch.Tensor, dtype, device):
-    """Per-pixel correction coefficients ``(Bm, n_alpha, n_basis, *S)`` and validity ``(Bm, *S)`` for a mask."""
+def _mask_coefficients(plan: _Plan, mask: torch.Tensor, dtype, device, where: torch.Tensor | None = None):
+    """Per-pixel correction coefficients ``(Bm, n_alpha, n_basis, *S)`` and validity ``(Bm, *S)`` for a mask
+    (restricted to ``where`` when given)."""
     digest = hashlib.sha1(mask.detach().cpu().numpy().tobytes()).hexdigest()
+    if where is not None:
+        digest += hashlib.sha1(where.detach().cpu().numpy().tobytes()).hexdigest()
     key = (plan.ndim, plan.radius, plan.kernel, tuple(plan.alphas), tuple(mask.shape), digest, dtype, str(device))
     if key in _MASK_CACHE:
         _MASK_CACHE.move_to_end(key)
@@ -308,6 +334,9 @@ def _mask_coefficients(plan: _Plan, mask: torch.Tensor, dtype, device):
     inside_count = _correlate(mp, support, plan.method)[:, 0]
     edge = mask[:, 0] & (inside_count < support.sum() - 0.5)
     valid = mask[:, 0].clone()
+    if where is not None:
+        edge &= where[:, 0]
+        valid &= where[:, 0]
     if bool(edge.any()):
         _solve_edge(coef, valid, edge, mp, plan, betas, eta)
     result = (coef.to(dtype), valid)
@@ -428,6 +457,7 @@ def derivatives(
     *,
     ndim: int | None = None,
     method: str = "auto",
+    where=None,
 ) -> dict:
     """Mollified field and derivatives, ``d^alpha u = g (*) d^alpha eta``, in the image's physical units.
 
@@ -456,6 +486,9 @@ def derivatives(
         else 2 (1 for 1-D input).
     method : str
         ``"auto"`` (direct convolution for small kernels, FFT for large), ``"direct"`` or ``"fft"``.
+    where : array of bool, optional
+        With a ``mask``: pixels where the output is wanted (NaN elsewhere). Saves the per-pixel moment solves near
+        mask edges that lie outside it (e.g. the image border when only an ROI inside it is reported).
 
     Returns
     -------
@@ -478,7 +511,15 @@ def derivatives(
     m = None if mask is None else _mask_tensor(mask, spatial, batch, tensor.device)
     x = tensor.reshape((-1, 1) + spatial)
     _check_finite(x, m)
-    out = _apply(x, plan, m)
+    if where is not None:
+        if m is None:
+            raise MollifierInputError("`where` needs a `mask` (it limits the mask-mode output)")
+        w = torch.as_tensor(np.asarray(where, dtype=bool), device=tensor.device)
+        if tuple(w.shape) != spatial:
+            raise MollifierInputError(f"`where` shape {tuple(w.shape)} does not match the image {spatial}")
+        out = _apply_masked(x, plan, m, w.reshape((1, 1) + spatial))
+    else:
+        out = _apply(x, plan, m)
     result = {key: out[:, i].reshape(batch + spatial) for i, key in enumerate(plan.keys)}
     if was_numpy:
         return {k: v.detach().cpu().numpy() for k, v in result.items()}

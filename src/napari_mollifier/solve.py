@@ -131,6 +131,7 @@ class _Context:
         self.order = _model_order(model, len(spacing))
         self._progress, self._cancel = progress, cancel
         self.total, self.step = total, 0
+        self.region = None  # ROI being solved (output pixels)
         self.started = time.perf_counter()
 
     def tick(self, info: dict | None = None, n: int = 1) -> None:
@@ -141,10 +142,11 @@ class _Context:
             self._progress(self.step, self.total, dict(info or {}))
 
     def mollify(self, fields: dict, radius: float, mask: np.ndarray) -> dict:
-        """``{derived field: {key: tensor}}`` for the model's needs; ``fields`` values are (B, *S) tensors."""
+        """``{derived field: {key: tensor}}`` for the model's needs; ``fields`` values are (B, *S) tensors.
+        With ``boundary="mask"`` only pixels of ``self.region`` (the ROI being solved) are computed."""
         derived = self.model.derived(fields, self.params)
         needs = self.model.needs(len(self.spacing))
-        kwargs = {"mask": mask} if self.boundary == "mask" else {"boundary": self.boundary}
+        kwargs = {"mask": mask, "where": self.region} if self.boundary == "mask" else {"boundary": self.boundary}
         return {
             name: derivatives(derived[name], radius, spacing=self.spacing, kernel=self.kernel, which=keys,
                               ndim=len(self.spacing), **kwargs)
@@ -289,7 +291,8 @@ def infer_rates(
     ----------
     fields : dict of str -> array
         The model's inputs, all the same shape: ``{"phi_h", "phi_e"}`` (volume fractions) for the chromatin
-        models, ``{"u", "m"}`` for ``"heat"``, ``{"u"}`` (1-D time series) for ``"langevin"``. Non-finite pixels
+        models -- or ``{"density": image}``, split into fractions by :func:`napari_mollifier.density.split_density`
+        (a documented assumption, recorded in ``provenance["density_split"]``) -- ``{"u", "m"}`` for ``"heat"``, ``{"u"}`` (1-D time series) for ``"langevin"``. Non-finite pixels
         are treated as missing data.
     model : str
         A registered model name (:data:`napari_mollifier.models.MODELS`).
@@ -329,6 +332,7 @@ def infer_rates(
     RateResult
     """
     m = get_model(model)
+    fields, split = _maybe_split_density(fields, m, roi)
     try:
         p = m.params(params)
     except ValueError as exc:
@@ -384,6 +388,7 @@ def infer_rates(
         if not region.any():
             raise MollifierInputError(f"ROI {lab} contains no valid (finite) pixel")
         deriv_mask = region if roi_mode == "isolate" else valid
+        ctx.region = region
         if auto:
             r, table = _choose_radius(arrays, ctx, deriv_mask, region, ladders[lab])
             radius_choice[lab] = {"radius": r, "ladder": table}
@@ -431,6 +436,7 @@ def infer_rates(
         "iterations": network_steps or None,
         "base": base if method != "direct" else None,
         "input_hashes": {k: _hash(v) for k, v in arrays.items()},
+        "density_split": split,
         "roi_hash": _hash(labels),
         "labels": label_ids,
         "seconds": round(time.perf_counter() - ctx.started, 3),
@@ -441,6 +447,19 @@ def infer_rates(
         rate=rate_map, uncertainty=sigma_map, residual=residual_map, fields=smoothed_maps,
         radius=float(np.median(used)), labels=np.where(valid, labels, 0), roi_stats=stats, provenance=provenance,
     )
+
+
+def _maybe_split_density(fields, model: Model, roi):
+    """``{"density": image}`` for a chromatin model -> volume fractions by the documented split."""
+    if not isinstance(fields, dict) or set(fields) != {"density"} or "phi_e" not in model.inputs:
+        return fields, None
+    from .density import split_density
+
+    nucleus = None if roi is None else np.asarray(roi) > 0
+    if nucleus is not None and nucleus.shape != np.shape(fields["density"]):
+        nucleus = None  # the shape error is reported by the ROI check
+    fractions, assumption = split_density(fields["density"], nucleus)
+    return fractions, assumption
 
 
 def _noise_levels(noise, arrays, valid) -> dict:
