@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.fft import next_fast_len
 
 from .errors import MollifierInputError
 from .kernels import (
@@ -199,10 +200,11 @@ def _fft_correlate(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Same as :func:`_conv`, by ``irfft(rfft(x) * conj(rfft(weight)))`` (circular, cropped to the valid part)."""
     d = weight.dim() - 1
     dims = tuple(range(-d, 0))
-    size = tuple(x.shape[-d:])
+    shape = tuple(x.shape[-d:])
+    size = tuple(next_fast_len(n, real=True) for n in shape)  # zero-padding past n keeps the valid part exact
     spec_x = torch.fft.rfftn(x, s=size, dim=dims)
     out = torch.fft.irfftn(spec_x * _kernel_spectrum(weight, size).unsqueeze(0), s=size, dim=dims)
-    valid = tuple(slice(0, n - k + 1) for n, k in zip(size, weight.shape[1:]))
+    valid = tuple(slice(0, n - k + 1) for n, k in zip(shape, weight.shape[1:]))
     return out[(Ellipsis,) + valid]
 
 
@@ -231,13 +233,15 @@ def _kernel_spectrum(weight: torch.Tensor, size: tuple) -> torch.Tensor:
 
 
 def _use_fft(method: str, weight: torch.Tensor, padded_shape) -> bool:
-    """Direct cost ~ taps * K per pixel; FFT cost ~ (K + 1) transforms of ~ 5 log2(N) flops per pixel."""
+    """FFT when ``taps > 4 min(K, 8) log2(N)``: fitted on CPU timings for K <= 8 kernels (benchmarks/RESULTS.md,
+    crossover table), where direct cost grows far less than linearly with K; capped at K = 8 because the mask-mode
+    bases (13 to 66 kernels) measured faster by FFT from R ~ 10 px."""
     if method != "auto":
         return method == "fft"
     taps = math.prod(weight.shape[1:])
     n_kernels = weight.shape[0]
     n_pix = math.prod(padded_shape)
-    return taps * n_kernels > 3.0 * (n_kernels + 1) * math.log2(max(n_pix, 2))
+    return taps > 4.0 * min(n_kernels, 8) * math.log2(max(n_pix, 2))
 
 
 def _correlate(x: torch.Tensor, weight: torch.Tensor, method: str) -> torch.Tensor:
