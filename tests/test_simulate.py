@@ -134,7 +134,7 @@ def test_length_units_are_consistent(varying_case, model):
     if model == "chromatin-balance":
         p_um = {"l2": 1.04 * L**2}
     else:
-        p_um = {"a": 2.08, "phi_max": 0.7, "l_int": 0.03 * L, "mobility": L**2}
+        p_um = {"a": 1.0, "phi_max": 0.7, "l_int": 0.03 * L, "mobility": L**2}
     um = chromatin_steady_state(phi_w, rate, pixel_size=h * L, model=model, params=p_um)
     np.testing.assert_allclose(um["phi_d"], box["phi_d"], atol=1e-9)
 

@@ -42,6 +42,15 @@ def test_calibrate_reproduces_l2(shared_data):
         assert out["fitted"]["l2"] == pytest.approx(1.04, abs=0.02)
 
 
+def test_calibrate_phase_field_on_reference(shared_data):
+    """The FE states are the phase-field model with the prototype's a = 1 (double well kept), not a = 2.08."""
+    for lam in ("0.5", "1.5"):
+        fields, truth = _reference(shared_data, lam)
+        out = calibrate(fields, truth, "chromatin-phase-field", pixel_size=0.05, radius=8, boundary="periodic")
+        assert out["fitted"]["a"] == pytest.approx(1.0, abs=0.02)
+        assert out["relative_residual"] < 0.02
+
+
 def test_calibrate_on_simulation_recovers_coefficient():
     w = S.smooth_random_field((96, 96), 5, 0.2, 0.7, seed=3)
     st = S.chromatin_steady_state(w, 0.8, pixel_size=0.05, params={"l2": 0.7})

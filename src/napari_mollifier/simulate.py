@@ -40,7 +40,7 @@ BOX_UNIT_UM = 0.15
 #: Calibrated defaults in box units (SCIENCE.md section 2). ``mobility`` is length^2.
 CHROMATIN_DEFAULTS = {
     "chromatin-balance": {"l2": 1.04},
-    "chromatin-phase-field": {"a": 2.08, "phi_max": 0.7, "l_int": 0.03, "mobility": 1.0},
+    "chromatin-phase-field": {"a": 1.0, "phi_max": 0.7, "l_int": 0.03, "mobility": 1.0},
 }
 
 
@@ -207,7 +207,7 @@ def chromatin_steady_state(phi_w, rate, pixel_size=1.0, model="chromatin-balance
         mu_d = -a phi_e + phi_h (phi_max - phi_h)(phi_max - 2 phi_h) - l_int^2 lap(phi_d)
 
     solved by stabilised Picard iteration (see ``_solve_phase_field``). Defaults are the calibrated
-    box-unit values in ``CHROMATIN_DEFAULTS`` (l2 = 1.04; a = 2.08, phi_max = 0.7, l_int = 0.03, M = 1).
+    box-unit values in ``CHROMATIN_DEFAULTS`` (l2 = 1.04; a = 1.0, phi_max = 0.7, l_int = 0.03, M = 1).
 
     Parameters
     ----------
