@@ -210,3 +210,15 @@ def test_single_density_channel_uses_documented_split():
     assert np.isfinite(res.rate[s["nucleus"]]).mean() > 0.95
     with pytest.raises(MollifierInputError, match="constant"):
         split_density(np.ones((20, 20)))
+
+
+def test_zero_or_negative_euchromatin_is_refused_or_masked():
+    fields, _ = _heterogeneous(shape=(64, 64), noise=0.0, seed=4)
+    bad = {"phi_h": fields["phi_h"], "phi_e": -fields["phi_e"]}
+    with pytest.raises(MollifierInputError, match="euchromatin"):
+        nm.infer_rates(bad, pixel_size=0.05, radius=6, n_bootstrap=0)
+    holed = {"phi_h": fields["phi_h"], "phi_e": fields["phi_e"].copy()}
+    holed["phi_e"][20:40, 20:40] = 0.0  # a patch without euchromatin: NaN there, finite elsewhere
+    res = nm.infer_rates(holed, pixel_size=0.05, radius=4, n_bootstrap=0)
+    assert np.isnan(res.rate[28:32, 28:32]).all()
+    assert np.isfinite(res.rate[:10, :10]).all()

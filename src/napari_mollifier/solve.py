@@ -154,9 +154,21 @@ class _Context:
         }
 
     def rate(self, fields: dict, radius: float, mask: np.ndarray) -> torch.Tensor:
-        d = self.mollify(fields, radius, mask)
-        with np.errstate(all="ignore"):
-            return self.model.rate(d, self.params)
+        return self.closed_form(self.mollify(fields, radius, mask))
+
+    def closed_form(self, d: dict) -> torch.Tensor:
+        """The model's closed form, NaN where its divisor is ~0 (below 1e-3 of its median magnitude in the ROI)
+        or, for a physical fraction such as phi_e, not positive."""
+        rate = self.model.rate(d, self.params)
+        den = self.model.denominator(d, self.params)
+        region = torch.as_tensor(self.region, device=den.device) if self.region is not None else None
+        magnitude = den.abs()[..., region] if region is not None else den.abs()
+        finite = magnitude[torch.isfinite(magnitude)]
+        floor = 1e-3 * float(finite.median()) if finite.numel() else 0.0
+        bad = ~torch.isfinite(den) | (den.abs() <= floor)
+        if self.model.positive_denominator:
+            bad |= den <= floor
+        return rate.masked_fill(bad, float("nan"))
 
 
 def _tensors(arrays: dict, ctx: _Context) -> dict:
@@ -209,8 +221,15 @@ def _direct(arrays, ctx: _Context, radius, deriv_mask, n_bootstrap, noise, seed,
     tensors = _tensors(arrays, ctx)
     small = max(radius / _LADDER_STEP, ctx.order + 1)
     d = ctx.mollify(tensors, radius, deriv_mask)
-    with np.errstate(all="ignore"):
-        rate = ctx.model.rate(d, ctx.params)[0]
+    rate = ctx.closed_form(d)[0]
+    inside = torch.as_tensor(out_mask, device=rate.device)
+    undefined = float((~torch.isfinite(rate[inside])).float().mean()) if bool(inside.any()) else 1.0
+    if undefined > 0.5:
+        name = "phi_e (euchromatin)" if ctx.model.positive_denominator else "the closed form's divisor"
+        raise MollifierInputError(
+            f"the rate is undefined in {undefined:.0%} of the ROI because {name} is zero, negative or not finite "
+            "there after smoothing: check the channel assignment and intensity normalisation of the inputs"
+        )
     out_mask = out_mask & torch.isfinite(rate).cpu().numpy()  # fixed for all samples: one cached mask operator
     change = _smoothed_change(rate, ctx.rate(tensors, small, deriv_mask)[0], ctx, radius, out_mask)
     ctx.tick({"stage": "closed form"})

@@ -33,6 +33,7 @@ class Model:
     coefficients: dict = field(default_factory=dict)
     ndim: int = 2  # spatial dimensions of the fields (1 for the Langevin time series)
     rate_symbol: str = "lambda"
+    positive_denominator: bool = False  # True where the divisor is a physical fraction that must be > 0
 
     def params(self, overrides: dict | None = None) -> dict:
         """Default coefficients with ``overrides`` applied; unknown names are an error."""

@@ -17,6 +17,7 @@ class ChromatinBalance(Model):
     name: str = "chromatin-balance"
     summary: str = "l2 lap(phi_e) = lambda phi_e - phi_h (2nd order)"
     inputs: tuple = ("phi_h", "phi_e")
+    positive_denominator: bool = True
     coefficients: dict = field(
         default_factory=lambda: {"l2": Coefficient(1.04, 2, "D / G_ac, squared length (pixel-size units squared)")}
     )

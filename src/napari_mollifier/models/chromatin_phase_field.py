@@ -27,6 +27,7 @@ class ChromatinPhaseField(Model):
     name: str = "chromatin-phase-field"
     summary: str = "0 = M lap(mu_d) + 2 (lambda phi_e - phi_h), 4th order"
     inputs: tuple = ("phi_h", "phi_e")
+    positive_denominator: bool = True
     coefficients: dict = field(
         default_factory=lambda: {
             "a": Coefficient(1.0, 0, "euchromatin interaction (dimensionless; calibrated 0.99 on the reference data)"),

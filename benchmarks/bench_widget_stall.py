@@ -1,0 +1,285 @@
+"""Longest event-loop stall of napari while the "Rate maps" widget runs (target: < 100 ms).
+
+Opens a real napari viewer with the synthetic nucleus sample, docks the widget, draws a polygon ROI inside the
+nucleus and starts a run (``--method network`` by default) through the widget's Run button path. A ``QTimer``
+ticks every 20 ms on the main thread from just before Run until the widget reports the run over (layers added);
+the gap between consecutive ticks is what a user feels: the longest gap is the longest stall of the viewer. The
+time spent adding the result layers (main thread, ``returned`` handler) is included.
+
+Run from the repository root, with a display (``xvfb-run`` on a headless Linux machine)::
+
+    xvfb-run -a python benchmarks/bench_widget_stall.py                    # network, 60 iterations, 2 runs
+    xvfb-run -a python benchmarks/bench_widget_stall.py --iterations 500 --method network
+    xvfb-run -a python benchmarks/bench_widget_stall.py --method direct --radius auto
+    xvfb-run -a python benchmarks/bench_widget_stall.py --no-write          # print only
+
+The result is printed and written to this script's section of ``benchmarks/RESULTS.md`` (between
+``<!-- bench_widget_stall:start -->`` and ``<!-- bench_widget_stall:end -->``; other sections are left alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "src") not in sys.path:
+    sys.path.insert(0, str(REPO / "src"))
+
+import numpy as np  # noqa: E402
+
+SECTION = "bench_widget_stall"
+START, END = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
+FILE_HEADER = (
+    "# Benchmark results\n\n"
+    "Each benchmark script in `benchmarks/` rewrites only its own `##` section below, between its\n"
+    "`<!-- name:start -->` / `<!-- name:end -->` marker comments; the numbers are measured by the script in the\n"
+    "run it names, never typed in. See `benchmarks/README.md` for how to run them.\n"
+)
+TICK_MS = 20
+TARGET_MS = 100.0
+
+
+def _load() -> str:
+    try:
+        return "/".join(f"{v:.1f}" for v in os.getloadavg())
+    except (AttributeError, OSError):
+        return "n/a"
+
+
+def _machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        git = commit + (" + uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        git = "unknown"
+    import napari
+    import qtpy
+
+    return (f"CPU {cpu}, {os.cpu_count()} cores ({usable} usable), torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), napari {napari.__version__}, {qtpy.API_NAME} {qtpy.QT_VERSION}, "
+            f"Qt platform {os.environ.get('QT_QPA_PLATFORM') or 'default'}, display "
+            f"{os.environ.get('DISPLAY', 'none')}, Python {platform.python_version()}; git {git}")
+
+
+def write_results(path: Path, body: str) -> None:
+    text = path.read_text() if path.exists() else FILE_HEADER
+    section = f"{START}\n{body.strip()}\n{END}"
+    i, j = text.find(START), text.find(END)
+    if 0 <= i < j:
+        text = text[:i] + section + text[j + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def _ensure_plugin() -> None:
+    from npe2 import PluginManager, PluginManifest
+
+    pm = PluginManager.instance()
+    if "napari-mollifier" not in pm:  # running from src/ without an installed entry point
+        pm.register(PluginManifest.from_file(REPO / "napari.yaml"))
+
+
+def _one_run(widget, app, timeout: float) -> dict:
+    """One Run of the widget with a 20 ms QTimer ticking on the main thread; returns the tick gaps' summary."""
+    from qtpy.QtCore import QElapsedTimer, QEventLoop, QTimer
+
+    clock = QElapsedTimer()
+    ticks: list[int] = []
+    timer = QTimer()
+    timer.setInterval(TICK_MS)
+    timer.timeout.connect(lambda: ticks.append(clock.elapsed()))
+    status: list[str] = []
+    progress_events = [0]
+    loop = QEventLoop()
+
+    def on_done(result: str) -> None:
+        status.append(result)
+        loop.quit()
+
+    widget.run_done.connect(on_done)
+    deadline = QTimer()
+    deadline.setSingleShot(True)
+    deadline.timeout.connect(loop.quit)
+    deadline.start(int(timeout * 1000))
+
+    clock.start()
+    timer.start()
+    ticks.append(clock.elapsed())
+    t0 = time.perf_counter()
+    widget.run()
+    worker = widget.worker
+    returned_at: list[int] = []
+    if worker is not None:
+        worker.yielded.connect(lambda *_: progress_events.__setitem__(0, progress_events[0] + 1))
+        worker.returned.connect(lambda *_: returned_at.append(clock.elapsed()))
+        loop.exec()  # the real Qt event loop, as in napari
+    wall = time.perf_counter() - t0
+    ticks.append(clock.elapsed())
+    timer.stop()
+    deadline.stop()
+    if not status:  # timed out: stop the job before closing the viewer
+        widget.cancel()
+        until = time.perf_counter() + 60
+        while not status and time.perf_counter() < until:
+            app.processEvents()
+            time.sleep(0.01)
+    widget.run_done.disconnect(on_done)
+    stamps = np.asarray(ticks, dtype=float)
+    gaps = np.diff(stamps)
+    split = returned_at[0] if returned_at else stamps[-1]
+    # a gap belongs to the phase in which it ends: compute (solver running) or publish (adding layers)
+    compute, publish = gaps[stamps[1:] <= split], gaps[stamps[1:] > split]
+    prov = widget.last_results[0].provenance if widget.last_results else {}
+    return {
+        "status": status[0] if status else "timeout",
+        "wall_s": wall,
+        "ticks": len(ticks),
+        "max_gap_ms": float(gaps.max()) if gaps.size else float("nan"),
+        "p99_gap_ms": float(np.percentile(gaps, 99)) if gaps.size else float("nan"),
+        "median_gap_ms": float(np.median(gaps)) if gaps.size else float("nan"),
+        "over_100ms": int((gaps > TARGET_MS).sum()),
+        "compute_max_ms": float(compute.max()) if compute.size else float("nan"),
+        "compute_over_100ms": int((compute > TARGET_MS).sum()),
+        "publish_max_ms": float(publish.max()) if publish.size else float("nan"),
+        "publish_over_100ms": int((publish > TARGET_MS).sum()),
+        "publish_s": (stamps[-1] - split) / 1000.0,
+        "progress_events": progress_events[0],
+        "device": prov.get("device", widget.device_combo.currentText()),
+        "radius_px": widget.last_results[0].radius if widget.last_results else None,
+        "seconds_solver": prov.get("seconds"),
+    }
+
+
+def measure(method: str, iterations: int, radius, bootstrap: int, timeout: float, device: str | None,
+            runs: int = 2) -> list[dict]:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    _ensure_plugin()
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    try:
+        viewer.open_sample("napari-mollifier", "nucleus")
+        _, widget = viewer.window.add_plugin_dock_widget("napari-mollifier", "Rate maps")
+        image = viewer.layers["heterochromatin (phi_h)"]
+        px = float(image.scale[-1])
+        poly = np.array([[90, 80], [90, 176], [166, 176], [166, 80]], dtype=float) * px
+        viewer.add_shapes([poly], shape_type="polygon", name="roi", edge_color="yellow", face_color="transparent",
+                          units=image.units)
+        widget.roi_combo.setCurrentText("roi")
+        widget.method_combo.setCurrentText(method)
+        widget.iterations_spin.setValue(iterations)
+        widget.bootstrap_spin.setValue(bootstrap)
+        if device:
+            widget.device_combo.setCurrentText(device)
+        if radius == "auto":
+            widget.radius_auto.setChecked(True)
+        else:
+            widget.radius_auto.setChecked(False)
+            widget.radius_unit.setCurrentIndex(0)
+            widget.radius_value.setValue(float(radius))
+        for _ in range(20):  # let the window settle before measuring
+            app.processEvents()
+            time.sleep(0.01)
+        results = []
+        for _ in range(runs):
+            results.append(_one_run(widget, app, timeout))
+            if results[-1]["status"] != "ok":
+                break
+        return results
+    finally:
+        viewer.close()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--method", default="network", choices=("network", "direct"))
+    p.add_argument("--iterations", type=int, default=60, help="network iterations (default 60)")
+    p.add_argument("--radius", default="10", help="kernel radius in px, or 'auto' (default 10)")
+    p.add_argument("--bootstrap", type=int, default=20, help="uncertainty samples for --method direct (default 20)")
+    p.add_argument("--device", default=None, help="cpu, cuda... (default: the widget's default)")
+    p.add_argument("--runs", type=int, default=2, help="runs in the same viewer (default 2: cold, then warm)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="give up after this many seconds")
+    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
+    p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = p.parse_args(argv)
+    radius = args.radius if args.radius == "auto" else float(args.radius)
+
+    load_start = _load()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    runs = measure(args.method, args.iterations, radius, args.bootstrap, args.timeout, args.device, args.runs)
+    load_end = _load()
+    worst = max(r["max_gap_ms"] for r in runs)
+    command = "xvfb-run -a python benchmarks/bench_widget_stall.py" + (
+        " " + " ".join(sys.argv[1:]) if argv is None and sys.argv[1:] else ""
+    )
+    what = (f"{args.method}, {args.iterations} iterations" if args.method == "network"
+            else f"direct, {args.bootstrap} uncertainty samples")
+    labels = ["1st run (cold: first solver call in the process)"] + [
+        f"run {k + 1} (warm: same settings again)" for k in range(1, len(runs))
+    ]
+    rows = "\n".join(
+        f"| {lab} | {r['status']} | {r['wall_s']:.1f} s | {r['median_gap_ms']:.0f} ms | {r['p99_gap_ms']:.0f} ms "
+        f"| **{r['max_gap_ms']:.0f} ms** | {r['over_100ms']} | {r['compute_max_ms']:.0f} ms "
+        f"({r['compute_over_100ms']} > {TARGET_MS:g} ms) | {r['publish_max_ms']:.0f} ms in {r['publish_s']:.2f} s "
+        f"({r['publish_over_100ms']} > {TARGET_MS:g} ms) |"
+        for lab, r in zip(labels, runs)
+    )
+    verdicts = ", ".join(
+        f"{lab.split(' (')[0]}: {r['max_gap_ms']:.0f} ms ({'meets' if r['max_gap_ms'] < TARGET_MS else 'misses'})"
+        for lab, r in zip(labels, runs)
+    )
+    body = f"""## napari event-loop stall during a widget run (`benchmarks/bench_widget_stall.py`)
+
+- Date: {started}
+- Machine: {_machine()}
+- Load average (1/5/15 min): {load_start} at the start, {load_end} at the end
+- Command: `{command}`
+
+Synthetic nucleus sample (256 x 256 px), polygon ROI of 77 x 97 px, {what}, radius {radius} px, device
+{runs[0]['device']}; {len(runs)} run(s) in one viewer. A `QTimer` ticks every {TICK_MS} ms on the main thread from
+Run until the widget is ready again (result layers added or updated); a gap between ticks is a stall of the
+viewer. "Solver" gaps end before the worker returned, "layers" gaps after it (main-thread layer additions, one
+per event-loop turn). Target: longest gap < {TARGET_MS:g} ms.
+
+| run | status | wall time | median gap | p99 gap | longest gap | gaps > {TARGET_MS:g} ms | longest gap, solver \
+| longest gap, layers |
+|---|---|---|---|---|---|---|---|---|
+{rows}
+
+Longest stall per run: {verdicts}.
+"""
+    print(body)
+    if not args.no_write:
+        write_results(args.results, body)
+        print(f"wrote the {SECTION} section of {args.results}")
+    return 0 if all(r["status"] == "ok" for r in runs) and worst == worst else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

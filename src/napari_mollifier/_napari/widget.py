@@ -1,0 +1,1231 @@
+"""The "Rate maps" dock widget: pick chromatin layers and an ROI, run :func:`napari_mollifier.infer_rates`, get maps.
+
+The widget adds no science: it gathers inputs from layers (pixel data, pixel size from the layer's scale, ROI
+rasterised through world coordinates), calls ``infer_rates`` once per image slice in a napari ``thread_worker``
+(a generator worker that yields progress, so the run shows in napari's task list), and turns the returned
+:class:`~napari_mollifier.result.RateResult` objects into layers, a per-ROI table and a histogram.
+
+Threading contract: the solver runs in a worker thread on snapshot copies of the input arrays; layers are created
+or updated only on the main thread in the worker's ``returned`` handler, and only when every slice succeeded
+(cancel or error -> nothing is added). One run at a time: Run is disabled while a run is in flight. Cancel sets a
+flag read by the ``cancel`` callback of ``infer_rates``, which stops within one solver step.
+
+Module-level imports: numpy, qtpy and napari only. The solver, the models, torch and matplotlib are imported
+when the widget is built or run.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import queue
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels, Shapes
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+__all__ = ["MollifierWidget", "robust_limits", "output_name"]
+
+log = logging.getLogger(__name__)
+
+WHOLE_IMAGE = "(whole image)"
+#: Friendly labels of the model inputs (any other input is shown by its key).
+INPUT_LABELS = {
+    "phi_h": "Heterochromatin (phi_h)",
+    "phi_e": "Euchromatin (phi_e)",
+    "density": "Density",
+    "u": "Field u",
+    "m": "Source m",
+}
+#: Name fragments used to pre-select an input layer for a model input.
+INPUT_HINTS = {
+    "phi_h": ("phi_h", "hetero"),
+    "phi_e": ("phi_e", "euchro"),
+    "density": ("density", "dna", "chromatin"),
+}
+#: Output layers: kind -> (colormap, visible, symmetric contrast limits).
+OUTPUT_STYLE = {
+    "rate": ("viridis", True, False),
+    "uncertainty": ("magma", True, False),
+    "residual": ("PiYG", True, True),
+    "smoothed": ("gray", False, False),
+}
+METHODS = ("direct", "network")
+_META_KEY = "mollifier_output"
+#: Pause between two output-layer additions: lets the viewer repaint and handle input in between.
+_PUBLISH_GAP_MS = 25
+
+
+# --------------------------------------------------------------------------- helpers (no Qt)
+def output_name(kind: str, source_name: str, field_name: str | None = None) -> str:
+    """Name of an output layer: ``"rate [<image>]"``, ``"phi_e smoothed [<image>]"``..."""
+    prefix = f"{field_name} smoothed" if kind == "smoothed" else kind
+    return f"{prefix} [{source_name}]"
+
+
+def robust_limits(values: np.ndarray, symmetric: bool = False) -> tuple[float, float]:
+    """Contrast limits from the 2nd-98th percentiles of the finite values (symmetric about 0 if asked)."""
+    finite = np.asarray(values)[np.isfinite(values)]
+    if finite.size == 0:
+        return (-1.0, 1.0) if symmetric else (0.0, 1.0)
+    if symmetric:
+        half = float(np.percentile(np.abs(finite), 98))
+        if not half > 0:
+            half = float(np.max(np.abs(finite))) or 1.0
+        return (-half, half)
+    lo, hi = (float(v) for v in np.percentile(finite, [2, 98]))
+    if not hi > lo:
+        lo, hi = float(finite.min()), float(finite.max())
+    if not hi > lo:
+        pad = abs(lo) * 1e-3 or 1e-3
+        lo, hi = lo - pad, hi + pad
+    return (lo, hi)
+
+
+def available_devices() -> list[str]:
+    """Devices torch can use here: always ``cpu``, plus ``cuda`` / ``mps`` when available (best first)."""
+    devices = ["cpu"]
+    try:
+        import torch
+    except Exception:  # pragma: no cover - torch is a hard dependency of the solver
+        return devices
+    try:
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            devices.insert(0, "mps")
+    except Exception:  # pragma: no cover
+        pass
+    try:
+        if torch.cuda.is_available():
+            devices.insert(0, "cuda")
+    except Exception:  # pragma: no cover
+        pass
+    return devices
+
+
+def _unit_name(layer) -> str:
+    units = getattr(layer, "units", None)
+    if not units:
+        return "px"
+    text = str(units[-1])
+    short = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "pixel": "px", "meter": "m"}
+    return short.get(text, text)
+
+
+def _geometry(layer) -> dict:
+    """Keyword arguments that put a new layer exactly on ``layer``'s grid (scale, translate, units...)."""
+    kw: dict[str, Any] = {
+        "scale": tuple(float(s) for s in layer.scale),
+        "translate": tuple(float(t) for t in layer.translate),
+        "rotate": np.array(layer.rotate, dtype=float),
+        "shear": np.array(layer.shear, dtype=float),
+        "affine": np.array(layer.affine.affine_matrix, dtype=float),
+    }
+    if hasattr(layer, "axis_labels"):
+        kw["axis_labels"] = tuple(layer.axis_labels)
+    if hasattr(layer, "units"):
+        kw["units"] = tuple(str(u) for u in layer.units)
+    return kw
+
+
+def _physical_shift(layer, shift) -> np.ndarray:
+    """``rotate @ shear @ scale @ shift``: how far ``shift`` data pixels move ``layer``'s translate.
+
+    From the public transforms: world = affine(linear @ x + translate), so the shift in translate units is
+    ``inv(affine.linear) @ (world(shift) - world(0))``.
+    """
+    shift = np.asarray(shift, dtype=float)
+    w1 = np.asarray(layer.data_to_world(shift), dtype=float)
+    w0 = np.asarray(layer.data_to_world(np.zeros_like(shift)), dtype=float)
+    lin = np.asarray(layer.affine.linear_matrix, dtype=float)
+    return np.linalg.solve(lin, w1 - w0)
+
+
+@dataclass
+class _Job:
+    """Everything a run needs, captured on the main thread (arrays are private copies)."""
+
+    source_name: str
+    input_names: dict
+    slices: list  # [(leading index tuple, {field: 2-D array}, roi or None)]
+    out_lead_shape: tuple  # leading shape of the output stack (() for 2-D images)
+    geometry: dict
+    kwargs: dict  # for infer_rates (no fields / roi / progress / cancel)
+    unit: str
+    roi_name: str | None
+    notes: list = field(default_factory=list)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+
+@dataclass
+class _Outcome:
+    status: str  # "ok", "cancelled", "error"
+    results: list = field(default_factory=list)
+    message: str = ""
+    details: str = ""
+
+
+_DONE = object()
+
+
+def _explain(exc: BaseException) -> tuple[str, str]:
+    """``(status, message)`` for an exception raised by a run: what happened and how to fix it."""
+    from napari_mollifier.errors import MollifierInputError, RunCancelled
+
+    if isinstance(exc, RunCancelled):
+        return "cancelled", "Rate maps: run cancelled. No layer was added and the inputs are unchanged."
+    if isinstance(exc, MollifierInputError):
+        return "error", f"Rate maps: {exc}"
+    text = str(exc)
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return "error", (
+            f"Rate maps ran out of memory ({type(exc).__name__}: {text[:200]}). Fix: draw an ROI around the "
+            "nucleus, run the current slice instead of all slices, use a smaller kernel radius or fewer "
+            "uncertainty samples, or choose the 'cpu' device."
+        )
+    return "error", f"Rate maps failed: {type(exc).__name__}: {text}"
+
+
+def _solve(job: _Job, report) -> list:
+    """Run ``infer_rates`` on every slice of ``job`` (worker thread). ``report(fraction, info)``."""
+    from napari_mollifier import infer_rates
+
+    results = []
+    n = len(job.slices)
+    for i, (lead, fields, roi) in enumerate(job.slices):
+
+        def progress(step, total, info, _i=i):
+            frac = (_i + (step / total if total else 0.0)) / n
+            report(frac, dict(info or {}, slice=_i + 1, n_slices=n))
+
+        res = infer_rates(fields, roi=roi, progress=progress, cancel=job.cancel.is_set, **job.kwargs)
+        finite = np.isfinite(res.rate)
+        if not finite.any():
+            from napari_mollifier.errors import MollifierInputError
+
+            raise MollifierInputError(
+                "the rate is undefined at every pixel of the ROI"
+                + (f" in slice {lead}" if lead else "")
+                + ": the model divides by the euchromatin signal, which is zero or constant there. Check that "
+                "the heterochromatin and euchromatin layers hold the chromatin images (volume fractions)."
+            )
+        results.append(res)
+    return results
+
+
+def _run_job(job: _Job):
+    """Generator run by napari's ``thread_worker``: yields ``(fraction, info)`` and returns an :class:`_Outcome`.
+
+    ``infer_rates`` reports progress through a callback, which cannot ``yield``; it runs in a helper thread and
+    this generator relays its reports (at most every 50 ms, latest wins), so the worker yields regularly.
+    """
+    reports: queue.SimpleQueue = queue.SimpleQueue()
+    box: dict[str, Any] = {}
+
+    def target():
+        _background_priority()
+        try:
+            box["results"] = _solve(job, lambda frac, info: reports.put((frac, info)))
+        except BaseException as exc:  # noqa: BLE001 - every failure is reported to the user
+            box["error"] = exc
+            box["details"] = traceback.format_exc()
+        finally:
+            reports.put(_DONE)
+
+    job.thread = threading.Thread(target=target, name="napari-mollifier-solve", daemon=True)
+    job.thread.start()
+    try:
+        done = False
+        while not done:
+            try:
+                item = reports.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            latest = None
+            while True:
+                if item is _DONE:
+                    done = True
+                    break
+                latest = item
+                try:
+                    item = reports.get_nowait()
+                except queue.Empty:
+                    break
+            if latest is not None:
+                yield latest
+    finally:  # closed early (napari task cancel): stop the solver too
+        if job.thread.is_alive():
+            job.cancel.set()
+    job.thread.join()
+    if "error" in box:
+        status, message = _explain(box["error"])
+        return _Outcome(status, message=message, details=box.get("details", ""))
+    if job.cancel.is_set():
+        return _Outcome("cancelled", message=_explain_cancel())
+    return _Outcome("ok", results=box["results"])
+
+
+def _background_priority() -> None:
+    """Lower the calling (solver) thread's CPU priority a little, so that the viewer's thread wins the CPU.
+
+    Linux applies ``setpriority`` to one thread (and to the threads it starts: torch's pool, when it is created
+    here); elsewhere this does nothing. Set ``NAPARI_MOLLIFIER_NICE=0`` to keep the normal priority.
+    """
+    import os
+
+    try:
+        step = int(os.environ.get("NAPARI_MOLLIFIER_NICE", "5"))
+    except ValueError:
+        step = 5
+    if step <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
+    except (AttributeError, OSError):  # pragma: no cover - not permitted: keep the priority
+        pass
+
+
+def _explain_cancel() -> str:
+    return "Rate maps: run cancelled. No layer was added and the inputs are unchanged."
+
+
+# --------------------------------------------------------------------------- the widget
+class MollifierWidget(QWidget):
+    """Dock widget "Rate maps" (npe2 command ``napari-mollifier.make_widget``).
+
+    Public, for scripts and tests: :meth:`run`, :meth:`cancel`, :meth:`export_csv`, :attr:`worker` (the
+    running napari worker or None), :attr:`last_results` and the signal :attr:`run_done` (emitted with
+    ``"ok"``, ``"cancelled"`` or ``"error"`` when a run is over and the widget is ready again).
+    """
+
+    run_done = Signal(str)
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        from napari_mollifier.models import MODELS
+
+        self.viewer = napari_viewer
+        self._models = {name: m for name, m in MODELS.items() if getattr(m, "ndim", 2) == 2}
+        self.worker = None
+        self._job: _Job | None = None
+        self._started = 0.0
+        self._last_frac = 0.0
+        self.last_results: list = []
+        self._last_job: _Job | None = None
+        self._rows: list[dict] = []
+        self._outcome: _Outcome | None = None
+        self._worker_finished = False
+        self._publishing = False
+        self._pending: list = []
+        self._added: list = []
+        self._connected_layers: set[int] = set()
+        self.input_combos: dict[str, QComboBox] = {}
+        self.coef_edits: dict[str, QLineEdit] = {}
+        self._build_ui()
+        self._connect_viewer()
+        self._refresh_layers()
+        self._on_model_changed()
+
+    # ------------------------------------------------------------------ UI
+    def _build_ui(self) -> None:
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(4, 4, 4, 4)
+
+        # inputs: one row per model input (rebuilt when the model changes), then the ROI and stack rows
+        self.inputs_box = QGroupBox("Input layers")
+        inputs_layout = QVBoxLayout(self.inputs_box)
+        inputs_layout.setContentsMargins(6, 6, 6, 6)
+        self.inputs_form = QFormLayout()
+        roi_form = QFormLayout()
+        inputs_layout.addLayout(self.inputs_form)
+        inputs_layout.addLayout(roi_form)
+        self.roi_combo = QComboBox()
+        self.roi_combo.setToolTip(
+            "Shapes layer: each shape is one ROI. Labels layer: each label is one ROI. "
+            "ROIs are mapped through world coordinates, so another scale/translate is fine."
+        )
+        self.all_slices = QCheckBox("all slices (one job)")
+        self.all_slices.setToolTip("For 3-D/4-D layers: run every 2-D slice (a stack of rate maps) "
+                                   "instead of the slice shown in the viewer.")
+        roi_form.addRow("ROI", self.roi_combo)
+        roi_form.addRow("Stack", self.all_slices)
+        outer.addWidget(self.inputs_box)
+
+        # model and solver settings
+        box = QGroupBox("Model and solver")
+        form = QFormLayout(box)
+        self.model_combo = QComboBox()
+        for name, m in self._models.items():
+            self.model_combo.addItem(name)
+            self.model_combo.setItemData(self.model_combo.count() - 1, getattr(m, "summary", ""),
+                                         Qt.ItemDataRole.ToolTipRole)
+        form.addRow("Model", self.model_combo)
+        self.coef_box = QWidget()
+        self.coef_form = QFormLayout(self.coef_box)
+        self.coef_form.setContentsMargins(0, 0, 0, 0)
+        form.addRow(self.coef_box)
+        self.coef_note = QLabel()
+        self.coef_note.setWordWrap(True)
+        self.coef_note.setStyleSheet("color: gray; font-size: 9pt")
+        form.addRow(self.coef_note)
+
+        radius_row = QHBoxLayout()
+        self.radius_auto = QCheckBox("auto")
+        self.radius_auto.setChecked(True)
+        self.radius_auto.setToolTip("Choose the kernel radius from the data (quasi-optimality).")
+        self.radius_value = QDoubleSpinBox()
+        self.radius_value.setDecimals(3)
+        self.radius_value.setMinimumWidth(80)
+        self.radius_value.setButtonSymbols(QDoubleSpinBox.ButtonSymbols.NoButtons)
+        self.radius_value.setRange(0.0001, 1e6)
+        self.radius_value.setValue(10.0)
+        self.radius_value.setEnabled(False)
+        self.radius_unit = QComboBox()
+        self.radius_unit.addItems(["px", "px"])  # second item renamed to the layer's unit
+        self._radius_unit_index = 0
+        radius_row.addWidget(self.radius_auto)
+        radius_row.addWidget(self.radius_value, 1)
+        radius_row.addWidget(self.radius_unit)
+        form.addRow("Kernel radius", radius_row)
+
+        self.method_combo = QComboBox()
+        self.method_combo.addItems(METHODS)
+        self.method_combo.setToolTip("direct: closed form on mollified data (seconds). "
+                                     "network: mollified network fit (tens of seconds, no uncertainty map).")
+        form.addRow("Method", self.method_combo)
+        self.iterations_spin = QSpinBox()
+        self.iterations_spin.setRange(1, 1_000_000)
+        self.iterations_spin.setValue(_solver_default("iterations", None) or 1500)
+        self.iterations_spin.setToolTip("Optimiser iterations of the network method")
+        form.addRow("Iterations", self.iterations_spin)
+
+        self.bootstrap_spin = QSpinBox()
+        self.bootstrap_spin.setRange(0, 10_000)
+        self.bootstrap_spin.setValue(_solver_default("n_bootstrap", 100))
+        self.bootstrap_spin.setToolTip("Noise realisations for the uncertainty map (direct method; 0 = none). "
+                                       "Fewer is faster.")
+        form.addRow("Uncertainty samples", self.bootstrap_spin)
+
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(available_devices())
+        self.device_combo.setToolTip("Devices available here (torch).")
+        form.addRow("Device", self.device_combo)
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.seed_spin.setToolTip("Seeds the uncertainty noise and the network (same seed, same result on cpu)")
+        form.addRow("Seed", self.seed_spin)
+        outer.addWidget(box)
+
+        # run
+        run_row = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Infer the rate map (in the background; the viewer stays usable).")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        run_row.addWidget(self.run_button, 1)
+        run_row.addWidget(self.cancel_button)
+        outer.addLayout(run_row)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("%p%")
+        outer.addWidget(self.progress_bar)
+        self.status_label = QLabel("Ready.")
+        self.status_label.setWordWrap(True)
+        outer.addWidget(self.status_label)
+        self.device_label = QLabel("Ran on: -")
+        outer.addWidget(self.device_label)
+
+        # results
+        res_box = QGroupBox("Per-ROI rate")
+        res_layout = QVBoxLayout(res_box)
+        self.table = QTableWidget(0, 5)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.setMinimumHeight(90)
+        self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        res_layout.addWidget(self.table)
+        self.export_button = QPushButton("Export CSV...")
+        self.export_button.setEnabled(False)
+        res_layout.addWidget(self.export_button)
+        self._build_histogram(res_layout)
+        outer.addWidget(res_box)
+        outer.addStretch(1)
+        self._set_table_headers("px")
+
+        self.model_combo.currentTextChanged.connect(self._on_model_changed)
+        self.radius_auto.toggled.connect(lambda on: self.radius_value.setEnabled(not on))
+        self.radius_unit.currentIndexChanged.connect(self._on_radius_unit_changed)
+        self.method_combo.currentTextChanged.connect(self._on_method_changed)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.export_button.clicked.connect(self._export_dialog)
+        self._on_method_changed(self.method_combo.currentText())
+
+    def _build_histogram(self, layout) -> None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.2, 2.2), dpi=90, layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(170)
+        self.axes = self.figure.add_subplot(111)
+        self._style_axes()
+        layout.addWidget(self.canvas)
+
+    def _style_axes(self) -> None:
+        """Axis labels, in the colours of napari's theme (falls back to matplotlib's defaults)."""
+        ax = self.axes
+        ax.set_xlabel("rate")
+        ax.set_ylabel("pixels")
+        ax.tick_params(labelsize=7)
+        ax.xaxis.label.set_size(8)
+        ax.yaxis.label.set_size(8)
+        try:
+            from napari.utils.theme import get_theme
+
+            theme = get_theme(self.viewer.theme)
+            bg, fg, text = theme.background.as_hex(), theme.foreground.as_hex(), theme.text.as_hex()
+        except Exception:  # pragma: no cover - unknown theme
+            return
+        self.figure.set_facecolor(bg)
+        ax.set_facecolor(bg)
+        for spine in ax.spines.values():
+            spine.set_color(text)
+        ax.tick_params(colors=text, which="both")
+        ax.xaxis.label.set_color(text)
+        ax.yaxis.label.set_color(text)
+        ax.title.set_color(text)
+
+    # ------------------------------------------------------------------ layers in the combos
+    def _connect_viewer(self) -> None:
+        ev = self.viewer.layers.events
+        ev.inserted.connect(self._refresh_layers)
+        ev.removed.connect(self._refresh_layers)
+        ev.moved.connect(self._refresh_layers)
+
+    def _watch(self, layer) -> None:
+        if id(layer) not in self._connected_layers:
+            self._connected_layers.add(id(layer))
+            layer.events.name.connect(self._refresh_layers)
+
+    def _input_layers(self) -> list:
+        return [ly for ly in self.viewer.layers
+                if isinstance(ly, Image) and not ly.rgb and _META_KEY not in ly.metadata]
+
+    def _refresh_layers(self, *_args) -> None:
+        for layer in self.viewer.layers:
+            self._watch(layer)
+        images = [ly.name for ly in self._input_layers()]
+        for key, combo in self.input_combos.items():
+            self._fill(combo, images, self._guess_input(key, images))
+        rois = [WHOLE_IMAGE] + [ly.name for ly in self.viewer.layers if isinstance(ly, (Shapes, Labels))]
+        self._fill(self.roi_combo, rois, WHOLE_IMAGE)
+        self._update_stack_controls()
+
+    @staticmethod
+    def _fill(combo: QComboBox, names: list[str], default: str | None) -> None:
+        current = combo.currentText()
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItems(names)
+        pick = current if current in names else default
+        if pick in names:
+            combo.setCurrentIndex(names.index(pick))
+        combo.blockSignals(False)
+        if combo.currentText() != current:  # announce a changed selection once
+            combo.currentTextChanged.emit(combo.currentText())
+
+    def _guess_input(self, key: str, names: list[str]) -> str | None:
+        for name in names:
+            if self.viewer.layers[name].metadata.get("field") == key:
+                return name
+        for hint in INPUT_HINTS.get(key, (key,)):
+            for name in names:
+                if hint in name.lower():
+                    return name
+        order = list(self.input_combos)
+        pos = order.index(key) if key in order else 0
+        return names[pos] if pos < len(names) else (names[0] if names else None)
+
+    def _layer(self, name: str | None):
+        if not name or name not in self.viewer.layers:
+            return None
+        return self.viewer.layers[name]
+
+    def _reference_layer(self):
+        """The first input layer: its grid (scale, units...) is the one of the outputs."""
+        for combo in self.input_combos.values():
+            layer = self._layer(combo.currentText())
+            if layer is not None:
+                return layer
+        return None
+
+    # ------------------------------------------------------------------ model controls
+    def _on_model_changed(self, *_args) -> None:
+        model = self._models.get(self.model_combo.currentText())
+        if model is None:
+            return
+        for i in reversed(range(self.inputs_form.rowCount())):
+            self.inputs_form.removeRow(i)  # deletes the old combos too
+        self.input_combos = {}
+        for key in model.inputs:
+            combo = QComboBox()
+            combo.setToolTip(f"Image layer holding {key} (its scale gives the pixel size)")
+            combo.currentTextChanged.connect(self._on_input_changed)
+            self.input_combos[key] = combo
+            self.inputs_form.addRow(INPUT_LABELS.get(key, key), combo)
+        self._refresh_layers()
+        self._fill_coefficients(force=True)
+
+    def _on_input_changed(self, *_args) -> None:
+        self._fill_coefficients()
+        self._update_unit()
+        self._update_stack_controls()
+
+    def _fill_coefficients(self, force: bool = False) -> None:
+        """Coefficient editors of the model: from the layer's metadata when it names this model, else defaults.
+
+        Refilled only when the model or the reference input layer changes (user edits survive other events).
+        """
+        model = self._models.get(self.model_combo.currentText())
+        if model is None:
+            return
+        ref = self._reference_layer()
+        key = (model.name, id(ref), ref.name if ref is not None else None)
+        if not force and key == getattr(self, "_coef_key", None):
+            return
+        self._coef_key = key
+        values = model.params()
+        origin = "model defaults (the reference data's box units)"
+        if ref is not None:
+            meta = ref.metadata
+            if meta.get("model") == model.name and isinstance(meta.get("params"), dict):
+                known = {k: float(v) for k, v in meta["params"].items() if k in values}
+                if known:
+                    values.update(known)
+                    origin = f"metadata of layer {ref.name!r}"
+        while self.coef_form.rowCount():
+            self.coef_form.removeRow(0)
+        self.coef_edits = {}
+        unit = _unit_name(ref) if ref is not None else "px"
+        for key, value in values.items():
+            coef = model.coefficients[key]
+            edit = QLineEdit(f"{value:.6g}")
+            power = getattr(coef, "length_power", 0)
+            dim = f" [{unit}^{power}]" if power > 1 else (f" [{unit}]" if power == 1 else "")
+            edit.setToolTip(f"{getattr(coef, 'doc', '')}{dim}")
+            self.coef_edits[key] = edit
+            self.coef_form.addRow(f"{key}{dim}", edit)
+        self.coef_note.setText(f"Coefficients from {origin}; lengths in the layer's unit ({unit}).")
+
+    def _on_method_changed(self, method: str) -> None:
+        self.iterations_spin.setEnabled(method != "direct")
+        self.bootstrap_spin.setEnabled(method == "direct")
+
+    def _pixel_size(self, layer) -> tuple[float, float]:
+        return tuple(float(s) for s in np.asarray(layer.scale, dtype=float)[-2:])
+
+    def _update_unit(self) -> None:
+        ref = self._reference_layer()
+        unit = _unit_name(ref) if ref is not None else "px"
+        self.radius_unit.setItemText(1, unit if unit != "px" else "px (world)")
+        if not self._rows:
+            self._set_table_headers(unit)
+
+    def _on_radius_unit_changed(self, index: int) -> None:
+        ref = self._reference_layer()
+        if ref is None or index == self._radius_unit_index:
+            self._radius_unit_index = index
+            return
+        px = math.sqrt(np.prod(self._pixel_size(ref)))
+        value = self.radius_value.value()
+        self.radius_value.setValue(value * px if index == 1 else value / px)
+        self._radius_unit_index = index
+
+    def _update_stack_controls(self) -> None:
+        if not _alive(self.all_slices):
+            return
+        ref = self._reference_layer()
+        self.all_slices.setEnabled(ref is not None and ref.ndim > 2)
+
+    # ------------------------------------------------------------------ run
+    @property
+    def is_running(self) -> bool:
+        return self.worker is not None
+
+    def run(self) -> None:
+        """Start a run with the current settings (refused while one is running)."""
+        if self.is_running:
+            show_info("Rate maps: a run is already in progress; wait for it or press Cancel.")
+            return
+        from napari_mollifier.errors import MollifierInputError
+
+        try:
+            job = self._collect_job()
+        except MollifierInputError as exc:
+            show_error(f"Rate maps: {exc}")
+            self.status_label.setText(f"Not started: {exc}")
+            self.run_done.emit("error")
+            return
+        for note in job.notes:
+            show_warning(f"Rate maps: {note}")
+        self._start(job)
+
+    def _start(self, job: _Job) -> None:
+        self._job = job
+        self._outcome = None
+        self._worker_finished = False
+        self._publishing = False
+        self._pending, self._added = [], []
+        self._started = time.perf_counter()
+        self._last_frac = 0.0
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress_bar.setValue(0)
+        n = len(job.slices)
+        self.status_label.setText(f"Running {job.kwargs['method']} on {n} slice{'s' if n > 1 else ''}...")
+        worker = thread_worker(
+            _run_job, progress={"total": 0, "desc": f"Rate maps [{job.source_name}]"}, start_thread=False
+        )(job)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        worker.start()
+
+    def cancel(self) -> None:
+        """Ask the running job to stop (it stops within one solver step; nothing is added)."""
+        if self._job is not None:
+            self._job.cancel.set()
+            self.cancel_button.setEnabled(False)
+            self.status_label.setText("Cancelling...")
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """Closing the widget stops a running job (nothing is added afterwards)."""
+        if self._job is not None:
+            self._job.cancel.set()
+        super().closeEvent(event)
+
+    def _collect_job(self) -> _Job:
+        """Snapshot the inputs (main thread). Raises MollifierInputError with a fix for bad settings."""
+        from napari_mollifier.errors import MollifierInputError
+
+        model = self._models.get(self.model_combo.currentText())
+        if model is None:
+            raise MollifierInputError("choose a model")
+        layers = {}
+        for key, combo in self.input_combos.items():
+            layer = self._layer(combo.currentText())
+            if layer is None:
+                raise MollifierInputError(
+                    f"choose an image layer for {INPUT_LABELS.get(key, key)} (open one, e.g. File > Open Sample > "
+                    "napari-mollifier > Synthetic nucleus)"
+                )
+            layers[key] = layer
+        if len({id(ly) for ly in layers.values()}) < len(layers):
+            raise MollifierInputError("the input layers must be different images (one per field)")
+        ref = next(iter(layers.values()))
+        data = {key: _full_resolution(layer) for key, layer in layers.items()}
+        shape = tuple(int(n) for n in next(iter(data.values())).shape)
+        for key, layer in layers.items():
+            if layer.ndim < 2:
+                raise MollifierInputError(f"layer {layer.name!r} is {layer.ndim}-D: a 2-D image (or a stack) is needed")
+            if tuple(data[key].shape) != shape:
+                raise MollifierInputError(
+                    f"layers {ref.name!r} {shape} and {layer.name!r} {tuple(data[key].shape)} "
+                    "differ in shape: the fields must be on the same pixel grid"
+                )
+            if not (np.allclose(layer.scale, ref.scale) and np.allclose(layer.translate, ref.translate)):
+                raise MollifierInputError(
+                    f"layers {ref.name!r} and {layer.name!r} have different scale/translate: the fields must be on "
+                    "the same pixel grid (set the same scale on both layers)"
+                )
+        lead_shape, shape2d = shape[:-2], shape[-2:]
+        if lead_shape and self.all_slices.isEnabled() and self.all_slices.isChecked():
+            leads = [tuple(int(i) for i in idx) for idx in np.ndindex(*lead_shape)]
+            out_lead = lead_shape
+        elif lead_shape:
+            point = np.asarray(ref.world_to_data(self.viewer.dims.point), dtype=float)[: len(lead_shape)]
+            idx = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point, lead_shape))
+            leads = [idx]
+            out_lead = (1,) * len(lead_shape)
+        else:
+            leads = [()]
+            out_lead = ()
+
+        from .rois import roi_labels
+
+        # ROI (main thread: it reads layers)
+        roi_layer = self._layer(self.roi_combo.currentText()) if self.roi_combo.currentText() != WHOLE_IMAGE else None
+        notes: list[str] = []
+        roi_cache = None
+        slices = []
+        for lead in leads:
+            fields = {}
+            for key, layer in layers.items():
+                arr = np.array(data[key][lead] if lead else data[key], dtype=np.float64, copy=True)
+                finite = arr[np.isfinite(arr)]
+                if finite.size and float(finite.max()) == float(finite.min()):
+                    raise MollifierInputError(
+                        f"layer {layer.name!r} is constant (every pixel = {float(finite[0]):g})"
+                        + (f" in slice {lead}" if lead else "")
+                        + ": it carries no information on the rate; choose the layer with the chromatin image"
+                    )
+                fields[key] = arr
+            roi = None
+            if roi_layer is not None:
+                if isinstance(roi_layer, Shapes) and roi_cache is not None:
+                    roi = roi_cache
+                else:
+                    roi, roi_notes = roi_labels(roi_layer, ref, shape2d, leading=lead)
+                    notes.extend(roi_notes)
+                    roi_cache = roi
+            slices.append((lead, fields, roi))
+
+        params = {}
+        for key, edit in self.coef_edits.items():
+            try:
+                params[key] = float(edit.text())
+            except ValueError:
+                raise MollifierInputError(f"coefficient {key!r} must be a number, got {edit.text()!r}") from None
+        pixel_size = self._pixel_size(ref)
+        if self.radius_auto.isChecked():
+            radius: Any = "auto"
+        else:
+            radius = float(self.radius_value.value())
+            if self.radius_unit.currentIndex() == 1:
+                radius = radius / math.sqrt(np.prod(pixel_size))
+        method = self.method_combo.currentText()
+        kwargs: dict[str, Any] = {
+            "model": model.name,
+            "params": params,
+            "pixel_size": pixel_size,
+            "radius": radius,
+            "method": method,
+            "device": self.device_combo.currentText(),
+            "seed": int(self.seed_spin.value()),
+        }
+        if method != "direct":
+            kwargs["iterations"] = int(self.iterations_spin.value())
+        elif _accepts("n_bootstrap"):
+            kwargs["n_bootstrap"] = int(self.bootstrap_spin.value())
+        geometry = _geometry(ref)
+        if out_lead and lead_shape and out_lead != lead_shape:  # current slice: put the output on that slice
+            shift = np.zeros(ref.ndim)
+            shift[: len(leads[0])] = leads[0]
+            geometry["translate"] = tuple(np.asarray(geometry["translate"]) + _physical_shift(ref, shift))
+        return _Job(
+            source_name=ref.name,
+            input_names={k: ly.name for k, ly in layers.items()},
+            slices=slices,
+            out_lead_shape=out_lead,
+            geometry=geometry,
+            kwargs=kwargs,
+            unit=_unit_name(ref),
+            roi_name=roi_layer.name if roi_layer is not None else None,
+            notes=notes,
+        )
+
+    # ------------------------------------------------------------------ worker signals (main thread)
+    def _on_progress(self, item) -> None:
+        if not item:
+            return
+        frac, info = item
+        frac = float(min(max(frac, 0.0), 1.0))
+        self._last_frac = frac
+        self.progress_bar.setValue(int(round(1000 * frac)))
+        elapsed = time.perf_counter() - self._started
+        parts = [str(info.get("stage", "running"))]
+        if info.get("n_slices", 1) > 1:
+            parts.append(f"slice {info['slice']}/{info['n_slices']}")
+        if frac > 0.01:
+            parts.append(f"ETA {_format_seconds(elapsed * (1 - frac) / frac)}")
+        if "loss" in info:
+            parts.append(f"loss {float(info['loss']):.3g}")
+        if "radius" in info:
+            parts.append(f"radius {float(info['radius']):g} px")
+        self.status_label.setText(" | ".join(parts))
+        pbar = getattr(self.worker, "pbar", None)
+        if pbar is not None:
+            try:
+                if pbar.total != 1000:
+                    pbar.total = 1000
+                step = int(round(1000 * frac)) - int(pbar.n)
+                if step > 0:
+                    pbar.update(step)
+            except Exception:  # pragma: no cover - the activity dock is cosmetic
+                pass
+
+    def _on_returned(self, outcome: _Outcome) -> None:
+        self._outcome = outcome
+        if outcome.status == "ok" and self._job is not None:
+            # add/update the layers one per event-loop turn, so the viewer repaints in between (short stalls)
+            try:
+                self._pending = self._publish_steps(self._job, outcome.results)
+            except Exception as exc:  # noqa: BLE001 - report, keep the viewer usable
+                self._publish_failed(exc)
+                return
+            self._publishing = True
+            QTimer.singleShot(_PUBLISH_GAP_MS, self._publish_next)
+            return
+        self._report(outcome)
+
+    def _report(self, outcome: _Outcome) -> None:
+        if outcome.status == "cancelled":
+            show_info(outcome.message)
+            self.status_label.setText("Cancelled: nothing was added.")
+        elif outcome.status == "error":
+            if outcome.details:
+                log.error("napari-mollifier run failed:\n%s", outcome.details)
+            show_error(outcome.message)
+            self.status_label.setText(outcome.message)
+
+    def _publish_next(self) -> None:
+        if self._pending:
+            step = self._pending.pop(0)
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001
+                self._publish_failed(exc)
+                return
+            if self._pending:
+                QTimer.singleShot(_PUBLISH_GAP_MS, self._publish_next)
+                return
+        self._publishing = False
+        self._maybe_done()
+
+    def _publish_failed(self, exc: Exception) -> None:
+        log.exception("napari-mollifier: adding the result layers failed")
+        for layer in self._added:  # no partial result: take back the layers this run added
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+        self._pending, self._added, self._publishing = [], [], False
+        self._outcome = _Outcome("error", message=f"Rate maps: could not add the result layers: {exc}")
+        self._report(self._outcome)
+        self._maybe_done()
+
+    def _on_errored(self, exc) -> None:  # a bug in the widget's own generator
+        self._outcome = _Outcome("error", message=f"Rate maps failed: {exc}")
+        self.status_label.setText(f"Failed: {exc}")
+
+    def _on_aborted(self) -> None:  # napari task list "cancel" (worker.quit)
+        if self._job is not None:
+            self._job.cancel.set()
+        self._outcome = _Outcome("cancelled", message=_explain_cancel())
+        self._report(self._outcome)
+
+    def _on_finished(self) -> None:
+        self._worker_finished = True
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        """Back to ready once the worker has finished, the solver thread has stopped and the layers are in."""
+        if self.worker is None or not self._worker_finished or self._publishing:
+            return
+        job = self._job
+        if job is not None and job.thread is not None and job.thread.is_alive():
+            # aborted from the task list: keep Run disabled until the solver thread has stopped
+            QTimer.singleShot(100, self._maybe_done)
+            return
+        status = self._outcome.status if self._outcome is not None else "error"
+        self.worker = None
+        self._job = None
+        self._pending, self._added = [], []
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if status != "ok":
+            self.progress_bar.setValue(0)
+        self.run_done.emit(status)
+
+    # ------------------------------------------------------------------ outputs
+    def _publish_steps(self, job: _Job, results: list) -> list:
+        """The main-thread steps that create or update the output layers, then the table and histogram."""
+        lead = job.out_lead_shape
+
+        def stack(arrays):
+            arr = np.stack(arrays) if len(arrays) > 1 or lead else arrays[0]
+            return arr.reshape(lead + arr.shape[-2:]) if lead else arr
+
+        prov = dict(results[0].provenance)
+        widget_info = {
+            "source_layers": dict(job.input_names),
+            "roi_layer": job.roi_name,
+            "slices": [list(s[0]) for s in job.slices] if lead else None,
+        }
+        meta_prov = {**prov, "widget": widget_info}
+        if len(results) > 1:
+            meta_prov["per_slice"] = [r.provenance for r in results]
+        keys = [k for k in results[0].fields if all(k in r.fields for r in results)]
+        # bottom to top: the smoothed fields (hidden), residual, uncertainty, and the rate on top
+        outputs = [("smoothed", k, stack([r.fields[k] for r in results])) for k in keys]
+        outputs += [
+            ("residual", None, stack([r.residual for r in results])),
+            ("uncertainty", None, stack([r.uncertainty for r in results])),
+            ("rate", None, stack([r.rate for r in results])),
+        ]
+        steps = []
+        for kind, field_name, data in outputs:
+            name = output_name(kind, job.source_name, field_name)
+            if kind == "uncertainty" and not np.isfinite(data).any():
+                steps.append(lambda n=name, k=kind: self._remove_output(n, k))  # network: no uncertainty map
+                continue
+            steps.append(lambda n=name, k=kind, d=data, f=field_name: self._set_output(n, k, d, job, meta_prov, f))
+
+        def finish():
+            self.last_results = results
+            self._last_job = job
+            self._fill_table(job, results)
+            self._draw_histogram(results)
+            self.device_label.setText(f"Ran on: {prov.get('device', '?')}")
+            radii = sorted({round(float(r.radius), 3) for r in results})
+            px = math.sqrt(np.prod(job.kwargs["pixel_size"]))
+            radius_txt = ", ".join(f"{r:g} px ({r * px:.3g} {job.unit})" for r in radii[:3])
+            self.progress_bar.setValue(1000)
+            self.status_label.setText(
+                f"Done in {_format_seconds(time.perf_counter() - self._started)}: {job.kwargs['method']}, "
+                f"radius {radius_txt}."
+            )
+
+        steps.append(finish)
+        return steps
+
+    def _find_output(self, name: str, kind: str):
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            if isinstance(layer, Image) and layer.metadata.get(_META_KEY) == kind:
+                return layer
+        return None
+
+    def _remove_output(self, name: str, kind: str) -> None:
+        layer = self._find_output(name, kind)
+        if layer is not None:
+            self.viewer.layers.remove(layer)
+
+    def _set_output(self, name, kind, data, job: _Job, provenance, field_name) -> None:
+        colormap, visible, symmetric = OUTPUT_STYLE[kind]
+        limits = robust_limits(data, symmetric=symmetric)
+        metadata = {
+            _META_KEY: kind,
+            "source": job.source_name,
+            "field": field_name or kind,
+            "provenance": provenance,
+        }
+        layer = self._find_output(name, kind)
+        if layer is not None and layer.ndim != data.ndim:
+            index = self.viewer.layers.index(layer)
+            self.viewer.layers.remove(layer)
+            layer = None
+        else:
+            index = None
+        if layer is None:
+            kwargs = dict(job.geometry)
+            new = Image(data, name=name, colormap=colormap, contrast_limits=limits, visible=visible,
+                        metadata=metadata, **kwargs)
+            if index is None:
+                self.viewer.add_layer(new)
+            else:
+                self.viewer.layers.insert(index, new)
+            self._added.append(new)
+            return
+        # update in place: same layer, new data and grid; setters only where something changed (each one
+        # refreshes the layer, and a refresh is a repaint)
+        geom = job.geometry
+        for attr in ("scale", "translate", "rotate", "shear"):
+            if not np.allclose(np.asarray(getattr(layer, attr), dtype=float), np.asarray(geom[attr], dtype=float)):
+                setattr(layer, attr, geom[attr])
+        if not np.allclose(layer.affine.affine_matrix, geom["affine"]):
+            layer.affine = geom["affine"]
+        if "units" in geom and hasattr(layer, "units") and tuple(str(u) for u in layer.units) != geom["units"]:
+            layer.units = geom["units"]
+        if "axis_labels" in geom and hasattr(layer, "axis_labels") and tuple(layer.axis_labels) != geom["axis_labels"]:
+            layer.axis_labels = geom["axis_labels"]
+        layer.metadata = metadata
+        layer.data = data
+        layer.contrast_limits_range = limits
+        layer.contrast_limits = limits
+
+    def _set_table_headers(self, unit: str) -> None:
+        self._headers = ["ROI", f"area ({unit}²)", "mean", "median", "IQR"]
+        self.table.setColumnCount(len(self._headers))
+        self.table.setHorizontalHeaderLabels(self._headers)
+
+    def _fill_table(self, job: _Job, results: list) -> None:
+        stacked = len(results) > 1
+        rows = []
+        for (lead, _, _), res in zip(job.slices, results):
+            for stats in res.table():
+                row = {}
+                if lead:
+                    row["slice"] = "/".join(str(i) for i in lead)
+                row.update(stats)
+                rows.append(row)
+        self._rows = rows
+        headers = (["slice"] if stacked else []) + ["ROI", f"area ({job.unit}²)", "mean", "median", "IQR"]
+        self._headers = headers
+        self.table.clear()
+        self.table.setColumnCount(len(headers))
+        self.table.setHorizontalHeaderLabels(headers)
+        self.table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            values = ([row.get("slice", "")] if stacked else []) + [
+                str(row["label"]), f"{row['area']:.4g}", f"{row['mean']:.4g}", f"{row['median']:.4g}",
+                f"{row['iqr']:.4g}",
+            ]
+            for c, text in enumerate(values):
+                item = QTableWidgetItem(text)
+                item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
+                self.table.setItem(r, c, item)
+        self.export_button.setEnabled(bool(rows))
+
+    def _draw_histogram(self, results: list) -> None:
+        ax = self.axes
+        ax.clear()
+        by_label: dict[int, list] = {}
+        for res in results:
+            labels = res.labels if res.labels is not None else np.isfinite(res.rate).astype(int)
+            for lab in np.unique(labels):
+                if lab <= 0:
+                    continue
+                values = res.rate[(labels == lab) & np.isfinite(res.rate)]
+                by_label.setdefault(int(lab), []).append(values)
+        pooled = {lab: np.concatenate(v) for lab, v in by_label.items() if v}
+        everything = np.concatenate(list(pooled.values())) if pooled else np.array([])
+        if everything.size:
+            lo, hi = (float(v) for v in np.percentile(everything, [0.5, 99.5]))
+            if not hi > lo:
+                lo, hi = lo - 0.5, hi + 0.5
+            bins = np.linspace(lo, hi, 41)  # the 0.5-99.5 % range: a few outliers do not squash the plot
+            for lab, values in sorted(pooled.items()):
+                ax.hist(values, bins=bins, histtype="stepfilled", alpha=0.55, label=f"ROI {lab}")
+            if 1 < len(pooled) <= 10:
+                legend = ax.legend(fontsize=7, frameon=False)
+                for t in legend.get_texts():
+                    t.set_color(ax.xaxis.label.get_color())
+        self._style_axes()
+        self.canvas.draw_idle()
+
+    # ------------------------------------------------------------------ CSV
+    def export_csv(self, path) -> Path:
+        """Write the per-ROI table of the last run (all statistics, one row per ROI and slice) to ``path``."""
+        if not self._rows or self._last_job is None:
+            raise RuntimeError("no results to export: run the widget first")
+        job = self._last_job
+        path = Path(path)
+        columns = (["slice"] if any("slice" in r for r in self._rows) else []) + [
+            "label", "n_pixels", "area", "area_unit", "mean", "median", "q25", "q75", "iqr", "radius",
+            "mean_uncertainty", "source", "roi_layer", "model", "method", "device",
+        ]
+        prov = self.last_results[0].provenance if self.last_results else {}
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for row in self._rows:
+                writer.writerow({
+                    **row,
+                    "area_unit": f"{job.unit}^2",
+                    "source": job.source_name,
+                    "roi_layer": job.roi_name or "",
+                    "model": prov.get("model", job.kwargs["model"]),
+                    "method": prov.get("method", job.kwargs["method"]),
+                    "device": prov.get("device", ""),
+                })
+        return path
+
+    def _export_dialog(self) -> None:
+        default = f"rates_{self._last_job.source_name if self._last_job else 'roi'}.csv"
+        default = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in default)
+        path, _ = QFileDialog.getSaveFileName(self, "Export per-ROI rates", default, "CSV files (*.csv)")
+        if path:
+            try:
+                self.export_csv(path)
+            except OSError as exc:
+                show_error(f"Rate maps: could not write {path}: {exc}")
+                return
+            show_info(f"Rate maps: wrote {path}")
+
+
+# --------------------------------------------------------------------------- small utilities
+def _full_resolution(layer):
+    """The layer's array (level 0 of a multiscale layer)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def _alive(widget) -> bool:
+    try:
+        widget.objectName()
+    except RuntimeError:  # the C++ object was deleted with its layout row
+        return False
+    return True
+
+
+def _solver_default(name: str, fallback):
+    """Default of ``infer_rates``'s keyword ``name`` (the widget starts with the solver's defaults)."""
+    import inspect
+
+    from napari_mollifier import infer_rates
+
+    try:
+        default = inspect.signature(infer_rates).parameters[name].default
+    except (KeyError, TypeError, ValueError):
+        return fallback
+    return fallback if default is inspect.Parameter.empty else default
+
+
+def _accepts(name: str) -> bool:
+    """True when ``infer_rates`` takes the keyword ``name`` (options beyond the documented contract)."""
+    import inspect
+
+    from napari_mollifier import infer_rates
+
+    try:
+        return name in inspect.signature(infer_rates).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {sec:02d} s"

@@ -1,0 +1,422 @@
+"""The "Rate maps" dock widget in a real napari viewer (run under xvfb-run; see README.md).
+
+Every run goes through the widget's napari ``thread_worker``; the tests wait on the widget's ``run_done`` signal
+(emitted when the worker has finished and the widget is ready again). Runs use small settings (fixed radii, few
+uncertainty samples, small images) except the ground-truth check, which uses the automatic radius.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PLUGIN = "napari-mollifier"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PHI_H, PHI_E, TRUTH = "heterochromatin (phi_h)", "euchromatin (phi_e)", "ground truth rate"
+RATE, UNC, RES = (f"{kind} [{PHI_H}]" for kind in ("rate", "uncertainty", "residual"))
+#: Worst-case wait for one run (the CI machine may be shared and slow).
+RUN_TIMEOUT_MS = 300_000
+
+
+def _gui_skip_reason() -> str | None:
+    for mod in ("napari", "qtpy", "pytestqt", "magicgui", "matplotlib", "skimage"):
+        if importlib.util.find_spec(mod) is None:
+            return f"{mod} is not installed"
+    try:
+        import qtpy  # noqa: F401
+    except Exception as exc:
+        return f"no usable Qt binding: {exc}"
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")
+    ):
+        return "no display: run the tests under xvfb-run (see README.md)"
+    return None
+
+
+_SKIP = _gui_skip_reason()
+pytestmark = [pytest.mark.gui, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
+
+
+@pytest.fixture
+def _plugin_registered():
+    """The plugin is discovered from its installed entry point; register the manifest when running from src/."""
+    from npe2 import PluginManager, PluginManifest
+
+    pm = PluginManager.instance()
+    if PLUGIN not in pm:
+        pm.register(PluginManifest.from_file(REPO_ROOT / "napari.yaml"))
+    return pm
+
+
+@pytest.fixture
+def sample_viewer(make_napari_viewer, _plugin_registered):
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "nucleus")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Rate maps")
+    return viewer, widget
+
+
+def _run(qtbot, widget, timeout=RUN_TIMEOUT_MS) -> str:
+    with qtbot.waitSignal(widget.run_done, timeout=timeout) as blocker:
+        widget.run()
+    return blocker.args[0]
+
+
+def _fast(widget, radius_px=10.0, bootstrap=0):
+    widget.method_combo.setCurrentText("direct")
+    widget.radius_auto.setChecked(False)
+    widget.radius_unit.setCurrentIndex(0)
+    widget.radius_value.setValue(radius_px)
+    widget.bootstrap_spin.setValue(bootstrap)
+
+
+def _snapshot(viewer) -> dict:
+    return {ly.name: np.array(ly.data, copy=True) for ly in viewer.layers if hasattr(ly, "data")}
+
+
+def _assert_unchanged(viewer, before: dict):
+    assert [ly.name for ly in viewer.layers] == list(before)
+    for name, data in before.items():
+        np.testing.assert_array_equal(np.asarray(viewer.layers[name].data), data)
+
+
+def _errors_since(n: int) -> list[str]:
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    return [str(r.message) for r in notification_manager.records[n:] if r.severity == NotificationSeverity.ERROR]
+
+
+def _n_records() -> int:
+    from napari.utils.notifications import notification_manager
+
+    return len(notification_manager.records)
+
+
+def _nucleus_polygon_world(px: float) -> np.ndarray:
+    """A square well inside the sample nucleus (pixels 90..166 x 80..176), in world units."""
+    return np.array([[90, 80], [90, 176], [166, 176], [166, 80]], dtype=float) * px
+
+
+# ---------------------------------------------------------------------------------------------------- tests
+def test_widget_module_is_light():
+    """Importing the widget module adds nothing heavy beyond the package, napari and Qt (matplotlib, the
+    solver's network code... load when the widget is built or run)."""
+    import subprocess
+
+    code = (
+        "import sys, napari_mollifier, napari.layers, napari.qt.threading, napari.utils.notifications\n"
+        "import qtpy.QtWidgets\n"
+        "before = set(sys.modules)\n"
+        "import napari_mollifier._napari.widget\n"
+        "new = set(sys.modules) - before\n"
+        "heavy = sorted(m for m in new if m.split('.')[0] in ('matplotlib', 'skimage', 'torch', 'scipy')\n"
+        "               or m.startswith('napari_mollifier.methods'))\n"
+        "print(heavy)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
+
+
+def test_widget_defaults(sample_viewer):
+    viewer, widget = sample_viewer
+    from napari_mollifier.models import MODELS
+
+    assert {k: c.currentText() for k, c in widget.input_combos.items()} == {"phi_h": PHI_H, "phi_e": PHI_E}
+    models = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
+    assert "chromatin-balance" in models and set(models) <= set(MODELS)
+    # coefficients in um from the sample's metadata, not the box-unit defaults
+    assert float(widget.coef_edits["l2"].text()) == pytest.approx(0.0234)
+    devices = [widget.device_combo.itemText(i) for i in range(widget.device_combo.count())]
+    assert "cpu" in devices
+    assert widget.roi_combo.currentText() == "(whole image)"
+    assert not widget.all_slices.isEnabled()  # 2-D layers
+    assert widget.radius_unit.itemText(1) == "µm"
+    # the unit toggle converts the value: 10 px at 0.02 um/px = 0.2 um
+    widget.radius_auto.setChecked(False)
+    widget.radius_value.setValue(10.0)
+    widget.radius_unit.setCurrentIndex(1)
+    assert widget.radius_value.value() == pytest.approx(0.2)
+    widget.radius_unit.setCurrentIndex(0)
+    assert widget.radius_value.value() == pytest.approx(10.0)
+    # outputs are never offered as inputs; a newly added image is
+    viewer.add_image(np.zeros((8, 8)), name="extra")
+    assert widget.input_combos["phi_h"].findText("extra") >= 0
+    assert widget.input_combos["phi_h"].currentText() == PHI_H
+
+
+def test_direct_run_with_shapes_roi_matches_truth(sample_viewer, qtbot, tmp_path):
+    viewer, widget = sample_viewer
+    image = viewer.layers[PHI_H]
+    px = float(image.scale[-1])
+    viewer.add_shapes([_nucleus_polygon_world(px)], shape_type="polygon", name="roi",
+                      edge_color="yellow", face_color="transparent")
+    widget.roi_combo.setCurrentText("roi")
+    widget.radius_auto.setChecked(True)
+    widget.bootstrap_spin.setValue(2)
+    before = _snapshot(viewer)
+
+    assert _run(qtbot, widget) == "ok", widget.status_label.text()
+
+    names = [ly.name for ly in viewer.layers]
+    for name in (RATE, UNC, RES, f"phi_h smoothed [{PHI_H}]", f"phi_e smoothed [{PHI_H}]"):
+        assert name in names, names
+    # inputs untouched
+    for name, data in before.items():
+        np.testing.assert_array_equal(np.asarray(viewer.layers[name].data), data)
+
+    rate = viewer.layers[RATE]
+    for name in (RATE, UNC, RES):
+        layer = viewer.layers[name]
+        np.testing.assert_allclose(layer.scale, image.scale)
+        np.testing.assert_allclose(layer.translate, image.translate)
+        assert tuple(layer.axis_labels) == tuple(image.axis_labels)
+        assert [str(u) for u in layer.units] == [str(u) for u in image.units]
+        prov = layer.metadata["provenance"]
+        assert prov["model"] == "chromatin-balance" and prov["method"] == "direct"
+        assert prov["widget"]["roi_layer"] == "roi"
+    assert rate.colormap.name == "viridis" and viewer.layers[UNC].colormap.name == "magma"
+    assert viewer.layers[RES].colormap.name == "PiYG"
+    assert not viewer.layers[f"phi_h smoothed [{PHI_H}]"].visible
+    finite = rate.data[np.isfinite(rate.data)]
+    np.testing.assert_allclose(rate.contrast_limits, np.percentile(finite, [2, 98]))
+    lo, hi = viewer.layers[RES].contrast_limits
+    assert lo == pytest.approx(-hi)
+
+    # NaN outside the ROI, the truth inside it
+    from skimage.draw import polygon
+
+    roi = np.zeros(image.data.shape, bool)
+    rr, cc = polygon([90, 90, 166, 166], [80, 176, 176, 80], roi.shape)
+    roi[rr, cc] = True
+    assert np.isnan(rate.data[~roi]).all()
+    inside = roi & np.isfinite(rate.data)
+    assert inside.sum() >= 0.95 * roi.sum()
+    truth = np.asarray(viewer.layers[TRUTH].data)
+    r = np.corrcoef(rate.data[inside], truth[inside])[0, 1]
+    print(f"auto radius {widget.last_results[0].radius:g} px: Pearson r = {r:.4f} inside the ROI")
+    assert r >= 0.9
+
+    # table, device, CSV, histogram
+    assert widget.table.rowCount() == 1
+    row = widget.last_results[0].roi_stats[0]
+    assert widget.table.item(0, 0).text() == "1"
+    assert float(widget.table.item(0, 1).text()) == pytest.approx(row["area"], rel=1e-3)
+    assert row["area"] == pytest.approx(roi.sum() * px * px, rel=0.02)
+    assert widget.table.horizontalHeaderItem(1).text() == "area (µm²)"
+    assert widget.device_label.text() == f"Ran on: {rate.metadata['provenance']['device']}"
+    path = widget.export_csv(tmp_path / "rois.csv")
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == 1 and rows[0]["label"] == "1" and rows[0]["area_unit"] == "µm^2"
+    assert float(rows[0]["median"]) == pytest.approx(row["median"])
+    assert len(widget.axes.patches) > 0
+
+    # re-running updates the same output layers, never adds new ones
+    n_layers = len(viewer.layers)
+    old_data = np.array(rate.data, copy=True)
+    _fast(widget, radius_px=8.0, bootstrap=2)
+    assert _run(qtbot, widget) == "ok"
+    assert len(viewer.layers) == n_layers
+    assert viewer.layers[RATE] is rate
+    assert not np.allclose(np.nan_to_num(rate.data), np.nan_to_num(old_data))
+    assert rate.metadata["provenance"]["radius"] == pytest.approx(8.0)
+
+
+def test_cancel_network_run(sample_viewer, qtbot):
+    viewer, widget = sample_viewer
+    from napari.utils.notifications import notification_manager
+
+    px = float(viewer.layers[PHI_H].scale[-1])
+    viewer.add_shapes([_nucleus_polygon_world(px)], shape_type="polygon", name="roi")
+    widget.roi_combo.setCurrentText("roi")
+    widget.method_combo.setCurrentText("network")
+    widget.radius_auto.setChecked(False)
+    widget.radius_value.setValue(10.0)
+    widget.iterations_spin.setValue(100_000)
+    before = _snapshot(viewer)
+    n_notes = len(notification_manager.records)
+
+    with qtbot.waitSignal(widget.run_done, timeout=RUN_TIMEOUT_MS) as blocker:
+        widget.run()
+        assert widget.is_running and not widget.run_button.isEnabled()
+        worker = widget.worker
+        widget.run()  # a second run is refused while one runs
+        assert widget.worker is worker
+        # the first network iteration has reported: cancel is now checked after every iteration
+        qtbot.waitUntil(lambda: "network fit" in widget.status_label.text(), timeout=RUN_TIMEOUT_MS)
+        t0 = time.perf_counter()
+        qtbot.mouseClick(widget.cancel_button, _left_button())
+    stopped_after = time.perf_counter() - t0
+    print(f"cancel -> ready: {stopped_after:.2f} s")
+    assert blocker.args[0] == "cancelled"
+    assert stopped_after < 10  # one network iteration (~1.3 s on 2 busy cores), plus slack for loaded CI
+    _assert_unchanged(viewer, before)
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    messages = [str(r.message) for r in notification_manager.records[n_notes:]]
+    assert any("cancelled" in m for m in messages), messages
+
+    # napari's task list cancels through worker.quit(): same outcome
+    with qtbot.waitSignal(widget.run_done, timeout=RUN_TIMEOUT_MS) as blocker:
+        widget.run()
+        qtbot.waitUntil(lambda: "network fit" in widget.status_label.text(), timeout=RUN_TIMEOUT_MS)
+        widget.worker.quit()
+    assert blocker.args[0] == "cancelled"
+    _assert_unchanged(viewer, before)
+
+    # ready for another run
+    _fast(widget, radius_px=10.0)
+    assert _run(qtbot, widget) == "ok"
+    assert RATE in viewer.layers
+
+
+def _left_button():
+    from qtpy.QtCore import Qt
+
+    return Qt.MouseButton.LeftButton
+
+
+def test_labels_roi_with_other_scale_gives_two_rows(sample_viewer, qtbot):
+    viewer, widget = sample_viewer
+    image = viewer.layers[PHI_H]
+    px = float(image.scale[-1])
+    # labels at half the resolution, shifted by 10 image pixels: label pixel (i, j) covers image pixels
+    # y = 2 i + 10 - 0.5 .. 2 i + 10 + 1.5 (centres 2i+10 and 2i+11)
+    labels = np.zeros((128, 128), np.int32)
+    labels[40:55, 35:50] = 1
+    labels[60:75, 55:70] = 2
+    viewer.add_labels(labels, name="nuclei", scale=(2 * px, 2 * px), translate=(10.5 * px, 10.5 * px))
+    widget.roi_combo.setCurrentText("nuclei")
+    _fast(widget, radius_px=10.0)
+
+    assert _run(qtbot, widget) == "ok", widget.status_label.text()
+    assert widget.table.rowCount() == 2
+    assert [widget.table.item(r, 0).text() for r in range(2)] == ["1", "2"]
+
+    expected = np.zeros(image.data.shape, np.int32)
+    expected[90:120, 80:110] = 1  # label rows 40..54 -> image rows 2*40+10 .. 2*54+11
+    expected[130:160, 120:150] = 2
+    rate = viewer.layers[RATE].data
+    np.testing.assert_array_equal(np.isfinite(rate), expected > 0)
+    np.testing.assert_array_equal(widget.last_results[0].labels, expected)
+    areas = [float(widget.table.item(r, 1).text()) for r in range(2)]
+    np.testing.assert_allclose(areas, [900 * px * px] * 2, rtol=1e-3)
+
+
+def test_shapes_roi_other_scale_translate_lands_in_place(make_napari_viewer, _plugin_registered):
+    """ROI rasterisation through world coordinates (no solver run)."""
+    from napari_mollifier._napari.rois import roi_labels
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((100, 120)), scale=(0.5, 0.5), translate=(3.0, -2.0), name="img")
+    # a rectangle covering image pixels rows 20..39, cols 30..59 (centres), drawn in a shapes layer whose
+    # data coordinates are scaled by 0.25 and shifted by (1, 1) world units
+    y0, y1, x0, x1 = 20, 39, 30, 59
+    world = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]]) * 0.5 + np.array([3.0, -2.0])
+    shapes = viewer.add_shapes([(world - 1.0) / 0.25], shape_type="rectangle", scale=(0.25, 0.25),
+                               translate=(1.0, 1.0), name="rect")
+    labels, notes = roi_labels(shapes, image, image.data.shape)
+    assert notes == []
+    expected = np.zeros(image.data.shape, bool)
+    expected[y0:y1 + 1, x0:x1 + 1] = True
+    np.testing.assert_array_equal(labels > 0, expected)
+
+    # an ellipse and a polygon: one label each, in order
+    shapes.add_ellipses(np.array([[70, 40], [70, 80], [90, 80], [90, 40]]) * 0.5 / 0.25)
+    labels, _ = roi_labels(shapes, image, image.data.shape)
+    assert sorted(np.unique(labels)) == [0, 1, 2]
+    ys, xs = np.nonzero(labels == 2)
+    centre_world = np.array([80, 60]) * 0.5 / 0.25 * 0.25 + 1.0
+    centre_px = (centre_world - np.array([3.0, -2.0])) / 0.5
+    np.testing.assert_allclose([ys.mean(), xs.mean()], centre_px, atol=0.5)
+
+    # a Labels layer on a coarser, shifted grid, resampled through world coordinates
+    coarse = np.zeros((20, 20), np.int32)
+    coarse[5:8, 4:6] = 3
+    lab_layer = viewer.add_labels(coarse, scale=(2.0, 2.0), translate=(3.0 + 0.75, -2.0 + 0.75))
+    labels, _ = roi_labels(lab_layer, image, image.data.shape)
+    expected = np.zeros(image.data.shape, np.int32)
+    expected[20:32, 16:24] = 3  # coarse pixel k covers image pixels 4k .. 4k+3
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_stack_all_slices_and_current_slice(make_napari_viewer, _plugin_registered, qtbot):
+    from napari_mollifier.simulate import synthetic_nucleus
+
+    viewer = make_napari_viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Rate maps")
+    sims = [synthetic_nucleus(shape=(64, 64), pixel_size=0.02, seed=s, noise=0.0) for s in range(3)]
+    px = 0.02
+    kw = {"scale": (0.5, px, px), "translate": (2.0, 0.0, 0.0)}
+    viewer.add_image(np.stack([s["phi_h"] for s in sims]), name="h stack", **kw)
+    viewer.add_image(np.stack([s["phi_e"] for s in sims]), name="e stack", **kw)
+    widget.input_combos["phi_h"].setCurrentText("h stack")
+    widget.input_combos["phi_e"].setCurrentText("e stack")
+    widget.coef_edits["l2"].setText(str(sims[0]["params"]["l2"]))
+    assert widget.all_slices.isEnabled()
+    widget.all_slices.setChecked(True)
+    _fast(widget, radius_px=6.0)
+
+    assert _run(qtbot, widget) == "ok", widget.status_label.text()
+    rate = viewer.layers["rate [h stack]"]
+    assert rate.data.shape == (3, 64, 64)
+    np.testing.assert_allclose(rate.scale, kw["scale"])
+    np.testing.assert_allclose(rate.translate, kw["translate"])
+    assert widget.table.rowCount() == 3 and widget.table.horizontalHeaderItem(0).text() == "slice"
+    assert len(rate.metadata["provenance"]["per_slice"]) == 3
+    stack = np.array(rate.data, copy=True)
+    for k in range(3):  # each slice is its own image's map
+        assert np.isfinite(stack[k]).mean() > 0.9
+    assert not np.allclose(np.nan_to_num(stack[0]), np.nan_to_num(stack[1]))
+
+    # current slice only: slice 1 of the viewer -> one slice, placed at slice 1
+    widget.all_slices.setChecked(False)
+    viewer.dims.set_point(0, 2.0 + 0.5 * 1)
+    assert _run(qtbot, widget) == "ok"
+    rate = viewer.layers["rate [h stack]"]
+    assert rate.data.shape == (1, 64, 64)
+    np.testing.assert_allclose(rate.translate, (2.5, 0.0, 0.0))
+    np.testing.assert_allclose(rate.data[0], stack[1], equal_nan=True)
+
+
+def test_errors_notify_and_add_nothing(sample_viewer, qtbot):
+    viewer, widget = sample_viewer
+    px = float(viewer.layers[PHI_H].scale[-1])
+
+    # an ROI outside the image (caught before the run starts)
+    viewer.add_shapes([_nucleus_polygon_world(px) + 100.0], shape_type="polygon", name="far away")
+    widget.roi_combo.setCurrentText("far away")
+    _fast(widget)
+    before, n = _snapshot(viewer), _n_records()
+    assert _run(qtbot, widget) == "error"
+    errors = _errors_since(n)
+    assert errors and "covers no pixel" in errors[-1] and "whole image" in errors[-1], errors
+    _assert_unchanged(viewer, before)
+
+    # a constant image
+    viewer.add_image(np.full(viewer.layers[PHI_H].data.shape, 0.3), name="flat", scale=viewer.layers[PHI_H].scale)
+    widget.input_combos["phi_e"].setCurrentText("flat")
+    widget.roi_combo.setCurrentText("(whole image)")
+    before, n = _snapshot(viewer), _n_records()
+    assert _run(qtbot, widget) == "error"
+    errors = _errors_since(n)
+    assert errors and "constant" in errors[-1], errors
+    _assert_unchanged(viewer, before)
+
+    # an error raised inside the solver, in the worker thread: radius larger than the image
+    widget.input_combos["phi_e"].setCurrentText(PHI_E)
+    widget.radius_value.setValue(5000.0)
+    before, n = _snapshot(viewer), _n_records()
+    assert _run(qtbot, widget) == "error"
+    errors = _errors_since(n)
+    assert errors and "radius" in errors[-1] and "smaller" in errors[-1], errors
+    _assert_unchanged(viewer, before)
+    assert widget.run_button.isEnabled() and not widget.is_running
