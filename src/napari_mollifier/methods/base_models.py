@@ -1,0 +1,241 @@
+"""Base models for the mollified network: the grid -> latent fields ``g`` (one channel per input field).
+
+Every base model is a ``torch.nn.Module`` whose ``forward()`` returns a tensor ``(1, C, *shape)`` on the grid
+(``C = out_channels``). Derivatives are *not* taken through these models by the mollified method: the
+:class:`~napari_mollifier.mollifier.Mollifier` layer correlates ``g`` with fixed kernels. Only
+:class:`FourierMLP` is also a function of continuous coordinates (:meth:`FourierMLP.at`), which is what the
+autodiff-PINN baseline differentiates.
+
+* :class:`FourierMLP` -- PINN-style MLP on pixel coordinates normalised to ``[-1, 1]``, with random Fourier
+  features ``[sin(2 pi B x), cos(2 pi B x)]`` (Tancik et al. 2020) and tanh activations (smooth, so the
+  autodiff baseline can take 4th derivatives).
+* :class:`SmallCNN` -- a few 3x3 convolutions on the observed fields (as input channels) with a residual
+  connection: ``g = fields + CNN(fields)``, last layer initialised to zero, so training starts at the data.
+* :class:`RBFGrid` -- a multi-resolution grid of learnable feature vectors, interpolated to every pixel with
+  normalised Gaussian radial basis functions (smooth, infinitely differentiable, like the partition-of-unity
+  feature grids of the "d-infinity grid" idea), concatenated over levels and decoded by a tiny MLP.
+
+Initialisation is seeded: every random draw comes from a ``torch.Generator`` seeded with ``seed`` (on the CPU,
+then moved), so a given seed gives the same parameters on every device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["FourierMLP", "SmallCNN", "RBFGrid", "BASE_MODELS", "make_base_model", "normalised_coordinates"]
+
+BASE_MODELS = ("mlp", "cnn", "rbf")
+
+
+def normalised_coordinates(shape, pad: int = 0, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """Pixel-centre coordinates ``(N, ndim)`` in array-axis order; the pixels of ``shape`` span ``[-1, 1]`` on
+    every axis, and ``pad`` extra pixels on each side continue the same spacing beyond it."""
+    axes = []
+    for n in shape:
+        step = 2.0 / (n - 1) if n > 1 else 1.0
+        idx = torch.arange(-pad, n + pad, dtype=torch.float64)
+        axes.append((-1.0 + step * idx if n > 1 else idx * step).to(dtype=dtype, device=device))
+    grids = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([g.reshape(-1) for g in grids], dim=1)
+
+
+def _init_linear(layer: nn.Linear, gen: torch.Generator, gain: float = 1.0) -> None:
+    """Xavier-uniform weights and zero bias from ``gen`` (deterministic for a seed)."""
+    fan_in, fan_out = layer.in_features, layer.out_features
+    bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(layer.weight.shape, generator=gen, dtype=torch.float64) * 2 * bound - bound)
+        layer.bias.zero_()
+
+
+class FourierMLP(nn.Module):
+    """MLP on random Fourier features of normalised pixel coordinates.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Image grid shape (array-axis order); its pixels span ``[-1, 1]``.
+    out_channels : int
+    pad : int
+        ``forward()`` evaluates the grid extended by ``pad`` pixels on every side (coordinates beyond
+        ``[-1, 1]``), so that a mollifier's valid correlation returns exactly the image grid.
+    feature_scale : float or (float, float)
+        Length scale(s) in pixels of the features. One number ``s``: frequencies ``~ N(0, 1 / (2 pi s)^2)``
+        cycles per pixel on every axis (typical wavelength ``2 pi s`` pixels). A pair ``(lo, hi)``: each feature
+        gets its own ``s``, log-uniform in ``[lo, hi]`` (multi-scale features: smooth and fine content are both
+        easy to fit). Converted to cycles per normalised unit with ``(n - 1) / 2`` pixels per unit.
+    n_features : int
+        Number of random frequencies (the embedding has ``2 n_features`` entries).
+    width, depth : int
+        Hidden width and number of hidden layers.
+    seed : int
+    """
+
+    def __init__(self, shape, out_channels: int, *, pad: int = 0, feature_scale=4.0, n_features: int = 64,
+                 width: int = 64, depth: int = 3, seed: int = 0):
+        super().__init__()
+        self.image_shape = tuple(int(n) for n in shape)
+        self.pad = int(pad)
+        self.shape = tuple(n + 2 * self.pad for n in self.image_shape)  # grid of forward()
+        self.out_channels = int(out_channels)
+        gen = torch.Generator().manual_seed(int(seed))
+        ndim = len(self.shape)
+        lo, hi = (feature_scale, feature_scale) if isinstance(feature_scale, (int, float)) else feature_scale
+        lo, hi = float(lo), float(hi)
+        if not (0 < lo <= hi):
+            raise ValueError(f"feature_scale must be positive (lo <= hi), got {feature_scale!r}")
+        scales = lo * (hi / lo) ** torch.rand(int(n_features), generator=gen, dtype=torch.float64)  # pixels
+        px_per_unit = torch.tensor([max(n - 1, 1) / 2.0 for n in self.image_shape], dtype=torch.float64)
+        freqs = torch.randn((ndim, int(n_features)), generator=gen, dtype=torch.float64)
+        freqs = freqs / (2 * math.pi * scales[None, :]) * px_per_unit[:, None]  # cycles per normalised unit
+        self.register_buffer("freqs", freqs.float())
+        self.register_buffer("coords", normalised_coordinates(self.image_shape, self.pad), persistent=False)
+        layers, size = [], 2 * int(n_features)
+        for _ in range(int(depth)):
+            layer = nn.Linear(size, int(width))
+            _init_linear(layer, gen)
+            layers.append(layer)
+            size = int(width)
+        self.hidden = nn.ModuleList(layers)
+        self.head = nn.Linear(size, self.out_channels)
+        _init_linear(self.head, gen)
+
+    def at(self, coords: torch.Tensor) -> torch.Tensor:
+        """Network output ``(N, C)`` at normalised coordinates ``(N, ndim)`` (differentiable in ``coords``)."""
+        proj = 2 * math.pi * coords @ self.freqs.to(coords.dtype)
+        h = torch.cat([torch.sin(proj), torch.cos(proj)], dim=1)
+        for layer in self.hidden:
+            h = torch.tanh(layer(h))
+        return self.head(h)
+
+    def forward(self) -> torch.Tensor:
+        dtype = self.head.weight.dtype
+        out = self.at(self.coords.to(dtype))
+        return out.T.reshape((1, self.out_channels) + self.shape)
+
+
+class SmallCNN(nn.Module):
+    """Residual conv net on the observed fields: ``g = x + net(x)`` with ``x`` the (normalised) fields.
+
+    ``inputs`` ``(1, C_in, *shape)`` is stored as a buffer (the observed fields, normalised, 0 outside the mask),
+    replicate-padded by ``pad`` pixels on every side (``forward()`` returns the extended grid);
+    ``out_channels`` outputs; the first ``min(C_in, out_channels)`` outputs get the residual connection and the
+    last layer starts at zero, so the initial ``g`` is the data itself (the "direct" estimate). 2-D and 3-D.
+    """
+
+    def __init__(self, inputs: torch.Tensor, out_channels: int, *, pad: int = 0, width: int = 32, depth: int = 3,
+                 kernel_size: int = 3, seed: int = 0):
+        super().__init__()
+        ndim = inputs.dim() - 2
+        if ndim not in (1, 2, 3):
+            raise ValueError(f"SmallCNN supports 1-D to 3-D grids, got input shape {tuple(inputs.shape)}")
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[ndim - 1]
+        x = inputs.detach().to(torch.float64)
+        if pad > 0:
+            x = torch.nn.functional.pad(x, [int(pad)] * (2 * ndim), mode="replicate")
+        self.register_buffer("inputs", x.float(), persistent=False)
+        self.out_channels = int(out_channels)
+        gen = torch.Generator().manual_seed(int(seed))
+        layers, c = [], inputs.shape[1]
+        for _ in range(int(depth)):
+            layer = conv(c, int(width), kernel_size, padding=kernel_size // 2, padding_mode="replicate")
+            self._init(layer, gen, last=False)
+            layers.append(layer)
+            c = int(width)
+        self.hidden = nn.ModuleList(layers)
+        self.head = conv(c, self.out_channels, kernel_size, padding=kernel_size // 2, padding_mode="replicate")
+        self._init(self.head, gen, last=True)
+
+    @staticmethod
+    def _init(layer, gen, last: bool) -> None:
+        fan_in = layer.in_channels * math.prod(layer.kernel_size)
+        bound = 0.0 if last else math.sqrt(6.0 / fan_in)  # He-uniform-like for tanh; zero head
+        with torch.no_grad():
+            layer.weight.copy_(torch.rand(layer.weight.shape, generator=gen, dtype=torch.float64) * 2 * bound - bound)
+            layer.bias.zero_()
+
+    def forward(self) -> torch.Tensor:
+        x = self.inputs.to(self.head.weight.dtype)
+        h = x
+        for layer in self.hidden:
+            h = torch.tanh(layer(h))
+        out = self.head(h)
+        k = min(x.shape[1], self.out_channels)
+        skip = torch.zeros_like(out)
+        skip[:, :k] = x[:, :k]
+        return out + skip
+
+
+class RBFGrid(nn.Module):
+    """Multi-resolution learnable feature grid, Gaussian-RBF interpolated, with a tiny MLP decoder.
+
+    The grid is the image extended by ``pad`` pixels on every side. Level ``l`` has ``m_l`` nodes per axis
+    (``levels`` values, each capped at the axis length) spread uniformly over
+    the image; the feature at a pixel is ``sum_j w_j(x) F_j`` with separable Gaussian weights
+    ``exp(-(x - x_j)^2 / (2 (s d_l)^2))`` normalised to sum to one along each axis (a smooth partition of unity),
+    ``d_l`` the node spacing and ``s = rbf_width``. Features of all levels are concatenated and decoded by
+    ``Linear -> tanh -> Linear`` to ``out_channels``.
+    """
+
+    def __init__(self, shape, out_channels: int, *, pad: int = 0, levels=(4, 8, 16, 32), features: int = 4,
+                 hidden: int = 32, rbf_width: float = 0.75, seed: int = 0):
+        super().__init__()
+        self.image_shape = tuple(int(n) for n in shape)
+        self.shape = tuple(n + 2 * int(pad) for n in self.image_shape)  # grid of forward()
+        self.out_channels = int(out_channels)
+        gen = torch.Generator().manual_seed(int(seed))
+        grids, weights = [], []
+        for li, m in enumerate(levels):
+            nodes = [max(2, min(int(m), n)) for n in self.shape]
+            grids.append(nn.Parameter((torch.randn((features,) + tuple(nodes), generator=gen,
+                                                   dtype=torch.float64) * 0.1).float()))
+            for a, (n, k) in enumerate(zip(self.shape, nodes)):
+                self.register_buffer(f"w{li}_{a}", self._weights(n, k, rbf_width), persistent=False)
+            weights.append(len(nodes))
+        self.grids = nn.ParameterList(grids)
+        self.decoder_in = nn.Linear(features * len(grids), int(hidden))
+        self.decoder_out = nn.Linear(int(hidden), self.out_channels)
+        _init_linear(self.decoder_in, gen)
+        _init_linear(self.decoder_out, gen)
+
+    @staticmethod
+    def _weights(n: int, k: int, width: float) -> torch.Tensor:
+        """``(n, k)`` normalised Gaussian interpolation weights from ``k`` nodes to ``n`` pixels on one axis."""
+        x = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+        nodes = torch.linspace(0.0, 1.0, k, dtype=torch.float64)
+        spacing = 1.0 / (k - 1)
+        w = torch.exp(-0.5 * ((x[:, None] - nodes[None]) / (width * spacing)) ** 2)
+        return (w / w.sum(dim=1, keepdim=True)).float()
+
+    def _interpolate(self, li: int, grid: torch.Tensor) -> torch.Tensor:
+        out = grid  # (F, k_0, ..., k_{d-1})
+        for a in range(len(self.shape)):
+            w = getattr(self, f"w{li}_{a}").to(grid.dtype)  # (n_a, k_a)
+            out = torch.movedim(torch.tensordot(out, w, dims=([1 + a], [1])), -1, 1 + a)
+        return out  # (F, *shape)
+
+    def forward(self) -> torch.Tensor:
+        feats = torch.cat([self._interpolate(li, g) for li, g in enumerate(self.grids)], dim=0)
+        flat = feats.reshape(feats.shape[0], -1).T  # (N, F L)
+        h = torch.tanh(self.decoder_in(flat))
+        out = self.decoder_out(h)
+        return out.T.reshape((1, self.out_channels) + self.shape)
+
+
+def make_base_model(base: str, shape, out_channels: int, *, inputs: torch.Tensor | None = None, pad: int = 0,
+                    seed: int = 0, **options) -> nn.Module:
+    """Build a base model by name: ``"mlp"`` (:class:`FourierMLP`), ``"cnn"`` (:class:`SmallCNN`, needs
+    ``inputs``) or ``"rbf"`` (:class:`RBFGrid`); ``forward()`` covers ``shape`` extended by ``pad`` pixels."""
+    if base == "mlp":
+        return FourierMLP(shape, out_channels, pad=pad, seed=seed, **options)
+    if base == "cnn":
+        if inputs is None:
+            raise ValueError("base 'cnn' needs the observed fields as inputs")
+        return SmallCNN(inputs, out_channels, pad=pad, seed=seed, **options)
+    if base == "rbf":
+        return RBFGrid(shape, out_channels, pad=pad, seed=seed, **options)
+    raise ValueError(f"unknown base model {base!r}: use one of {BASE_MODELS}")
