@@ -10,6 +10,8 @@ from .mollifier import Mollifier, derivatives
 from .result import RateResult
 from .density import split_density
 from .solve import infer_rates
+from .io import load_result, read_image
+from .rerun import rerun
 
 __all__ = [
     "__version__",
@@ -22,4 +24,7 @@ __all__ = [
     "get_model",
     "MollifierInputError",
     "RunCancelled",
+    "load_result",
+    "read_image",
+    "rerun",
 ]

@@ -307,6 +307,7 @@ def _window(plan: _Plan) -> list[np.ndarray]:
 
 _MASK_CACHE: OrderedDict = OrderedDict()
 _MASK_CACHE_SIZE = 12
+_MASK_CACHE_BYTES = 1024 * 2**20  # the newest entry is always kept, whatever its size
 
 
 def _mask_coefficients(plan: _Plan, mask: torch.Tensor, dtype, device, where: torch.Tensor | None = None):
@@ -345,7 +346,10 @@ def _mask_coefficients(plan: _Plan, mask: torch.Tensor, dtype, device, where: to
         _solve_edge(coef, valid, edge, mp, plan, betas, eta)
     result = (coef.to(dtype), valid)
     _MASK_CACHE[key] = result
-    if len(_MASK_CACHE) > _MASK_CACHE_SIZE:
+    while len(_MASK_CACHE) > 1 and (
+        len(_MASK_CACHE) > _MASK_CACHE_SIZE
+        or sum(c.numel() * c.element_size() for c, _ in _MASK_CACHE.values()) > _MASK_CACHE_BYTES
+    ):
         _MASK_CACHE.popitem(last=False)
     return result
 

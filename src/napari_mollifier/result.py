@@ -56,6 +56,21 @@ class RateResult:
         """The per-ROI statistics (a list of rows, ready for ``csv.DictWriter`` or ``pandas.DataFrame``)."""
         return [dict(row) for row in self.roi_stats]
 
+    def save(self, path, **kwargs):
+        """Write the whole result to ``path`` (``.npz``, ``.ome.tif`` or ``.ome.zarr``, chosen by the name) with
+        its provenance; :func:`load_result` (or :meth:`RateResult.load`) reads it back unchanged. The write is
+        atomic (temporary name, then rename). Returns the path."""
+        from .io.results import save_result
+
+        return save_result(self, path, **kwargs)
+
+    @classmethod
+    def load(cls, path) -> "RateResult":
+        """Read a result written by :meth:`save`."""
+        from .io.results import load_result
+
+        return load_result(path)
+
     def __repr__(self) -> str:
         inside = np.isfinite(self.rate)
         mean = float(np.nanmean(self.rate)) if inside.any() else float("nan")

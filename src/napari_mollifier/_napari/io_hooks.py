@@ -1,0 +1,178 @@
+"""npe2 reader and writer contributions (no Qt, no napari import: plain functions on paths and arrays).
+
+Readers: ``get_*_reader(path)`` returns a reader function for a path it can read, and None for anything else
+(never raising on a path it does not claim). The reader function returns napari ``LayerDataTuple`` s in physical
+units (micrometres): one image layer per channel, with ``scale``, ``units``, ``axis_labels`` and the file's
+metadata (and a saved result's provenance) in ``metadata``. Errors on a claimed file that turns out to be bad
+(truncated TIFF, zarr folder without an array, table with missing or non-numeric columns) are
+:class:`~napari_mollifier.errors.MollifierInputError` s that name the problem.
+
+Writers: image layers -> one OME-TIFF / OME-Zarr with one channel per layer (layers of one shape), physical
+pixel size from the first layer's ``scale`` (and ``units``), and the layers' provenance (output layers of the
+Rate maps widget carry it in ``metadata["provenance"]``) as metadata. Atomic: a failed write leaves no file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_mollifier.errors import MollifierInputError
+
+__all__ = [
+    "get_tiff_reader",
+    "get_zarr_reader",
+    "get_smlm_reader",
+    "read_tiff_layers",
+    "read_zarr_layers",
+    "read_smlm_layers",
+    "write_ome_tiff_layers",
+    "write_ome_zarr_layers",
+]
+
+
+def _single(path) -> str | None:
+    """napari may pass a list of paths: a reader here takes exactly one."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    try:
+        return str(path)
+    except Exception:
+        return None
+
+
+def _safe(check, path) -> bool:
+    try:
+        return bool(check(path))
+    except Exception:
+        return False
+
+
+# --------------------------------------------------------------------------- readers
+def read_tiff_layers(path) -> list:
+    from napari_mollifier.io import read_tiff
+
+    return read_tiff(_single(path)).layer_data()
+
+
+def read_zarr_layers(path) -> list:
+    from napari_mollifier.io import read_zarr
+    from napari_mollifier.io.zarr import read_zarr_labels
+
+    img = read_zarr(_single(path))
+    layers = img.layer_data()
+    spatial = tuple(s for a, s in zip(img.axes, img.scale) if a in "zyx")
+    for name, data in read_zarr_labels(_single(path)).items():
+        scale = spatial[-data.ndim:] if len(spatial) >= data.ndim else (1.0,) * data.ndim
+        layers.append((data, {"name": f"{img.name} [{name}]", "scale": scale,
+                              "metadata": {"path": img.metadata.get("path"), "label_image": name}}, "labels"))
+    return layers
+
+
+def read_smlm_layers(path, **options) -> list:
+    from napari_mollifier.io import read_smlm
+
+    img = read_smlm(_single(path), **options)
+    (data, kwargs, kind), = img.layer_data()
+    kwargs.update({"name": f"{img.name} density", "colormap": "gray"})
+    return [(data, kwargs, kind)]
+
+
+def get_tiff_reader(path):
+    """Reader for TIFF/OME-TIFF files (TIFF suffix and header), else None."""
+    from napari_mollifier.io import is_tiff
+
+    p = _single(path)
+    return read_tiff_layers if p is not None and _safe(is_tiff, p) else None
+
+
+def get_zarr_reader(path):
+    """Reader for zarr / OME-Zarr folders, else None."""
+    from napari_mollifier.io import is_zarr
+
+    p = _single(path)
+    return read_zarr_layers if p is not None and _safe(is_zarr, p) else None
+
+
+def get_smlm_reader(path):
+    """Reader for SMLM localisation tables (.csv/.tsv with x/y or typical SMLM columns), else None."""
+    from napari_mollifier.io import is_localisation_table
+
+    p = _single(path)
+    return read_smlm_layers if p is not None and _safe(is_localisation_table, p) else None
+
+
+# --------------------------------------------------------------------------- writers
+def _length_factor(unit) -> float | None:
+    from napari_mollifier.io._common import length_factor_um
+
+    if unit is None:
+        return None
+    text = str(unit)
+    if text in ("pixel", "px", "pixels"):
+        return None
+    return length_factor_um(text)
+
+
+def _collect(layer_data: list) -> tuple[dict, list, dict]:
+    """``(channels, pixel size in um, description)`` from napari layer data tuples."""
+    channels: dict[str, np.ndarray] = {}
+    provenance = None
+    first_meta: dict[str, Any] = {}
+    for data, meta, kind in layer_data:
+        if kind != "image":
+            raise MollifierInputError(f"only image layers can be written here, got a {kind} layer")
+        if isinstance(data, (list, tuple)):  # multiscale: level 0
+            data = data[0]
+        array = np.asarray(data.compute() if hasattr(data, "compute") else data)
+        name = str(meta.get("name") or f"layer {len(channels)}")
+        while name in channels:
+            name += "'"
+        channels[name] = array
+        if not first_meta:
+            first_meta = meta
+        md = meta.get("metadata") or {}
+        if provenance is None and isinstance(md.get("provenance"), dict):
+            provenance = md["provenance"]
+    shapes = {a.shape for a in channels.values()}
+    if len(shapes) != 1:
+        raise MollifierInputError(f"layers of different shapes cannot share one file: {sorted(shapes)}")
+    shape = shapes.pop()
+    if len(shape) not in (2, 3):
+        raise MollifierInputError(f"only 2-D or 3-D image layers can be written, got shape {shape}")
+    nd = len(shape)
+    scale = list(np.asarray(first_meta.get("scale", (1.0,) * nd), dtype=float)[-nd:])
+    units = first_meta.get("units")
+    px = []
+    for i, s in enumerate(scale):
+        unit = units[-nd:][i] if units is not None and len(units) >= nd else None
+        f = _length_factor(unit)
+        px.append(float(s) * f if f is not None else float(s))
+    description = {"format": "napari layers", "layers": list(channels), "pixel_size_unit": "µm"}
+    if provenance is not None:
+        description["provenance"] = provenance
+    return channels, px, description
+
+
+def write_ome_tiff_layers(path: str, layer_data: list) -> list[str]:
+    """npe2 writer: image layers -> one OME-TIFF (one channel per layer) with provenance."""
+    from napari_mollifier.io import write_ome_tiff
+
+    channels, px, description = _collect(layer_data)
+    dtype = np.result_type(*[a.dtype for a in channels.values()])
+    written = write_ome_tiff(Path(path), channels, px, description=description, dtype=dtype)
+    return [str(written)]
+
+
+def write_ome_zarr_layers(path: str, layer_data: list) -> list[str]:
+    """npe2 writer: image layers -> one OME-Zarr image (one channel per layer) with provenance."""
+    from napari_mollifier.io import write_ome_zarr
+
+    channels, px, description = _collect(layer_data)
+    dtype = np.result_type(*[a.dtype for a in channels.values()])
+    written = write_ome_zarr(Path(path), channels, px, attrs=description, dtype=dtype)
+    return [str(written)]

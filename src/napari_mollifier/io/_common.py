@@ -1,0 +1,333 @@
+"""Shared pieces of the readers and writers: the image record, units, atomic writes, hashing, JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MollifierInputError
+
+__all__ = [
+    "ImageData",
+    "SPATIAL",
+    "length_factor_um",
+    "atomic_path",
+    "file_sha256",
+    "to_json",
+    "from_json",
+    "json_default",
+]
+
+#: Axis letters of space (everything else -- c, t, q -- is not a length).
+SPATIAL = "zyx"
+
+# Length units -> micrometres. Readers convert every spatial scale to um so that model coefficients
+# (``l2`` in um^2) mean the same thing whatever file the image came from.
+_UM = {
+    "um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+    "micrometre": 1.0, "micrometers": 1.0, "micrometres": 1.0,
+    "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "nanometers": 1e-3, "nanometres": 1e-3,
+    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3,
+    "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4,
+    "m": 1e6, "meter": 1e6, "metre": 1e6,
+    "a": 1e-4, "å": 1e-4, "angstrom": 1e-4, "ångström": 1e-4,
+    "pm": 1e-6, "picometer": 1e-6,
+    "inch": 25400.0, "in": 25400.0,
+}
+
+
+def length_factor_um(unit) -> float | None:
+    """Micrometres per ``unit`` (``"nm"`` -> 0.001), or None when ``unit`` is not a known length."""
+    if unit is None:
+        return None
+    key = str(unit).strip().lower().replace(" ", "")
+    return _UM.get(key)
+
+
+@dataclass
+class ImageData:
+    """An image as read from a file: array (numpy or dask), axes, physical scale and metadata.
+
+    Attributes
+    ----------
+    data : numpy.ndarray or dask.array.Array
+        The pixels, in the file's axis order (lazy for large files).
+    axes : str
+        One lower-case letter per axis: ``t`` time, ``c`` channel, ``z``, ``y``, ``x`` space, ``q`` other.
+    scale : tuple of float
+        Size of a pixel along every axis; spatial axes in micrometres, ``t`` in ``units`` (1 for c and q).
+    units : tuple of str or None
+        ``"um"`` for spatial axes with a known physical size, ``None`` where the file gives none.
+    channel_names : list of str or None
+        One name per entry of the ``c`` axis.
+    translate : tuple of float
+        Origin of the image (same units as ``scale``).
+    metadata : dict
+        ``path``, ``format``, ``provenance`` (when the file holds a napari-mollifier result)...
+    name : str
+        A short name (file stem).
+    """
+
+    data: Any
+    axes: str
+    scale: tuple
+    units: tuple
+    channel_names: list | None = None
+    translate: tuple | None = None
+    metadata: dict = field(default_factory=dict)
+    name: str = "image"
+
+    def __post_init__(self):
+        nd = len(self.data.shape)
+        if len(self.axes) != nd or len(self.scale) != nd or len(self.units) != nd:
+            raise ValueError(f"axes {self.axes!r}, scale {self.scale} and units {self.units} must have {nd} entries")
+        if self.translate is None:
+            self.translate = (0.0,) * nd
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    @property
+    def spatial_axes(self) -> str:
+        return "".join(a for a in self.axes if a in SPATIAL)
+
+    @property
+    def pixel_size(self) -> tuple:
+        """Scale of the spatial axes (um where ``has_physical_size``)."""
+        return tuple(float(s) for a, s in zip(self.axes, self.scale) if a in SPATIAL)
+
+    @property
+    def has_physical_size(self) -> bool:
+        """True when every spatial axis has a physical size (in um)."""
+        return all(u == "um" for a, u in zip(self.axes, self.units) if a in SPATIAL)
+
+    @property
+    def channel_axis(self) -> int | None:
+        """Index of the channel axis: ``c``, else a single unlabelled (``q``) axis, else None."""
+        if "c" in self.axes:
+            return self.axes.index("c")
+        if self.axes.count("q") == 1:
+            return self.axes.index("q")
+        return None
+
+    @property
+    def n_channels(self) -> int:
+        ax = self.channel_axis
+        return 1 if ax is None else int(self.shape[ax])
+
+    def channel_label(self, index: int) -> str:
+        names = self.channel_names or []
+        return str(names[index]) if index < len(names) and names[index] else f"channel {index}"
+
+    def take(self, axis_letter: str, index: int) -> ImageData:
+        """The image with one entry of an axis (``"c"``, ``"t"``...), that axis removed."""
+        ax = self.axes.index(axis_letter)
+        n = self.shape[ax]
+        if not -n <= index < n:
+            raise MollifierInputError(f"{self.name}: index {index} is out of range for axis {axis_letter!r} "
+                                      f"of length {n}")
+        data = self.data[(slice(None),) * ax + (index,)]
+        keep = [i for i in range(len(self.axes)) if i != ax]
+        names = self.channel_names if axis_letter != "c" and ax != self.channel_axis else None
+        return replace(self, data=data, axes="".join(self.axes[i] for i in keep),
+                       scale=tuple(self.scale[i] for i in keep), units=tuple(self.units[i] for i in keep),
+                       translate=tuple(self.translate[i] for i in keep), channel_names=names)
+
+    def channel(self, index: int) -> ImageData:
+        """One channel (the channel axis removed); the image itself when it has no channel axis."""
+        ax = self.channel_axis
+        if ax is None:
+            if index not in (0, -1):
+                raise MollifierInputError(f"{self.name} has a single channel; channel {index} does not exist")
+            return self
+        return self.take(self.axes[ax], index)
+
+    def with_pixel_size(self, pixel_size) -> ImageData:
+        """Override the spatial scale (um): one number, or one per spatial axis."""
+        values = np.atleast_1d(np.asarray(pixel_size, dtype=float))
+        n = len(self.spatial_axes)
+        if values.size not in (1, n) or not np.all(np.isfinite(values)) or np.any(values <= 0):
+            raise MollifierInputError(f"pixel size must be one positive number or {n} (one per spatial axis "
+                                      f"{self.spatial_axes!r}), got {pixel_size!r}")
+        values = list(np.broadcast_to(values, (n,)))
+        scale, units = list(self.scale), list(self.units)
+        for i, a in enumerate(self.axes):
+            if a in SPATIAL:
+                scale[i], units[i] = float(values.pop(0)), "um"
+        return replace(self, scale=tuple(scale), units=tuple(units))
+
+    def to_numpy(self, dtype=None) -> np.ndarray:
+        data = self.data
+        if hasattr(data, "compute"):
+            data = data.compute()
+        return np.asarray(data, dtype=dtype)
+
+    def layer_data(self, *, split_channels: bool = True) -> list:
+        """napari ``LayerDataTuple`` s: one image layer per channel (or one layer), in physical units."""
+        base_meta = dict(self.metadata)
+        colormaps = ["magenta", "green", "cyan", "yellow", "red", "blue"]
+        if split_channels and "c" in self.axes:
+            ax = self.axes.index("c")
+            parts = [(i, self.take("c", i)) for i in range(self.shape[ax])]
+        else:
+            parts = [(None, self)]
+        out = []
+        for i, img in parts:
+            kwargs = {
+                "name": self.name if i is None else f"{self.name} [{self.channel_label(i)}]",
+                "scale": tuple(float(s) for s in img.scale),
+                "translate": tuple(float(t) for t in img.translate),
+                "axis_labels": tuple(img.axes),
+                "metadata": {**base_meta, **({"channel": i, "channel_name": self.channel_label(i)}
+                                            if i is not None else {})},
+            }
+            if _napari_supports_units():
+                kwargs["units"] = tuple(u if u is not None else "pixel" for u in img.units)
+            if i is not None and len(parts) > 1:
+                kwargs["colormap"] = colormaps[i % len(colormaps)]
+                kwargs["blending"] = "additive"
+            out.append((img.data, kwargs, "image"))
+        return out
+
+
+def _napari_supports_units() -> bool:
+    """True where the installed napari takes ``units=`` for layers (>= 0.6); reads metadata, imports no Qt."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("napari")
+    except metadata.PackageNotFoundError:
+        return False
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts) >= (0, 6)
+
+
+# --------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_path(path, *, directory: bool = False):
+    """Yield a temporary path beside ``path``; on success move it onto ``path`` (``os.replace``).
+
+    On any exception the temporary file or folder is removed and ``path`` is left as it was, so a failed write
+    never leaves a half-written result. Folders (zarr) replace an existing folder of the same name only once the
+    new one is complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:10]}"
+    try:
+        yield tmp
+        if directory:
+            _replace_dir(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    if not path.exists() and not path.is_symlink():
+        os.replace(tmp, path)
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise MollifierInputError(f"cannot write the folder {path}: a file of that name exists")
+    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:10]}"
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove(p: Path) -> None:
+    try:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------- hashing
+def file_sha256(path) -> str:
+    """sha256 of a file, or of a folder (zarr): every file's relative path and bytes, in sorted order."""
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f.relative_to(path).as_posix().encode())
+            h.update(b"\0")
+            _update_file(h, f)
+        return h.hexdigest()
+    _update_file(h, path)
+    return h.hexdigest()
+
+
+def _update_file(h, path: Path) -> None:
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+
+
+# --------------------------------------------------------------------------- JSON
+def json_default(obj):
+    """JSON encoder for numpy scalars and arrays, paths and tuples inside provenance."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _clean(obj):
+    """Replace non-finite floats by strings so the JSON is strict (``NaN`` is not JSON)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _clean(obj.item())
+    return obj
+
+
+def _unclean(obj):
+    if isinstance(obj, str) and obj in ("nan", "inf", "-inf"):
+        return float(obj)
+    if isinstance(obj, dict):
+        return {k: _unclean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unclean(v) for v in obj]
+    return obj
+
+
+def to_json(obj, **kwargs) -> str:
+    """Strict JSON (non-finite floats as the strings "nan"/"inf"; numpy types as Python ones)."""
+    return json.dumps(_clean(json.loads(json.dumps(obj, default=json_default))), **kwargs)
+
+
+def from_json(text: str):
+    """Inverse of :func:`to_json` (the strings "nan"/"inf" become floats again)."""
+    return _unclean(json.loads(text))

@@ -1,0 +1,165 @@
+"""Re-run a recorded computation: ``rerun(provenance) -> RateResult``, the same numbers on the CPU.
+
+A result made from files (the ``mollifier`` CLI, :func:`napari_mollifier.io.jobs.infer_files`) carries in its
+provenance the input files with their sha256 (``provenance["inputs"]``) and the exact call
+(``provenance["call"]``: how the fields were built and every solver argument, device resolved). :func:`rerun`
+finds the files again, refuses any whose bytes changed, rebuilds the fields the same way, checks that they hash
+to the recorded arrays (``provenance["input_hashes"]``) and calls the same function with the same arguments.
+On the CPU (float64, seeded bootstrap) that reproduces the saved maps bit for bit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MollifierInputError
+from .result import RateResult
+
+__all__ = ["rerun", "read_provenance", "compare_results"]
+
+
+def read_provenance(source) -> tuple[dict, Path | None]:
+    """``(provenance, folder it came from)`` from a dict, a RateResult, a provenance JSON or a result file."""
+    from .io import from_json, load_result
+    from .io.results import result_format
+
+    if isinstance(source, RateResult):
+        return dict(source.provenance), None
+    if isinstance(source, dict):
+        return (dict(source["provenance"]) if "provenance" in source and "call" not in source else dict(source)), None
+    path = Path(source)
+    if not path.exists():
+        raise MollifierInputError(f"{path}: no such file")
+    if path.is_file() and path.name.lower().endswith(".json"):
+        try:
+            data = from_json(path.read_text())
+        except ValueError as exc:
+            raise MollifierInputError(f"{path}: not a JSON provenance file ({exc})") from None
+        if not isinstance(data, dict):
+            raise MollifierInputError(f"{path}: not a provenance record")
+        return (data["provenance"] if "provenance" in data else data), path.parent
+    try:
+        result_format(path)
+    except MollifierInputError:
+        raise MollifierInputError(
+            f"{path}: give a provenance JSON (*.provenance.json) or a saved result (.ome.tif, .ome.zarr, .npz)"
+        ) from None
+    return load_result(path).provenance, path.parent
+
+
+def _locate(record: dict, search: list[Path], check: bool) -> Path:
+    """The recorded path if it is there, else a file of the same name (and, when checking, the same sha256) in
+    one of the ``search`` folders."""
+    from .io import file_sha256
+
+    path = Path(record["path"])
+    digest = record.get("sha256") if check else None
+    if path.exists():
+        return path
+    others = []
+    for folder in search:
+        candidate = Path(folder) / path.name
+        if candidate.exists():
+            if digest is None or file_sha256(candidate) == digest:
+                return candidate
+            others.append(str(candidate))
+    note = f"; {', '.join(others)} has other contents" if others else ""
+    raise MollifierInputError(
+        f"input {record.get('role', '')} file {path} was not found (looked also in {[str(s) for s in search]}"
+        f"{note}): restore it or pass data_dir=the folder that holds it"
+    )
+
+
+def rerun(source, *, device: str | None = None, data_dir=None, check_hashes: bool = True, progress=None) -> RateResult:
+    """Repeat the computation recorded in ``source`` and return its :class:`RateResult`.
+
+    Parameters
+    ----------
+    source : dict, RateResult, or path
+        A provenance dict, a result, a ``*.provenance.json`` written by the CLI, or a saved result file.
+    device : str, optional
+        Run on another device than the recorded one (results then agree only to float32 round-off on a GPU).
+    data_dir : path, optional
+        Where to look for input files that are no longer at their recorded path (matched by file name; the
+        folder of a provenance/result file is searched too).
+    check_hashes : bool
+        Refuse inputs whose sha256 differs from the recorded one (default). The rebuilt fields are always
+        checked against ``provenance["input_hashes"]``.
+
+    Raises
+    ------
+    MollifierInputError
+        The provenance has no ``inputs``/``call`` record (results of ``infer_rates`` on in-memory arrays cannot
+        be re-run from files), an input is missing or changed, or the rebuilt fields differ.
+    """
+    from .io import file_sha256
+    from .io.jobs import load_fields
+    from .solve import infer_rates
+    from .tiling import infer_tiled
+
+    prov, origin = read_provenance(source)
+    inputs, call = prov.get("inputs"), prov.get("call")
+    if not inputs or not isinstance(call, dict) or "kwargs" not in call:
+        raise MollifierInputError(
+            "this provenance has no 'inputs'/'call' record, so it cannot be re-run: only results computed from "
+            "files (the mollifier CLI or napari_mollifier.io.jobs.infer_files) record how to repeat them"
+        )
+    search = [Path(p) for p in ([data_dir] if data_dir else [])] + ([origin] if origin else [])
+    records = []
+    for rec in inputs:
+        path = _locate(rec, search, check_hashes)
+        if check_hashes and rec.get("sha256"):
+            digest = file_sha256(path)
+            if digest != rec["sha256"]:
+                raise MollifierInputError(
+                    f"input {path} has changed since the run (sha256 {digest[:12]}... != recorded "
+                    f"{rec['sha256'][:12]}...): the result cannot be reproduced from it"
+                )
+        records.append({**rec, "path": str(path)})
+    kwargs = dict(call["kwargs"])
+    load = dict(call.get("load") or {})
+    fields, roi, _, _ = load_fields(records, load, kwargs.get("model", "chromatin-balance"))
+    if device is not None:
+        kwargs["device"] = device
+    tile = kwargs.pop("tile", None)
+    if call.get("function", "").endswith("infer_tiled"):
+        result = infer_tiled(fields, roi=roi, tile=int(tile), progress=progress, **kwargs)
+    else:
+        result = infer_rates(fields, roi=roi, progress=progress, **kwargs)
+    recorded = prov.get("input_hashes")
+    if recorded and result.provenance.get("input_hashes") != recorded:
+        raise MollifierInputError(
+            "the fields rebuilt from the input files differ from the recorded ones (input_hashes mismatch): "
+            "the files or the reader changed"
+        )
+    if tile is not None:
+        kwargs["tile"] = tile
+    result.provenance["inputs"] = records
+    result.provenance["call"] = {**call, "kwargs": kwargs}
+    result.provenance["rerun_of"] = {"created": prov.get("created"), "device": prov.get("device"),
+                                     "software": prov.get("software")}
+    return result
+
+
+def compare_results(a: RateResult, b: RateResult) -> dict:
+    """Max absolute difference per map (``rate``, ``uncertainty``, ``residual``, each field) and whether the
+    NaN patterns agree; ``identical`` is True when every map is bit-for-bit equal."""
+    out = {}
+    identical = True
+    pairs = [(k, getattr(a, k), getattr(b, k)) for k in ("rate", "uncertainty", "residual")]
+    pairs += [(f"fields.{k}", a.fields[k], b.fields.get(k)) for k in a.fields]
+    for name, x, y in pairs:
+        if y is None or np.shape(x) != np.shape(y):
+            out[name] = float("inf")
+            identical = False
+            continue
+        x, y = np.asarray(x), np.asarray(y)
+        same_nan = bool(np.array_equal(np.isnan(x), np.isnan(y)))
+        both = np.isfinite(x) & np.isfinite(y)
+        diff = float(np.max(np.abs(x[both] - y[both]))) if both.any() else 0.0
+        out[name] = diff if same_nan else float("inf")
+        identical &= same_nan and bool(np.array_equal(x, y, equal_nan=True))
+    out["identical"] = identical
+    return out
