@@ -177,6 +177,7 @@ def test_progress_every_percent_cancel_and_determinism():
         ({"fields": {"phi_h": np.ones((20, 20))}}, "missing"),
         ({"fields": {"phi_h": np.ones((20, 20)), "phi_e": np.ones((21, 20))}}, "same shape"),
         ({"fields": {"phi_h": np.ones((4, 20, 20, 3)), "phi_e": np.ones((4, 20, 20, 3))}}, "RGB"),
+        ({"fields": {"phi_h": np.ones((32, 32, 3)), "phi_e": np.ones((32, 32, 3))}}, "RGB"),
         ({"model": "nope"}, "unknown model"),
         ({"params": {"bogus": 1}}, "no coefficient"),
         ({"roi": np.zeros((32, 32), bool)}, "ROI is empty"),

@@ -10,10 +10,12 @@ The one public entry point the widget, the CLI and scripts call. Steps, per ROI 
 3. ``radius="auto"``: the quasi-optimality criterion (Tikhonov & Glasko): on a geometric ladder of radii
    ``R_k = R_min 1.25^k``, pick the ``R_k`` that minimises the change ``median |lambda_{k+1} - lambda_k|`` over the
    ROI: small radii change a lot because noise dominates, large radii change because smoothing bias grows;
-4. uncertainty: parametric bootstrap. The noise of every input field is estimated from the data
-   (:func:`napari_mollifier.noise.estimate_noise`), ``n_bootstrap`` noise realisations of that level are added to
-   the inputs and pushed through the same estimator; the standard deviation of the rate over realisations is the
-   reported one-sigma uncertainty (noise only: it does not include model error or smoothing bias);
+4. uncertainty: parametric bootstrap plus smoothing bias. The noise of every input field is estimated from the
+   data (:func:`napari_mollifier.noise.estimate_noise`, which assumes white noise), ``n_bootstrap`` noise
+   realisations of that level are added to the inputs and pushed through the same estimator (their standard
+   deviation is the noise part); the smoothing bias is estimated from the change of the rate to radius R / 1.25
+   and kept where it passes a 2-sigma test; ``uncertainty = sqrt(noise^2 + bias^2)``. Model error is not included,
+   and noise correlated between pixels is underestimated;
 5. residual: the model residual with the rate map smoothed by the same kernel (what the model fails to explain at
    the kernel scale).
 """
@@ -79,6 +81,11 @@ def _check_fields(fields, model: Model) -> dict[str, np.ndarray]:
     if len(shapes) != 1:
         raise MollifierInputError(f"all fields must have the same shape, got {[a.shape for a in arrays.values()]}")
     shape = shapes.pop()
+    if len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4 * shape[-1]:
+        raise MollifierInputError(
+            f"fields of shape {shape} look like an RGB/RGBA image (last axis {shape[-1]}): chromatin fractions are "
+            "one channel each -- pick the channel, or pass (z, y, x) volumes with z first"
+        )
     allowed = (1,) if model.ndim == 1 else (2, 3)
     if len(shape) not in allowed:
         raise MollifierInputError(
@@ -334,9 +341,11 @@ def infer_rates(
         ``progress(step, total, info)``, called after every unit of work (at least every 1 %).
     cancel : callable, optional
         ``cancel() -> bool``; when it returns True the run raises :class:`RunCancelled` within one step.
-    kernel, boundary : str
-        Mollifier kernel, and ``"mask"`` (default: only valid pixels are used, edges exact) or a padding mode
-        of :func:`derivatives` (``"periodic"`` for periodic simulations).
+    kernel : str
+        Mollifier kernel (``"poly"``, ``"poly<k>"`` or ``"bump"``).
+    boundary : str
+        ``"mask"`` (default: only valid pixels are used, edges exact) or a padding mode of :func:`derivatives`
+        (``"periodic"`` for periodic simulations).
     roi_mode : str
         ``"image"``: derivatives use all valid pixels of the image, the ROI selects where the maps are reported
         (no ROI-edge band). ``"isolate"``: each ROI is solved with only its own pixels (separate nuclei).
