@@ -6,11 +6,11 @@ that the contribution can be called and tested headless.
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Any
 
 import numpy as np
 
+from napari_mollifier.io._common import napari_supports_units
 from napari_mollifier.simulate import synthetic_nucleus
 
 #: Arguments of the shipped sample; tests recompute the ground truth from these.
@@ -22,22 +22,6 @@ SAMPLE_KWARGS: dict[str, Any] = {
 }
 
 LayerDataTuple = tuple[np.ndarray, dict[str, Any], str]
-
-
-def _napari_supports_layer_units() -> bool:
-    """True where the installed napari accepts ``units=`` for layers (>= 0.6).
-
-    Reads the distribution metadata instead of importing napari, so no Qt.
-    """
-    try:
-        version = metadata.version("napari")
-    except metadata.PackageNotFoundError:
-        return False
-    parts = []
-    for piece in version.split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts) >= (0, 6)
 
 
 def make_sample_nucleus() -> list[LayerDataTuple]:
@@ -65,7 +49,7 @@ def make_sample_nucleus() -> list[LayerDataTuple]:
             "axis_labels": ("y", "x"),
             "metadata": {**common_meta, "field": field},
         }
-        if _napari_supports_layer_units():
+        if napari_supports_units():
             kw["units"] = ("um", "um")
         kw.update(extra)
         return kw

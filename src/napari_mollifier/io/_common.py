@@ -192,7 +192,7 @@ class ImageData:
                 "metadata": {**base_meta, **({"channel": i, "channel_name": self.channel_label(i)}
                                             if i is not None else {})},
             }
-            if _napari_supports_units():
+            if napari_supports_units():
                 kwargs["units"] = tuple(u if u is not None else "pixel" for u in img.units)
             if i is not None and len(parts) > 1:
                 kwargs["colormap"] = colormaps[i % len(colormaps)]
@@ -201,7 +201,7 @@ class ImageData:
         return out
 
 
-def _napari_supports_units() -> bool:
+def napari_supports_units() -> bool:
     """True where the installed napari takes ``units=`` for layers (>= 0.6); reads metadata, imports no Qt."""
     from importlib import metadata
 
@@ -217,6 +217,20 @@ def _napari_supports_units() -> bool:
 
 
 # --------------------------------------------------------------------------- atomic writes
+def check_maps(channels: dict, pixel_size) -> tuple[list, tuple, list]:
+    """Validate maps to be written together: ``(arrays, shape, pixel sizes per axis)`` or a clear error."""
+    if not channels:
+        raise MollifierInputError("nothing to write: no maps given")
+    arrays = [np.asarray(a) for a in channels.values()]
+    shape = arrays[0].shape
+    if any(a.shape != shape for a in arrays):
+        raise MollifierInputError(f"all maps must have one shape to share a file, got {[a.shape for a in arrays]}")
+    if len(shape) not in (2, 3):
+        raise MollifierInputError(f"maps must be 2-D or 3-D, got shape {shape}")
+    px = [float(v) for v in np.broadcast_to(np.atleast_1d(np.asarray(pixel_size, dtype=float)), (len(shape),))]
+    return arrays, shape, px
+
+
 @contextlib.contextmanager
 def atomic_path(path, *, directory: bool = False):
     """Yield a temporary path beside ``path``; on success move it onto ``path`` (``os.replace``).

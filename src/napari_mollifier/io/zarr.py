@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MollifierInputError
-from ._common import ImageData, atomic_path, from_json, length_factor_um, to_json
+from ._common import ImageData, atomic_path, check_maps, from_json, length_factor_um, to_json
 
 __all__ = ["is_zarr", "read_zarr", "read_zarr_labels", "write_ome_zarr", "open_group"]
 
@@ -283,16 +283,8 @@ def write_ome_zarr(path, channels: dict, pixel_size=1.0, *, unit: str = "microme
     import zarr
 
     path = Path(path)
-    if not channels:
-        raise MollifierInputError("nothing to write: no maps given")
-    arrays = [np.asarray(a) for a in channels.values()]
-    shape = arrays[0].shape
-    if any(a.shape != shape for a in arrays):
-        raise MollifierInputError(f"all maps must have one shape to share a file, got {[a.shape for a in arrays]}")
-    if len(shape) not in (2, 3):
-        raise MollifierInputError(f"maps must be 2-D or 3-D, got shape {shape}")
+    arrays, shape, px = check_maps(channels, pixel_size)
     nsp = len(shape)
-    px = [float(v) for v in np.broadcast_to(np.atleast_1d(np.asarray(pixel_size, dtype=float)), (nsp,))]
     space = [{"name": a, "type": "space", "unit": unit} for a in "zyx"[-nsp:]]
     stack = np.stack(arrays).astype(dtype, copy=False)
     with atomic_path(path, directory=True) as tmp:
