@@ -361,10 +361,7 @@ def infer_rates(
     """
     m = get_model(model)
     fields, split = _maybe_split_density(fields, m, roi)
-    try:
-        p = m.params(params)
-    except ValueError as exc:
-        raise MollifierInputError(str(exc)) from None
+    p = m.params(params)
     if method not in METHODS:
         raise MollifierInputError(f"unknown method {method!r}: use one of {METHODS}")
     if roi_mode not in ("image", "isolate"):

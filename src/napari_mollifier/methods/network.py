@@ -301,10 +301,7 @@ def fit_network(
     """
     started = time.perf_counter()
     m: Model = get_model(model)
-    try:
-        p = m.params(params)
-    except ValueError as exc:
-        raise MollifierInputError(str(exc)) from None
+    p = m.params(params)
     if base not in BASE_MODELS:
         raise MollifierInputError(f"unknown base model {base!r}: use one of {BASE_MODELS}")
     if derivatives_via not in DERIVATIVES_VIA:

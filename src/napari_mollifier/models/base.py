@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import MollifierInputError
+
 __all__ = ["Model", "Coefficient"]
 
 
@@ -40,7 +42,7 @@ class Model:
         values = {k: c.default for k, c in self.coefficients.items()}
         for key, value in (overrides or {}).items():
             if key not in values:
-                raise ValueError(
+                raise MollifierInputError(
                     f"model {self.name!r} has no coefficient {key!r}: its coefficients are {sorted(values)}"
                 )
             values[key] = float(value)
