@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ import numpy as np
 from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import QEvent, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -221,10 +222,55 @@ def _explain(exc: BaseException) -> tuple[str, str]:
     return "error", f"Rate maps failed: {type(exc).__name__}: {text}"
 
 
+_WARM_LOCK = threading.Lock()
+_WARM_DONE = threading.Event()
+_warm_thread: threading.Thread | None = None
+
+
+def start_warm_up() -> None:
+    """Import the network method's lazy dependencies in a background thread, once per process.
+
+    The first ``torch.optim`` optimizer imports ``torch._dynamo`` (~1.3 s, with ~0.1 s pauses holding the
+    interpreter lock): done when the widget opens, a network run does not stall the viewer with it
+    (``benchmarks/bench_widget_stall.py``).
+    """
+    global _warm_thread
+    with _WARM_LOCK:
+        if _warm_thread is not None:
+            return
+
+        def target():
+            _background_priority()
+            try:
+                from napari_mollifier.methods.network import warm_up
+
+                warm_up()
+            except Exception:  # noqa: BLE001 - a failed warm-up only means the first run pays the import
+                log.debug("napari-mollifier: warm-up failed", exc_info=True)
+            finally:
+                _WARM_DONE.set()
+
+        _warm_thread = threading.Thread(target=target, name="napari-mollifier-warm-up", daemon=True)
+        _warm_thread.start()
+
+
+def _wait_for_warm_up(cancel: threading.Event) -> None:
+    """Worker thread: wait for :func:`start_warm_up` (never the viewer's thread); cancel still works."""
+    from napari_mollifier.errors import RunCancelled
+
+    start_warm_up()
+    while not _WARM_DONE.wait(0.05):
+        if cancel.is_set():
+            raise RunCancelled("cancelled while the network method was loading")
+
+
 def _solve(job: _Job, report) -> list:
     """Run ``infer_rates`` on every slice of ``job`` (worker thread). ``report(fraction, info)``."""
     from napari_mollifier import infer_rates
 
+    if job.kwargs.get("method", "direct") != "direct":
+        report(0.0, {"stage": "loading the network method"})
+        _wait_for_warm_up(job.cancel)
     results = []
     n = len(job.slices)
     for i, (lead, fields, roi) in enumerate(job.slices):
@@ -357,10 +403,13 @@ class MollifierWidget(QWidget):
         self._connected_layers: set[int] = set()
         self.input_combos: dict[str, QComboBox] = {}
         self.coef_edits: dict[str, QLineEdit] = {}
+        self._watched_window = None
+        self._window_closed = False
         self._build_ui()
         self._connect_viewer()
         self._refresh_layers()
         self._on_model_changed()
+        start_warm_up()
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
@@ -707,7 +756,39 @@ class MollifierWidget(QWidget):
             return
         for note in job.notes:
             show_warning(f"Rate maps: {note}")
+        self._watch_window()
         self._start(job)
+
+    def _watch_window(self) -> None:
+        """Watch the viewer's window: the dock widget gets no close event of its own when the viewer closes.
+
+        Held by weak reference: the widget must not keep a closed viewer alive.
+        """
+        top = self.window()
+        watched = self._watched_window() if self._watched_window is not None else None
+        if top is not self and top is not watched:
+            if watched is not None:
+                watched.removeEventFilter(self)
+            top.installEventFilter(self)
+            self._watched_window = weakref.ref(top)
+        self._window_closed = self._close_seen = False
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt override
+        """The viewer's window is hidden by a close (not a minimise): stop the run, publish nothing."""
+        ref = getattr(self, "_watched_window", None)  # Qt may call this during __init__
+        if ref is None or obj is not ref():
+            return super().eventFilter(obj, event)
+        if event.type() == QEvent.Type.Close:
+            self._close_seen = True  # accepted or not: a Hide follows only if it was accepted
+        elif (event.type() == QEvent.Type.Hide and getattr(self, "_close_seen", False) and not event.spontaneous()
+              and not obj.isMinimized()):
+            self._window_closed = True
+            if self._job is not None:
+                self._job.cancel.set()
+            self._pending = []
+        elif event.type() == QEvent.Type.Show:
+            self._window_closed = self._close_seen = False
+        return super().eventFilter(obj, event)
 
     def _start(self, job: _Job) -> None:
         self._job = job
@@ -811,6 +892,13 @@ class MollifierWidget(QWidget):
                         + (f" in slice {lead}" if lead else "")
                         + ": it carries no information on the rate; choose the layer with the chromatin image"
                     )
+                bad = int(arr.size - finite.size)
+                if bad:
+                    notes.append(
+                        f"layer {layer.name!r} has {bad} NaN/inf pixel{'s' if bad > 1 else ''}"
+                        + (f" in slice {lead}" if lead else "")
+                        + ": they are treated as missing data (no rate there, and the kernel does not use them)"
+                    )
                 fields[key] = arr
             roi = None
             if roi_layer is not None:
@@ -829,6 +917,12 @@ class MollifierWidget(QWidget):
             except ValueError:
                 raise MollifierInputError(f"coefficient {key!r} must be a number, got {edit.text()!r}") from None
         pixel_size = self._pixel_size(ref)
+        if _unit_name(ref) == "px" and all(v == 1.0 for v in pixel_size):
+            notes.append(
+                f"layer {ref.name!r} has no physical pixel size (scale 1, no unit), so 1 px is used: the kernel "
+                "radius and the coefficients with a length (e.g. l2) are in pixels. To work in micrometres, open "
+                "the file with the napari-mollifier reader (it reads the pixel size) or set the layer's scale."
+            )
         if self.radius_auto.isChecked():
             radius: Any = "auto"
         else:
@@ -897,6 +991,8 @@ class MollifierWidget(QWidget):
                 pass
 
     def _on_returned(self, outcome: _Outcome) -> None:
+        if self._window_closed:  # the viewer closed during the run: nothing is published into it
+            outcome = _Outcome("cancelled", message=_explain_cancel())
         self._outcome = outcome
         if outcome.status == "ok" and self._job is not None:
             # add/update the layers one per event-loop turn, so the viewer repaints in between (short stalls)
@@ -921,6 +1017,8 @@ class MollifierWidget(QWidget):
             self.status_label.setText(outcome.message)
 
     def _publish_next(self) -> None:
+        if self._window_closed:
+            self._pending = []
         if self._pending:
             step = self._pending.pop(0)
             try:

@@ -52,7 +52,7 @@ from ..kernels import half_width
 from ..mollifier import Mollifier, derivatives, key_terms
 from .base_models import BASE_MODELS, make_base_model
 
-__all__ = ["fit_network", "DERIVATIVES_VIA"]
+__all__ = ["fit_network", "warm_up", "DERIVATIVES_VIA"]
 
 DERIVATIVES_VIA = ("mollifier", "autodiff")
 _BOUNDARIES = ("extend", "mask", "reflect", "replicate", "periodic", "zeros")
@@ -143,6 +143,14 @@ class _GraphMeter:
 
 
 # --------------------------------------------------------------------------------------------- helpers
+def warm_up() -> None:
+    """Pay the one-time cost of the first fit now: constructing the first ``torch.optim`` optimizer imports
+    ``torch._dynamo`` (about 800 modules, 1-1.5 s on one core, with pauses of ~0.1 s that hold the interpreter
+    lock). A GUI calls this in a background thread when it opens, so that no run pays it; idempotent and cheap
+    after the first call."""
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.0)
+
+
 def _as_mask(mask, shape) -> np.ndarray:
     if mask is None:
         return np.ones(shape, dtype=bool)
