@@ -9,8 +9,9 @@ environment's python under the same display, must find the installed plugin thro
 writers, readers and widget (one direct inference) in a real napari viewer.
 
 Slow: creating the environment installs the pinned torch of ``.ci/setup`` (the local CPU wheel), napari and Qt
-(about 1-2 min on 2 cores, measured in the report of issue #7), and each installed check opens napari.
-Marked ``slow`` and ``gui``; ``pytest -q`` (CI) runs it; deselect locally with ``-m "not slow"``.
+(1.5-2 min on the shared 2-core development machine), and each installed check opens napari (0.5-1.5 min);
+the whole module took 4-5 min there under a load average of about 5. Marked ``slow`` and ``gui``;
+``pytest -q`` (CI) runs it; deselect locally with ``-m "not slow"``.
 """
 
 from __future__ import annotations
