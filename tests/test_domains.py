@@ -226,3 +226,16 @@ def test_cli_domains(lattice, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mollifier: error:") and "missing column" in err[0]
     assert not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_voronoi_areas_scale_and_translation(seed):
+    """Cell areas scale as s^2 and do not change under a large translation (coordinates are centred first)."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.uniform(0, 500, 400), rng.uniform(0, 300, 400)
+    a = voronoi_areas(x, y)
+    s, off = rng.uniform(0.5, 3.0), rng.uniform(1e5, 1e6)
+    b = voronoi_areas(s * x + off, s * y - off)
+    assert np.array_equal(np.isfinite(a), np.isfinite(b))
+    ok = np.isfinite(a)
+    np.testing.assert_allclose(b[ok], s**2 * a[ok], rtol=1e-6)

@@ -127,6 +127,16 @@ def test_table_file_source(viewer_widget, qtbot, tmp_path):
     assert _run(qtbot, widget) == "done"
     assert widget.result.summary["n_domains"] == pytest.approx(s["n_domains"], rel=0.05)
     assert "domains [cell]" in viewer.layers
+    # the SMLM reader's density image names its table: it is offered as a source and gives the same domains
+    viewer.open(str(table), plugin=PLUGIN)
+    smlm = [ly.name for ly in viewer.layers if ly.metadata.get("format") == "smlm-table"]
+    assert smlm
+    widget.source_combo.setCurrentText(smlm[0])
+    assert widget.source_combo.currentText() == smlm[0]
+    n_before = widget.result.n_domains
+    assert _run(qtbot, widget) == "done"
+    assert widget.result.n_domains == n_before
+    assert f"domains [{smlm[0]}]" in viewer.layers
 
 
 def test_cancel_adds_nothing(viewer_widget, qtbot):

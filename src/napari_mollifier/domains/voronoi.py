@@ -6,7 +6,9 @@ al. 2024 STORM analysis thresholds). Here the areas are computed from the Delaun
 the cell of vertex ``a`` of a triangle ``(a, b, c)`` with circumcentre ``o`` receives the signed area of the
 quadrilateral ``(a, m_ab, o, m_ca)`` (``m`` are edge midpoints); summed over the triangles around ``a`` this is
 ``A_a`` exactly (obtuse triangles give negative pieces that cancel). Cells of points on the convex hull are
-unbounded and duplicates have no cell of their own: both get NaN.
+unbounded and duplicates have no cell of their own: both get NaN. Cells of points next to the hull are bounded but
+can reach far beyond the cloud (their density is then far too low), which is one reason the domain analysis
+thresholds only the localisations inside the nucleus outline.
 
 Statistics: for a Poisson cloud of intensity ``rho``, ``1 / A_i`` is noisy (cell areas are roughly
 Gamma-distributed with shape 3.6, CV ~ 0.5) and its mean over-estimates ``rho`` by ~1.4x; the ratio
