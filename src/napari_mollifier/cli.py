@@ -5,6 +5,7 @@ Commands::
     mollifier infer INPUT... [options]       rate maps of each input (a batch), written to --out
     mollifier demo [--out DIR]               the synthetic nucleus end to end: maps, figure, ROI table
     mollifier rerun PROVENANCE_OR_RESULT     repeat a recorded run and check it gives the same maps
+    mollifier domains LOCS.csv... [options]  heterochromatin domains and geometric rates of localisation tables
 
 Run ``mollifier COMMAND --help`` for the options. Errors print one line (``mollifier: error: ...``) and exit
 with status 1 (2 for bad usage); ``--debug`` shows the traceback instead.
@@ -156,7 +157,60 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="run on another device than the recorded one")
     r.add_argument("--data-dir", default=None, metavar="DIR", help="where moved input files are")
     r.add_argument("--out", default=None, metavar="DIR", help="also write the re-run's outputs here")
+    _add_domains_parser(sub, common)
     return parser
+
+
+def _threshold(text: str):
+    if text in ("percentile", "otsu"):
+        return text
+    return _positive_float(text)
+
+
+def _add_domains_parser(sub, common) -> None:
+    from .domains import DEFAULTS as D
+
+    g = sub.add_parser("domains", parents=[common], help="heterochromatin domains of localisation tables",
+                       description="Localisations -> Voronoi density -> nucleus outline -> DBSCAN domains -> the "
+                                   "lab's geometric rates (Kant et al. 2024). Writes, per table, NAME_domains.csv, "
+                                   "NAME_summary.json and NAME_labels/_gamma/_fields.ome.tif to --out.")
+    g.add_argument("inputs", nargs="+", metavar="LOCS", help="localisation tables (.csv/.tsv, x and y in nm)")
+    g.add_argument("--out", default="domains-out", metavar="DIR", help="output folder (default domains-out)")
+    g.add_argument("--pixel-size", type=_positive_float, default=D["pixel_size_nm"], metavar="NM",
+                   help=f"pixel size of the output images, nm (default {D['pixel_size_nm']:g})")
+    g.add_argument("--threshold", type=_threshold, default=D["threshold"], metavar="percentile|otsu|VALUE",
+                   help="density threshold: a percentile (--percentile), otsu, or localisations per um^2")
+    g.add_argument("--percentile", type=float, default=D["percentile"], help="default 50 (the lab's)")
+    g.add_argument("--eps", type=_positive_float, default=D["eps_nm"], metavar="NM", help="DBSCAN eps, nm (30)")
+    g.add_argument("--min-samples", type=int, default=D["min_samples"], help="DBSCAN min_samples (3)")
+    g.add_argument("--min-points", type=int, default=D["min_points"], help="smallest domain, localisations (35)")
+    g.add_argument("--subsample", type=int, default=D["subsample"], help="analyse 1 in N localisations (4)")
+    g.add_argument("--diffusivity", type=_positive_float, default=D["diffusivity"], metavar="UM2_PER_S",
+                   help="D in Gamma_ac = D / d^2, um^2/s (1)")
+    g.add_argument("--neighbours", action="store_true", help="pool Voronoi cells with their neighbours")
+    g.add_argument("--seed", type=int, default=D["seed"])
+    g.add_argument("--unit", default="nm", help="unit of coordinates without one in the header (nm)")
+
+
+def cmd_domains(args) -> int:
+    from .domains import analyse_table
+
+    params = {"pixel_size_nm": args.pixel_size, "threshold": args.threshold, "percentile": args.percentile,
+              "eps_nm": args.eps, "min_samples": args.min_samples, "min_points": args.min_points,
+              "subsample": args.subsample, "diffusivity": args.diffusivity, "neighbours": args.neighbours,
+              "seed": args.seed}
+    for path in args.inputs:
+        t0 = time.perf_counter()
+        res = analyse_table(path, unit=args.unit, **params)
+        name = Path(path).name.rsplit(".", 1)[0]
+        paths = res.save(args.out, name)
+        s = res.summary
+        if not args.quiet:
+            print(f"{Path(path).name}: {s['n_domains']} domains, mean diameter {s['mean_diameter_nm']:.0f} nm, "
+                  f"mean spacing {s['mean_spacing_nm']:.0f} nm, LAD thickness {s['lad_thickness_nm']:.0f} nm, "
+                  f"threshold {s['density_threshold_per_um2']:.4g} /um^2 ({s['threshold_method']}), "
+                  f"{time.perf_counter() - t0:.1f} s -> {paths['table'].parent}")
+    return 0
 
 
 # --------------------------------------------------------------------------- progress
@@ -443,7 +497,7 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    command = {"infer": cmd_infer, "demo": cmd_demo, "rerun": cmd_rerun}[args.command]
+    command = {"infer": cmd_infer, "demo": cmd_demo, "rerun": cmd_rerun, "domains": cmd_domains}[args.command]
     try:
         return command(args)
     except KeyboardInterrupt:

@@ -1,0 +1,381 @@
+"""The "Heterochromatin domains" dock widget: localisations -> domains -> the lab's geometric rates.
+
+Source: a localisation table file, a Points layer (coordinates in the layer's world unit, um or nm), or an
+image layer made by the SMLM reader (its ``metadata["path"]`` names the table). Run calls
+:func:`napari_mollifier.domains.analyse_localisations` in a napari ``thread_worker`` (a generator yielding
+progress), then adds: the domain Labels, the nucleus Labels, the localisations as Points coloured by log10
+density (at most ``MAX_POINTS`` of them), the per-domain Gamma_ac / Gamma_me / lambda images, and phi_h / phi_e
+images tagged ``metadata["field"]`` so that the "Rate maps" widget picks them up; plus a per-domain table (CSV
+export) and a summary. Every added layer carries ``metadata["mollifier_domains"] = True``; a re-run replaces them.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+__all__ = ["DomainsWidget", "MAX_POINTS", "FILE_SOURCE"]
+
+FILE_SOURCE = "(table file)"
+MAX_POINTS = 200_000
+_META = "mollifier_domains"
+_TABLE_SHOWN = ("domain", "radius_nm", "spacing_nm", "gamma_ac", "gamma_me", "lambda")
+_MAX_ROWS = 5000
+
+
+def _work(x, y, params, cancel: threading.Event):
+    """Generator for ``thread_worker``: yields ``(step, total, text)``; returns ``("done", DomainResult)``,
+    ``("cancelled", None)`` or ``("error", exception)`` (errors are handed back, not raised in the worker)."""
+    from napari_mollifier.domains import analyse_localisations
+
+    q: queue.Queue = queue.Queue()
+    box = {}
+
+    def target():
+        try:
+            box["result"] = analyse_localisations(
+                x, y, progress=lambda k, n, info: q.put((k, n, info.get("step", ""))), cancel=cancel.is_set,
+                **params)
+        except BaseException as exc:  # handed to the main thread below
+            box["error"] = exc
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    while th.is_alive() or not q.empty():
+        try:
+            yield q.get(timeout=0.05)
+        except queue.Empty:
+            pass
+    th.join()
+    from napari_mollifier.errors import RunCancelled
+
+    if isinstance(box.get("error"), RunCancelled):
+        return "cancelled", None
+    if "error" in box:
+        return "error", box["error"]
+    return "done", box["result"]
+
+
+class DomainsWidget(QWidget):
+    """Dock widget: heterochromatin domains and geometric rates from localisations (module docstring)."""
+
+    #: Emitted when a run ends and the widget is ready again: "done", "error" or "cancelled".
+    run_done = Signal(str)
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.worker = None
+        self.result = None
+        self._cancel = threading.Event()
+        self._started = 0.0
+        self._build()
+        self.refresh_sources()
+        self.viewer.layers.events.inserted.connect(lambda e=None: self.refresh_sources())
+        self.viewer.layers.events.removed.connect(lambda e=None: self.refresh_sources())
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        from napari_mollifier.domains import DEFAULTS as D
+
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        self.source_combo = QComboBox()
+        form.addRow("Localisations", self.source_combo)
+        row = QHBoxLayout()
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("localisation table (.csv), x/y in nm")
+        browse = QPushButton("...")
+        browse.clicked.connect(self._browse)
+        row.addWidget(self.path_edit)
+        row.addWidget(browse)
+        form.addRow("Table file", row)
+        self.points_unit = QComboBox()
+        self.points_unit.addItems(["um", "nm"])
+        form.addRow("Points layer unit", self.points_unit)
+
+        def dspin(value, lo, hi, step, decimals=1, suffix=""):
+            s = QDoubleSpinBox()
+            s.setRange(lo, hi)
+            s.setDecimals(decimals)
+            s.setSingleStep(step)
+            s.setValue(value)
+            if suffix:
+                s.setSuffix(suffix)
+            return s
+
+        def ispin(value, lo, hi):
+            s = QSpinBox()
+            s.setRange(lo, hi)
+            s.setValue(value)
+            return s
+
+        self.pixel_spin = dspin(D["pixel_size_nm"], 1, 1000, 5, 1, " nm")
+        form.addRow("Pixel size", self.pixel_spin)
+        self.threshold_combo = QComboBox()
+        self.threshold_combo.addItems(["percentile", "otsu", "value (/um^2)"])
+        self.threshold_value = dspin(D["percentile"], 0, 1e9, 5, 2)
+        trow = QHBoxLayout()
+        trow.addWidget(self.threshold_combo)
+        trow.addWidget(self.threshold_value)
+        form.addRow("Density threshold", trow)
+        self.eps_spin = dspin(D["eps_nm"], 0.1, 1000, 5, 1, " nm")
+        form.addRow("DBSCAN eps", self.eps_spin)
+        self.min_samples_spin = ispin(D["min_samples"], 1, 1000)
+        form.addRow("DBSCAN min samples", self.min_samples_spin)
+        self.min_points_spin = ispin(D["min_points"], 1, 100000)
+        form.addRow("Smallest domain (locs)", self.min_points_spin)
+        self.subsample_spin = ispin(D["subsample"], 1, 100)
+        form.addRow("Analyse 1 in", self.subsample_spin)
+        self.d_spin = dspin(D["diffusivity"], 1e-6, 1e6, 0.1, 4, " um^2/s")
+        form.addRow("Diffusivity D", self.d_spin)
+        lay.addLayout(form)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        lay.addLayout(buttons)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 100)
+        lay.addWidget(self.progress_bar)
+        self.status_label = QLabel("Ready")
+        self.status_label.setWordWrap(True)
+        lay.addWidget(self.status_label)
+        self.summary_label = QLabel("")
+        self.summary_label.setWordWrap(True)
+        lay.addWidget(self.summary_label)
+        self.table = QTableWidget(0, len(_TABLE_SHOWN))
+        self.table.setHorizontalHeaderLabels(list(_TABLE_SHOWN))
+        lay.addWidget(self.table)
+        self.export_button = QPushButton("Export CSV...")
+        self.export_button.setEnabled(False)
+        self.export_button.clicked.connect(self._export_dialog)
+        lay.addWidget(self.export_button)
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Localisation table", "", "Tables (*.csv *.tsv)")
+        if path:
+            self.path_edit.setText(path)
+            self.source_combo.setCurrentText(FILE_SOURCE)
+
+    def refresh_sources(self) -> None:
+        """Fill the source list: the file entry, Points layers, and SMLM-reader image layers."""
+        current = self.source_combo.currentText()
+        names = [FILE_SOURCE]
+        for ly in self.viewer.layers:
+            if ly.metadata.get(_META):
+                continue
+            if ly.__class__.__name__ == "Points" or ly.metadata.get("format") == "smlm-table":
+                names.append(ly.name)
+        self.source_combo.blockSignals(True)
+        self.source_combo.clear()
+        self.source_combo.addItems(names)
+        if current in names and not (current == FILE_SOURCE and not self.path_edit.text().strip()):
+            self.source_combo.setCurrentText(current)
+        elif len(names) > 1:
+            self.source_combo.setCurrentIndex(1)
+        self.source_combo.blockSignals(False)
+
+    # ------------------------------------------------------------------ run
+    def _params(self) -> dict:
+        kind = self.threshold_combo.currentIndex()
+        p = {"pixel_size_nm": self.pixel_spin.value(), "eps_nm": self.eps_spin.value(),
+             "min_samples": self.min_samples_spin.value(), "min_points": self.min_points_spin.value(),
+             "subsample": self.subsample_spin.value(), "diffusivity": self.d_spin.value()}
+        if kind == 0:
+            p.update(threshold="percentile", percentile=self.threshold_value.value())
+        elif kind == 1:
+            p["threshold"] = "otsu"
+        else:
+            p["threshold"] = float(self.threshold_value.value())
+        return p
+
+    def _localisations(self):
+        """``(x, y, name)`` in nm from the chosen source (main thread); MollifierInputError for bad input."""
+        from napari_mollifier.errors import MollifierInputError
+        from napari_mollifier.io.smlm import read_localisations
+
+        src = self.source_combo.currentText()
+        if src == FILE_SOURCE:
+            path = self.path_edit.text().strip()
+            if not path:
+                raise MollifierInputError("choose a localisation table file (or a Points layer)")
+            locs = read_localisations(path)
+            return locs["x"], locs["y"], Path(path).name.rsplit(".", 1)[0]
+        layer = self.viewer.layers[src]
+        if layer.__class__.__name__ == "Points":
+            data = np.asarray(layer.data, float)
+            if data.ndim != 2 or data.shape[1] < 2 or len(data) == 0:
+                raise MollifierInputError(f"Points layer {src!r} has no 2-D points")
+            world = data[:, -2:] * np.asarray(layer.scale[-2:]) + np.asarray(layer.translate[-2:])
+            f = 1000.0 if self.points_unit.currentText() == "um" else 1.0
+            return world[:, 1] * f, world[:, 0] * f, src
+        path = layer.metadata.get("path")
+        if not path:
+            raise MollifierInputError(f"layer {src!r} does not name its localisation table")
+        locs = read_localisations(path)
+        return locs["x"], locs["y"], src
+
+    def run(self) -> None:
+        """Start the analysis (refused while one runs)."""
+        from napari_mollifier.errors import MollifierInputError
+
+        if self.worker is not None:
+            show_info("Heterochromatin domains: a run is in progress")
+            return
+        try:
+            x, y, name = self._localisations()
+            params = self._params()
+        except (MollifierInputError, OSError) as exc:
+            show_error(f"Heterochromatin domains: {exc}")
+            self.status_label.setText(f"Not started: {exc}")
+            self.run_done.emit("error")
+            return
+        self._name = name
+        self._cancel = threading.Event()
+        self._started = time.perf_counter()
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress_bar.setValue(0)
+        self.status_label.setText(f"Running on {len(x)} localisations...")
+        worker = thread_worker(_work, start_thread=False)(x, y, params, self._cancel)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        self.worker = worker
+        worker.start()
+
+    def cancel(self) -> None:
+        """Stop the running analysis at its next step; nothing is added."""
+        self._cancel.set()
+        self.cancel_button.setEnabled(False)
+        self.status_label.setText("Cancelling...")
+
+    def _on_progress(self, value) -> None:
+        k, n, text = value
+        self.progress_bar.setValue(int(100 * k / max(n, 1)))
+        self.status_label.setText(f"{text}...")
+
+    def _ready(self, outcome: str) -> None:
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.run_done.emit(outcome)
+
+    def _on_errored(self, exc) -> None:
+        from napari_mollifier.errors import MollifierInputError
+
+        msg = str(exc) if isinstance(exc, MollifierInputError) else f"{type(exc).__name__}: {exc}"
+        show_error(f"Heterochromatin domains: {msg}")
+        self.status_label.setText(f"Failed: {msg}")
+        self._ready("error")
+
+    def _on_returned(self, value) -> None:
+        outcome, result = value
+        if outcome == "cancelled":
+            self.status_label.setText("Cancelled: nothing added")
+            self._ready("cancelled")
+            return
+        if outcome == "error":
+            self._on_errored(result)
+            return
+        try:
+            self._publish(result)
+        except Exception as exc:  # a layer could not be added: say so, stay usable
+            show_error(f"Heterochromatin domains: could not show the result: {exc}")
+            self._ready("error")
+            return
+        self.progress_bar.setValue(100)
+        self.status_label.setText(f"Done in {time.perf_counter() - self._started:.1f} s")
+        self._ready("done")
+
+    # ------------------------------------------------------------------ outputs
+    def _put(self, name, data, kind, **kwargs):
+        kwargs.setdefault("metadata", {})
+        kwargs["metadata"][_META] = True
+        if name in self.viewer.layers and self.viewer.layers[name].metadata.get(_META):
+            self.viewer.layers.remove(name)
+        add = {"image": self.viewer.add_image, "labels": self.viewer.add_labels, "points": self.viewer.add_points}
+        return add[kind](data, name=name, **kwargs)
+
+    def _publish(self, res) -> None:
+        self.result = res
+        n = self._name
+        grid = {"scale": res.scale_um, "translate": res.translate_um}
+        s = res.summary
+        self._put(f"domains [{n}]", res.labels, "labels", **grid)
+        self._put(f"nucleus [{n}]", res.nucleus.astype(np.int32), "labels", visible=False, **grid)
+        for key, cmap in (("gamma_ac", "viridis"), ("gamma_me", "magma"), ("lambda", "plasma")):
+            self._put(f"{key} [{n}]", res.maps[key], "image", colormap=cmap, visible=key == "lambda",
+                      metadata={"unit": "1/s" if key != "lambda" else "1", "diffusivity_um2_s": res.params[
+                          "diffusivity"]}, **grid)
+        for key, label in (("phi_h", "heterochromatin (phi_h)"), ("phi_e", "euchromatin (phi_e)")):
+            self._put(f"{label} [{n}]", res.fields[key], "image", visible=False,
+                      metadata={"field": key, "assumption": res.fields_assumption}, **grid)
+        keep = np.flatnonzero(np.isfinite(res.density))
+        if keep.size > MAX_POINTS:
+            keep = np.sort(np.random.default_rng(0).choice(keep, MAX_POINTS, replace=False))
+        pts = np.column_stack([res.y[keep], res.x[keep]]) / 1000.0
+        logd = np.log10(res.density[keep])
+        self._put(f"localisations [{n}]", pts, "points", size=0.01, border_width=0,
+                  features={"log10_density_per_um2": logd, "domain": res.domain[keep]},
+                  face_color="log10_density_per_um2", face_colormap="turbo")
+        self.summary_label.setText(
+            f"{s['n_domains']} interior domains, mean diameter {s['mean_diameter_nm']:.0f} nm, mean spacing "
+            f"{s['mean_spacing_nm']:.0f} nm; LAD band {s['lad_thickness_nm']:.0f} nm thick "
+            f"({s['n_lad_clusters']} clusters); threshold {s['density_threshold_per_um2']:.4g} /um^2 "
+            f"({s['threshold_method']}); lambda log-normal mu {s['fit_lambda']['mu']:.3g}, sigma "
+            f"{s['fit_lambda']['sigma']:.3g}; {s['n_rates_undefined']} domains with d <= R (rates undefined). "
+            f"phi_h / phi_e: {res.fields_assumption['summary']}.")
+        rows = min(res.n_domains, _MAX_ROWS)
+        self.table.setRowCount(rows)
+        for j, col in enumerate(_TABLE_SHOWN):
+            vals = res.table[col]
+            for i in range(rows):
+                v = vals[i]
+                text = str(int(v)) if col == "domain" else f"{float(v):.4g}"
+                self.table.setItem(i, j, QTableWidgetItem(text))
+        self.export_button.setEnabled(True)
+
+    def export_table(self, path) -> Path:
+        """Write the per-domain table (all rows, all columns) as CSV, atomically."""
+        return self.result.write_table(path)
+
+    def _export_dialog(self) -> None:
+        if self.result is None:
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export per-domain table", f"{self._name}_domains.csv",
+                                              "CSV files (*.csv)")
+        if path:
+            try:
+                self.export_table(path)
+            except OSError as exc:
+                show_error(f"Heterochromatin domains: could not write {path}: {exc}")

@@ -1,0 +1,115 @@
+"""``DomainResult``: what the domain analysis returns, and its writers (CSV table, JSON summary, OME-TIFFs).
+
+All images share one grid: pixel ``pixel_size_nm``, origin ``origin_nm = (y0, x0)`` (the centre of pixel
+``[i, j]`` is at ``(y0 + (i + 1/2) px, x0 + (j + 1/2) px)``). Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DomainResult", "TABLE_COLUMNS"]
+
+TABLE_COLUMNS = ("domain", "centre_x_nm", "centre_y_nm", "n_localisations", "radius_nm", "diameter_nm",
+                 "spacing_nm", "edge_distance_nm", "gamma_ac", "gamma_me", "lambda")
+
+
+@dataclass
+class DomainResult:
+    """Domains of one nucleus.
+
+    Attributes
+    ----------
+    x, y, density, dense, cluster, domain, lad : arrays, one entry per analysed localisation
+        Coordinates (nm), Voronoi density (per um^2), above threshold, DBSCAN cluster (-1 none), interior
+        domain id (0 none), in a lamina-associated cluster.
+    table : dict of column -> array
+        One row per interior domain (:data:`TABLE_COLUMNS`; Gamma in 1/s for D in um^2/s, lengths in nm).
+    summary : dict
+        Domain count, mean diameter (nm), LAD thickness (nm), threshold, log-normal fits ...
+    density_image, nucleus, labels, lad_mask, maps, fields
+        Images on the grid (``maps``: ``gamma_ac``, ``gamma_me``, ``lambda`` per domain, NaN outside domains;
+        ``fields``: ``phi_h``, ``phi_e``, ``phi_w`` implied by the segmentation, see ``fields_assumption``).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    density: np.ndarray
+    dense: np.ndarray
+    cluster: np.ndarray
+    domain: np.ndarray
+    lad: np.ndarray
+    table: dict
+    summary: dict
+    params: dict
+    pixel_size_nm: float
+    origin_nm: tuple
+    density_image: np.ndarray
+    nucleus: np.ndarray
+    labels: np.ndarray
+    lad_mask: np.ndarray
+    maps: dict
+    fields: dict
+    fields_assumption: dict = field(default_factory=dict)
+
+    @property
+    def n_domains(self) -> int:
+        return int(len(self.table["domain"]))
+
+    @property
+    def scale_um(self) -> tuple:
+        return (self.pixel_size_nm / 1000.0,) * 2
+
+    @property
+    def translate_um(self) -> tuple:
+        """napari translate (um) so that pixel centres sit at their physical positions."""
+        return tuple((o + self.pixel_size_nm / 2) / 1000.0 for o in self.origin_nm)
+
+    def table_csv(self) -> str:
+        """The per-domain table as CSV text (header + one row per interior domain)."""
+        buf = _io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(TABLE_COLUMNS)
+        cols = [np.asarray(self.table[c]) for c in TABLE_COLUMNS]
+        for row in zip(*cols):
+            w.writerow([int(v) if np.issubdtype(type(v), np.integer) else f"{float(v):.6g}" for v in row])
+        return buf.getvalue()
+
+    def write_table(self, path) -> Path:
+        """Write the per-domain table (CSV), atomically."""
+        from ..io._common import atomic_path
+
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(self.table_csv(), encoding="utf-8")
+        return path
+
+    def save(self, out_dir, name: str = "domains") -> dict:
+        """Write ``NAME_domains.csv``, ``NAME_summary.json``, ``NAME_labels.ome.tif`` (domain labels, LAD band,
+        nucleus), ``NAME_gamma.ome.tif`` (gamma_ac, gamma_me, lambda) and ``NAME_fields.ome.tif`` (phi_h, phi_e,
+        phi_w: ``mollifier infer NAME_fields.ome.tif --channels 0,1`` reads it); returns the paths."""
+        from ..io._common import atomic_path, to_json
+        from ..io.tiff import write_ome_tiff
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        desc = {"summary": self.summary, "params": self.params, "origin_nm": list(self.origin_nm),
+                "pixel_size_nm": self.pixel_size_nm, "fields_assumption": self.fields_assumption}
+        px = self.pixel_size_nm / 1000.0
+        paths = {"table": self.write_table(out / f"{name}_domains.csv")}
+        p = out / f"{name}_summary.json"
+        with atomic_path(p) as tmp:
+            tmp.write_text(to_json(desc, indent=2), encoding="utf-8")
+        paths["summary"] = p
+        paths["labels"] = write_ome_tiff(out / f"{name}_labels.ome.tif",
+                                         {"domains": self.labels, "lad": self.lad_mask.astype(np.int32),
+                                          "nucleus": self.nucleus.astype(np.int32)}, px, description=desc,
+                                         dtype=np.int32)
+        paths["gamma"] = write_ome_tiff(out / f"{name}_gamma.ome.tif", dict(self.maps), px, description=desc)
+        paths["fields"] = write_ome_tiff(out / f"{name}_fields.ome.tif", dict(self.fields), px, description=desc)
+        return paths

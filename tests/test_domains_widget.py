@@ -1,0 +1,153 @@
+"""The "Heterochromatin domains" dock widget in a real napari viewer (run under xvfb-run; see README.md)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PLUGIN = "napari-mollifier"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_MS = 300_000
+
+
+def _skip_reason():
+    for mod in ("napari", "qtpy", "pytestqt", "sklearn"):
+        if importlib.util.find_spec(mod) is None:
+            return f"{mod} is not installed"
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")
+    ):
+        return "no display: run the tests under xvfb-run (see README.md)"
+    return None
+
+
+_SKIP = _skip_reason()
+pytestmark = [pytest.mark.gui, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer):
+    from npe2 import PluginManager, PluginManifest
+
+    pm = PluginManager.instance()
+    if PLUGIN not in pm:
+        pm.register(PluginManifest.from_file(REPO_ROOT / "napari.yaml"))
+    viewer = make_napari_viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Heterochromatin domains")
+    return viewer, widget
+
+
+def _run(qtbot, widget):
+    with qtbot.waitSignal(widget.run_done, timeout=TIMEOUT_MS) as blocker:
+        widget.run()
+    return blocker.args[0]
+
+
+def _errors_since(n):
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    return [str(r.message) for r in notification_manager.records[n:] if r.severity == NotificationSeverity.ERROR]
+
+
+def _n_records():
+    from napari.utils.notifications import notification_manager
+
+    return len(notification_manager.records)
+
+
+def test_points_layer_to_domains_and_rate_inputs(viewer_widget, qtbot, tmp_path):
+    from napari_mollifier.domains.synthetic import lattice_nucleus
+
+    viewer, widget = viewer_widget
+    s = lattice_nucleus(seed=4, semi_axes_nm=(2000.0, 1700.0))
+    viewer.add_points(np.column_stack([s["y"], s["x"]]) / 1000.0, name="locs", size=0.01)
+    assert widget.source_combo.currentText() == "locs"
+    widget.points_unit.setCurrentText("um")
+    widget.subsample_spin.setValue(1)
+    assert _run(qtbot, widget) == "done"
+    res = widget.result
+    assert res.summary["n_domains"] == pytest.approx(s["n_domains"], rel=0.05)
+    assert res.summary["mean_diameter_nm"] / 2 == pytest.approx(80.0, rel=0.05)
+    labels = viewer.layers["domains [locs]"]
+    assert labels.__class__.__name__ == "Labels"
+    assert int(labels.data.max()) == res.n_domains
+    np.testing.assert_allclose(labels.scale, (0.02, 0.02))
+    # a true domain centre (um) falls on a labelled pixel of the layer, in world coordinates
+    c = s["centres"][len(s["centres"]) // 2] / 1000.0
+    assert labels.get_value(c, world=True) > 0
+    lam = viewer.layers["lambda [locs]"].data
+    assert np.nanmedian(lam) == pytest.approx(0.08**2 / (0.3**2 - 0.08**2), rel=0.1)
+    pts = viewer.layers["localisations [locs]"]
+    assert len(pts.data) == np.isfinite(res.density).sum()
+    assert "log10_density_per_um2" in pts.features
+    phi_h = viewer.layers["heterochromatin (phi_h) [locs]"]
+    assert phi_h.metadata["field"] == "phi_h" and viewer.layers["euchromatin (phi_e) [locs]"].metadata["field"] == "phi_e"
+    assert widget.table.rowCount() == res.n_domains
+    assert f"{res.n_domains} interior domains" in widget.summary_label.text()
+    out = widget.export_table(tmp_path / "t.csv")
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == res.n_domains and "gamma_me" in rows[0]
+    # a re-run replaces the layers instead of adding more
+    n_layers = len(viewer.layers)
+    widget.eps_spin.setValue(25.0)
+    assert _run(qtbot, widget) == "done"
+    assert len(viewer.layers) == n_layers
+
+
+def test_bad_table_file_is_refused_with_a_notification(viewer_widget, qtbot, tmp_path):
+    viewer, widget = viewer_widget
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,y\n1,2\nfoo,3\n")
+    widget.source_combo.setCurrentText("(table file)")
+    widget.path_edit.setText(str(bad))
+    n = _n_records()
+    assert _run(qtbot, widget) == "error"
+    errs = _errors_since(n)
+    assert errs and "text" in errs[-1]
+    assert len(viewer.layers) == 0 and widget.run_button.isEnabled()
+
+
+def test_table_file_source(viewer_widget, qtbot, tmp_path):
+    from napari_mollifier.domains.synthetic import lattice_nucleus
+
+    viewer, widget = viewer_widget
+    s = lattice_nucleus(seed=6, semi_axes_nm=(1800.0, 1500.0))
+    table = tmp_path / "cell.csv"
+    np.savetxt(table, np.column_stack([s["x"], s["y"]]), delimiter=",", header="x [nm],y [nm]", comments="")
+    widget.source_combo.setCurrentText("(table file)")
+    widget.path_edit.setText(str(table))
+    widget.subsample_spin.setValue(1)
+    widget.threshold_combo.setCurrentText("otsu")
+    assert _run(qtbot, widget) == "done"
+    assert widget.result.summary["n_domains"] == pytest.approx(s["n_domains"], rel=0.05)
+    assert "domains [cell]" in viewer.layers
+    # the SMLM reader's density image names its table: it is offered as a source and gives the same domains
+    viewer.open(str(table), plugin=PLUGIN)
+    smlm = [ly.name for ly in viewer.layers if ly.metadata.get("format") == "smlm-table"]
+    assert smlm
+    widget.source_combo.setCurrentText(smlm[0])
+    assert widget.source_combo.currentText() == smlm[0]
+    n_before = widget.result.n_domains
+    assert _run(qtbot, widget) == "done"
+    assert widget.result.n_domains == n_before
+    assert f"domains [{smlm[0]}]" in viewer.layers
+
+
+def test_cancel_adds_nothing(viewer_widget, qtbot):
+    from napari_mollifier.domains.synthetic import lattice_nucleus
+
+    viewer, widget = viewer_widget
+    s = lattice_nucleus(seed=7, semi_axes_nm=(1500.0, 1200.0))
+    viewer.add_points(np.column_stack([s["y"], s["x"]]) / 1000.0, name="locs", size=0.01)
+    with qtbot.waitSignal(widget.run_done, timeout=TIMEOUT_MS) as blocker:
+        widget.run()
+        widget.cancel()
+    assert blocker.args[0] == "cancelled"
+    assert [ly.name for ly in viewer.layers] == ["locs"]
+    assert widget.run_button.isEnabled() and "Cancelled" in widget.status_label.text()
