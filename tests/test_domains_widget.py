@@ -99,6 +99,25 @@ def test_points_layer_to_domains_and_rate_inputs(viewer_widget, qtbot, tmp_path)
     assert _run(qtbot, widget) == "done"
     assert len(viewer.layers) == n_layers
 
+    # hand-off: the "Rate maps" widget picks the segmentation's phi layers and maps lambda on the same nucleus
+    _, rates = viewer.window.add_plugin_dock_widget(PLUGIN, "Rate maps")
+    assert rates.input_combos["phi_h"].currentText() == "heterochromatin (phi_h) [locs]"
+    assert rates.input_combos["phi_e"].currentText() == "euchromatin (phi_e) [locs]"
+    rates.method_combo.setCurrentText("direct")
+    rates.radius_auto.setChecked(False)
+    rates.radius_value.setValue(8.0)
+    rates.bootstrap_spin.setValue(0)
+    with qtbot.waitSignal(rates.run_done, timeout=TIMEOUT_MS) as blocker:
+        rates.run()
+    assert blocker.args[0] == "ok", rates.status_label.text()
+    rate = viewer.layers["rate [heterochromatin (phi_h) [locs]]"]
+    np.testing.assert_allclose(rate.scale, phi_h.scale)
+    assert np.isfinite(rate.data).mean() > 0.3  # the nucleus (phi_e > 0 there) gets a map
+    src = "heterochromatin (phi_h) [locs]"
+    for name in (f"residual [{src}]", f"phi_h smoothed [{src}]", f"phi_e smoothed [{src}]"):
+        assert name in viewer.layers  # (no uncertainty layer: 0 bootstrap samples)
+    assert len(viewer.layers) == n_layers + 4  # and the segmentation layers are untouched
+
 
 def test_bad_table_file_is_refused_with_a_notification(viewer_widget, qtbot, tmp_path):
     viewer, widget = viewer_widget
