@@ -371,3 +371,17 @@ def test_soak_50_runs_in_one_viewer(make_napari_viewer, _plugin_registered, qtbo
     assert growth < 40, rss  # 40 runs after warm-up: < 1 MB per run (a leak of the 64x64 outputs would be more)
     if cuda:
         assert cuda[2] <= cuda[0] + 1 << 20, cuda
+
+
+def test_network_method_is_warmed_up_off_the_viewer_thread(sample_viewer, qtbot):
+    """Opening the widget loads the network method's lazy imports (torch.optim -> torch._dynamo, ~1.3 s) in a
+    background thread, so the first network run does not stall the viewer with them
+    (benchmarks/bench_widget_stall.py)."""
+    import sys
+
+    from napari_mollifier._napari import widget as widget_module
+
+    qtbot.waitUntil(widget_module._WARM_DONE.is_set, timeout=120_000)
+    assert "torch._dynamo" in sys.modules
+    assert widget_module._warm_thread is not None and widget_module._warm_thread is not threading.main_thread()
+    assert not widget_module._warm_thread.is_alive()
