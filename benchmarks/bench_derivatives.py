@@ -31,7 +31,6 @@ Run from anywhere; the package is imported from this checkout's ``src/``::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import math
@@ -45,22 +44,17 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-if (REPO / "src" / "napari_mollifier").is_dir():  # benchmark this checkout, not some installed copy
-    sys.path.insert(0, str(REPO / "src"))
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+import _common  # noqa: E402
+
+_common.use_checkout_src()  # benchmark this checkout, not some installed copy
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 SECTION = "bench_derivatives"
-START, END = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
 BLOCKS = ("main", "crossover")  # sub-blocks of this section, each rewritten only by the parts that produce it
-FILE_HEADER = (
-    "# Benchmark results\n\n"
-    "Each benchmark script in `benchmarks/` rewrites only its own `##` section below, between its\n"
-    "`<!-- name:start -->` / `<!-- name:end -->` marker comments; the numbers are measured by the script in the\n"
-    "run it names, never typed in. See `benchmarks/README.md` for how to run them.\n"
-)
 STACK_KEYS = ("u", "x", "y", "xx", "yy", "xy", "lap", "biharm")
 MIB = 2.0**20
 
@@ -626,69 +620,32 @@ def _largest_prime(n: int) -> int:
     return max(best, n) if n > 1 else best
 
 
-def _loadavg() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.1f}"
-    except (AttributeError, OSError):
-        return "n/a"
-
-
 def _machine(device: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
+    import scipy
+
     dev = device
     if device.startswith("cuda"):
         dev = f"{device} ({torch.cuda.get_device_name()}, CUDA {torch.version.cuda})"
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        git = commit + (" + uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        git = "unknown"
-    import scipy
-
-    return (f"CPU {cpu}, {os.cpu_count()} cores ({usable} usable), torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), numpy {np.__version__}, scipy {scipy.__version__}, "
-            f"Python {platform.python_version()}, device {dev}; git {git}")
+    return _common.machine([f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+                            f"numpy {np.__version__}", f"scipy {scipy.__version__}",
+                            f"Python {platform.python_version()}", f"device {dev}"])
 
 
 def write_results(path: Path, blocks: dict[str, str]) -> None:
-    text = path.read_text() if path.exists() else FILE_HEADER
-    old = ""
-    i, j = text.find(START), text.find(END)
-    if 0 <= i < j:
-        old = text[i:j + len(END)]
+    """Rewrite the blocks given of this script's section; a block not given keeps what an earlier run wrote."""
     parts = []
     for name in BLOCKS:
-        s, e = f"<!-- {SECTION}:{name}:start -->", f"<!-- {SECTION}:{name}:end -->"
+        s, e = _common.markers(SECTION, name)
         if name in blocks:
             body = blocks[name]
         else:  # keep what an earlier run of the other part wrote
-            a, b = old.find(s), old.find(e)
-            body = old[a + len(s):b].strip("\n") if 0 <= a < b else (
+            old = _common.read_section(path, SECTION, name)
+            body = old.strip("\n") if old is not None else (
                 "_Not run yet: `python benchmarks/bench_derivatives.py --parts crossover`._" if name == "crossover"
                 else "_Not run yet: `python benchmarks/bench_derivatives.py`._")
         parts.append(f"{s}\n{body.strip()}\n{e}")
-    section = (f"{START}\n## Derivative stack: speed and accuracy (`benchmarks/bench_derivatives.py`)\n\n"
-               + "\n\n".join(parts) + f"\n{END}")
-    if old:
-        text = text[:i] + section + text[j + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    _common.write_section(path, SECTION, "## Derivative stack: speed and accuracy (`benchmarks/bench_derivatives.py`)"
+                          "\n\n" + "\n\n".join(parts))
 
 
 # ------------------------------------------------------------------------------------------------------ main
@@ -742,8 +699,8 @@ def main(argv=None) -> None:
     import napari_mollifier
 
     t_start = time.perf_counter()
-    load_start = _loadavg()
-    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load_start = _common.load_average()
+    date = _common.utc_stamp()
     machine = _machine(args.device)
     command = shlex.join(["python", os.path.relpath(Path(__file__).resolve(), Path.cwd()), *sys.argv[1:]])
     if argv is not None:
@@ -764,7 +721,7 @@ def main(argv=None) -> None:
     if args.no_write:
         return
     stamp = (f"- Date: {date}\n- Machine: {machine}\n- Command: `{command}` (total {elapsed:.0f} s)\n"
-             f"- Load average (1 min) at start / end: {load_start} / {_loadavg()} (other processes share the cores; "
+             f"- Load average (1 min) at start / end: {load_start} / {_common.load_average()} (other processes share the cores; "
              "a load above the core count inflates and scatters the times)\n")
     blocks = {}
     if main_text:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,62 +42,32 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+import _common  # noqa: E402
+
+REPO = _common.REPO
+_common.use_checkout_src()
 NAME = "bench_domains"
-FILE_HEADER = "# Benchmark results\n"
+HEADING = "## Heterochromatin domains (`benchmarks/bench_domains.py`)"
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.lower().startswith("model name")), cpu)
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        commit += " + uncommitted changes" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
     import scipy
     import sklearn
 
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"CPU {cpu}, {os.cpu_count()} cores ({usable} usable), {mem:.0f} GiB RAM, Python "
-            f"{platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, scikit-learn "
-            f"{sklearn.__version__}; git {commit}")
+    return _common.machine([f"{mem:.0f} GiB RAM", f"Python {platform.python_version()}", f"numpy {np.__version__}",
+                            f"scipy {scipy.__version__}", f"scikit-learn {sklearn.__version__}"])
 
 
 def _load() -> str:
-    try:
-        return "/".join(f"{v:.1f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
+    return _common.load_average(all_three=True)
 
 
 def write_results(path: Path, part: str, body: str) -> None:
-    start, end = f"<!-- {NAME}:{part}:start -->", f"<!-- {NAME}:{part}:end -->"
-    outer_s, outer_e = f"<!-- {NAME}:start -->", f"<!-- {NAME}:end -->"
-    text = path.read_text() if path.exists() else FILE_HEADER
-    if outer_s not in text:
-        text = text.rstrip("\n") + f"\n\n{outer_s}\n## Heterochromatin domains (`benchmarks/bench_domains.py`)\n\n" \
-            f"{outer_e}\n"
-    section = f"{start}\n{body.strip()}\n{end}"
-    i, j = text.find(start), text.find(end)
-    if 0 <= i < j:
-        text = text[:i] + section + text[j + len(end):]
-    else:
-        k = text.find(outer_e)
-        text = text[:k] + section + "\n" + text[k:]
-    path.write_text(text)
+    _common.write_section(path, NAME, body, part=part, heading=HEADING)
 
 
 # --------------------------------------------------------------------------- part 1: scale
@@ -162,7 +131,7 @@ def part_scale(n_target: int, seed: int) -> str:
     verdict_m = "meets" if r["rss_gib"] < 4 else "misses"
     body = f"""### Whole pipeline on {r['n'] / 1e6:.2f} million localisations (CPU)
 
-- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
+- Date: {_common.utc_stamp()}
 - Machine: {_machine()}
 - Load average (1/5/15 min): {load0} at the start, {load1} at the end
 - Command: `python benchmarks/bench_domains.py --part scale`
@@ -286,7 +255,7 @@ def part_compare(radius_px: float) -> str:
                       for lab, nt, nd, g, mt, ms, gm, sm in rows)
     body = f"""### Geometric (lab) vs mollifier rate per domain, known lambda
 
-- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
+- Date: {_common.utc_stamp()}
 - Machine: {_machine()}
 - Load average: {_load()} at the end
 - Command: `python benchmarks/bench_domains.py --part compare`

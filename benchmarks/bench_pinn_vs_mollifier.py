@@ -23,12 +23,9 @@ device independent). The ``## `` section of ``benchmarks/RESULTS.md`` between th
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import multiprocessing as mp
-import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -36,12 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "src") not in sys.path:
-    sys.path.insert(0, str(ROOT / "src"))
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+import _common  # noqa: E402
+
+ROOT = _common.REPO
+_common.use_checkout_src()
 
 NAME = "bench_pinn_vs_mollifier"
-START, END = f"<!-- {NAME}:start -->", f"<!-- {NAME}:end -->"
 PIXEL, RADIUS = 0.2, 6.0
 TARGET_MEMORY, TARGET_TIME = 50.0, 20.0
 
@@ -158,30 +158,11 @@ def machine(device: str, threads: int | None) -> str:
     import scipy
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    text = (f"CPU {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({threads or torch.get_num_threads()} intra-op thread(s) per fit), numpy {np.__version__}, "
-            f"scipy {scipy.__version__}, Python {platform.python_version()}")
+    fields = [f"torch {torch.__version__} ({threads or torch.get_num_threads()} intra-op thread(s) per fit)",
+              f"numpy {np.__version__}", f"scipy {scipy.__version__}", f"Python {platform.python_version()}"]
     if device.startswith("cuda"):
-        text += f", GPU {torch.cuda.get_device_name(0)}"
-    try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-        if rev:
-            text += f"; git {rev}" + (" + uncommitted changes" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return text
+        fields.append(f"GPU {torch.cuda.get_device_name(0)}")
+    return _common.machine(fields, usable=False, untracked=True, git_unknown=None)
 
 
 def main(argv=None) -> int:
@@ -207,8 +188,8 @@ def main(argv=None) -> int:
         args.size, args.steps, args.no_write = 32, 20, True
     threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else 0)
     started = time.perf_counter()
-    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load0 = _common.load_average()
+    date = _common.utc_stamp()
 
     rows = []
     for problem in args.problems.split(","):
@@ -237,7 +218,7 @@ def main(argv=None) -> int:
                      "graph_ratio": _ratio(ad["graph_bytes"], mo["graph_bytes"]),
                      "peak_ratio": _ratio(ad["peak_memory_bytes"], mo["peak_memory_bytes"])})
     total = time.perf_counter() - started
-    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load1 = _common.load_average()
 
     cuda = args.device.startswith("cuda")
     mem_kind = "CUDA max_memory_allocated (exact)" if cuda else "peak RSS above the start (approximate)"
@@ -297,13 +278,12 @@ def main(argv=None) -> int:
         f"({'met' if t >= TARGET_TIME else 'not met'}) -> targets {'met' if v == 'yes' else 'not met'}"
         for p, v, m, t in verdicts)
     summary = f"(memory ratio by {mem_basis}) " + summary
-    section = f"""{START}
-## Autodiff PINN vs mollified network (`benchmarks/bench_pinn_vs_mollifier.py`)
+    section = f"""## Autodiff PINN vs mollified network (`benchmarks/bench_pinn_vs_mollifier.py`)
 
 - Date: {date}
 - Machine: {machine(args.device, threads)}; device {args.device}
 - Command: `{command}` (total {total:.0f} s)
-- Load average (1 min) at start / end: {load0:.1f} / {load1:.1f} (other processes share the cores; times scatter)
+- Load average (1 min) at start / end: {load0} / {load1} (other processes share the cores; times scatter)
 - Data: {args.size} x {args.size} px, pixel 0.2 (box units), mollifier radius {RADIUS:g} px (poly kernel), elliptical
   mask, seed {args.seed}. phase-field: 4th-order chromatin steady state, rate correlation length 16 px (0.5-1.5),
   noise std 0.01 on phi_h and phi_e. heat: `0 = lambda lap(u) + m`, diffusivity correlation length 16 px,
@@ -325,16 +305,9 @@ def main(argv=None) -> int:
 
 Targets stated by the issue: >= {TARGET_MEMORY:g}x less memory and >= {TARGET_TIME:g}x less time than autodiff at
 equal or better correlation (the paper reports 6-10x). Measured: {summary}.
-{END}"""
+"""
     path = Path(args.results)
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1]
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    _common.write_section(path, NAME, section)
     print(f"wrote the {NAME} section of {path}")
     return 0
 

@@ -24,78 +24,42 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "src") not in sys.path:
-    sys.path.insert(0, str(REPO / "src"))
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+import _common  # noqa: E402
+
+REPO = _common.REPO
+_common.use_checkout_src()
 
 import numpy as np  # noqa: E402
 
 SECTION = "bench_widget_stall"
-START, END = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
-FILE_HEADER = (
-    "# Benchmark results\n\n"
-    "Each benchmark script in `benchmarks/` rewrites only its own `##` section below, between its\n"
-    "`<!-- name:start -->` / `<!-- name:end -->` marker comments; the numbers are measured by the script in the\n"
-    "run it names, never typed in. See `benchmarks/README.md` for how to run them.\n"
-)
 TICK_MS = 20
 TARGET_MS = 100.0
 
 
 def _load() -> str:
-    try:
-        return "/".join(f"{v:.1f}" for v in os.getloadavg())
-    except (AttributeError, OSError):
-        return "n/a"
+    return _common.load_average(all_three=True)
 
 
 def _machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        git = commit + (" + uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        git = "unknown"
     import napari
     import qtpy
+    import torch
 
-    return (f"CPU {cpu}, {os.cpu_count()} cores ({usable} usable), torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), napari {napari.__version__}, {qtpy.API_NAME} {qtpy.QT_VERSION}, "
-            f"Qt platform {os.environ.get('QT_QPA_PLATFORM') or 'default'}, display "
-            f"{os.environ.get('DISPLAY', 'none')}, Python {platform.python_version()}; git {git}")
+    return _common.machine([f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+                            f"napari {napari.__version__}", f"{qtpy.API_NAME} {qtpy.QT_VERSION}",
+                            f"Qt platform {os.environ.get('QT_QPA_PLATFORM') or 'default'}",
+                            f"display {os.environ.get('DISPLAY', 'none')}", f"Python {platform.python_version()}"])
 
 
 def write_results(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else FILE_HEADER
-    section = f"{START}\n{body.strip()}\n{END}"
-    i, j = text.find(START), text.find(END)
-    if 0 <= i < j:
-        text = text[:i] + section + text[j + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    _common.write_section(path, SECTION, body)
 
 
 def _ensure_plugin() -> None:
@@ -238,7 +202,7 @@ def main(argv=None) -> int:
     radius = args.radius if args.radius == "auto" else float(args.radius)
 
     load_start = _load()
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    started = _common.utc_stamp()
     runs = measure(args.method, args.iterations, radius, args.bootstrap, args.timeout, args.device, args.runs)
     load_end = _load()
     worst = max(r["max_gap_ms"] for r in runs)
