@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -258,6 +259,25 @@ def _client(address: str):
     return Client(address)
 
 
+def check_writable(out: Path) -> None:
+    """Fail before any computation when the output folder cannot be created or written to."""
+    from .io.jobs import _output_error
+
+    probe = None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".mollifier-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+    except OSError as exc:
+        raise _output_error(exc, out) from None
+    finally:
+        if probe is not None:
+            try:
+                probe.unlink()
+            except OSError:
+                pass
+
+
 def cmd_infer(args) -> int:
     from .io.jobs import run_batch
 
@@ -284,8 +304,12 @@ def cmd_infer(args) -> int:
     }
     out = Path(args.out)
     show = not args.quiet
+    existed = out.exists()
+    check_writable(out)
 
     def done(row):
+        for note in row.get("warnings", ()):
+            print(f"mollifier: warning: {row['name']}: {note}", file=sys.stderr)
         if row["status"] != "ok":
             print(f"mollifier: error: {row['name']}: {row['error']}", file=sys.stderr)
 
@@ -298,6 +322,11 @@ def cmd_infer(args) -> int:
             client.close()
     print(_table(rows))
     failed = sum(r["status"] != "ok" for r in rows)
+    if failed == len(rows) and not existed:
+        try:
+            out.rmdir()  # made by this run and still empty: leave no trace of a run that wrote nothing
+        except OSError:
+            pass
     if failed:
         print(f"mollifier: {failed} of {len(rows)} job(s) failed", file=sys.stderr)
         return 1
@@ -351,7 +380,7 @@ def cmd_demo(args) -> int:
     from .io.jobs import write_outputs
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     started = time.perf_counter()
     print(f"Synthetic nucleus, noise std {args.noise}, seed {args.seed}; model chromatin-balance", flush=True)
     outcome = demo.run(noise=args.noise, seed=args.seed, out=None, n_bootstrap=args.n_bootstrap)
