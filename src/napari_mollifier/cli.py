@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", default="poly")
     p.add_argument("--boundary", default="mask")
     p.add_argument("--iterations", type=int, default=None, help="network iterations (network methods)")
+    p.add_argument("--allow-constant", action="store_true",
+                   help="accept a channel that is constant over the image (refused by default: no contrast)")
     p.add_argument("--smlm-pixel", type=_positive_float, default=20.0, metavar="NM",
                    help="pixel size of rendered SMLM tables, nm (default 20)")
     p.add_argument("--smlm-render", default="histogram", choices=("histogram", "gaussian"))
@@ -301,6 +303,7 @@ def cmd_infer(args) -> int:
         "n_bootstrap": args.n_bootstrap,
         "iterations": args.iterations,
         "raise_errors": args.debug,
+        **({"allow_constant": True} if args.allow_constant else {}),
     }
     out = Path(args.out)
     show = not args.quiet

@@ -204,7 +204,9 @@ def _choose_radius(arrays, ctx: _Context, deriv_mask, out_mask, ladder) -> tuple
     for r in ladder:
         maps.append(ctx.rate(tensors, r, deriv_mask)[0].detach().cpu().numpy())
         ctx.tick({"stage": "choosing radius", "radius": r})
-    scale = np.nanmedian(np.abs(np.concatenate([m[out_mask] for m in maps])))
+    values = np.abs(np.concatenate([m[out_mask] for m in maps]))
+    values = values[np.isfinite(values)]
+    scale = float(np.median(values)) if values.size else 1.0
     scale = scale if np.isfinite(scale) and scale > 0 else 1.0
     table = []
     for k in range(len(ladder) - 1):
@@ -410,8 +412,8 @@ def infer_rates(
         Noise standard deviation of the inputs (per field as a dict); ``"auto"`` estimates it from the data.
     iterations, base : network options (``method="network"``/``"autodiff"``).
     allow_constant : bool
-        A field that is constant over the ROI (every finite pixel equal: a blank, saturated or wrong channel) is
-        refused by default: it carries no spatial information, so the closed form returns the uniform-state rate
+        A field that is constant where the derivatives are taken (every finite pixel of the image, or of the ROI
+        with ``roi_mode="isolate"``, equal: a blank, saturated or wrong channel) is refused by default: it carries no spatial information, so the closed form returns the uniform-state rate
         with a zero uncertainty whatever the truth. ``True`` accepts it (simulated uniform states, a uniform
         source ``m`` for ``"heat"``).
 
@@ -475,13 +477,14 @@ def infer_rates(
             + ("" if smallest <= min(shape) else f"; the image must be at least {smallest} px along every axis")
         )
     if not allow_constant:
-        constant = _constant_fields(arrays, valid & (labels > 0))
+        constant = _constant_fields(arrays, valid if roi_mode == "image" else valid & (labels > 0))
         if constant:
             name, value = next(iter(constant.items()))
             raise MollifierInputError(
-                f"field {name!r} is constant over the ROI (every pixel = {value:g}): an image without contrast "
+                f"field {name!r} is constant over the {'image' if roi_mode == 'image' else 'ROI'} (every pixel = "
+                f"{value:g}): an image without contrast "
                 "carries no information on the rate (a blank, saturated or wrong channel?). Pick the channel with "
-                "the chromatin signal, or pass allow_constant=True to get the uniform-state rate"
+                "the chromatin signal, or pass allow_constant=True (--allow-constant) to get the uniform-state rate"
             )
 
     ladders = {}

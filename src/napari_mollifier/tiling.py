@@ -371,13 +371,14 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
         )
 
     if not allow_constant:  # checked once on the whole image: a single tile may well be uniform
-        constant = _constant_fields(arrays, valid & (labels > 0 if labels is not None else True))
+        constant = _constant_fields(arrays, valid if roi_mode == "image" or labels is None else valid & (labels > 0))
         if constant:
             name, value = next(iter(constant.items()))
             raise MollifierInputError(
-                f"field {name!r} is constant over the ROI (every pixel = {value:g}): an image without contrast "
+                f"field {name!r} is constant over the {'image' if roi_mode == 'image' else 'ROI'} (every pixel = "
+                f"{value:g}): an image without contrast "
                 "carries no information on the rate (a blank, saturated or wrong channel?). Pick the channel with "
-                "the chromatin signal, or pass allow_constant=True to get the uniform-state rate"
+                "the chromatin signal, or pass allow_constant=True (--allow-constant) to get the uniform-state rate"
             )
 
     # things that are not tile-local: noise level, radius
@@ -465,11 +466,19 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
                       labels=np.where(valid, lab_full, 0), roi_stats=stats, provenance=prov)
 
 
+def tiled_kwargs(kwargs: dict) -> dict:
+    """``kwargs`` of :func:`infer_rates` for :func:`infer_tiled`: the network options (``iterations``, ``base``),
+    unused by ``method="direct"``, are dropped."""
+    return {k: v for k, v in kwargs.items() if k not in ("iterations", "base")}
+
+
 def retry_tiles(shape, after=None) -> list:
     """Tile sizes to try after an out-of-memory error: half the image (or half of ``after``, the tile that
     failed), halved again down to :data:`MIN_TILE`, multiples of 64 px."""
     start = (max(shape) // 2) if after is None else int(after) // 2
     sizes = []
+    if after is not None and start < MIN_TILE:
+        return sizes
     side = max(MIN_TILE, (start // 64) * 64)
     while side >= MIN_TILE and (not sizes or side < sizes[-1]) and side < max(shape):
         sizes.append(side)
@@ -501,7 +510,7 @@ def infer_with_retry(fields: dict, *, tile=None, **kwargs):
                 roi = kwargs.get("roi")
                 args = dict(kwargs, roi=roi.compute() if hasattr(roi, "compute") else roi)
                 return infer_rates(plain, **args), None, retries
-            return infer_tiled(fields, tile=int(current), **kwargs), int(current), retries
+            return infer_tiled(fields, tile=int(current), **tiled_kwargs(kwargs)), int(current), retries
         except MollifierMemoryError as exc:
             options = retry_tiles(shape, current) if kwargs.get("method", "direct") == "direct" else []
             retries.append({"tile": current, "error": str(exc)})
