@@ -707,3 +707,51 @@ def test_cli_forced_tiles_and_rerun(tmp_path, data, capsys):
     assert res.provenance["call"]["kwargs"]["tile"] == 32 and res.provenance["tiling"]["tiles"] == 4
     code, stdout, err = _cli(capsys, "rerun", out / "cell.provenance.json", "--quiet")
     assert code == 0 and "identical to the saved result" in stdout, stdout + err  # seeded per-tile bootstrap
+
+
+# --------------------------------------------------------------------------- API: the remaining input rows
+@pytest.mark.parametrize("change,match", [
+    ({"phi_h": np.array([["a"] * 32] * 32)}, "must be a real numeric image"),
+    ({"phi_h": np.ones((32, 32), complex)}, "must be a real numeric image"),
+    ({"roi": np.ones((16, 16), bool)}, r"roi shape \(16, 16\) does not match the image shape \(32, 32\)"),
+    ({"roi": np.full((32, 32), 0.5)}, "boolean mask or an integer label image"),
+    ({"n_bootstrap": 1}, "0 .no uncertainty. or at least 2"),
+    ({"roi_mode": "nucleus"}, "use 'image' or 'isolate'"),
+])
+def test_other_bad_arguments(change, match):
+    rng = np.random.default_rng(0)
+    args = {"phi_h": rng.uniform(0.2, 0.3, (32, 32)), "phi_e": rng.uniform(0.4, 0.5, (32, 32))}
+    kwargs = {"radius": 4}
+    for k, v in change.items():
+        (args if k in args else kwargs)[k] = v
+    with pytest.raises(MollifierInputError, match=match):
+        nm.infer_rates(args, **kwargs)
+
+
+def test_seed_changes_only_the_uncertainty_and_scale_is_free(nucleus):
+    f = _fields(nucleus)
+    kw = {"params": nucleus["params"], "pixel_size": 0.02, "radius": 4, "n_bootstrap": 6, "roi": nucleus["nucleus"]}
+    a = nm.infer_rates(f, seed=0, **kw)
+    b = nm.infer_rates(f, seed=1, **kw)
+    np.testing.assert_array_equal(a.rate, b.rate)
+    assert not np.array_equal(a.uncertainty, b.uncertainty, equal_nan=True)
+    c = nm.infer_rates({k: 7.0 * v for k, v in f.items()}, seed=0, **kw)  # the closed form is a ratio
+    np.testing.assert_allclose(c.rate, a.rate, rtol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(c.uncertainty, a.uncertainty, rtol=1e-6, atol=1e-12, equal_nan=True)
+    keys = {"software", "model", "params", "pixel_size", "radius", "radius_used", "method", "kernel", "boundary",
+            "roi_mode", "device", "seed", "n_bootstrap", "noise", "input_hashes", "roi_hash", "labels", "created"}
+    assert keys <= set(a.provenance)
+
+
+def test_three_d_fields_are_solved_with_three_d_derivatives():
+    from napari_mollifier import simulate as S
+
+    shape = (24, 40, 40)
+    phi_w = S.smooth_random_field(shape, 10, 0.5, 0.7, seed=1)
+    rate = S.smooth_random_field(shape, 16, 0.6, 1.4, seed=2)
+    st = S.chromatin_steady_state(phi_w, rate, pixel_size=0.02, params={"l2": 0.0234})  # periodic 3-D state
+    res = nm.infer_rates({"phi_h": st["phi_h"], "phi_e": st["phi_e"]}, params={"l2": 0.0234},
+                         pixel_size=(0.02, 0.02, 0.02), radius=6, n_bootstrap=0, boundary="periodic")
+    assert np.isfinite(res.rate).all()
+    assert np.corrcoef(res.rate.ravel(), rate.ravel())[0, 1] > 0.999
+    assert np.median(np.abs(res.rate - rate)) < 0.01

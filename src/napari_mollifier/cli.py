@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="direct", choices=METHODS)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
     p.add_argument("--pixel-size", type=_pixel_size, metavar="UM[,UM]",
-                   help="pixel size in um (overrides the file; required when the file has none)")
+                   help="pixel size in um (overrides the file; a file without one is read at 1 per pixel with a "
+                        "warning, and then --param is refused)")
     p.add_argument("--n-bootstrap", type=int, default=100, help="noise realisations for the uncertainty (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--roi-mode", default="image", choices=("image", "isolate"))

@@ -413,7 +413,8 @@ def infer_rates(
     iterations, base : network options (``method="network"``/``"autodiff"``).
     allow_constant : bool
         A field that is constant where the derivatives are taken (every finite pixel of the image, or of the ROI
-        with ``roi_mode="isolate"``, equal: a blank, saturated or wrong channel) is refused by default: it carries no spatial information, so the closed form returns the uniform-state rate
+        with ``roi_mode="isolate"``, equal: a blank, saturated or wrong channel) is refused by default: it
+        carries no spatial information, so the closed form returns the uniform-state rate
         with a zero uncertainty whatever the truth. ``True`` accepts it (simulated uniform states, a uniform
         source ``m`` for ``"heat"``).
 

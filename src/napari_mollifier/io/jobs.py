@@ -196,7 +196,8 @@ def load_fields(records: list[dict], load: dict, model="chromatin-balance") -> t
         info["pixel_size_source"] = (f"default: {DEFAULT_PIXEL_SIZE:g} per pixel ({source} has no pixel-size "
                                      "metadata); lengths and coefficients are in pixels")
         warnings.warn(
-            f"{source} has no physical pixel size (no pixel-size metadata): using the default pixel size {DEFAULT_PIXEL_SIZE:g} (lengths, and "
+            f"{source} has no physical pixel size (no pixel-size metadata): using the default pixel size "
+            f"{DEFAULT_PIXEL_SIZE:g} (lengths, and "
             "the model's coefficients, in pixels); pass pixel_size / --pixel-size UM to set it", MollifierWarning,
             stacklevel=2)
     pixel_size = ref.pixel_size
@@ -243,7 +244,9 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
     t : int, optional
         Time point of a time series.
     pixel_size : float or sequence, optional
-        Override of the file's pixel size, in um (required when the file has none).
+        Override of the file's pixel size, in um. A file without one is read at :data:`DEFAULT_PIXEL_SIZE` per
+        pixel with a :class:`~napari_mollifier.errors.MollifierWarning` (recorded in
+        ``provenance["pixel_size_source"]``), unless coefficients (``params``) are given: then it is required.
     smlm : dict, optional
         Rendering of SMLM tables (``pixel_size_nm``, ``method``, ``sigma_nm``, ``unit``).
     tile : "auto", int or None
@@ -374,7 +377,8 @@ def _output_error(exc: OSError, out: Path) -> MollifierOutputError:
     fix = {errno.ENOSPC: "free disk space or write elsewhere (--out)",
            getattr(errno, "EDQUOT", -1): "free space in your quota or write elsewhere (--out)",
            errno.EACCES: "choose a folder you can write to (--out)",
-           errno.EROFS: "choose a folder on a writable disk (--out)"}.get(exc.errno, "choose another output folder (--out)")
+           errno.EROFS: "choose a folder on a writable disk (--out)"}.get(exc.errno,
+                                                                        "choose another output folder (--out)")
     err = MollifierOutputError(f"cannot write the outputs to {out}: {reason}; nothing was written: {fix}")
     err.errno = exc.errno
     return err
