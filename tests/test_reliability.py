@@ -203,8 +203,10 @@ def test_kernel_larger_than_the_image():
     f = {"phi_h": np.random.default_rng(0).uniform(0.2, 0.3, (32, 24)),
          "phi_e": np.random.default_rng(1).uniform(0.4, 0.5, (32, 24))}
     with pytest.raises(MollifierInputError, match=r"kernel \(radius 40 px\) is larger than the image "
-                                                  r"\(32 x 24 px\): use radius <= 24 px or radius='auto'"):
+                                                  r"\(32 x 24 px\): use a smaller radius \(<= 24 px\) or radius='auto'"):
         nm.infer_rates(f, radius=40)
+    with pytest.raises(MollifierInputError, match=r"kernel \(radius 40 px\) is larger than the image \(32 x 24 px\)"):
+        tiling.infer_tiled(f, radius=40, tile=16)
     tiny = {k: v[:2, :2] for k, v in f.items()}
     with pytest.raises(MollifierInputError, match="at least 3 px along every axis"):
         nm.infer_rates(tiny)
@@ -564,7 +566,7 @@ def _cli_case(name, data, nucleus, tmp_path):
                                                                               "kernel radius 6 px",
                                                                               "roi_mode='image'"]
     if name == "kernel-larger-than-image":
-        return [good, "--radius", "500"], ["larger than the image", "use radius <= 64 px"]
+        return [good, "--radius", "500"], ["larger than the image", "use a smaller radius (<= 64 px)"]
     if name == "rgb":
         p = folder / "rgb.tif"
         tifffile.imwrite(p, (np.random.default_rng(0).uniform(0, 255, (64, 64, 3))).astype(np.uint8),

@@ -473,7 +473,7 @@ def infer_rates(
     if (radius if not auto else smallest) > min(shape):
         raise MollifierInputError(
             f"the kernel (radius {radius if not auto else smallest:g} px) is larger than the image "
-            f"({' x '.join(map(str, shape))} px): use radius <= {min(shape)} px"
+            f"({' x '.join(map(str, shape))} px): use a smaller radius (<= {min(shape)} px)"
             + (" or radius='auto'" if not auto and smallest <= min(shape) else "")
             + ("" if smallest <= min(shape) else f"; the image must be at least {smallest} px along every axis")
         )

@@ -404,6 +404,11 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
         radius_note = {"chosen_on": [[s.start, s.stop] for s in crop], "radius": radius,
                        "radius_choice": probe.provenance.get("radius_choice")}
     radius = float(radius)
+    if radius > min(shape):  # else each tile would report its own, smaller shape
+        raise MollifierInputError(
+            f"the kernel (radius {radius:g} px) is larger than the image ({' x '.join(map(str, shape))} px): use a "
+            f"smaller radius (<= {min(shape)} px) or radius='auto'"
+        )
     depth = halo(radius)
     chunks = tuple(_axis_chunks(n, int(tile), depth) for n in shape)
     n_tiles = math.prod(len(c) for c in chunks)
