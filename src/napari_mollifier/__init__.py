@@ -4,7 +4,7 @@ The compute core (this package without ``_napari``) imports neither Qt nor napar
 """
 
 from ._version import __version__
-from .errors import MollifierInputError, RunCancelled
+from .errors import MollifierInputError, MollifierMemoryError, MollifierOutputError, MollifierWarning, RunCancelled
 from .models import MODELS, get_model
 from .mollifier import Mollifier, derivatives
 from .result import RateResult
@@ -23,6 +23,9 @@ __all__ = [
     "MODELS",
     "get_model",
     "MollifierInputError",
+    "MollifierMemoryError",
+    "MollifierOutputError",
+    "MollifierWarning",
     "RunCancelled",
     "load_result",
     "read_image",

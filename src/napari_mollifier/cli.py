@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -123,13 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="direct", choices=METHODS)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
     p.add_argument("--pixel-size", type=_pixel_size, metavar="UM[,UM]",
-                   help="pixel size in um (overrides the file; required when the file has none)")
+                   help="pixel size in um (overrides the file; a file without one is read at 1 per pixel with a "
+                        "warning, and then --param is refused)")
     p.add_argument("--n-bootstrap", type=int, default=100, help="noise realisations for the uncertainty (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--roi-mode", default="image", choices=("image", "isolate"))
     p.add_argument("--kernel", default="poly")
     p.add_argument("--boundary", default="mask")
     p.add_argument("--iterations", type=int, default=None, help="network iterations (network methods)")
+    p.add_argument("--allow-constant", action="store_true",
+                   help="accept a channel that is constant over the image (refused by default: no contrast)")
     p.add_argument("--smlm-pixel", type=_positive_float, default=20.0, metavar="NM",
                    help="pixel size of rendered SMLM tables, nm (default 20)")
     p.add_argument("--smlm-render", default="histogram", choices=("histogram", "gaussian"))
@@ -312,6 +316,25 @@ def _client(address: str):
     return Client(address)
 
 
+def check_writable(out: Path) -> None:
+    """Fail before any computation when the output folder cannot be created or written to."""
+    from .io.jobs import _output_error
+
+    probe = None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".mollifier-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+    except OSError as exc:
+        raise _output_error(exc, out) from None
+    finally:
+        if probe is not None:
+            try:
+                probe.unlink()
+            except OSError:
+                pass
+
+
 def cmd_infer(args) -> int:
     from .io.jobs import run_batch
 
@@ -335,11 +358,16 @@ def cmd_infer(args) -> int:
         "n_bootstrap": args.n_bootstrap,
         "iterations": args.iterations,
         "raise_errors": args.debug,
+        **({"allow_constant": True} if args.allow_constant else {}),
     }
     out = Path(args.out)
     show = not args.quiet
+    existed = out.exists()
+    check_writable(out)
 
     def done(row):
+        for note in row.get("warnings", ()):
+            print(f"mollifier: warning: {row['name']}: {note}", file=sys.stderr)
         if row["status"] != "ok":
             print(f"mollifier: error: {row['name']}: {row['error']}", file=sys.stderr)
 
@@ -352,6 +380,11 @@ def cmd_infer(args) -> int:
             client.close()
     print(_table(rows))
     failed = sum(r["status"] != "ok" for r in rows)
+    if failed == len(rows) and not existed:
+        try:
+            out.rmdir()  # made by this run and still empty: leave no trace of a run that wrote nothing
+        except OSError:
+            pass
     if failed:
         print(f"mollifier: {failed} of {len(rows)} job(s) failed", file=sys.stderr)
         return 1
@@ -405,7 +438,7 @@ def cmd_demo(args) -> int:
     from .io.jobs import write_outputs
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     started = time.perf_counter()
     print(f"Synthetic nucleus, noise std {args.noise}, seed {args.seed}; model chromatin-balance", flush=True)
     outcome = demo.run(noise=args.noise, seed=args.seed, out=None, n_bootstrap=args.n_bootstrap)

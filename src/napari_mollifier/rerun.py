@@ -97,7 +97,7 @@ def rerun(source, *, device: str | None = None, data_dir=None, check_hashes: boo
     from .io import file_sha256
     from .io.jobs import load_fields
     from .solve import infer_rates
-    from .tiling import infer_tiled
+    from .tiling import infer_tiled, tiled_kwargs
 
     prov, origin = read_provenance(source)
     inputs, call = prov.get("inputs"), prov.get("call")
@@ -125,7 +125,7 @@ def rerun(source, *, device: str | None = None, data_dir=None, check_hashes: boo
         kwargs["device"] = device
     tile = kwargs.pop("tile", None)
     if call.get("function", "").endswith("infer_tiled"):
-        result = infer_tiled(fields, roi=roi, tile=int(tile), progress=progress, **kwargs)
+        result = infer_tiled(fields, roi=roi, tile=int(tile), progress=progress, **tiled_kwargs(kwargs))
     else:
         result = infer_rates(fields, roi=roi, progress=progress, **kwargs)
     recorded = prov.get("input_hashes")

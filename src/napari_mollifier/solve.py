@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .errors import MollifierInputError, RunCancelled
+from .errors import MollifierInputError, MollifierMemoryError, RunCancelled
 from .models import Model, get_model
 from .mollifier import derivatives
 from .noise import estimate_noise
@@ -204,7 +204,9 @@ def _choose_radius(arrays, ctx: _Context, deriv_mask, out_mask, ladder) -> tuple
     for r in ladder:
         maps.append(ctx.rate(tensors, r, deriv_mask)[0].detach().cpu().numpy())
         ctx.tick({"stage": "choosing radius", "radius": r})
-    scale = np.nanmedian(np.abs(np.concatenate([m[out_mask] for m in maps])))
+    values = np.abs(np.concatenate([m[out_mask] for m in maps]))
+    values = values[np.isfinite(values)]
+    scale = float(np.median(values)) if values.size else 1.0
     scale = scale if np.isfinite(scale) and scale > 0 else 1.0
     table = []
     for k in range(len(ladder) - 1):
@@ -230,6 +232,7 @@ def _direct(arrays, ctx: _Context, radius, deriv_mask, n_bootstrap, noise, seed,
     d = ctx.mollify(tensors, radius, deriv_mask)
     rate = ctx.closed_form(d)[0]
     inside = torch.as_tensor(out_mask, device=rate.device)
+    _check_derivatives_defined(d, inside, ctx, radius, out_mask)
     undefined = float((~torch.isfinite(rate[inside])).float().mean()) if bool(inside.any()) else 1.0
     if undefined > 0.5:
         name = "phi_e (euchromatin)" if ctx.model.positive_denominator else "the closed form's divisor"
@@ -264,6 +267,59 @@ def _direct(arrays, ctx: _Context, radius, deriv_mask, n_bootstrap, noise, seed,
         sigma = torch.full_like(rate, float("nan"))
     smoothed = {k: d[k]["u"][0] for k in d if "u" in d[k] and k in arrays}
     return rate, sigma, d, smoothed
+
+
+def _check_derivatives_defined(d, inside, ctx: _Context, radius, out_mask) -> None:
+    """Refuse a solve whose mollified derivatives are undefined over most of the ROI: the mask-mode moment
+    systems are singular where fewer valid pixels than the kernel needs lie within the radius (an ROI smaller or
+    thinner than the kernel with ``roi_mode="isolate"``, or an image riddled with NaN pixels)."""
+    if not bool(inside.any()):
+        return
+    defined = torch.ones_like(inside)
+    for keys in d.values():
+        for value in keys.values():
+            defined &= torch.isfinite(value[0])
+    missing = float((~defined[inside]).float().mean())
+    if missing <= 0.5:
+        return
+    where = np.nonzero(out_mask)
+    span = " x ".join(str(int(np.ptp(w)) + 1) for w in where)
+    raise MollifierInputError(
+        f"the derivatives are undefined in {missing:.0%} of the ROI ({span} px): too few valid pixels lie within "
+        f"the kernel radius {radius:g} px around them (an ROI smaller than the kernel, or too many NaN pixels). "
+        f"Use roi_mode='image' (derivatives from the whole image), a smaller radius (>= {ctx.order + 1} px) or a "
+        "larger ROI"
+    )
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """True for a device out-of-memory error (``torch.OutOfMemoryError``; MPS and older builds raise a
+    ``RuntimeError`` saying "out of memory")."""
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _release_device_memory(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps") and hasattr(torch.mps, "empty_cache"):
+        torch.mps.empty_cache()
+
+
+def _constant_fields(arrays: dict, where: np.ndarray) -> dict:
+    """``{name: value}`` of the fields whose finite pixels in ``where`` all have one value."""
+    out = {}
+    for name, arr in arrays.items():
+        values = arr[where]
+        values = values[np.isfinite(values)]
+        if values.size and float(values.max()) == float(values.min()):
+            out[name] = float(values[0])
+    return out
 
 
 def _smoothed_change(rate, rate_small, ctx: _Context, radius, out_mask) -> torch.Tensor:
@@ -310,6 +366,7 @@ def infer_rates(
     noise="auto",
     iterations: int | None = None,
     base: str = "mlp",
+    allow_constant: bool = False,
 ) -> RateResult:
     """Infer a rate map from observed fields.
 
@@ -354,10 +411,25 @@ def infer_rates(
     noise : "auto", float or dict
         Noise standard deviation of the inputs (per field as a dict); ``"auto"`` estimates it from the data.
     iterations, base : network options (``method="network"``/``"autodiff"``).
+    allow_constant : bool
+        A field that is constant where the derivatives are taken (every finite pixel of the image, or of the ROI
+        with ``roi_mode="isolate"``, equal: a blank, saturated or wrong channel) is refused by default: it
+        carries no spatial information, so the closed form returns the uniform-state rate
+        with a zero uncertainty whatever the truth. ``True`` accepts it (simulated uniform states, a uniform
+        source ``m`` for ``"heat"``).
 
     Returns
     -------
     RateResult
+
+    Raises
+    ------
+    MollifierInputError
+        Bad input (message: the problem and the fix; docs/reliability.md lists the cases).
+    MollifierMemoryError
+        The device ran out of memory; run in tiles (:func:`napari_mollifier.tiling.infer_auto`) or on the CPU.
+    RunCancelled
+        ``cancel()`` returned True.
     """
     m = get_model(model)
     fields, split = _maybe_split_density(fields, m, roi)
@@ -378,7 +450,6 @@ def infer_rates(
             f"{int((~valid).sum())} pixel(s) are NaN/inf: use boundary='mask' so that they are treated as missing"
         )
     label_ids = [int(v) for v in np.unique(labels) if v > 0]
-    order = _model_order(m, ndim)
     auto = isinstance(radius, str)
     if auto and radius != "auto":
         raise MollifierInputError(f"radius must be a number of pixels or 'auto', got {radius!r}")
@@ -392,6 +463,30 @@ def infer_rates(
         raise MollifierInputError("n_bootstrap must be 0 (no uncertainty) or at least 2")
     noise_levels = _noise_levels(noise, arrays, valid)
     extent = min(shape) if roi is None else None
+    order = _model_order(m, ndim)
+    smallest = max(order + 1, 3) if auto else order + 1
+    if not auto and not (np.isfinite(radius) and order + 1 <= radius):
+        raise MollifierInputError(
+            f"radius {radius:g} px is too small for model {m.name!r} (derivatives of order {order}): use "
+            f"radius >= {order + 1} px, or radius='auto'"
+        )
+    if (radius if not auto else smallest) > min(shape):
+        raise MollifierInputError(
+            f"the kernel (radius {radius if not auto else smallest:g} px) is larger than the image "
+            f"({' x '.join(map(str, shape))} px): use a smaller radius (<= {min(shape)} px)"
+            + (" or radius='auto'" if not auto and smallest <= min(shape) else "")
+            + ("" if smallest <= min(shape) else f"; the image must be at least {smallest} px along every axis")
+        )
+    if not allow_constant:
+        constant = _constant_fields(arrays, valid if roi_mode == "image" else valid & (labels > 0))
+        if constant:
+            name, value = next(iter(constant.items()))
+            raise MollifierInputError(
+                f"field {name!r} is constant over the {'image' if roi_mode == 'image' else 'ROI'} (every pixel = "
+                f"{value:g}): an image without contrast "
+                "carries no information on the rate (a blank, saturated or wrong channel?). Pick the channel with "
+                "the chromatin signal, or pass allow_constant=True (--allow-constant) to get the uniform-state rate"
+            )
 
     ladders = {}
     for lab in label_ids:
@@ -408,36 +503,50 @@ def infer_rates(
     residual_map = np.full(shape, np.nan)
     smoothed_maps = {k: np.full(shape, np.nan) for k in arrays}
     stats, radius_choice = [], {}
-    for lab in label_ids:
-        region = (labels == lab) & valid
-        if not region.any():
-            raise MollifierInputError(f"ROI {lab} contains no valid (finite) pixel")
-        deriv_mask = region if roi_mode == "isolate" else valid
-        ctx.region = region
-        if auto:
-            r, table = _choose_radius(arrays, ctx, deriv_mask, region, ladders[lab])
-            radius_choice[lab] = {"radius": r, "ladder": table}
-        else:
-            r = radius
-        if method == "direct":
-            rate, sigma, d, smoothed = _direct(arrays, ctx, r, deriv_mask, n_bootstrap, noise_levels, seed,
-                                               region)
-            resid = _residual(d, rate, ctx, r, deriv_mask)
-            rate_np, sigma_np = rate.cpu().numpy(), sigma.cpu().numpy()
-            resid_np = resid.detach().cpu().numpy()
-            smoothed_np = {k: v.cpu().numpy() for k, v in smoothed.items()}
-        else:
-            out = _network(arrays, ctx, r, deriv_mask, method, iterations, base, seed)
-            rate_np, resid_np, smoothed_np = out["rate"], out["residual"], out["smoothed"]
-            sigma_np = np.full(shape, np.nan)
-        ctx.tick({"stage": "done", "label": lab})
-        rate_map[region] = rate_np[region]
-        sigma_map[region] = sigma_np[region]
-        residual_map[region] = resid_np[region]
-        for k in smoothed_maps:
-            if k in smoothed_np:
-                smoothed_maps[k][region] = smoothed_np[k][region]
-        stats.append(_roi_stats(lab, region, rate_np, sigma_np, spacing, r))
+    try:
+        for lab in label_ids:
+            region = (labels == lab) & valid
+            if not region.any():
+                raise MollifierInputError(f"ROI {lab} contains no valid (finite) pixel")
+            deriv_mask = region if roi_mode == "isolate" else valid
+            ctx.region = region
+            if auto:
+                r, table = _choose_radius(arrays, ctx, deriv_mask, region, ladders[lab])
+                radius_choice[lab] = {"radius": r, "ladder": table}
+            else:
+                r = radius
+            if method == "direct":
+                rate, sigma, d, smoothed = _direct(arrays, ctx, r, deriv_mask, n_bootstrap, noise_levels, seed,
+                                                   region)
+                resid = _residual(d, rate, ctx, r, deriv_mask)
+                rate_np, sigma_np = rate.cpu().numpy(), sigma.cpu().numpy()
+                resid_np = resid.detach().cpu().numpy()
+                smoothed_np = {k: v.cpu().numpy() for k, v in smoothed.items()}
+            else:
+                out = _network(arrays, ctx, r, deriv_mask, method, iterations, base, seed)
+                rate_np, resid_np, smoothed_np = out["rate"], out["residual"], out["smoothed"]
+                sigma_np = np.full(shape, np.nan)
+            ctx.tick({"stage": "done", "label": lab})
+            rate_map[region] = rate_np[region]
+            sigma_map[region] = sigma_np[region]
+            residual_map[region] = resid_np[region]
+            for k in smoothed_maps:
+                if k in smoothed_np:
+                    smoothed_maps[k][region] = smoothed_np[k][region]
+            stats.append(_roi_stats(lab, region, rate_np, sigma_np, spacing, r))
+    except Exception as exc:
+        if not _is_oom(exc):
+            raise
+        oom = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    else:
+        oom = None
+    if oom is not None:  # outside the except block, so the failed frames (and their tensors) are released
+        ctx = rate_map = sigma_map = residual_map = smoothed_maps = None
+        _release_device_memory(dev)
+        raise MollifierMemoryError(
+            f"out of memory on {dev} for a {' x '.join(map(str, shape))} px run ({oom}): run it in tiles "
+            "(napari_mollifier.tiling.infer_auto, or --tile in the CLI), with a smaller radius, or on device='cpu'"
+        )
 
     provenance = {
         "software": {"napari_mollifier": __version__, "torch": torch.__version__, "numpy": np.__version__,

@@ -47,6 +47,8 @@ __all__ = [
     "derivatives_tiled",
     "infer_tiled",
     "infer_auto",
+    "infer_with_retry",
+    "retry_tiles",
 ]
 
 #: Fraction of the free memory a run may plan to use.
@@ -309,7 +311,7 @@ def _central_crop(shape, side) -> tuple:
 def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size=1.0, radius=8.0,
                 method: str = "direct", roi=None, device="auto", seed: int = 0, progress=None, cancel=None, *,
                 tile: int = 1024, kernel: str = "poly", boundary: str = "mask", roi_mode: str = "image",
-                n_bootstrap: int = 100, noise="auto", scheduler: str = "synchronous"):
+                n_bootstrap: int = 100, noise="auto", scheduler: str = "synchronous", allow_constant: bool = False):
     """:func:`~napari_mollifier.infer_rates` tile by tile (``method="direct"``); same arguments plus ``tile``.
 
     The rate, residual and smoothed fields equal those of the untiled run; the uncertainty is a bootstrap per
@@ -320,7 +322,7 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
     """
     from .noise import estimate_noise
     from .result import RateResult
-    from .solve import _hash, _roi_stats, _spacing, infer_rates, resolve_device
+    from .solve import _constant_fields, _hash, _roi_stats, _spacing, infer_rates, resolve_device
 
     started = time.perf_counter()
     if method != "direct":
@@ -368,6 +370,17 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
             f"{int((~valid).sum())} pixel(s) are NaN/inf: use boundary='mask' so that they are treated as missing"
         )
 
+    if not allow_constant:  # checked once on the whole image: a single tile may well be uniform
+        constant = _constant_fields(arrays, valid if roi_mode == "image" or labels is None else valid & (labels > 0))
+        if constant:
+            name, value = next(iter(constant.items()))
+            raise MollifierInputError(
+                f"field {name!r} is constant over the {'image' if roi_mode == 'image' else 'ROI'} (every pixel = "
+                f"{value:g}): an image without contrast "
+                "carries no information on the rate (a blank, saturated or wrong channel?). Pick the channel with "
+                "the chromatin signal, or pass allow_constant=True (--allow-constant) to get the uniform-state rate"
+            )
+
     # things that are not tile-local: noise level, radius
     if isinstance(noise, str) and noise == "auto":
         noise_levels = {k: estimate_noise(np.where(valid, a, 0.0), valid) for k, a in arrays.items()}
@@ -386,11 +399,16 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
             sub_roi = None
         probe = infer_rates(sub, model=m, params=params, pixel_size=spacing, radius="auto", roi=sub_roi,
                             device=dev, seed=seed, kernel=kernel, boundary=boundary, roi_mode=roi_mode,
-                            n_bootstrap=0, noise=noise_levels)
+                            n_bootstrap=0, noise=noise_levels, allow_constant=True)
         radius = float(probe.radius)
         radius_note = {"chosen_on": [[s.start, s.stop] for s in crop], "radius": radius,
                        "radius_choice": probe.provenance.get("radius_choice")}
     radius = float(radius)
+    if radius > min(shape):  # else each tile would report its own, smaller shape
+        raise MollifierInputError(
+            f"the kernel (radius {radius:g} px) is larger than the image ({' x '.join(map(str, shape))} px): use a "
+            f"smaller radius (<= {min(shape)} px) or radius='auto'"
+        )
     depth = halo(radius)
     chunks = tuple(_axis_chunks(n, int(tile), depth) for n in shape)
     n_tiles = math.prod(len(c) for c in chunks)
@@ -411,7 +429,8 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
         if (lab > 0).any():
             res = infer_rates(tile_fields, model=m, params=params, pixel_size=spacing, radius=radius,
                               method="direct", roi=lab, device=dev, seed=int(seed) + index, kernel=kernel,
-                              boundary=boundary, roi_mode=roi_mode, n_bootstrap=n_bootstrap, noise=noise_levels)
+                              boundary=boundary, roi_mode=roi_mode, n_bootstrap=n_bootstrap, noise=noise_levels,
+                              allow_constant=True)
             out[0], out[1], out[2] = res.rate, res.uncertainty, res.residual
             for i, k in enumerate(inputs):
                 if k in res.fields:
@@ -452,12 +471,74 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
                       labels=np.where(valid, lab_full, 0), roi_stats=stats, provenance=prov)
 
 
+def tiled_kwargs(kwargs: dict) -> dict:
+    """``kwargs`` of :func:`infer_rates` for :func:`infer_tiled`: the network options (``iterations``, ``base``),
+    unused by ``method="direct"``, are dropped."""
+    return {k: v for k, v in kwargs.items() if k not in ("iterations", "base")}
+
+
+def retry_tiles(shape, after=None) -> list:
+    """Tile sizes to try after an out-of-memory error: half the image (or half of ``after``, the tile that
+    failed), halved again down to :data:`MIN_TILE`, multiples of 64 px."""
+    start = (max(shape) // 2) if after is None else int(after) // 2
+    sizes = []
+    if after is not None and start < MIN_TILE:
+        return sizes
+    side = max(MIN_TILE, (start // 64) * 64)
+    while side >= MIN_TILE and (not sizes or side < sizes[-1]) and side < max(shape):
+        sizes.append(side)
+        side = (side // 2 // 64) * 64
+    return sizes
+
+
+def infer_with_retry(fields: dict, *, tile=None, **kwargs):
+    """:func:`infer_rates` (``tile=None``) or :func:`infer_tiled` (``tile`` px), retried in smaller tiles when the
+    device runs out of memory (:class:`MollifierMemoryError`).
+
+    ``method="direct"`` only is retried (network methods are not tiled). Each retry emits a
+    :class:`~napari_mollifier.errors.MollifierWarning`; returns ``(result, tile used or None, retries)`` where
+    ``retries`` lists ``{"tile", "error"}`` of the failed attempts. When even :data:`MIN_TILE` px tiles do not
+    fit, the last :class:`MollifierMemoryError` is raised with the fix.
+    """
+    import warnings
+
+    from .errors import MollifierMemoryError, MollifierWarning
+    from .solve import infer_rates
+
+    shape = tuple(np.shape(next(iter(fields.values()))))
+    retries = []
+    current = tile
+    while True:
+        try:
+            if current is None:
+                plain = {k: (v.compute() if hasattr(v, "compute") else np.asarray(v)) for k, v in fields.items()}
+                roi = kwargs.get("roi")
+                args = dict(kwargs, roi=roi.compute() if hasattr(roi, "compute") else roi)
+                return infer_rates(plain, **args), None, retries
+            return infer_tiled(fields, tile=int(current), **tiled_kwargs(kwargs)), int(current), retries
+        except MollifierMemoryError as exc:
+            options = retry_tiles(shape, current) if kwargs.get("method", "direct") == "direct" else []
+            retries.append({"tile": current, "error": str(exc)})
+            if not options:
+                raise MollifierMemoryError(
+                    f"{exc}" + (f" (tiles down to {current} px were tried)" if current is not None else "")
+                ) from None
+            nxt = options[0]
+            warnings.warn(
+                f"out of memory on {kwargs.get('device', 'auto')} with "
+                f"{'the untiled run' if current is None else f'{current} px tiles'}: retrying in {nxt} px tiles "
+                "(same rate map; the uncertainty is then a bootstrap per tile)", MollifierWarning, stacklevel=2)
+            current = nxt
+
+
 def infer_auto(fields: dict, *, tile="auto", memory_limit: int | None = None, **kwargs):
     """:func:`infer_rates`, tiled when the estimate does not fit in memory (or when ``tile`` is an int).
 
-    Returns the :class:`RateResult`; ``provenance["tiling"]`` is present when the run was tiled.
+    Returns the :class:`RateResult`; ``provenance["tiling"]`` is present when the run was tiled. When the device
+    runs out of memory anyway (the estimate is not exact, other processes share a GPU), the run is retried in
+    smaller tiles (:func:`infer_with_retry`; the failed attempts are in ``provenance["memory_retries"]``).
     """
-    from .solve import infer_rates, resolve_device
+    from .solve import resolve_device
 
     first = next(iter(fields.values()))
     shape = tuple(np.shape(first))
@@ -468,10 +549,8 @@ def infer_auto(fields: dict, *, tile="auto", memory_limit: int | None = None, **
     plan = plan_tiles(shape, r_est, kwargs.get("model", "chromatin-balance"), device=device,
                       boundary=kwargs.get("boundary", "mask"), tile=tile if method == "direct" else None,
                       memory_limit=memory_limit)
-    if plan.tile is None or all(n <= plan.tile for n in shape) and tile == "auto":
-        plain = {k: (np.asarray(v) if not hasattr(v, "compute") else v.compute()) for k, v in fields.items()}
-        roi = kwargs.pop("roi", None)
-        if roi is not None and hasattr(roi, "compute"):
-            roi = roi.compute()
-        return infer_rates(plain, roi=roi, **kwargs)
-    return infer_tiled(fields, tile=plan.tile, **kwargs)
+    untiled = plan.tile is None or all(n <= plan.tile for n in shape) and tile == "auto"
+    result, used, retries = infer_with_retry(fields, tile=None if untiled else plan.tile, **kwargs)
+    if retries:
+        result.provenance["memory_retries"] = retries
+    return result

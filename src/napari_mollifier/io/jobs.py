@@ -22,20 +22,27 @@ How a chromatin input is given:
 from __future__ import annotations
 
 import csv
+import errno
+import os
+import shutil
 import time
+import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import MollifierInputError
+from ..errors import MollifierInputError, MollifierOutputError, MollifierWarning
 from ..models import get_model
-from ._common import ImageData, atomic_path, file_sha256, to_json
+from ._common import ImageData, file_sha256, to_json
 
 __all__ = ["infer_files", "load_fields", "run_job", "run_batch", "write_outputs", "job_name", "OUTPUT_FORMATS"]
 
 OUTPUT_FORMATS = {"ome-tif": ".ome.tif", "ome-zarr": ".ome.zarr", "npz": ".npz"}
 _SOLVER_KEYS = ("model", "params", "radius", "method", "device", "seed", "kernel", "boundary", "roi_mode",
-                "n_bootstrap", "noise", "iterations", "base")
+                "n_bootstrap", "noise", "iterations", "base", "allow_constant")
+#: Pixel size used when a file has none and none is given (lengths, and coefficients such as l2, in pixels).
+DEFAULT_PIXEL_SIZE = 1.0
 
 
 def _record(role: str, path) -> dict:
@@ -173,17 +180,50 @@ def load_fields(records: list[dict], load: dict, model="chromatin-balance") -> t
         info.update({"source": img.name, "channels": [img.channel_label(i) if keep_ax is not None else "single"
                                                       for i in idx]})
         load["channels"] = idx
+    source = ref.metadata.get("path", ref.name)
     if override is not None:
         ref = ref.with_pixel_size(override)
-    elif not ref.has_physical_size:
+        info["pixel_size_source"] = "given"
+    elif ref.has_physical_size:
+        info["pixel_size_source"] = "file"
+    elif load.get("params_given"):
         raise MollifierInputError(
-            f"{ref.metadata.get('path', ref.name)} has no physical pixel size: pass pixel_size (--pixel-size, in um)"
+            f"{source} has no physical pixel size (no pixel-size metadata), and the coefficients given (--param) "
+            "are in um: pass the pixel size (pixel_size=..., --pixel-size UM)"
         )
+    else:
+        ref = ref.with_pixel_size(DEFAULT_PIXEL_SIZE)
+        info["pixel_size_source"] = (f"default: {DEFAULT_PIXEL_SIZE:g} per pixel ({source} has no pixel-size "
+                                     "metadata); lengths and coefficients are in pixels")
+        warnings.warn(
+            f"{source} has no physical pixel size (no pixel-size metadata): using the default pixel size "
+            f"{DEFAULT_PIXEL_SIZE:g} (lengths, and "
+            "the model's coefficients, in pixels); pass pixel_size / --pixel-size UM to set it", MollifierWarning,
+            stacklevel=2)
     pixel_size = ref.pixel_size
     shape = next(iter(fields.values())).shape
-    roi = read_labels(paths["roi"], shape) if "roi" in paths else None
+    roi = None
+    if "roi" in paths:
+        roi = read_labels(paths["roi"], shape)
+        _check_roi_scale(paths["roi"], ref)
     info["shape"] = shape
     return fields, roi, pixel_size, info
+
+
+def _check_roi_scale(path, ref: ImageData) -> None:
+    """An ROI file with its own physical pixel size must match the image's (else it covers another region)."""
+    from . import read_image
+
+    img = read_image(path)
+    if not (img.has_physical_size and ref.has_physical_size):
+        return
+    own = img.pixel_size[-len(ref.pixel_size):]
+    if len(own) == len(ref.pixel_size) and not np.allclose(own, ref.pixel_size, rtol=1e-6):
+        raise MollifierInputError(
+            f"{path}: the ROI's pixel size {tuple(round(v, 6) for v in own)} um differs from the image's "
+            f"{tuple(round(v, 6) for v in ref.pixel_size)} um, so it would outline another region: draw or "
+            "resample the ROI on the image's pixel grid"
+        )
 
 
 def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, t=None, pixel_size=None,
@@ -204,7 +244,9 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
     t : int, optional
         Time point of a time series.
     pixel_size : float or sequence, optional
-        Override of the file's pixel size, in um (required when the file has none).
+        Override of the file's pixel size, in um. A file without one is read at :data:`DEFAULT_PIXEL_SIZE` per
+        pixel with a :class:`~napari_mollifier.errors.MollifierWarning` (recorded in
+        ``provenance["pixel_size_source"]``), unless coefficients (``params``) are given: then it is required.
     smlm : dict, optional
         Rendering of SMLM tables (``pixel_size_nm``, ``method``, ``sigma_nm``, ``unit``).
     tile : "auto", int or None
@@ -214,7 +256,7 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
         ``seed``, ``n_bootstrap``...).
     """
     from ..solve import resolve_device
-    from ..tiling import infer_tiled, plan_tiles
+    from ..tiling import infer_with_retry, plan_tiles
 
     records = []
     if image is not None:
@@ -234,7 +276,9 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
     load = {"channels": None if channels is None else list(channels), "t": t,
             "pixel_size": None if pixel_size is None else [float(v) for v in np.atleast_1d(pixel_size)],
             "smlm": dict(smlm) if smlm else None}
-    fields, roi_arr, px, info = load_fields(records, load, model)
+    recipe = dict(load, params_given=bool(kwargs.get("params")))
+    fields, roi_arr, px, info = load_fields(records, recipe, model)
+    load["channels"] = recipe["channels"]  # resolved to indices by load_fields
     solver = {k: v for k, v in kwargs.items() if k in _SOLVER_KEYS}
     solver["device"] = str(resolve_device(solver.get("device", "auto")))
     solver["pixel_size"] = list(px)
@@ -246,19 +290,19 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
                       tile=tile if method == "direct" else None, memory_limit=memory_limit)
     tiled = plan.tile is not None and any(n > plan.tile for n in shape)
     started = time.perf_counter()
-    if tiled:
-        result = infer_tiled(fields, roi=roi_arr, tile=plan.tile, progress=progress, cancel=cancel, **solver)
+    result, used, retries = infer_with_retry(fields, roi=roi_arr, tile=plan.tile if tiled else None,
+                                             progress=progress, cancel=cancel, **solver)
+    if used is not None:
         function = "napari_mollifier.tiling.infer_tiled"
-        solver["tile"] = int(plan.tile)
+        solver["tile"] = int(used)
     else:
-        from ..solve import infer_rates
-
-        result = infer_rates(fields, roi=roi_arr, progress=progress, cancel=cancel, **solver)
         function = "napari_mollifier.infer_rates"
+    memory = {"estimate_bytes": plan.estimate, "budget_bytes": plan.budget, "plan": plan.reason}
+    if retries:
+        memory["retries"] = retries
     result.provenance["inputs"] = records
-    result.provenance["call"] = {"function": function, "load": load, "kwargs": solver,
-                                 "memory": {"estimate_bytes": plan.estimate, "budget_bytes": plan.budget,
-                                            "plan": plan.reason}}
+    result.provenance["pixel_size_source"] = info.get("pixel_size_source")
+    result.provenance["call"] = {"function": function, "load": load, "kwargs": solver, "memory": memory}
     result.provenance["source"] = info
     result.provenance.setdefault("seconds_total", round(time.perf_counter() - started, 3))
     return result
@@ -290,19 +334,54 @@ def write_outputs(result, out_dir, name: str, fmt: str = "ome-tif", protect=()) 
     for p in paths.values():
         if p.resolve() in guarded:
             raise MollifierInputError(f"refusing to overwrite the input {p}: choose another output folder")
-    save_result(result, paths["result"])
-    rows = result.table()
-    with atomic_path(paths["rois"]) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            columns = list(rows[0]) if rows else ["label"]
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-    record = {"format": "napari-mollifier provenance", "provenance": result.provenance,
-              "outputs": {k: p.name for k, p in paths.items() if k != "provenance"}}
-    with atomic_path(paths["provenance"]) as tmp:
-        tmp.write_text(to_json(record, indent=2))
+    # All or nothing: the three outputs are written into a hidden staging folder beside them and moved into
+    # place only when all three are complete; any failure (disk full, Ctrl-C) removes the staging folder.
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = out / f".{name}.staging-{uuid.uuid4().hex[:10]}"
+        staging.mkdir()
+    except OSError as exc:
+        raise _output_error(exc, out) from None
+    try:
+        try:
+            staged = {k: staging / p.name for k, p in paths.items()}
+            save_result(result, staged["result"])
+            rows = result.table()
+            with open(staged["rois"], "w", newline="") as fh:
+                columns = list(rows[0]) if rows else ["label"]
+                writer = csv.DictWriter(fh, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+            record = {"format": "napari-mollifier provenance", "provenance": result.provenance,
+                      "outputs": {k: p.name for k, p in paths.items() if k != "provenance"}}
+            staged["provenance"].write_text(to_json(record, indent=2))
+            for key in ("result", "rois", "provenance"):  # the provenance last: it names the others
+                if staged[key].is_dir():
+                    from ._common import _replace_dir
+
+                    _replace_dir(staged[key], paths[key])
+                else:
+                    os.replace(staged[key], paths[key])
+        except OSError as exc:
+            raise _output_error(exc, out) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return {k: str(p) for k, p in paths.items()}
+
+
+def _output_error(exc: OSError, out: Path) -> MollifierOutputError:
+    """A one-line ``MollifierOutputError`` naming the folder, the cause and the fix (errno kept)."""
+    if isinstance(exc, MollifierOutputError):
+        return exc
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    fix = {errno.ENOSPC: "free disk space or write elsewhere (--out)",
+           getattr(errno, "EDQUOT", -1): "free space in your quota or write elsewhere (--out)",
+           errno.EACCES: "choose a folder you can write to (--out)",
+           errno.EROFS: "choose a folder on a writable disk (--out)"}.get(exc.errno,
+                                                                        "choose another output folder (--out)")
+    err = MollifierOutputError(f"cannot write the outputs to {out}: {reason}; nothing was written: {fix}")
+    err.errno = exc.errno
+    return err
 
 
 def run_job(job: dict, out_dir, *, fmt: str = "ome-tif", name: str | None = None, progress=None,
@@ -317,8 +396,20 @@ def run_job(job: dict, out_dir, *, fmt: str = "ome-tif", name: str | None = None
            "status": "ok"}
     started = time.perf_counter()
     try:
-        result = infer_files(image=job.get("image"), phi_h=job.get("phi_h"), phi_e=job.get("phi_e"),
-                             roi=job.get("roi"), progress=progress, **options)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MollifierWarning)
+            try:
+                result = infer_files(image=job.get("image"), phi_h=job.get("phi_h"), phi_e=job.get("phi_e"),
+                                     roi=job.get("roi"), progress=progress, **options)
+            finally:
+                notes = []
+                for w in caught:
+                    if issubclass(w.category, MollifierWarning):
+                        notes.append(str(w.message))
+                    else:  # not ours: pass it on unchanged
+                        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                if notes:
+                    row["warnings"] = list(dict.fromkeys(notes))
         protect = [v for k, v in job.items() if k in ("image", "phi_h", "phi_e", "roi") and v]
         row["outputs"] = write_outputs(result, out_dir, name, fmt, protect=protect)
         rate = result.rate[np.isfinite(result.rate)]
@@ -335,8 +426,11 @@ def run_job(job: dict, out_dir, *, fmt: str = "ome-tif", name: str | None = None
     except Exception as exc:
         if raise_errors:
             raise
-        row.update({"status": "error", "error": str(exc) if str(exc) else type(exc).__name__,
-                    "error_type": type(exc).__name__})
+        text = str(exc).strip()
+        message = text.splitlines()[0] if text else type(exc).__name__
+        if not isinstance(exc, (MollifierInputError, OSError)) and text:
+            message = f"{type(exc).__name__}: {message}"  # an unexpected error: say what kind
+        row.update({"status": "error", "error": message, "error_type": type(exc).__name__})
     row["seconds"] = round(time.perf_counter() - started, 2)
     return row
 

@@ -76,7 +76,8 @@ def _open(path: Path):
         tf = tifffile.TiffFile(path)
         if not tf.series:
             tf.close()
-            raise MollifierInputError(f"{path}: the TIFF file holds no image")
+            raise MollifierInputError(f"{path}: the TIFF file holds no image (empty, or corrupt: its image directory "
+                                      "cannot be read): export the image again")
         _check_complete(tf, path, cap.messages)
         return tf
     except MollifierInputError:
