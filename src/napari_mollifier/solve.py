@@ -311,15 +311,19 @@ def _release_device_memory(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
-def _constant_fields(arrays: dict, where: np.ndarray) -> dict:
-    """``{name: value}`` of the fields whose finite pixels in ``where`` all have one value."""
-    out = {}
+def _refuse_constant(arrays: dict, where: np.ndarray, region: str) -> None:
+    """Raise MollifierInputError if a field's finite pixels in ``where`` (the ``region``: image or ROI) all have
+    one value: such a field carries no information on the rate."""
     for name, arr in arrays.items():
         values = arr[where]
         values = values[np.isfinite(values)]
         if values.size and float(values.max()) == float(values.min()):
-            out[name] = float(values[0])
-    return out
+            raise MollifierInputError(
+                f"field {name!r} is constant over the {region} (every pixel = {float(values[0]):g}): an image "
+                "without contrast carries no information on the rate (a blank, saturated or wrong channel?). Pick "
+                "the channel with the chromatin signal, or pass allow_constant=True (--allow-constant) to get the "
+                "uniform-state rate"
+            )
 
 
 def _smoothed_change(rate, rate_small, ctx: _Context, radius, out_mask) -> torch.Tensor:
@@ -478,15 +482,8 @@ def infer_rates(
             + ("" if smallest <= min(shape) else f"; the image must be at least {smallest} px along every axis")
         )
     if not allow_constant:
-        constant = _constant_fields(arrays, valid if roi_mode == "image" else valid & (labels > 0))
-        if constant:
-            name, value = next(iter(constant.items()))
-            raise MollifierInputError(
-                f"field {name!r} is constant over the {'image' if roi_mode == 'image' else 'ROI'} (every pixel = "
-                f"{value:g}): an image without contrast "
-                "carries no information on the rate (a blank, saturated or wrong channel?). Pick the channel with "
-                "the chromatin signal, or pass allow_constant=True (--allow-constant) to get the uniform-state rate"
-            )
+        _refuse_constant(arrays, valid if roi_mode == "image" else valid & (labels > 0),
+                         "image" if roi_mode == "image" else "ROI")
 
     ladders = {}
     for lab in label_ids:

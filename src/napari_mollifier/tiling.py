@@ -322,7 +322,7 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
     """
     from .noise import estimate_noise
     from .result import RateResult
-    from .solve import _constant_fields, _hash, _roi_stats, _spacing, infer_rates, resolve_device
+    from .solve import _hash, _refuse_constant, _roi_stats, _spacing, infer_rates, resolve_device
 
     started = time.perf_counter()
     if method != "direct":
@@ -371,15 +371,8 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
         )
 
     if not allow_constant:  # checked once on the whole image: a single tile may well be uniform
-        constant = _constant_fields(arrays, valid if roi_mode == "image" or labels is None else valid & (labels > 0))
-        if constant:
-            name, value = next(iter(constant.items()))
-            raise MollifierInputError(
-                f"field {name!r} is constant over the {'image' if roi_mode == 'image' else 'ROI'} (every pixel = "
-                f"{value:g}): an image without contrast "
-                "carries no information on the rate (a blank, saturated or wrong channel?). Pick the channel with "
-                "the chromatin signal, or pass allow_constant=True (--allow-constant) to get the uniform-state rate"
-            )
+        whole = roi_mode == "image" or labels is None
+        _refuse_constant(arrays, valid if whole else valid & (labels > 0), "image" if roi_mode == "image" else "ROI")
 
     # things that are not tile-local: noise level, radius
     if isinstance(noise, str) and noise == "auto":
