@@ -79,6 +79,10 @@ def test_nan_and_inf_pixels(sample_viewer, qtbot):
     assert _run(qtbot, widget) == "ok"
     for name, data in before.items():  # inputs untouched (NaN stays NaN)
         np.testing.assert_array_equal(np.asarray(viewer.layers[name].data), data)
+    # new outputs are shown (the smoothed fields stay hidden) and the rate is the active layer
+    assert viewer.layers.selection.active is viewer.layers["rate [phi_h with NaN]"]
+    assert viewer.layers["rate [phi_h with NaN]"].visible and viewer.layers["residual [phi_h with NaN]"].visible
+    assert not viewer.layers["phi_h smoothed [phi_h with NaN]"].visible
     rate = np.asarray(viewer.layers["rate [phi_h with NaN]"].data)
     truth = np.asarray(viewer.layers[TRUTH].data)
     assert np.isnan(rate[120:126, 120:126]).all()

@@ -16,6 +16,7 @@ when the widget is built or run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -24,6 +25,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1022,10 +1024,12 @@ class MollifierWidget(QWidget):
         if self._pending:
             step = self._pending.pop(0)
             try:
-                step()
+                follow_up = step()
             except Exception as exc:  # noqa: BLE001
                 self._publish_failed(exc)
                 return
+            if callable(follow_up):  # e.g. show a layer added hidden: in a turn of its own
+                self._pending.insert(0, follow_up)
             if self._pending:
                 QTimer.singleShot(_PUBLISH_GAP_MS, self._publish_next)
                 return
@@ -1109,6 +1113,12 @@ class MollifierWidget(QWidget):
                 continue
             steps.append(lambda n=name, k=kind, d=data, f=field_name: self._set_output(n, k, d, job, meta_prov, f))
 
+        def select_rate():
+            rate_name = output_name("rate", job.source_name)
+            rate_layer = self._find_output(rate_name, "rate")
+            if rate_layer is not None and self.viewer.layers.selection.active is not rate_layer:
+                self.viewer.layers.selection.active = rate_layer
+
         def finish():
             self.last_results = results
             self._last_job = job
@@ -1124,7 +1134,7 @@ class MollifierWidget(QWidget):
                 f"radius {radius_txt}."
             )
 
-        steps.append(finish)
+        steps += [select_rate, finish]
         return steps
 
     def _find_output(self, name: str, kind: str):
@@ -1156,15 +1166,17 @@ class MollifierWidget(QWidget):
         else:
             index = None
         if layer is None:
+            # A new layer is inserted hidden and shown in the next event-loop turn: napari's insert (layer
+            # controls, vispy node, selection) and the first draw of the new layer then fall into separate turns,
+            # so that neither stalls the viewer for long (benchmarks/bench_widget_stall.py). The rate layer is
+            # made the active layer at the end (select_rate).
             kwargs = dict(job.geometry)
-            new = Image(data, name=name, colormap=colormap, contrast_limits=limits, visible=visible,
+            new = Image(data, name=name, colormap=colormap, contrast_limits=limits, visible=False,
                         metadata=metadata, **kwargs)
-            if index is None:
-                self.viewer.add_layer(new)
-            else:
-                self.viewer.layers.insert(index, new)
+            with _no_activation(self.viewer.layers):
+                self.viewer.layers.insert(len(self.viewer.layers) if index is None else index, new)
             self._added.append(new)
-            return
+            return (lambda: setattr(new, "visible", True)) if visible else None
         # update in place: same layer, new data and grid; setters only where something changed (each one
         # refreshes the layer, and a refresh is a repaint)
         geom = job.geometry
@@ -1286,6 +1298,35 @@ class MollifierWidget(QWidget):
 def _full_resolution(layer):
     """The layer's array (level 0 of a multiscale layer)."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+@contextlib.contextmanager
+def _no_activation(layers):
+    """Insert into napari's layer list without making the new layer the active one.
+
+    Activating a layer shows its (new) controls panel: 20-40 ms per layer under software OpenGL, enough to push
+    each insert past a 100 ms stall (benchmarks/bench_widget_stall.py). napari has no public switch for this;
+    its list has the private flag ``_activate_on_insert``. Where the flag is gone or refused (napari warns that
+    private access from plugins ends no earlier than 0.10), the plain insert is used: only slower, not wrong.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            previous = getattr(layers, "_activate_on_insert", None)
+            if isinstance(previous, bool):
+                layers._activate_on_insert = False
+        except Exception:  # noqa: BLE001 - any refusal: keep napari's default
+            previous = None
+    try:
+        yield
+    finally:
+        if isinstance(previous, bool):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                try:
+                    layers._activate_on_insert = previous
+                except Exception:  # noqa: BLE001
+                    pass
 
 
 def _alive(widget) -> bool:
