@@ -336,8 +336,10 @@ def _run_job(job: _Job):
                     break
             if latest is not None:
                 yield latest
-    finally:  # closed early (napari task cancel): stop the solver too
-        if job.thread.is_alive():
+    finally:  # closed early (napari task cancel): stop the solver too. Not after _DONE: the solver thread
+        # may still be returning from its target then (is_alive() is True for a moment under load), and its
+        # results are complete
+        if not done and job.thread.is_alive():
             job.cancel.set()
     job.thread.join()
     if "error" in box:
