@@ -3,41 +3,21 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from test_widget import _gui_skip_reason, _plugin_registered  # noqa: F401 - shared skip rule and fixture
 
 PLUGIN = "napari-mollifier"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_MS = 300_000
 
 
-def _skip_reason():
-    for mod in ("napari", "qtpy", "pytestqt", "sklearn"):
-        if importlib.util.find_spec(mod) is None:
-            return f"{mod} is not installed"
-    if sys.platform.startswith("linux") and not (
-        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")
-    ):
-        return "no display: run the tests under xvfb-run (see README.md)"
-    return None
-
-
-_SKIP = _skip_reason()
+_SKIP = _gui_skip_reason(extra=("sklearn",))
 pytestmark = [pytest.mark.gui, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
 
 
 @pytest.fixture
-def viewer_widget(make_napari_viewer):
-    from npe2 import PluginManager, PluginManifest
-
-    pm = PluginManager.instance()
-    if PLUGIN not in pm:
-        pm.register(PluginManifest.from_file(REPO_ROOT / "napari.yaml"))
+def viewer_widget(make_napari_viewer, _plugin_registered):
     viewer = make_napari_viewer(show=True)
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Heterochromatin domains")
     return viewer, widget

@@ -25,8 +25,9 @@ RATE, UNC, RES = (f"{kind} [{PHI_H}]" for kind in ("rate", "uncertainty", "resid
 RUN_TIMEOUT_MS = 300_000
 
 
-def _gui_skip_reason() -> str | None:
-    for mod in ("napari", "qtpy", "pytestqt", "magicgui", "matplotlib", "skimage"):
+def _gui_skip_reason(extra: tuple[str, ...] = ()) -> str | None:
+    """Why the real-viewer tests cannot run here (None if they can); ``extra``: more modules they need."""
+    for mod in ("napari", "qtpy", "pytestqt", "magicgui", "matplotlib", "skimage", *extra):
         if importlib.util.find_spec(mod) is None:
             return f"{mod} is not installed"
     try:
