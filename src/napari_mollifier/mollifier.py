@@ -15,36 +15,24 @@ Everything is differentiable with respect to the field (gradients flow through c
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.fft import next_fast_len
 
 from .errors import MollifierInputError
-from .kernels import (
-    MAX_ORDER,
-    analytic_kernel,
-    correction_coefficients,
-    corrected_kernel,
-    half_width,
-    moment_targets,
-    monomials,
-    multi_indices,
-    parse_kernel,
-)
+from .kernels import MAX_ORDER, corrected_kernel, half_width, parse_kernel
+from .masked import FieldSpectrum, apply_masked, mask_operator
+from .masked import correlate as _correlate
+from .masked import use_fft as _use_fft  # noqa: F401  (benchmarks/bench_derivatives.py reads the rule)
 
 __all__ = ["derivatives", "Mollifier", "default_keys", "key_terms", "BOUNDARIES", "AXIS_LETTERS"]
 
 BOUNDARIES = ("reflect", "replicate", "periodic", "zeros")
 AXIS_LETTERS = {1: "x", 2: "yx", 3: "zyx"}
 _PAD_MODE = {"reflect": "reflect", "replicate": "replicate", "periodic": "circular", "zeros": "constant"}
-_EDGE_CHUNK = 8192  # edge pixels per batched moment solve in mask mode
-_RCOND = 1e-12  # smallest eigenvalue ratio of a local moment matrix accepted in mask mode
 
 
 def default_keys(ndim: int) -> tuple[str, ...]:
@@ -190,66 +178,6 @@ def _infer_ndim(field_ndim: int, spacing, mask, ndim) -> int:
     return ndim
 
 
-def _conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Valid-mode correlation of ``x`` ``(B, 1, *P)`` with ``weight`` ``(K, *k)`` -> ``(B, K, *(P - k + 1))``."""
-    conv = (F.conv1d, F.conv2d, F.conv3d)[weight.dim() - 2]
-    return conv(x, weight.unsqueeze(1))
-
-
-def _fft_correlate(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Same as :func:`_conv`, by ``irfft(rfft(x) * conj(rfft(weight)))`` (circular, cropped to the valid part)."""
-    d = weight.dim() - 1
-    dims = tuple(range(-d, 0))
-    shape = tuple(x.shape[-d:])
-    size = tuple(next_fast_len(n, real=True) for n in shape)  # zero-padding past n keeps the valid part exact
-    spec_x = torch.fft.rfftn(x, s=size, dim=dims)
-    out = torch.fft.irfftn(spec_x * _kernel_spectrum(weight, size).unsqueeze(0), s=size, dim=dims)
-    valid = tuple(slice(0, n - k + 1) for n, k in zip(shape, weight.shape[1:]))
-    return out[(Ellipsis,) + valid]
-
-
-_SPECTRUM_CACHE: OrderedDict = OrderedDict()
-_SPECTRUM_CACHE_BYTES = 256 * 2**20
-
-
-def _kernel_spectrum(weight: torch.Tensor, size: tuple) -> torch.Tensor:
-    """``conj(rfftn(weight, size))``, cached for fixed kernels (the same kernels serve many fields)."""
-    d = weight.dim() - 1
-    dims = tuple(range(-d, 0))
-    if weight.requires_grad:
-        return torch.fft.rfftn(weight, s=size, dim=dims).conj()
-    digest = hashlib.sha1(weight.detach().cpu().numpy().tobytes()).hexdigest()
-    key = (tuple(weight.shape), size, weight.dtype, str(weight.device), digest)
-    if key in _SPECTRUM_CACHE:
-        _SPECTRUM_CACHE.move_to_end(key)
-        return _SPECTRUM_CACHE[key]
-    spectrum = torch.fft.rfftn(weight, s=size, dim=dims).conj()
-    _SPECTRUM_CACHE[key] = spectrum
-    while len(_SPECTRUM_CACHE) > 1 and sum(
-        v.numel() * v.element_size() for v in _SPECTRUM_CACHE.values()
-    ) > _SPECTRUM_CACHE_BYTES:
-        _SPECTRUM_CACHE.popitem(last=False)
-    return spectrum
-
-
-def _use_fft(method: str, weight: torch.Tensor, padded_shape) -> bool:
-    """FFT when ``taps > 4 min(K, 8) log2(N)``: fitted on CPU timings for K <= 8 kernels (benchmarks/RESULTS.md,
-    crossover table), where direct cost grows far less than linearly with K; capped at K = 8 because the mask-mode
-    bases (13 to 66 kernels) measured faster by FFT from R ~ 10 px."""
-    if method != "auto":
-        return method == "fft"
-    taps = math.prod(weight.shape[1:])
-    n_kernels = weight.shape[0]
-    n_pix = math.prod(padded_shape)
-    return taps > 4.0 * min(n_kernels, 8) * math.log2(max(n_pix, 2))
-
-
-def _correlate(x: torch.Tensor, weight: torch.Tensor, method: str) -> torch.Tensor:
-    if _use_fft(method, weight, x.shape[2:]):
-        return _fft_correlate(x, weight)
-    return _conv(x, weight)
-
-
 def _pad(x: torch.Tensor, half: int, boundary: str) -> torch.Tensor:
     pads = [half] * (2 * (x.dim() - 2))
     if half == 0:
@@ -257,145 +185,13 @@ def _pad(x: torch.Tensor, half: int, boundary: str) -> torch.Tensor:
     return F.pad(x, pads, mode=_PAD_MODE[boundary])
 
 
-def _apply(x: torch.Tensor, plan: _Plan, mask: torch.Tensor | None) -> torch.Tensor:
-    """Core: ``x`` ``(B, 1, *S)`` floating -> ``(B, n_keys, *S)`` in physical units."""
+def _apply(x: torch.Tensor, plan: _Plan, mask: torch.Tensor | None, where: torch.Tensor | None = None,
+           spectrum: FieldSpectrum | None = None) -> torch.Tensor:
+    """Core: ``x`` ``(B, 1, *S)`` floating -> ``(B, n_keys, *S)`` in physical units (mask mode: :mod:`.masked`)."""
     if mask is None:
         weight = plan.key_kernels(x.dtype, x.device)
         return _correlate(_pad(x, plan.half, plan.boundary), weight, plan.method)
-    return _apply_masked(x, plan, mask)
-
-
-def _apply_masked(x: torch.Tensor, plan: _Plan, mask: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
-    """Normalised convolution inside ``mask`` ``(1 or B, 1, *S)`` with per-pixel moment re-correction.
-
-    For each derivative ``alpha`` (order n, D = n + 1) the kernel at pixel p is
-    ``m(p + x) [A_alpha(x) + eta(x) sum_{|b|<=D} c_b(p) (x/R)^b]`` where ``A_alpha`` is the sampled analytic kernel
-    and ``c(p)`` solves ``G(p) c = t_alpha - a_alpha(p)`` with ``G_gb(p) = sum_x m(p+x) eta(x) (x/R)^(g+b)`` and
-    ``a_g(p) = sum_x m(p+x) A_alpha(x) (x/R)^g``. Where the window lies inside the mask this is exactly the
-    fixed corrected kernel. The coefficients depend on the mask only and are cached, so many fields on one mask
-    (bootstrap samples, training steps) cost one convolution each. Pixels whose local ``G`` is singular (too few
-    mask pixels around them) are NaN, like pixels outside the mask.
-    """
-    dtype = x.dtype
-    coef, valid = _mask_coefficients(plan, mask, dtype, x.device, where)
-    n_alpha = len(plan.alphas)
-    xm = _pad(torch.where(mask, x, torch.zeros((), dtype=dtype, device=x.device)), plan.half, "zeros")
-    conv_f = _correlate(xm, _field_basis(plan, dtype, x.device), plan.method)  # (B, na + nb, *S)
-    conv_a, conv_b = conv_f[:, :n_alpha], conv_f[:, n_alpha:]
-    if coef.shape[0] == 1:
-        out_alpha = conv_a + torch.einsum("ab...,nb...->na...", coef[0], conv_b)
-    else:
-        out_alpha = conv_a + torch.einsum("nab...,nb...->na...", coef, conv_b)
-    out = torch.einsum("ka,na...->nk...", plan.key_combination(dtype, x.device), out_alpha)
-    return out.masked_fill(~valid.unsqueeze(1), float("nan"))
-
-
-def _field_basis(plan: _Plan, dtype, device) -> torch.Tensor:
-    """Kernels the masked field is correlated with: each analytic ``A_alpha``, then ``eta (x/R)^b``."""
-    ndim, radius = plan.ndim, plan.radius
-    eta = analytic_kernel(plan.kernel, radius, (0,) * ndim)
-    betas = multi_indices(ndim, plan.order + 1)
-    mono = monomials(_window(plan), betas, radius)
-    analytic = np.stack([analytic_kernel(plan.kernel, radius, a) for a in plan.alphas])
-    return torch.as_tensor(np.concatenate([analytic, eta[None] * mono]), dtype=dtype, device=device)
-
-
-def _window(plan: _Plan) -> list[np.ndarray]:
-    axis = np.arange(-plan.half, plan.half + 1, dtype=np.float64)
-    return list(np.meshgrid(*([axis] * plan.ndim), indexing="ij"))
-
-
-_MASK_CACHE: OrderedDict = OrderedDict()
-_MASK_CACHE_SIZE = 12
-_MASK_CACHE_BYTES = 1024 * 2**20  # the newest entry is always kept, whatever its size
-
-
-def _mask_coefficients(plan: _Plan, mask: torch.Tensor, dtype, device, where: torch.Tensor | None = None):
-    """Per-pixel correction coefficients ``(Bm, n_alpha, n_basis, *S)`` and validity ``(Bm, *S)`` for a mask
-    (restricted to ``where`` when given)."""
-    digest = hashlib.sha1(mask.detach().cpu().numpy().tobytes()).hexdigest()
-    if where is not None:
-        digest += hashlib.sha1(where.detach().cpu().numpy().tobytes()).hexdigest()
-    key = (plan.ndim, plan.radius, plan.kernel, tuple(plan.alphas), tuple(mask.shape), digest, dtype, str(device))
-    if key in _MASK_CACHE:
-        _MASK_CACHE.move_to_end(key)
-        return _MASK_CACHE[key]
-    ndim, radius, alphas = plan.ndim, plan.radius, plan.alphas
-    betas = multi_indices(ndim, plan.order + 1)
-    eta = analytic_kernel(plan.kernel, radius, (0,) * ndim)
-    mp = _pad(mask.to(torch.float64), plan.half, "zeros")
-
-    # Interior: the fixed moment correction of each alpha (zero-padded to the full basis).
-    interior = np.zeros((len(alphas), len(betas)))
-    for i, a in enumerate(alphas):
-        c = correction_coefficients(plan.kernel, radius, a)
-        interior[i, : len(c)] = c
-    spatial = tuple(mask.shape[2:])
-    coef = torch.as_tensor(interior, dtype=torch.float64, device=device)
-    coef = coef.reshape((1,) + coef.shape + (1,) * ndim).repeat((mask.shape[0], 1, 1) + spatial)
-
-    # Mask pixels that see the outside of the mask (or the image edge) within their window: solve again.
-    support = torch.as_tensor(eta > 0, dtype=torch.float64, device=device)[None]
-    inside_count = _correlate(mp, support, plan.method)[:, 0]
-    edge = mask[:, 0] & (inside_count < support.sum() - 0.5)
-    valid = mask[:, 0].clone()
-    if where is not None:
-        edge &= where[:, 0]
-        valid &= where[:, 0]
-    if bool(edge.any()):
-        _solve_edge(coef, valid, edge, mp, plan, betas, eta)
-    result = (coef.to(dtype), valid)
-    _MASK_CACHE[key] = result
-    while len(_MASK_CACHE) > 1 and (
-        len(_MASK_CACHE) > _MASK_CACHE_SIZE
-        or sum(c.numel() * c.element_size() for c, _ in _MASK_CACHE.values()) > _MASK_CACHE_BYTES
-    ):
-        _MASK_CACHE.popitem(last=False)
-    return result
-
-
-def _solve_edge(coef, valid, edge, mp, plan, betas, eta) -> None:
-    """Fill ``coef`` and ``valid`` at edge pixels from batched float64 local moment systems."""
-    ndim, radius, alphas = plan.ndim, plan.radius, plan.alphas
-    device = coef.device
-    coords = _window(plan)
-    nb = len(betas)
-    # Gram entries need eta (x/R)^delta for |delta| <= 2 D; the moments of A_alpha need A_alpha (x/R)^g.
-    deltas = multi_indices(ndim, 2 * (plan.order + 1))
-    analytic = [analytic_kernel(plan.kernel, radius, a) for a in alphas]
-    mono = monomials(coords, betas, radius)
-    basis = np.concatenate([eta[None] * monomials(coords, deltas, radius)] + [a[None] * mono for a in analytic])
-    mconv = _correlate(mp, torch.as_tensor(basis, dtype=torch.float64, device=device), plan.method)
-    index = {d: i for i, d in enumerate(deltas)}
-    gram_index = torch.tensor(
-        [[index[tuple(g + b for g, b in zip(gi, bi))] for bi in betas] for gi in betas], device=device
-    )
-    for bm in range(mconv.shape[0]):
-        pos = torch.nonzero(edge[bm], as_tuple=False)
-        for start in range(0, pos.shape[0], _EDGE_CHUNK):
-            chunk = tuple(pos[start : start + _EDGE_CHUNK].T)
-            vals = mconv[(bm, slice(None)) + chunk].T  # (E, n_basis)
-            gram_full = vals[:, gram_index]  # (E, nb, nb)
-            moments_a = vals[:, len(deltas) :].reshape(-1, len(alphas), nb)
-            ok_all = torch.ones(vals.shape[0], dtype=torch.bool, device=device)
-            for i, a in enumerate(alphas):
-                k = len(multi_indices(ndim, sum(a) + 1))
-                target = torch.as_tensor(moment_targets(a, betas[:k], radius), dtype=torch.float64, device=device)
-                c, ok = _safe_solve(gram_full[:, :k, :k], target - moments_a[:, i, :k])
-                full = torch.zeros(c.shape[0], nb, dtype=torch.float64, device=device)
-                full[:, :k] = c
-                coef[(bm, i, slice(None)) + chunk] = full.T
-                ok_all &= ok
-            valid[(bm,) + chunk] = ok_all
-
-
-def _safe_solve(gram: torch.Tensor, rhs: torch.Tensor):
-    """Solve symmetric ``gram @ c = rhs`` per pixel; flag systems whose eigenvalue ratio is below ``_RCOND``."""
-    evals, evecs = torch.linalg.eigh(gram)
-    ok = evals[:, 0] > _RCOND * evals[:, -1].clamp_min(1e-300)
-    safe = torch.where(ok[:, None], evals, torch.ones_like(evals))
-    coef = evecs @ ((evecs.transpose(1, 2) @ rhs[..., None])[..., 0] / safe)[..., None]
-    return coef[..., 0], ok
+    return apply_masked(x, plan, mask_operator(plan, mask, where), spectrum)
 
 
 def _as_float_tensor(field):
@@ -525,7 +321,7 @@ def derivatives(
         w = torch.as_tensor(np.asarray(where, dtype=bool), device=tensor.device)
         if tuple(w.shape) != spatial:
             raise MollifierInputError(f"`where` shape {tuple(w.shape)} does not match the image {spatial}")
-        out = _apply_masked(x, plan, m, w.reshape((1, 1) + spatial))
+        out = _apply(x, plan, m, w.reshape((1, 1) + spatial))
     else:
         out = _apply(x, plan, m)
     result = {key: out[:, i].reshape(batch + spatial) for i, key in enumerate(plan.keys)}
@@ -591,6 +387,6 @@ class Mollifier(torch.nn.Module):
             out = _correlate(_pad(flat, self.plan.half, self.plan.boundary), weight, self.plan.method)
         else:
             m = _mask_tensor(mask, spatial, tuple(x.shape[:2]), x.device)
-            out = _apply_masked(flat, self.plan, m)
+            out = _apply(flat, self.plan, m)
         out = out.reshape(tuple(x.shape[:2]) + (len(self.plan.keys),) + spatial)
         return {key: out[:, :, i] for i, key in enumerate(self.plan.keys)}

@@ -32,14 +32,33 @@ import torch
 from . import __version__
 from .errors import MollifierInputError, MollifierMemoryError, RunCancelled
 from .models import Model, get_model
+from .methods.direct import (
+    LADDER_STEP,
+    DerivativeLadder,
+    _jacobian,
+    change_variance,
+    lepski_accepts,
+    propagate,
+    radius_ladder,
+)
 from .mollifier import derivatives
-from .noise import estimate_noise
+from .noise import NoiseModel, blur_white_noise, estimate_noise_model
 from .result import RateResult
 
-__all__ = ["infer_rates", "resolve_device", "METHODS"]
+__all__ = ["infer_rates", "resolve_device", "METHODS", "UNCERTAINTY_METHODS", "RADIUS_RULES"]
 
 METHODS = ("direct", "network", "autodiff")
-_LADDER_STEP = 1.25
+UNCERTAINTY_METHODS = ("propagate", "bootstrap", "none")
+RADIUS_RULES = ("lepski", "quasi-optimality")
+_LADDER_STEP = LADDER_STEP
+_UNCERTAINTY_TEXT = {
+    "propagate": "sqrt(noise^2 + bias^2): the input noise (estimated level, pixel correlation and correlation "
+    "between fields) propagated through the kernels used at each pixel and the linearised closed form (delta "
+    "method), plus the smoothing bias estimated from the change to radius R/1.25 where it exceeds twice its noise",
+    "bootstrap": "sqrt(noise^2 + bias^2): parametric bootstrap at the estimated input noise (correlated draws), "
+    "plus the smoothing bias estimated from the change to radius R/1.25 where it exceeds twice its noise",
+    "none": "not computed",
+}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -170,7 +189,7 @@ class _Context:
         den = self.model.denominator(d, self.params)
         region = torch.as_tensor(self.region, device=den.device) if self.region is not None else None
         magnitude = den.abs()[..., region] if region is not None else den.abs()
-        finite = magnitude[torch.isfinite(magnitude)]
+        finite = magnitude[torch.isfinite(magnitude)].detach()
         floor = 1e-3 * float(finite.median()) if finite.numel() else 0.0
         bad = ~torch.isfinite(den) | (den.abs() <= floor)
         if self.model.positive_denominator:
@@ -183,12 +202,7 @@ def _tensors(arrays: dict, ctx: _Context) -> dict:
 
 
 def _radius_ladder(model_order: int, extent: int) -> list[float]:
-    r_min = float(max(model_order + 1, 3))
-    r_max = max(r_min, extent / 4.0)
-    ladder = [r_min]
-    while ladder[-1] * _LADDER_STEP <= r_max:
-        ladder.append(round(ladder[-1] * _LADDER_STEP, 2))
-    return ladder
+    return radius_ladder(model_order, extent)
 
 
 def _model_order(model: Model, ndim: int) -> int:
@@ -197,42 +211,90 @@ def _model_order(model: Model, ndim: int) -> int:
     return max(sum(a) for keys in model.needs(ndim).values() for k in keys for a, _ in key_terms(k, ndim))
 
 
-def _choose_radius(arrays, ctx: _Context, deriv_mask, out_mask, ladder) -> tuple[float, list[dict]]:
-    """Quasi-optimality: the radius whose rate map changes least to the next radius on the ladder."""
-    tensors = _tensors(arrays, ctx)
-    maps = []
-    for r in ladder:
-        maps.append(ctx.rate(tensors, r, deriv_mask)[0].detach().cpu().numpy())
+def _choose_radii(ladder: DerivativeLadder, ctx: _Context, regions: dict, ladders: dict, rule: str,
+                  noise: NoiseModel) -> dict:
+    """``{label: {"radius", "ladder": table}}``: one pass up the shared radius ladder for every label of a group.
+
+    ``"lepski"``: a label keeps climbing while its map at the next radius stays within ``kappa`` propagated
+    standard deviations of its maps at all smaller radii (median over the label); the ladder stops when every label
+    has stopped. ``"quasi-optimality"``: the radius whose map changes least to the next one (whole ladder).
+    """
+    radii = sorted({r for lab in regions for r in ladders[lab]})
+    active = set(regions)
+    history = {lab: [] for lab in regions}
+    chosen = {lab: {"radius": ladders[lab][0], "ladder": []} for lab in regions}
+    maps = {lab: [] for lab in regions}
+    jac = _jacobian(ladder)
+    union = np.any(list(regions.values()), axis=0)
+    for k, r in enumerate(radii):
+        d = ladder.at(r)
+        if rule == "lepski":
+            rate, var, _ = propagate(ladder, r, d, ctx.closed_form, noise, union, jac)
+            sd = var.sqrt().cpu().numpy()
+        else:
+            rate, sd = ctx.closed_form({n: {kk: v[None] for kk, v in keys.items()} for n, keys in d.items()})[0], None
+        rate_np = rate.detach().cpu().numpy()
         ctx.tick({"stage": "choosing radius", "radius": r})
-    values = np.abs(np.concatenate([m[out_mask] for m in maps]))
+        for lab in sorted(active):
+            if r not in ladders[lab]:
+                continue
+            region = regions[lab]
+            values = rate_np[region]
+            if rule == "lepski":
+                accepted, worst = (True, 0.0) if not history[lab] else lepski_accepts(values, history[lab])
+                chosen[lab]["ladder"].append({"radius": r, "max_standardised_change": round(worst, 4),
+                                              "accepted": bool(accepted)})
+                if accepted:
+                    chosen[lab]["radius"] = r
+                    history[lab].append((values, sd[region]))
+                else:
+                    active.discard(lab)
+            else:
+                maps[lab].append(values)
+        if rule == "lepski" and not active:
+            ctx.tick({"stage": "choosing radius", "radius": r}, n=len(radii) - k - 1)
+            break
+    if rule != "lepski":
+        for lab in regions:
+            chosen[lab] = _quasi_optimal(maps[lab], ladders[lab])
+    return chosen
+
+
+def _quasi_optimal(maps: list, ladder: list) -> dict:
+    """Quasi-optimality (Tikhonov & Glasko): the radius whose map changes least to the next radius."""
+    values = np.abs(np.concatenate(maps))
     values = values[np.isfinite(values)]
     scale = float(np.median(values)) if values.size else 1.0
     scale = scale if np.isfinite(scale) and scale > 0 else 1.0
     table = []
-    for k in range(len(ladder) - 1):
-        both = out_mask & np.isfinite(maps[k]) & np.isfinite(maps[k + 1])
+    for k in range(len(maps) - 1):
+        both = np.isfinite(maps[k]) & np.isfinite(maps[k + 1])
         change = float(np.median(np.abs(maps[k + 1][both] - maps[k][both]))) / scale if both.any() else np.inf
         table.append({"radius": ladder[k], "next": ladder[k + 1], "relative_change": change})
     if not table:
-        return ladder[0], table
+        return {"radius": ladder[0], "ladder": table}
     best = min(range(len(table)), key=lambda k: table[k]["relative_change"])
-    return ladder[best], table
+    return {"radius": ladder[best], "ladder": table}
 
 
-def _direct(arrays, ctx: _Context, radius, deriv_mask, n_bootstrap, noise, seed, out_mask):
-    """Closed form at ``radius`` plus the parametric-bootstrap uncertainty (noise and smoothing bias).
+def _direct(ladder: DerivativeLadder, ctx: _Context, radius, out_mask, uncertainty, n_bootstrap,
+            noise: NoiseModel | None, seed, arrays):
+    """Closed form at ``radius`` and its uncertainty ``sqrt(noise^2 + bias^2)``.
 
-    Noise: standard deviation of the rate over ``n_bootstrap`` realisations of the estimated input noise.
-    Bias: the change to the next-smaller radius ``R / q`` (``q = 1.25``) smoothed at ``R``; a bias growing like
-    ``R^2`` makes it ``(1 - q^-2)`` times the bias at ``R``. It counts only where it exceeds twice its own noise
-    (estimated with the same realisations). ``uncertainty = sqrt(noise^2 + bias^2)``.
+    Noise: propagated (:func:`~napari_mollifier.methods.direct.propagate`) or the standard deviation over
+    ``n_bootstrap`` realisations of the noise model. Bias: the change to the next-smaller radius ``R / q``
+    (``q = 1.25``) smoothed at ``R``; a bias growing like ``R^2`` makes it ``(1 - q^-2)`` times the bias at ``R``.
+    It counts only where it exceeds twice its own noise. Returns ``(rate, sigma, d)``.
     """
-    tensors = _tensors(arrays, ctx)
     small = max(radius / _LADDER_STEP, ctx.order + 1)
-    d = ctx.mollify(tensors, radius, deriv_mask)
-    rate = ctx.closed_form(d)[0]
-    inside = torch.as_tensor(out_mask, device=rate.device)
+    jac = _jacobian(ladder)
+    d = ladder.at(radius)
+    inside = torch.as_tensor(out_mask, device=ctx.device)
     _check_derivatives_defined(d, inside, ctx, radius, out_mask)
+    if uncertainty == "propagate":
+        rate, var, a = propagate(ladder, radius, d, ctx.closed_form, noise, out_mask, jac)
+    else:
+        rate = ctx.closed_form({n: {k: v[None] for k, v in keys.items()} for n, keys in d.items()})[0]
     undefined = float((~torch.isfinite(rate[inside])).float().mean()) if bool(inside.any()) else 1.0
     if undefined > 0.5:
         name = "phi_e (euchromatin)" if ctx.model.positive_denominator else "the closed form's divisor"
@@ -240,33 +302,61 @@ def _direct(arrays, ctx: _Context, radius, deriv_mask, n_bootstrap, noise, seed,
             f"the rate is undefined in {undefined:.0%} of the ROI because {name} is zero, negative or not finite "
             "there after smoothing: check the channel assignment and intensity normalisation of the inputs"
         )
-    out_mask = out_mask & torch.isfinite(rate).cpu().numpy()  # fixed for all samples: one cached mask operator
-    change = _smoothed_change(rate, ctx.rate(tensors, small, deriv_mask)[0], ctx, radius, out_mask)
+    out_mask = out_mask & torch.isfinite(rate).cpu().numpy()
     ctx.tick({"stage": "closed form"})
-    rng = np.random.default_rng(seed)
-    stats = torch.zeros((4,) + tuple(rate.shape), dtype=rate.dtype, device=rate.device)
-    for b in range(n_bootstrap):
-        noisy = {
-            k: tensors[k] + torch.as_tensor(noise[k] * rng.standard_normal(arrays[k].shape), dtype=ctx.dtype,
-                                            device=ctx.device)[None]
-            for k in arrays
-        }
-        sample = ctx.rate(noisy, radius, deriv_mask)[0]
-        sample_change = _smoothed_change(sample, ctx.rate(noisy, small, deriv_mask)[0], ctx, radius, out_mask)
-        stats += torch.stack([sample, sample**2, sample_change, sample_change**2])
-        ctx.tick({"stage": "uncertainty", "sample": b + 1})
-    if n_bootstrap > 1:
-        mean = stats / n_bootstrap
-        factor = n_bootstrap / (n_bootstrap - 1)
-        noise_var = (mean[1] - mean[0] ** 2).clamp_min(0) * factor
-        change_noise_var = (mean[3] - mean[2] ** 2).clamp_min(0) * factor
-        significant = change**2 > 4 * change_noise_var  # keep the bias only where it passes a 2-sigma test
-        bias_sq = torch.where(significant, change**2, torch.zeros_like(change)) / (1 - _LADDER_STEP**-2) ** 2
-        sigma = (noise_var + bias_sq).sqrt()
+    if uncertainty == "none":
+        return rate, torch.full_like(rate, float("nan")), d
+    d_small = ladder.at(small) if small < radius else d
+    if uncertainty == "propagate":
+        if small < radius:
+            rate_small, _, a_small = propagate(ladder, small, d_small, ctx.closed_form, noise, out_mask, jac)
+            change = ladder.smooth(rate - rate_small, radius, out_mask)
+            change_var = change_variance(ladder, radius, small, a, a_small, noise, rate)
+        else:
+            change = change_var = torch.zeros_like(rate)
+        noise_var = var
     else:
-        sigma = torch.full_like(rate, float("nan"))
-    smoothed = {k: d[k]["u"][0] for k in d if "u" in d[k] and k in arrays}
-    return rate, sigma, d, smoothed
+        rate_small = _rate_of(d_small, ctx)
+        change = ladder.smooth(rate - rate_small, radius, out_mask) if small < radius else torch.zeros_like(rate)
+        noise_var, change_var = _bootstrap(ladder, ctx, radius, small, out_mask, n_bootstrap, noise, seed, arrays)
+    ctx.tick({"stage": "uncertainty"})
+    significant = change**2 > 9 * change_var  # keep the bias only where it passes a 3-sigma test
+    bias_sq = torch.where(significant, change**2, torch.zeros_like(change)) / (1 - _LADDER_STEP**-2) ** 2
+    sigma = (noise_var + torch.nan_to_num(bias_sq)).sqrt()
+    sigma = torch.where(torch.as_tensor(out_mask, device=sigma.device), sigma, torch.full_like(sigma, float("nan")))
+    return rate, sigma, d
+
+
+def _rate_of(d: dict, ctx: _Context) -> torch.Tensor:
+    return ctx.closed_form({n: {k: v[None] for k, v in keys.items()} for n, keys in d.items()})[0]
+
+
+def _bootstrap(ladder: DerivativeLadder, ctx: _Context, radius, small, out_mask, n_bootstrap, noise: NoiseModel,
+               seed, arrays):
+    """Variance of the rate and of its smoothed change to ``small`` over ``n_bootstrap`` realisations of the
+    noise model (correlated noise drawn as blurred white noise, correlated between fields by a Cholesky factor)."""
+    rng = np.random.default_rng(seed)
+    names = list(arrays)
+    shape = next(iter(arrays.values())).shape
+    chol = np.linalg.cholesky(noise.covariance(names) + 1e-30 * np.eye(len(names)))
+    tensors = _tensors(arrays, ctx)
+    stats = None
+    for b in range(n_bootstrap):
+        white = np.stack([blur_white_noise(rng.standard_normal(shape), noise.correlation_length) for _ in names])
+        draws = np.tensordot(chol, white, axes=1)
+        noisy = {k: tensors[k][0] + torch.as_tensor(draws[i], dtype=ctx.dtype, device=ctx.device)
+                 for i, k in enumerate(names)}
+        sample = _rate_of(ladder.at(radius, noisy), ctx)
+        if small < radius:
+            sample_change = ladder.smooth(sample - _rate_of(ladder.at(small, noisy), ctx), radius, out_mask)
+        else:
+            sample_change = torch.zeros_like(sample)
+        term = torch.stack([sample, sample**2, sample_change, sample_change**2])
+        stats = term if stats is None else stats + term
+        ctx.tick({"stage": "uncertainty", "sample": b + 1})
+    mean = stats / n_bootstrap
+    factor = n_bootstrap / (n_bootstrap - 1)
+    return (mean[1] - mean[0] ** 2).clamp_min(0) * factor, (mean[3] - mean[2] ** 2).clamp_min(0) * factor
 
 
 def _check_derivatives_defined(d, inside, ctx: _Context, radius, out_mask) -> None:
@@ -278,7 +368,7 @@ def _check_derivatives_defined(d, inside, ctx: _Context, radius, out_mask) -> No
     defined = torch.ones_like(inside)
     for keys in d.values():
         for value in keys.values():
-            defined &= torch.isfinite(value[0])
+            defined &= torch.isfinite(value)
     missing = float((~defined[inside]).float().mean())
     if missing <= 0.5:
         return
@@ -326,15 +416,6 @@ def _refuse_constant(arrays: dict, where: np.ndarray, region: str) -> None:
             )
 
 
-def _smoothed_change(rate, rate_small, ctx: _Context, radius, out_mask) -> torch.Tensor:
-    """``rate - rate_small`` smoothed by the kernel at ``radius`` inside the ROI (NaN where undefined)."""
-    delta = torch.nan_to_num(rate - rate_small, nan=0.0, posinf=0.0, neginf=0.0)
-    if not out_mask.any():
-        return torch.full_like(delta, float("nan"))
-    return derivatives(delta, radius, spacing=ctx.spacing, kernel=ctx.kernel, which=("u",),
-                       ndim=len(ctx.spacing), mask=out_mask)["u"]
-
-
 def _residual(d, rate: torch.Tensor, ctx: _Context, radius, deriv_mask) -> torch.Tensor:
     """Model residual with the rate smoothed by the same kernel (NaN where the rate is undefined)."""
     finite = torch.isfinite(rate)
@@ -346,8 +427,7 @@ def _residual(d, rate: torch.Tensor, ctx: _Context, radius, deriv_mask) -> torch
         kwargs = {"mask": mask}
     smooth = derivatives(torch.nan_to_num(rate), radius, spacing=ctx.spacing, kernel=ctx.kernel, which=("u",),
                          ndim=len(ctx.spacing), **kwargs)["u"]
-    one = {k: {kk: vv[0] for kk, vv in v.items()} for k, v in d.items()}
-    return ctx.model.residual(one, smooth, ctx.params)
+    return ctx.model.residual(d, smooth, ctx.params)
 
 
 def infer_rates(
@@ -366,8 +446,11 @@ def infer_rates(
     kernel: str = "poly",
     boundary: str = "mask",
     roi_mode: str = "image",
+    uncertainty: str = "propagate",
     n_bootstrap: int = 100,
     noise="auto",
+    noise_correlation=None,
+    radius_rule: str = "lepski",
     iterations: int | None = None,
     base: str = "mlp",
     allow_constant: bool = False,
@@ -389,7 +472,7 @@ def infer_rates(
     pixel_size : float or tuple
         Physical size of a pixel (per axis); for ``"langevin"`` the time step.
     radius : "auto" or float
-        Kernel radius in pixels; ``"auto"`` chooses it by quasi-optimality (module docstring).
+        Kernel radius in pixels; ``"auto"`` chooses it on a ladder of radii by ``radius_rule`` (module docstring).
     method : str
         ``"direct"`` (closed form on mollified data), ``"network"`` (mollified network) or ``"autodiff"``.
     roi : None, bool array or int array
@@ -410,10 +493,23 @@ def infer_rates(
     roi_mode : str
         ``"image"``: derivatives use all valid pixels of the image, the ROI selects where the maps are reported
         (no ROI-edge band). ``"isolate"``: each ROI is solved with only its own pixels (separate nuclei).
+    uncertainty : str
+        ``"propagate"`` (default: the input noise propagated through the kernels and the linearised closed form,
+        plus the smoothing bias), ``"bootstrap"`` (``n_bootstrap`` noise realisations pushed through the solver;
+        slow, for checking) or ``"none"``.
     n_bootstrap : int
-        Noise realisations for the uncertainty (>= 2; 0 disables it).
-    noise : "auto", float or dict
-        Noise standard deviation of the inputs (per field as a dict); ``"auto"`` estimates it from the data.
+        Noise realisations for ``uncertainty="bootstrap"`` (>= 2). ``0`` disables the uncertainty whatever
+        ``uncertainty`` says (as ``"none"``).
+    noise : "auto", float, dict or NoiseModel
+        Noise standard deviation of the inputs (per field as a dict); ``"auto"`` estimates it, and its
+        correlation between pixels and between fields, from the data (:mod:`napari_mollifier.noise`).
+    noise_correlation : float, optional
+        Correlation length of the noise in pixels (std of the Gaussian blur that makes white noise into it) when
+        ``noise`` is given as numbers; default 0 (white). Ignored with ``noise="auto"`` (estimated).
+    radius_rule : str
+        How ``radius="auto"`` picks the radius: ``"lepski"`` (default: the largest radius whose map stays within
+        one propagated standard deviation of the maps at all smaller radii) or ``"quasi-optimality"`` (the radius
+        whose map changes least to the next radius; the rule before version 0.3).
     iterations, base : network options (``method="network"``/``"autodiff"``).
     allow_constant : bool
         A field that is constant where the derivatives are taken (every finite pixel of the image, or of the ROI
@@ -465,7 +561,6 @@ def infer_rates(
     n_bootstrap = int(n_bootstrap) if method == "direct" else 0
     if n_bootstrap == 1:
         raise MollifierInputError("n_bootstrap must be 0 (no uncertainty) or at least 2")
-    noise_levels = _noise_levels(noise, arrays, valid)
     extent = min(shape) if roi is None else None
     order = _model_order(m, ndim)
     smallest = max(order + 1, 3) if auto else order + 1
@@ -485,6 +580,18 @@ def infer_rates(
         _refuse_constant(arrays, valid if roi_mode == "image" else valid & (labels > 0),
                          "image" if roi_mode == "image" else "ROI")
 
+    if uncertainty not in UNCERTAINTY_METHODS:
+        raise MollifierInputError(f"unknown uncertainty {uncertainty!r}: use one of {UNCERTAINTY_METHODS}")
+    if radius_rule not in RADIUS_RULES:
+        raise MollifierInputError(f"unknown radius_rule {radius_rule!r}: use one of {RADIUS_RULES}")
+    if method != "direct" or n_bootstrap == 0:
+        uncertainty = "none"
+    if uncertainty != "bootstrap":
+        n_bootstrap = 0
+    needs_noise = uncertainty != "none" or (auto and radius_rule == "lepski")
+    noise_model = _noise_model(noise, noise_correlation, arrays, valid, estimate=needs_noise)
+
+    groups = [label_ids] if roi_mode == "image" else [[lab] for lab in label_ids]
     ladders = {}
     for lab in label_ids:
         region = labels == lab
@@ -492,45 +599,65 @@ def infer_rates(
         ext = max(ext, min(shape) if roi_mode == "image" else ext)
         ladders[lab] = _radius_ladder(order, min(ext, min(shape))) if auto else [radius]
     network_steps = 0 if method == "direct" else int(iterations or 1500)
-    per_label = {lab: (len(ladders[lab]) if auto else 0) + 2 + n_bootstrap + network_steps for lab in label_ids}
-    ctx = _Context(m, p, spacing, kernel, boundary, dev, progress, cancel, total=sum(per_label.values()))
+    per_group = [max(len(ladders[lab]) for lab in g) + 3 + n_bootstrap * len(g) for g in groups]
+    ctx = _Context(m, p, spacing, kernel, boundary, dev, progress, cancel,
+                   total=sum(per_group) + network_steps * len(label_ids))
 
     rate_map = np.full(shape, np.nan)
     sigma_map = np.full(shape, np.nan)
     residual_map = np.full(shape, np.nan)
     smoothed_maps = {k: np.full(shape, np.nan) for k in arrays}
-    stats, radius_choice = [], {}
+    stats, radius_choice = {}, {}
     try:
-        for lab in label_ids:
-            region = (labels == lab) & valid
-            if not region.any():
-                raise MollifierInputError(f"ROI {lab} contains no valid (finite) pixel")
-            deriv_mask = region if roi_mode == "isolate" else valid
-            ctx.region = region
+        for group in groups:
+            regions = {lab: (labels == lab) & valid for lab in group}
+            for lab, region in regions.items():
+                if not region.any():
+                    raise MollifierInputError(f"ROI {lab} contains no valid (finite) pixel")
+            union = np.any(list(regions.values()), axis=0)
+            deriv_mask = valid if roi_mode == "image" else union
+            ctx.region = union
+            max_radius = max(max(ladders[lab]) for lab in group)
+            ladder = DerivativeLadder(m, p, {k: v[0] for k, v in _tensors(arrays, ctx).items()}, spacing, kernel, boundary,
+                                      deriv_mask if boundary == "mask" else None,
+                                      union if boundary == "mask" else None, max_radius)
             if auto:
-                r, table = _choose_radius(arrays, ctx, deriv_mask, region, ladders[lab])
-                radius_choice[lab] = {"radius": r, "ladder": table}
+                chosen = _choose_radii(ladder, ctx, regions, ladders, radius_rule, noise_model)
+                radius_choice.update(chosen)
             else:
-                r = radius
-            if method == "direct":
-                rate, sigma, d, smoothed = _direct(arrays, ctx, r, deriv_mask, n_bootstrap, noise_levels, seed,
-                                                   region)
-                resid = _residual(d, rate, ctx, r, deriv_mask)
-                rate_np, sigma_np = rate.cpu().numpy(), sigma.cpu().numpy()
-                resid_np = resid.detach().cpu().numpy()
-                smoothed_np = {k: v.cpu().numpy() for k, v in smoothed.items()}
-            else:
-                out = _network(arrays, ctx, r, deriv_mask, method, iterations, base, seed)
-                rate_np, resid_np, smoothed_np = out["rate"], out["residual"], out["smoothed"]
-                sigma_np = np.full(shape, np.nan)
-            ctx.tick({"stage": "done", "label": lab})
-            rate_map[region] = rate_np[region]
-            sigma_map[region] = sigma_np[region]
-            residual_map[region] = resid_np[region]
-            for k in smoothed_maps:
-                if k in smoothed_np:
-                    smoothed_maps[k][region] = smoothed_np[k][region]
-            stats.append(_roi_stats(lab, region, rate_np, sigma_np, spacing, r))
+                chosen = {lab: {"radius": radius} for lab in group}
+            by_radius: dict = {}
+            for lab in group:
+                by_radius.setdefault(chosen[lab]["radius"], []).append(lab)
+            for r, labs in by_radius.items():
+                region = np.any([regions[lab] for lab in labs], axis=0)
+                ctx.region = region
+                if method == "direct":
+                    rate, sigma, d = _direct(ladder, ctx, r, region, uncertainty, n_bootstrap, noise_model, seed,
+                                             arrays)
+                    resid = _residual(d, rate, ctx, r, deriv_mask)
+                    rate_np, sigma_np = rate.cpu().numpy(), sigma.cpu().numpy()
+                    resid_np = resid.detach().cpu().numpy()
+                    smoothed_np = {k: d[k]["u"].cpu().numpy() for k in d if "u" in d[k] and k in arrays}
+                    ctx.tick({"stage": "done", "labels": labs})
+                    outputs = [(region, rate_np, sigma_np, resid_np, smoothed_np)]
+                else:
+                    outputs = []
+                    for lab in labs:
+                        ctx.region = regions[lab]
+                        out = _network(arrays, ctx, r, deriv_mask, method, iterations, base, seed)
+                        outputs.append((regions[lab], out["rate"], np.full(shape, np.nan), out["residual"],
+                                        out["smoothed"]))
+                        ctx.tick({"stage": "done", "label": lab})
+                for where, rate_np, sigma_np, resid_np, smoothed_np in outputs:
+                    rate_map[where] = rate_np[where]
+                    sigma_map[where] = sigma_np[where]
+                    residual_map[where] = resid_np[where]
+                    for k in smoothed_maps:
+                        if k in smoothed_np:
+                            smoothed_maps[k][where] = smoothed_np[k][where]
+                for lab in labs:
+                    stats[lab] = _roi_stats(lab, regions[lab], rate_map, sigma_map, spacing, r)
     except Exception as exc:
         if not _is_oom(exc):
             raise
@@ -538,12 +665,13 @@ def infer_rates(
     else:
         oom = None
     if oom is not None:  # outside the except block, so the failed frames (and their tensors) are released
-        ctx = rate_map = sigma_map = residual_map = smoothed_maps = None
+        ctx = rate_map = sigma_map = residual_map = smoothed_maps = ladder = None
         _release_device_memory(dev)
         raise MollifierMemoryError(
             f"out of memory on {dev} for a {' x '.join(map(str, shape))} px run ({oom}): run it in tiles "
             "(napari_mollifier.tiling.infer_auto, or --tile in the CLI), with a smaller radius, or on device='cpu'"
         )
+    stats = [stats[lab] for lab in label_ids]
 
     provenance = {
         "software": {"napari_mollifier": __version__, "torch": torch.__version__, "numpy": np.__version__,
@@ -561,9 +689,12 @@ def infer_rates(
         "device": str(dev),
         "seed": int(seed),
         "n_bootstrap": n_bootstrap,
-        "noise": noise_levels,
-        "uncertainty": "sqrt(noise^2 + bias^2): parametric bootstrap at the estimated input noise, plus the "
-        "smoothing bias estimated from the change to radius R/1.25 (noise part removed)",
+        "noise": dict(noise_model.sigma) if noise_model is not None else None,
+        "noise_correlation": noise_model.correlation_length if noise_model is not None else None,
+        "noise_model": noise_model.as_dict() if noise_model is not None else None,
+        "uncertainty_method": uncertainty,
+        "uncertainty": _UNCERTAINTY_TEXT[uncertainty],
+        "radius_rule": radius_rule if auto else None,
         "iterations": network_steps or None,
         "base": base if method != "direct" else None,
         "input_hashes": {k: _hash(v) for k, v in arrays.items()},
@@ -593,14 +724,40 @@ def _maybe_split_density(fields, model: Model, roi):
     return fractions, assumption
 
 
-def _noise_levels(noise, arrays, valid) -> dict:
+def _noise_model(noise, correlation, arrays, valid, estimate: bool) -> NoiseModel | None:
+    """The :class:`NoiseModel` of the inputs: estimated (``noise="auto"``) or given (numbers, dict, model)."""
+    if isinstance(noise, NoiseModel):
+        return noise
+    if correlation is not None:
+        try:
+            correlation = float(correlation)
+        except (TypeError, ValueError):
+            correlation = float("nan")
+        if not (np.isfinite(correlation) and 0 <= correlation <= 10):
+            raise MollifierInputError(
+                f"noise_correlation must be a correlation length in pixels between 0 and 10, got {correlation!r}")
     if isinstance(noise, str):
         if noise != "auto":
             raise MollifierInputError(f"noise must be 'auto', a number or a dict per field, got {noise!r}")
-        return {k: estimate_noise(np.where(valid, v, 0.0), valid) for k, v in arrays.items()}
+        if not estimate:
+            return None
+        return estimate_noise_model({k: np.where(valid, v, np.nan) for k, v in arrays.items()}, valid)
     if isinstance(noise, dict):
-        return {k: float(noise.get(k, 0.0)) for k in arrays}
-    return {k: float(noise) for k in arrays}
+        unknown = sorted(set(noise) - set(arrays))
+        if unknown:
+            raise MollifierInputError(f"noise names field(s) {unknown} that the model does not read ({list(arrays)})")
+        levels = {k: noise.get(k, 0.0) for k in arrays}
+    else:
+        levels = {k: noise for k in arrays}
+    for k, v in levels.items():
+        try:
+            levels[k] = float(v)
+        except (TypeError, ValueError):
+            levels[k] = float("nan")
+        if not (np.isfinite(levels[k]) and levels[k] >= 0):
+            raise MollifierInputError(
+                f"noise for {k!r} must be a finite standard deviation >= 0 (units of the field), got {v!r}")
+    return NoiseModel(sigma=levels, correlation_length=float(correlation or 0.0), source="given")
 
 
 def _roi_stats(lab, region, rate, sigma, spacing, radius) -> dict:

@@ -1,0 +1,392 @@
+"""Mask mode: normalised convolution with per-pixel moment re-correction near the mask's edge.
+
+For each pure derivative ``alpha`` (order n, D = n + 1) the kernel at pixel p is
+
+    k_alpha(p, x) = m(p + x) [A_alpha(x) + eta(x) sum_{|b|<=D} c_b(p) (x/R)^b]
+
+where ``A_alpha`` is the sampled analytic kernel, ``m`` the mask and ``c(p)`` solves the local moment system
+``G(p) c = t_alpha - a_alpha(p)`` with ``G_gb(p) = sum_x m(p+x) eta(x) (x/R)^(g+b)`` and
+``a_g(p) = sum_x m(p+x) A_alpha(x) (x/R)^g`` (docs/science.md, "Derivatives near edges").
+
+Where the whole window lies inside the mask (``interior``: the distance to the nearest pixel outside the mask or
+the image is at least R) this is the fixed moment-corrected kernel, so interior pixels cost one ordinary
+correlation per derivative. Only the ``edge`` pixels (inside the mask, window touching its outside) get their own
+kernels: their coefficients are solved once per mask and radius and cached, and their outputs are computed from
+the pixel's window (``E x P`` products, ``P`` the window size) or, when there are many edge pixels, from full-image
+correlations with the ``eta (x/R)^b`` basis -- whichever costs less. Pixels whose local ``G`` is singular (too few
+mask pixels around them) are not valid (NaN), like pixels outside the mask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from scipy.fft import next_fast_len
+
+from .kernels import analytic_kernel, correction_coefficients, corrected_kernel, moment_targets, monomials, multi_indices
+
+__all__ = ["MaskOperator", "mask_operator", "apply_masked", "FieldSpectrum", "edge_kernels", "correlate"]
+
+_RCOND = 1e-12  # smallest eigenvalue ratio of a local moment matrix accepted
+_CHUNK_ELEMENTS = 2**23  # window values per chunk of edge pixels (64 MiB in float64)
+_CACHE: OrderedDict = OrderedDict()
+_CACHE_SIZE = 24
+_CACHE_BYTES = 512 * 2**20
+
+
+# --- correlation engines ------------------------------------------------------------------------------------------
+
+def _conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Valid-mode correlation of ``x`` ``(B, 1, *P)`` with ``weight`` ``(K, *k)`` -> ``(B, K, *(P - k + 1))``."""
+    conv = (F.conv1d, F.conv2d, F.conv3d)[weight.dim() - 2]
+    return conv(x, weight.unsqueeze(1))
+
+
+_SPECTRUM_CACHE: OrderedDict = OrderedDict()
+_SPECTRUM_CACHE_BYTES = 256 * 2**20
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha1(t.detach().cpu().numpy().tobytes()).hexdigest()
+
+
+def _cached_spectrum(key, make):
+    if key in _SPECTRUM_CACHE:
+        _SPECTRUM_CACHE.move_to_end(key)
+        return _SPECTRUM_CACHE[key]
+    spectrum = make()
+    _SPECTRUM_CACHE[key] = spectrum
+    while len(_SPECTRUM_CACHE) > 1 and sum(
+        v.numel() * v.element_size() for v in _SPECTRUM_CACHE.values()
+    ) > _SPECTRUM_CACHE_BYTES:
+        _SPECTRUM_CACHE.popitem(last=False)
+    return spectrum
+
+
+def _kernel_spectrum(weight: torch.Tensor, size: tuple) -> torch.Tensor:
+    """``conj(rfftn(weight, size))`` (kernel in the corner), cached for fixed kernels."""
+    d = weight.dim() - 1
+    dims = tuple(range(-d, 0))
+    if weight.requires_grad:
+        return torch.fft.rfftn(weight, s=size, dim=dims).conj()
+    key = ("corner", tuple(weight.shape), size, weight.dtype, str(weight.device), _digest(weight))
+    return _cached_spectrum(key, lambda: torch.fft.rfftn(weight, s=size, dim=dims).conj())
+
+
+def _fft_correlate(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Same as :func:`_conv`, by ``irfft(rfft(x) * conj(rfft(weight)))`` (circular, cropped to the valid part)."""
+    d = weight.dim() - 1
+    dims = tuple(range(-d, 0))
+    shape = tuple(x.shape[-d:])
+    size = tuple(next_fast_len(n, real=True) for n in shape)  # zero-padding past n keeps the valid part exact
+    spec_x = torch.fft.rfftn(x, s=size, dim=dims)
+    out = torch.fft.irfftn(spec_x * _kernel_spectrum(weight, size).unsqueeze(0), s=size, dim=dims)
+    valid = tuple(slice(0, n - k + 1) for n, k in zip(shape, weight.shape[1:]))
+    return out[(Ellipsis,) + valid]
+
+
+def use_fft(method: str, weight: torch.Tensor, padded_shape) -> bool:
+    """FFT when ``taps > 4 min(K, 8) log2(N)``: fitted on CPU timings for K <= 8 kernels (benchmarks/RESULTS.md,
+    crossover table), where direct cost grows far less than linearly with K."""
+    if method != "auto":
+        return method == "fft"
+    taps = math.prod(weight.shape[1:])
+    if weight.dtype == torch.float64:  # no vectorised direct float64 convolution on the CPU: FFT from 4^d taps
+        return taps > 4 ** (weight.dim() - 1)
+    n_kernels = weight.shape[0]
+    n_pix = math.prod(padded_shape)
+    return taps > 4.0 * min(n_kernels, 8) * math.log2(max(n_pix, 2))
+
+
+def correlate(x: torch.Tensor, weight: torch.Tensor, method: str) -> torch.Tensor:
+    """Valid-mode correlation, directly or by FFT (:func:`use_fft`)."""
+    if use_fft(method, weight, x.shape[2:]):
+        return _fft_correlate(x, weight)
+    return _conv(x, weight)
+
+
+class FieldSpectrum:
+    """The FFT of one zero-filled field, shared by kernels of every radius up to ``max_half``.
+
+    ``correlate(weight)`` returns ``sum_x f(p + x) K(x)`` on the image grid with zeros outside the image (the
+    linear correlation a zero-padded direct convolution gives): the FFT length is at least ``n + max_half`` per
+    axis, so nothing wraps around. A radius ladder then costs one forward FFT per field and one inverse FFT per
+    kernel and radius.
+    """
+
+    def __init__(self, x: torch.Tensor, max_half: int):
+        self.ndim = x.dim() - 2
+        self.shape = tuple(x.shape[2:])
+        self.size = tuple(next_fast_len(n + max_half, real=True) for n in self.shape)
+        self.max_half = max_half
+        self.dims = tuple(range(-self.ndim, 0))
+        self.spec = torch.fft.rfftn(x, s=self.size, dim=self.dims)
+
+    def _centred_spectrum(self, weight: torch.Tensor) -> torch.Tensor:
+        def make():
+            h = (weight.shape[1] - 1) // 2
+            rolled = torch.zeros((weight.shape[0],) + self.size, dtype=weight.dtype, device=weight.device)
+            rolled[(slice(None),) + tuple(slice(0, 2 * h + 1) for _ in range(self.ndim))] = weight
+            rolled = torch.roll(rolled, shifts=(-h,) * self.ndim, dims=self.dims)
+            return torch.fft.rfftn(rolled, dim=self.dims).conj()
+
+        if weight.requires_grad:
+            return make()
+        key = ("centred", tuple(weight.shape), self.size, weight.dtype, str(weight.device), _digest(weight))
+        return _cached_spectrum(key, make)
+
+    def correlate(self, weight: torch.Tensor) -> torch.Tensor:
+        h = (weight.shape[1] - 1) // 2
+        if h > self.max_half:
+            raise ValueError(f"kernel half-width {h} exceeds the spectrum's {self.max_half}")
+        out = torch.fft.irfftn(self.spec * self._centred_spectrum(weight).unsqueeze(0), s=self.size, dim=self.dims)
+        return out[(Ellipsis,) + tuple(slice(0, n) for n in self.shape)]
+
+
+def _pad_zeros(x: torch.Tensor, half: int) -> torch.Tensor:
+    return F.pad(x, [half] * (2 * (x.dim() - 2))) if half else x
+
+
+# --- the per-mask operator ----------------------------------------------------------------------------------------
+
+@dataclass
+class MaskOperator:
+    """Everything about mask-mode derivatives that depends on the mask (and ``where``), not on the data.
+
+    ``valid`` ``(Bm, *S)``: output defined; ``interior`` ``(Bm, *S)``: valid with the whole window inside the mask;
+    ``edges[bm]``: ``(positions, coef)`` -- flat indices of the other valid pixels and their correction
+    coefficients ``(E, n_alpha, n_basis)`` (float64).
+    """
+
+    mask: torch.Tensor  # (Bm, 1, *S) bool
+    valid: torch.Tensor
+    interior: torch.Tensor
+    edges: list
+
+    def nbytes(self) -> int:
+        return sum(p.numel() * 8 + c.numel() * c.element_size() for p, c in self.edges) + 3 * self.mask.numel()
+
+
+def _window(half: int, ndim: int) -> list[np.ndarray]:
+    axis = np.arange(-half, half + 1, dtype=np.float64)
+    return list(np.meshgrid(*([axis] * ndim), indexing="ij"))
+
+
+@lru_cache(maxsize=64)
+def _basis_arrays(kernel: str, radius: float, alphas: tuple, ndim: int, order: int, half: int):
+    """``(A (n_alpha, P), EB (n_basis, P), gram_basis (P, n_delta), moment_basis (P, n_alpha * n_basis))``."""
+    coords = _window(half, ndim)
+    eta = analytic_kernel(kernel, radius, (0,) * ndim)
+    betas = multi_indices(ndim, order + 1)
+    deltas = multi_indices(ndim, 2 * (order + 1))
+    mono = monomials(coords, betas, radius)
+    analytic = np.stack([analytic_kernel(kernel, radius, a) for a in alphas])
+    eb = eta[None] * mono
+    gram_basis = (eta[None] * monomials(coords, deltas, radius)).reshape(len(deltas), -1).T
+    moment_basis = np.concatenate([(a[None] * mono).reshape(len(betas), -1) for a in analytic]).T
+    return (analytic.reshape(len(alphas), -1), eb.reshape(len(betas), -1), np.ascontiguousarray(gram_basis),
+            np.ascontiguousarray(moment_basis), betas, deltas)
+
+
+def _offsets(half: int, padded_shape: tuple, device) -> torch.Tensor:
+    """Flat offsets of a window's pixels in a C-ordered padded array, relative to the window's centre."""
+    strides = np.cumprod((1,) + tuple(reversed(padded_shape[1:])))[::-1]
+    grids = np.meshgrid(*([np.arange(-half, half + 1)] * len(padded_shape)), indexing="ij")
+    return torch.as_tensor(sum(g * s for g, s in zip(grids, strides)).ravel(), device=device)
+
+
+def _padded_index(pos: torch.Tensor, shape: tuple, half: int) -> torch.Tensor:
+    """Flat indices ``pos`` of the unpadded grid -> flat indices of the same pixels in the array padded by half."""
+    coords = torch.unravel_index(pos, shape)
+    padded = tuple(n + 2 * half for n in shape)
+    out = torch.zeros_like(pos)
+    for c, n in zip(coords, padded):
+        out = out * n + (c + half)
+    return out
+
+
+def _chunks(n: int, per_row: int):
+    step = max(1, _CHUNK_ELEMENTS // max(per_row, 1))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
+
+
+def _use_windows(n_edge: int, window: int, n_kernels: int, n_pixels: int) -> bool:
+    """Windows (``E P K`` products) or full-image FFT correlations (``~ 5 K N log2 N``), whichever is cheaper."""
+    return n_edge * window * n_kernels <= 5.0 * n_kernels * n_pixels * math.log2(max(n_pixels, 2))
+
+
+def _edge_values(src: torch.Tensor, basis: torch.Tensor, pos: torch.Tensor, shape: tuple, half: int,
+                 method: str) -> torch.Tensor:
+    """``sum_x src(p + x) basis_j(x)`` at flat positions ``pos`` -> ``(B, E, n_basis)``; ``src`` ``(B, 1, *S)``
+    is zero outside the mask, ``basis`` ``(P, n_basis)``."""
+    ndim = len(shape)
+    padded = _pad_zeros(src, half)
+    n_pix = math.prod(padded.shape[2:])
+    if _use_windows(pos.numel(), basis.shape[0], basis.shape[1], n_pix):
+        flat = padded.reshape(padded.shape[0], -1)
+        offsets = _offsets(half, tuple(padded.shape[2:]), src.device)
+        centre = _padded_index(pos, shape, half)
+        parts = []
+        for sl in _chunks(pos.numel(), basis.shape[0]):
+            windows = flat[:, centre[sl, None] + offsets[None]]  # (B, c, P)
+            parts.append(windows @ basis)
+        return torch.cat(parts, dim=1) if parts else flat.new_zeros((flat.shape[0], 0, basis.shape[1]))
+    kernels = basis.T.reshape((basis.shape[1],) + (2 * half + 1,) * ndim)
+    full = correlate(padded, kernels, method)  # (B, n_basis, *S)
+    return full.reshape(full.shape[0], full.shape[1], -1)[:, :, pos].transpose(1, 2)
+
+
+_DISTANCE_CACHE: OrderedDict = OrderedDict()
+
+
+def _interior(mask_np: np.ndarray, radius: float) -> np.ndarray:
+    """Pixels whose distance to the nearest pixel outside the mask (or the image) is at least ``radius``
+    (one Euclidean distance transform per mask, cached)."""
+    key = (mask_np.shape, hashlib.sha1(np.packbits(mask_np).tobytes()).hexdigest())
+    if key in _DISTANCE_CACHE:
+        _DISTANCE_CACHE.move_to_end(key)
+        dist = _DISTANCE_CACHE[key]
+    else:
+        padded = np.pad(mask_np, 1, constant_values=False)
+        dist = ndimage.distance_transform_edt(padded)[(slice(1, -1),) * mask_np.ndim].astype(np.float32)
+        _DISTANCE_CACHE[key] = dist
+        while len(_DISTANCE_CACHE) > 8:
+            _DISTANCE_CACHE.popitem(last=False)
+    return mask_np & (dist >= np.float32(radius) * np.float32(1 - 1e-6))
+
+
+def _safe_solve(gram: torch.Tensor, rhs: torch.Tensor):
+    """Solve symmetric ``gram @ c = rhs`` per pixel; flag systems whose eigenvalue ratio is below ``_RCOND``."""
+    evals, evecs = torch.linalg.eigh(gram)
+    ok = evals[:, 0] > _RCOND * evals[:, -1].clamp_min(1e-300)
+    safe = torch.where(ok[:, None], evals, torch.ones_like(evals))
+    coef = evecs @ ((evecs.transpose(1, 2) @ rhs[..., None])[..., 0] / safe)[..., None]
+    return coef[..., 0], ok
+
+
+def mask_operator(plan, mask: torch.Tensor, where: torch.Tensor | None = None) -> MaskOperator:
+    """The cached :class:`MaskOperator` for ``plan`` (radius, kernel, derivatives) on ``mask`` ``(Bm, 1, *S)``."""
+    device = mask.device
+    digest = hashlib.sha1(mask.detach().cpu().numpy().tobytes()).hexdigest()
+    if where is not None:
+        digest += hashlib.sha1(where.detach().cpu().numpy().tobytes()).hexdigest()
+    key = (plan.ndim, plan.radius, plan.kernel, tuple(plan.alphas), tuple(mask.shape), digest, str(device))
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    ndim, radius, alphas, half = plan.ndim, plan.radius, tuple(plan.alphas), plan.half
+    shape = tuple(mask.shape[2:])
+    A, EB, gram_basis, moment_basis, betas, deltas = _basis_arrays(plan.kernel, radius, alphas, ndim, plan.order,
+                                                                   half)
+    basis = torch.as_tensor(np.concatenate([gram_basis, moment_basis], axis=1), dtype=torch.float64, device=device)
+    index = {d: i for i, d in enumerate(deltas)}
+    gram_index = torch.tensor([[index[tuple(g + b for g, b in zip(gi, bi))] for bi in betas] for gi in betas],
+                              device=device)
+    nb = len(betas)
+    mask_np = mask[:, 0].detach().cpu().numpy()
+    where_np = None if where is None else where[0, 0].detach().cpu().numpy()
+    valid = mask[:, 0].clone()
+    if where is not None:
+        valid &= where[:, 0]
+    interior_np = np.stack([_interior(m, radius) for m in mask_np])
+    interior = torch.as_tensor(interior_np, device=device) & valid
+    edges = []
+    for bm in range(mask.shape[0]):
+        edge_np = mask_np[bm] & ~interior_np[bm]
+        if where_np is not None:
+            edge_np &= where_np
+        pos = torch.as_tensor(np.flatnonzero(edge_np), device=device)
+        coef = torch.zeros((pos.numel(), len(alphas), nb), dtype=torch.float64, device=device)
+        if pos.numel():
+            vals = _edge_values(mask[bm : bm + 1].to(torch.float64), basis, pos, shape, half, plan.method)[0]
+            gram_full = vals[:, gram_index]
+            moments_a = vals[:, len(deltas) :].reshape(-1, len(alphas), nb)
+            ok_all = torch.ones(pos.numel(), dtype=torch.bool, device=device)
+            for i, a in enumerate(alphas):
+                k = len(multi_indices(ndim, sum(a) + 1))
+                target = torch.as_tensor(moment_targets(a, betas[:k], radius), dtype=torch.float64, device=device)
+                c, ok = _safe_solve(gram_full[:, :k, :k], target - moments_a[:, i, :k])
+                coef[:, i, :k] = c
+                ok_all &= ok
+            bad = pos[~ok_all]
+            valid[bm].view(-1)[bad] = False
+            pos, coef = pos[ok_all], coef[ok_all]
+        edges.append((pos, coef))
+    op = MaskOperator(mask=mask, valid=valid, interior=interior, edges=edges)
+    _CACHE[key] = op
+    while len(_CACHE) > 1 and (len(_CACHE) > _CACHE_SIZE or sum(o.nbytes() for o in _CACHE.values()) > _CACHE_BYTES):
+        _CACHE.popitem(last=False)
+    return op
+
+
+def alpha_kernels(plan, dtype, device) -> torch.Tensor:
+    """The fixed moment-corrected kernels of ``plan.alphas`` in pixel units, ``(n_alpha, *window)``."""
+    return torch.as_tensor(np.stack([corrected_kernel(plan.kernel, plan.radius, a) for a in plan.alphas]),
+                           dtype=dtype, device=device)
+
+
+def apply_masked(x: torch.Tensor, plan, op: MaskOperator, spectrum: FieldSpectrum | None = None) -> torch.Tensor:
+    """Mask-mode derivatives: ``x`` ``(B, 1, *S)`` -> ``(B, n_keys, *S)`` in physical units, NaN where not valid.
+
+    ``spectrum``: the :class:`FieldSpectrum` of ``x`` zero-filled outside the mask (shared across radii).
+    """
+    dtype, device = x.dtype, x.device
+    shape = tuple(x.shape[2:])
+    half = plan.half
+    xm = torch.where(op.mask, x, torch.zeros((), dtype=dtype, device=device))
+    weight = alpha_kernels(plan, dtype, device)
+    if spectrum is not None:
+        out_alpha = spectrum.correlate(weight)
+    else:
+        out_alpha = correlate(_pad_zeros(xm, half), weight, plan.method)
+    A, EB, *_ = _basis_arrays(plan.kernel, plan.radius, tuple(plan.alphas), plan.ndim, plan.order, half)
+    if any(pos.numel() for pos, _ in op.edges):
+        out_alpha = out_alpha.clone()
+        flat_out = out_alpha.reshape(out_alpha.shape[0], out_alpha.shape[1], -1)
+        basis = torch.as_tensor(np.concatenate([A, EB]).T, dtype=dtype, device=device)  # (P, n_alpha + nb)
+        n_alpha = A.shape[0]
+        for bm, (pos, coef) in enumerate(op.edges):
+            if not pos.numel():
+                continue
+            batch = slice(None) if op.mask.shape[0] == 1 else slice(bm, bm + 1)
+            vals = _edge_values(xm[batch], basis, pos, shape, half, plan.method)  # (b, E, n_alpha + nb)
+            edge_alpha = vals[..., :n_alpha] + torch.einsum("eab,neb->nea", coef.to(dtype), vals[..., n_alpha:])
+            flat_out[batch, :, pos] = edge_alpha.transpose(1, 2)
+    out = torch.einsum("ka,na...->nk...", plan.key_combination(dtype, device), out_alpha)
+    return out.masked_fill(~op.valid.unsqueeze(1), float("nan"))
+
+
+def edge_kernels(plan, op: MaskOperator, bm: int, rows: slice, dtype=torch.float64):
+    """Per-pixel kernels ``(c, n_alpha, P)`` (pixel units, mask applied) of edge pixels ``rows`` of mask ``bm``,
+    and the mask's window values ``(c, P)``: what the propagated uncertainty needs at edge pixels."""
+    pos, coef = op.edges[bm]
+    pos, coef = pos[rows], coef[rows].to(dtype)
+    half = plan.half
+    shape = tuple(op.mask.shape[2:])
+    A, EB, *_ = _basis_arrays(plan.kernel, plan.radius, tuple(plan.alphas), plan.ndim, plan.order, half)
+    device = coef.device
+    padded = _pad_zeros(op.mask[bm : bm + 1].to(dtype), half).reshape(-1)
+    windows = padded[_padded_index(pos, shape, half)[:, None] + _offsets(half, tuple(n + 2 * half for n in shape),
+                                                                          device)[None]]
+    kern = torch.as_tensor(A, dtype=dtype, device=device)[None] + coef @ torch.as_tensor(EB, dtype=dtype,
+                                                                                            device=device)
+    return pos, kern * windows[:, None, :]
+
+
+def interior_coefficients(plan) -> np.ndarray:
+    """Fixed correction coefficients ``(n_alpha, n_basis)`` of the interior kernels (zero-padded)."""
+    betas = multi_indices(plan.ndim, plan.order + 1)
+    out = np.zeros((len(plan.alphas), len(betas)))
+    for i, a in enumerate(plan.alphas):
+        c = correction_coefficients(plan.kernel, plan.radius, a)
+        out[i, : len(c)] = c
+    return out

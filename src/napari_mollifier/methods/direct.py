@@ -1,0 +1,304 @@
+"""The direct method: the model's closed form on mollified data, its propagated uncertainty and the radius rule.
+
+Derivatives at many radii (:class:`DerivativeLadder`)
+    In mask mode every derived field is zero-filled outside the mask and Fourier-transformed once; each radius then
+    costs one inverse FFT (or a small direct convolution) per derivative, plus the per-pixel kernels of the few
+    pixels whose window touches the mask's edge (:mod:`napari_mollifier.masked`).
+
+Propagated uncertainty (:func:`propagate`), docs/science.md "Uncertainty"
+    The mollified derivatives are linear in the data, ``d_k(p) = sum_x K_k(p, x) f(p + x)``, and the closed form
+    is a smooth function of them, so to first order (delta method)
+
+        delta lambda(p) = sum_f sum_x v_f(p, x) delta f(p + x),   v_f(p, x) = sum_k a_fk(p) K_k(p, x),
+        a_fk = sum_n (d lambda / d d_nk) (d g_n / d f)
+
+    (``g_n`` the model's derived fields, ``k`` the derivative keys, ``K_k(p, .)`` the kernel actually used at
+    ``p``), and with the noise model of :mod:`napari_mollifier.noise` (covariance ``C_fg rho(x - x')``)
+
+        Var lambda(p) = sum_fg C_fg sum_{x,x'} v_f(p, x) v_g(p, x') rho(x - x').
+
+    Where the window lies inside the mask ``K_k`` is the same at every pixel, so the variance is the quadratic
+    form ``sum_fg C_fg a_f(p)^T T a_g(p)`` with the small constant matrix ``T_kl = sum K_k (rho (*) K_l)``;
+    at edge pixels the per-pixel kernels are used.
+
+Radius rule (:func:`lepski`)
+    On the ladder ``R_k = R_min 1.25^k`` the chosen radius is the largest ``R_k`` whose map stays within
+    ``kappa`` standard deviations of the map at every smaller radius: ``median |lambda_k - lambda_j| / sigma_j
+    <= kappa`` over the ROI for all ``j < k`` (Lepski's balancing principle; the ladder stops at the first
+    rejection, so a rough truth costs few radii). ``"quasi-optimality"`` keeps the previous rule.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..kernels import half_width
+from ..masked import FieldSpectrum, apply_masked, correlate, edge_kernels, mask_operator
+from ..mollifier import _apply, _make_plan, _pad
+from ..noise import NoiseModel
+
+__all__ = ["DerivativeLadder", "propagate", "lepski_accepts", "LEPSKI_KAPPA", "LADDER_STEP", "radius_ladder"]
+
+LADDER_STEP = 1.25
+LEPSKI_KAPPA = 1.0
+_LEPSKI_SAMPLES = 20000
+
+
+def radius_ladder(model_order: int, extent: int) -> list[float]:
+    """``R_min 1.25^k`` from ``R_min = max(order + 1, 3)`` px up to a quarter of ``extent``."""
+    r_min = float(max(model_order + 1, 3))
+    r_max = max(r_min, extent / 4.0)
+    ladder = [r_min]
+    while ladder[-1] * LADDER_STEP <= r_max:
+        ladder.append(round(ladder[-1] * LADDER_STEP, 2))
+    return ladder
+
+
+class DerivativeLadder:
+    """Mollified derivatives of a model's derived fields at any radius, sharing the work across radii.
+
+    ``fields``: ``{input: tensor (*S)}`` (NaN allowed outside ``mask``); ``mask``/``where`` as in
+    :func:`napari_mollifier.derivatives` (bool arrays) for ``boundary="mask"``, else ``None``.
+    """
+
+    def __init__(self, model, params, fields: dict, spacing, kernel, boundary, mask, where, max_radius):
+        self.model, self.params, self.spacing, self.kernel, self.boundary = model, params, spacing, kernel, boundary
+        self.ndim = len(spacing)
+        self.needs = model.needs(self.ndim)
+        self.inputs = list(fields)
+        first = next(iter(fields.values()))
+        self.shape = tuple(first.shape)
+        self.device, self.dtype = first.device, first.dtype
+        self.mask = None if mask is None else torch.as_tensor(np.asarray(mask, bool), device=self.device)[None, None]
+        self.where = None if where is None else torch.as_tensor(np.asarray(where, bool), device=self.device)[None,
+                                                                                                             None]
+        filled = {k: torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) if self.mask is not None else v
+                  for k, v in fields.items()}
+        self.raw = filled
+        derived = model.derived(filled, params)
+        self.derived = {name: derived[name] for name in self.needs}
+        self.spectra = {}
+        if self.mask is not None:
+            half = half_width(max_radius)
+            zero = torch.zeros((), dtype=self.dtype, device=self.device)
+            for name, value in self.derived.items():
+                xm = torch.where(self.mask, value[None, None], zero)
+                if self._fft_pays(half):
+                    self.spectra[name] = FieldSpectrum(xm, half)
+
+    def _fft_pays(self, half: int) -> bool:
+        if self.dtype == torch.float64:
+            return (2 * half + 1) ** self.ndim > 4**self.ndim
+        return (2 * half + 1) ** self.ndim > 4.0 * 3 * math.log2(max(math.prod(self.shape), 2))
+
+    def plan(self, radius: float, keys) -> object:
+        return _make_plan(radius, self.spacing, self.kernel, "reflect" if self.mask is not None else self.boundary,
+                          tuple(keys), self.ndim, "auto", self.shape)
+
+    def at(self, radius: float, fields: dict | None = None) -> dict:
+        """``{derived field: {key: tensor (*S)}}`` at ``radius`` (``fields``: other inputs, e.g. noise samples)."""
+        if fields is None:
+            derived, spectra = self.derived, self.spectra
+        else:
+            filled = {k: torch.nan_to_num(v) if self.mask is not None else v for k, v in fields.items()}
+            derived, spectra = self.model.derived(filled, self.params), {}
+        out = {}
+        for name, keys in self.needs.items():
+            plan = self.plan(radius, keys)
+            x = derived[name][None, None]
+            if self.mask is None:
+                values = _apply(x, plan, None)
+            else:
+                op = mask_operator(plan, self.mask, self.where)
+                spectrum = spectra.get(name)
+                if spectrum is not None and plan.half > spectrum.max_half:
+                    spectrum = None
+                if spectrum is not None and not self._fft_pays(plan.half):
+                    spectrum = None
+                values = apply_masked(x, plan, op, spectrum)
+            out[name] = {key: values[0, i] for i, key in enumerate(keys)}
+        return out
+
+    def smooth(self, value: torch.Tensor, radius: float, mask: np.ndarray) -> torch.Tensor:
+        """``value`` smoothed by the kernel at ``radius`` (mask-normalised inside ``mask``; NaN outside)."""
+        plan = self.plan(radius, ("u",))
+        m = torch.as_tensor(np.asarray(mask, bool), device=self.device)[None, None]
+        x = torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)[None, None]
+        return apply_masked(x, plan, mask_operator(plan, m, None))[0, 0]
+
+    def key_union(self) -> tuple[str, ...]:
+        seen: dict = {}
+        for keys in self.needs.values():
+            for k in keys:
+                seen[k] = None
+        return tuple(seen)
+
+
+def _jacobian(ladder: DerivativeLadder) -> dict:
+    """``{(derived, input): dg/df per pixel}`` of the model's pointwise derived fields (1/0 for plain inputs)."""
+    inputs = {k: v.detach().clone().requires_grad_(True) for k, v in ladder.raw.items()}
+    derived = ladder.model.derived(inputs, ladder.params)
+    jac = {}
+    for name in ladder.needs:
+        value = derived[name]
+        if value is inputs.get(name):
+            for f in inputs:
+                jac[(name, f)] = 1.0 if f == name else 0.0
+            continue
+        grads = torch.autograd.grad(value.sum(), list(inputs.values()), allow_unused=True)
+        for f, g in zip(inputs, grads):
+            jac[(name, f)] = 0.0 if g is None else g.detach()
+    return jac
+
+
+def _coefficients(ladder: DerivativeLadder, d: dict, closed_form, jac: dict) -> tuple[torch.Tensor, dict]:
+    """The rate and ``a[f][key]`` = d rate / d (key-derivative of input f), per pixel."""
+    leaves = {(n, k): v.detach().requires_grad_(True) for n, keys in d.items() for k, v in keys.items()}
+    dd = {n: {k: leaves[(n, k)] for k in keys} for n, keys in d.items()}
+    with torch.enable_grad():
+        raw = ladder.model.rate(dd, ladder.params)
+        grads = torch.autograd.grad(raw, list(leaves.values()), grad_outputs=torch.ones_like(raw), allow_unused=True)
+    rate = closed_form({n: {k: v[None] for k, v in keys.items()} for n, keys in d.items()})[0]
+    g = {key: (gr if gr is not None else torch.zeros_like(rate)) for key, gr in zip(leaves, grads)}
+    a: dict = {f: {} for f in ladder.inputs}
+    for (name, key), gv in g.items():
+        for f in ladder.inputs:
+            j = jac[(name, f)]
+            if isinstance(j, float) and j == 0.0:
+                continue
+            a[f][key] = a[f].get(key, 0) + gv * j
+    return rate.detach(), a
+
+
+def _rho_tensor(noise: NoiseModel, ndim: int, dtype, device) -> torch.Tensor:
+    return torch.as_tensor(noise.autocorrelation(ndim), dtype=dtype, device=device)
+
+
+def _correlate_same(kernels: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """``rho (*) K`` for a stack ``(n, *w)`` of kernels, same size (zero outside), rho centred and symmetric."""
+    if rho.numel() == 1:
+        return kernels * rho.reshape(())
+    h = (rho.shape[0] - 1) // 2
+    conv = (F.conv1d, F.conv2d, F.conv3d)[rho.dim() - 1]
+    return conv(kernels[:, None], rho[None, None], padding=h)[:, 0]
+
+
+def _gram(kernels: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """``T_kl = sum_x K_k(x) (rho (*) K_l)(x)`` for kernels ``(n, *w)``."""
+    flat = kernels.reshape(kernels.shape[0], -1)
+    smooth = _correlate_same(kernels, rho).reshape(kernels.shape[0], -1)
+    t = flat @ smooth.T
+    return 0.5 * (t + t.T)
+
+
+def _stack(a: dict, keys: tuple, names: list, like: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
+    """Coefficients ``a[f][key]`` as one ``(n_fields * n_keys, N)`` tensor (zeros where a key is unused)."""
+    rows = []
+    for f in names:
+        for k in keys:
+            v = a[f].get(k)
+            rows.append(torch.nan_to_num(v).reshape(-1) * sign if torch.is_tensor(v) else like.new_zeros(like.numel()))
+    return torch.stack(rows)
+
+
+def _quadratic(vec: torch.Tensor, cov: np.ndarray, gram: torch.Tensor) -> torch.Tensor:
+    """``sum_fg C_fg a_f^T T a_g`` per pixel for stacked coefficients ``vec`` ``(n_fields * n_keys, N)``."""
+    big = torch.kron(torch.as_tensor(cov, dtype=vec.dtype, device=vec.device), gram.to(vec.dtype))
+    return (vec * (big @ vec)).sum(0)
+
+
+def propagate(ladder: DerivativeLadder, radius: float, d: dict, closed_form, noise: NoiseModel, region: np.ndarray,
+              jac: dict | None = None):
+    """The rate at ``radius`` and its propagated noise variance (module docstring), NaN outside ``region``.
+
+    Returns ``(rate, variance, a)`` with ``a`` the linearisation coefficients (for :func:`change_variance`).
+    """
+    jac = _jacobian(ladder) if jac is None else jac
+    rate, a = _coefficients(ladder, d, closed_form, jac)
+    keys = ladder.key_union()
+    names = ladder.inputs
+    cov = noise.covariance(names)
+    plan = ladder.plan(radius, keys)
+    dtype, device = rate.dtype, rate.device
+    rho = _rho_tensor(noise, ladder.ndim, dtype, device)
+    kernels = plan.key_kernels(dtype, device)
+    var = _quadratic(_stack(a, keys, names, rate), cov, _gram(kernels, rho)).reshape(rate.shape)
+    if ladder.mask is not None:
+        op = mask_operator(plan, ladder.mask, ladder.where)
+        comb = plan.key_combination(dtype, device)  # (n_keys, n_alpha)
+        pos, _ = op.edges[0]
+        flat_var = var.reshape(-1)
+        w = 2 * plan.half + 1
+        for start in range(0, pos.numel(), 4096):
+            rows = slice(start, min(pos.numel(), start + 4096))
+            p, kern = edge_kernels(plan, op, 0, rows, dtype)  # (c, n_alpha, P)
+            key_k = torch.einsum("ka,cap->ckp", comb, kern)
+            v = {}
+            for f in names:
+                acc = torch.zeros(p.numel(), key_k.shape[2], dtype=dtype, device=device)
+                for ki, key in enumerate(keys):
+                    coef = a[f].get(key)
+                    if torch.is_tensor(coef):
+                        acc = acc + coef.reshape(-1)[p][:, None] * key_k[:, ki]
+                v[f] = acc
+            total = torch.zeros(p.numel(), dtype=dtype, device=device)
+            for i, f in enumerate(names):
+                smooth_f = _correlate_same(v[f].reshape((-1,) + (w,) * ladder.ndim), rho).reshape(p.numel(), -1)
+                for j, g in enumerate(names):
+                    if cov[i, j] != 0.0:
+                        total = total + float(cov[i, j]) * (v[g] * smooth_f).sum(1)
+            flat_var[p] = total
+    inside = torch.as_tensor(np.asarray(region, bool), device=device)
+    var = torch.where(inside & torch.isfinite(rate), var.clamp_min(0), torch.full_like(var, float("nan")))
+    return rate, var, a
+
+
+def change_variance(ladder: DerivativeLadder, radius: float, small: float, a_big: dict, a_small: dict,
+                    noise: NoiseModel, like: torch.Tensor) -> torch.Tensor:
+    """Noise variance of ``S_R (lambda_R - lambda_r)`` (``S_R``: smoothing at ``R``), with the interior kernels
+    ``S_R (*) K_k^R`` and ``S_R (*) K_k^r`` and the coefficients taken at the output pixel (they vary slowly)."""
+    keys = ladder.key_union()
+    dtype, device = like.dtype, like.device
+    big = ladder.plan(radius, keys).key_kernels(dtype, device)
+    sm = ladder.plan(small, keys).key_kernels(dtype, device)
+    smoother = ladder.plan(radius, ("u",)).key_kernels(dtype, device)[0]
+    hb, hs = (big.shape[1] - 1) // 2, (sm.shape[1] - 1) // 2
+    sm = _pad(sm[:, None], hb - hs, "zeros")[:, 0] if hb > hs else sm
+    hsm = (smoother.shape[0] - 1) // 2
+    stack = torch.cat([big, sm])
+    composed = correlate(_pad(stack[:, None], 2 * hsm, "zeros"), smoother[None], "fft")[:, 0]  # correlation
+    rho = _rho_tensor(noise, ladder.ndim, dtype, device)
+    gram = _gram(composed, rho)
+    names = ladder.inputs
+    cov = noise.covariance(names)
+    n = len(keys)
+    vec = torch.cat([_stack(a_big, keys, names, like), _stack(a_small, keys, names, like, -1.0)])
+    # reorder to field-major blocks [big keys, small keys] per field, matching kron(cov, gram)
+    order = [i * n + k for i in range(len(names)) for k in range(n)]
+    idx = [j for i in range(len(names)) for j in (order[i * n:(i + 1) * n]
+                                                  + [len(names) * n + o for o in order[i * n:(i + 1) * n]])]
+    var = _quadratic(vec[idx], cov, gram)
+    return var.reshape(like.shape).clamp_min(0)
+
+
+def lepski_accepts(rate_k: np.ndarray, history: list, kappa: float = LEPSKI_KAPPA) -> tuple[bool, float]:
+    """Whether the map at the next radius stays within ``kappa`` standard deviations of every smaller radius's map
+    (median over the ROI of ``|lambda_k - lambda_j| / sigma_j``); also returns the largest of those medians."""
+    worst = 0.0
+    stride = max(1, rate_k.size // _LEPSKI_SAMPLES)  # the median of a regular subsample is as good and cheaper
+    rate_k = rate_k[::stride]
+    for rate_j, sd_j in history:
+        rate_j, sd_j = rate_j[::stride], sd_j[::stride]
+        ok = np.isfinite(rate_k) & np.isfinite(rate_j) & np.isfinite(sd_j)
+        if not ok.any():
+            continue
+        diff = np.abs(rate_k[ok] - rate_j[ok])
+        sd = sd_j[ok]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(sd > 0, diff / np.where(sd > 0, sd, 1.0), np.where(diff > 0, np.inf, 0.0))
+        worst = max(worst, float(np.median(z)))
+    return worst <= kappa, worst
