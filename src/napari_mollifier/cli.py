@@ -93,7 +93,7 @@ def _param(text: str) -> tuple:
 
 def build_parser() -> argparse.ArgumentParser:
     from .models import MODELS
-    from .solve import METHODS
+    from .solve import METHODS, RADIUS_RULES, UNCERTAINTY_METHODS
 
     parser = argparse.ArgumentParser(
         prog="mollifier", description="Reaction-rate maps from chromatin images with mollifier layers.",
@@ -126,7 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", type=_pixel_size, metavar="UM[,UM]",
                    help="pixel size in um (overrides the file; a file without one is read at 1 per pixel with a "
                         "warning, and then --param is refused)")
-    p.add_argument("--n-bootstrap", type=int, default=100, help="noise realisations for the uncertainty (0: none)")
+    p.add_argument("--uncertainty", default="propagate", choices=UNCERTAINTY_METHODS,
+                   help="propagate (default: the estimated input noise propagated through the kernels, about one "
+                        "extra solve), bootstrap (--n-bootstrap noise realisations, slow) or none")
+    p.add_argument("--n-bootstrap", type=int, default=100,
+                   help="noise realisations for --uncertainty bootstrap (0: no uncertainty)")
+    p.add_argument("--radius-rule", default="lepski", choices=RADIUS_RULES,
+                   help="how --radius auto picks the radius: lepski (default: the largest radius whose map stays "
+                        "within one standard deviation of the maps at all smaller radii) or quasi-optimality")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--roi-mode", default="image", choices=("image", "isolate"))
     p.add_argument("--kernel", default="poly")
@@ -355,7 +362,9 @@ def cmd_infer(args) -> int:
         "kernel": args.kernel,
         "boundary": args.boundary,
         "roi_mode": args.roi_mode,
+        "uncertainty": args.uncertainty,
         "n_bootstrap": args.n_bootstrap,
+        "radius_rule": args.radius_rule,
         "iterations": args.iterations,
         "raise_errors": args.debug,
         **({"allow_constant": True} if args.allow_constant else {}),
@@ -457,7 +466,8 @@ def cmd_demo(args) -> int:
     write_ome_tiff(out / "demo_true_rate.ome.tif", {"rate": sample["rate"]}, px)
 
     kwargs = {k: result.provenance[k] for k in ("model", "params", "radius", "method", "device", "seed",
-                                                "kernel", "boundary", "roi_mode", "n_bootstrap")}
+                                                "kernel", "boundary", "roi_mode", "n_bootstrap", "radius_rule")}
+    kwargs["uncertainty"] = result.provenance["uncertainty_method"]
     kwargs.update({"noise": "auto", "iterations": None, "base": "mlp", "pixel_size": list(px)})
     result.provenance["inputs"] = [
         {"role": "image", "path": str(inputs.resolve()), "sha256": file_sha256(inputs)},

@@ -7,6 +7,15 @@ radial, ``eta(x) = f(s) / Z`` with ``s = |x|^2 / R^2`` (``x`` in pixels, ``R`` t
 * ``"poly"`` -- the polynomial family ``f(s) = (1 - s)^k`` (``k = 8`` by default, ``"poly<k>"`` picks another
   power, ``k >= 5`` so that fourth derivatives are continuous).
 
+and one tensor-product family, ``eta(x) = prod_i p(x_i / R) / Z`` on the square ``|x_i| < R``:
+
+* ``"sep"`` -- ``p(t) = (1 - t^2)^k`` (``k = 8``; ``"sep<k>"``). Its corrected derivative kernels are products of
+  1-D moment-corrected kernels, ``K_alpha(x) = prod_i k_{alpha_i}(x_i)``, each ``k_j`` exact up to degree
+  ``j + 1``; a product moment ``sum_x x^beta K_alpha`` with ``|beta| <= |alpha| + 1`` then equals
+  ``alpha! delta_{alpha beta}`` (a factor with ``beta_i < alpha_i`` or ``beta_i = alpha_i + 1`` vanishes, and
+  ``beta_i >= alpha_i + 2`` forces ``beta_j < alpha_j`` on another axis), so the derivatives stay exact on
+  polynomials of degree ``|alpha| + 1`` while costing one 1-D pass per axis.
+
 Derivative kernels are returned in *correlation* form, the form ``torch.nn.functional.conv*d`` applies:
 ``d^alpha u(p) = sum_x f(p + x) K_alpha(x)`` with ``K_alpha = (-1)^|alpha| d^alpha eta``. Sampling the analytic
 derivative on an integer grid gives wrong discrete moments (SCIENCE.md, "traps"), so every kernel is corrected
@@ -32,6 +41,8 @@ from .errors import MollifierInputError
 
 __all__ = [
     "KERNEL_FAMILIES",
+    "is_separable",
+    "separable_factors",
     "MAX_ORDER",
     "parse_kernel",
     "half_width",
@@ -46,7 +57,7 @@ __all__ = [
 ]
 
 MAX_ORDER = 4
-KERNEL_FAMILIES = ("poly", "bump")
+KERNEL_FAMILIES = ("poly", "bump", "sep")
 _DEFAULT_POWER = 8
 
 
@@ -55,15 +66,24 @@ def parse_kernel(name: str) -> tuple[str, int]:
     ``"bump"`` -> ``("bump", 0)``."""
     if not isinstance(name, str):
         raise MollifierInputError(f"kernel must be a string such as 'poly', 'poly12' or 'bump', got {name!r}")
-    match = re.fullmatch(r"(poly)(\d+)?|(bump)", name.strip().lower())
+    match = re.fullmatch(r"(poly|sep)(\d+)?|(bump)", name.strip().lower())
     if match is None:
-        raise MollifierInputError(f"unknown kernel {name!r}: use 'poly' (= 'poly8'), 'poly<k>' with k >= 5, or 'bump'")
+        raise MollifierInputError(
+            f"unknown kernel {name!r}: use 'poly' (= 'poly8'), 'poly<k>' with k >= 5, 'sep' (= 'sep8', separable) "
+            "or 'bump'"
+        )
     if match.group(3):
         return "bump", 0
+    family = match.group(1)
     power = int(match.group(2)) if match.group(2) else _DEFAULT_POWER
     if power < MAX_ORDER + 1:
-        raise MollifierInputError(f"kernel 'poly{power}' is not smooth enough for 4th derivatives: use k >= 5")
-    return "poly", power
+        raise MollifierInputError(f"kernel '{family}{power}' is not smooth enough for 4th derivatives: use k >= 5")
+    return family, power
+
+
+def is_separable(kernel: str) -> bool:
+    """True for the tensor-product family (``"sep"``), whose kernels are products of 1-D kernels."""
+    return parse_kernel(kernel)[0] == "sep"
 
 
 def half_width(radius: float) -> int:
@@ -147,6 +167,10 @@ def analytic_kernel(kernel: str, radius: float, alpha: tuple[int, ...]) -> np.nd
     """
     family, power = parse_kernel(kernel)
     ndim = len(alpha)
+    if family == "sep":
+        out = _outer([analytic_kernel(f"poly{power}", radius, (a,)) for a in alpha])
+        out.setflags(write=False)
+        return out
     h = half_width(radius)
     coords = _grid(ndim, h)
     s = sum(c**2 for c in coords) / float(radius) ** 2
@@ -208,14 +232,32 @@ def correction_coefficients(kernel: str, radius: float, alpha: tuple[int, ...]) 
     return coef
 
 
+def _outer(factors: list) -> np.ndarray:
+    out = np.asarray(factors[0], dtype=np.float64)
+    for f in factors[1:]:
+        out = np.multiply.outer(out, f)
+    return np.array(out)
+
+
+def separable_factors(kernel: str, radius: float, alpha: tuple[int, ...]) -> list[np.ndarray]:
+    """The 1-D moment-corrected kernels ``k_{alpha_i}`` whose outer product is the ``"sep"`` kernel ``K_alpha``."""
+    _, power = parse_kernel(kernel)
+    return [corrected_kernel(f"poly{power}", radius, (a,)) for a in alpha]
+
+
 @lru_cache(maxsize=256)
 def corrected_kernel(kernel: str, radius: float, alpha: tuple[int, ...]) -> np.ndarray:
     """Moment-corrected correlation kernel for ``d^alpha`` (float64, pixel units, read-only).
 
     ``K = A + eta * sum_beta c_beta (x/R)^beta`` with ``A`` the sampled analytic kernel and ``c`` from
-    :func:`correction_coefficients`, so that ``sum_x x^beta K(x) = alpha! delta`` for ``|beta| <= |alpha| + 1``.
+    :func:`correction_coefficients`, so that ``sum_x x^beta K(x) = alpha! delta`` for ``|beta| <= |alpha| + 1``;
+    for the ``"sep"`` family the product of the 1-D corrected kernels (module docstring).
     """
     ndim = len(alpha)
+    if ndim > 1 and is_separable(kernel):
+        out = _outer(separable_factors(kernel, radius, alpha))
+        out.setflags(write=False)
+        return out
     coef = correction_coefficients(kernel, radius, alpha)
     eta = analytic_kernel(kernel, radius, (0,) * ndim)
     mono = monomials(_grid(ndim, half_width(radius)), multi_indices(ndim, sum(alpha) + 1), radius)

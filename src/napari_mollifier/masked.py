@@ -151,6 +151,42 @@ class FieldSpectrum:
         return out[(Ellipsis,) + tuple(slice(0, n) for n in self.shape)]
 
 
+def separable_correlate(x: torch.Tensor, kernel: str, radius: float, alphas: list, dtype=None) -> torch.Tensor:
+    """Valid-mode correlation of ``x`` ``(B, 1, *P)`` with the ``"sep"`` kernels of ``alphas`` by 1-D passes,
+    last axis first: ``(B, n_alpha, *(P - w + 1))`` (pixel units). Partial products shared between derivatives
+    are computed once (the full 2-D stack needs 4 + 9 passes)."""
+    from .kernels import separable_factors
+
+    ndim = x.dim() - 2
+    dtype = dtype or x.dtype
+    factors = {a: separable_factors(kernel, radius, a) for a in alphas}
+    current, suffixes = x, [()]
+    for axis in reversed(range(ndim)):
+        wanted = list(dict.fromkeys(a[axis:] for a in alphas))
+        source = [suffixes.index(w[1:]) for w in wanted]
+        kernels = []
+        for w in wanted:
+            alpha = next(a for a in alphas if a[axis:] == w)
+            kernels.append(factors[alpha][axis])
+        weight = torch.as_tensor(np.stack(kernels), dtype=dtype, device=x.device)
+        shape = [len(wanted), 1] + [1] * ndim
+        shape[2 + axis] = weight.shape[1]
+        inp = current[:, source] if source != list(range(current.shape[1])) else current
+        conv = (F.conv1d, F.conv2d, F.conv3d)[ndim - 1]
+        current = conv(inp, weight.reshape(shape), groups=len(wanted))
+        suffixes = wanted
+    return current[:, [suffixes.index(a) for a in alphas]]
+
+
+def use_separable(kernel: str, method: str, half: int, dtype) -> bool:
+    """Direct 1-D passes for the ``"sep"`` family unless FFT is asked for or the window is very wide."""
+    from .kernels import is_separable
+
+    if not is_separable(kernel) or method == "fft":
+        return False
+    return method == "direct" or 2 * half + 1 <= (33 if dtype != torch.float64 else 17)
+
+
 def _pad_zeros(x: torch.Tensor, half: int) -> torch.Tensor:
     return F.pad(x, [half] * (2 * (x.dim() - 2))) if half else x
 
@@ -248,16 +284,20 @@ def _edge_values(src: torch.Tensor, basis: torch.Tensor, pos: torch.Tensor, shap
 _DISTANCE_CACHE: OrderedDict = OrderedDict()
 
 
-def _interior(mask_np: np.ndarray, radius: float) -> np.ndarray:
+def _interior(mask_np: np.ndarray, radius: float, square: bool = False) -> np.ndarray:
     """Pixels whose distance to the nearest pixel outside the mask (or the image) is at least ``radius``
-    (one Euclidean distance transform per mask, cached)."""
-    key = (mask_np.shape, hashlib.sha1(np.packbits(mask_np).tobytes()).hexdigest())
+    (Euclidean; chessboard for the square support of the separable family; one transform per mask, cached)."""
+    key = (mask_np.shape, square, hashlib.sha1(np.packbits(mask_np).tobytes()).hexdigest())
     if key in _DISTANCE_CACHE:
         _DISTANCE_CACHE.move_to_end(key)
         dist = _DISTANCE_CACHE[key]
     else:
         padded = np.pad(mask_np, 1, constant_values=False)
-        dist = ndimage.distance_transform_edt(padded)[(slice(1, -1),) * mask_np.ndim].astype(np.float32)
+        if square:
+            dist = ndimage.distance_transform_cdt(padded, metric="chessboard")
+        else:
+            dist = ndimage.distance_transform_edt(padded)
+        dist = dist[(slice(1, -1),) * mask_np.ndim].astype(np.float32)
         _DISTANCE_CACHE[key] = dist
         while len(_DISTANCE_CACHE) > 8:
             _DISTANCE_CACHE.popitem(last=False)
@@ -297,7 +337,9 @@ def mask_operator(plan, mask: torch.Tensor, where: torch.Tensor | None = None) -
     valid = mask[:, 0].clone()
     if where is not None:
         valid &= where[:, 0]
-    interior_np = np.stack([_interior(m, radius) for m in mask_np])
+    from .kernels import is_separable
+
+    interior_np = np.stack([_interior(m, radius, is_separable(plan.kernel)) for m in mask_np])
     interior = torch.as_tensor(interior_np, device=device) & valid
     edges = []
     for bm in range(mask.shape[0]):
@@ -343,11 +385,12 @@ def apply_masked(x: torch.Tensor, plan, op: MaskOperator, spectrum: FieldSpectru
     shape = tuple(x.shape[2:])
     half = plan.half
     xm = torch.where(op.mask, x, torch.zeros((), dtype=dtype, device=device))
-    weight = alpha_kernels(plan, dtype, device)
     if spectrum is not None:
-        out_alpha = spectrum.correlate(weight)
+        out_alpha = spectrum.correlate(alpha_kernels(plan, dtype, device))
+    elif use_separable(plan.kernel, plan.method, half, dtype):
+        out_alpha = separable_correlate(_pad_zeros(xm, half), plan.kernel, plan.radius, plan.alphas)
     else:
-        out_alpha = correlate(_pad_zeros(xm, half), weight, plan.method)
+        out_alpha = correlate(_pad_zeros(xm, half), alpha_kernels(plan, dtype, device), plan.method)
     A, EB, *_ = _basis_arrays(plan.kernel, plan.radius, tuple(plan.alphas), plan.ndim, plan.order, half)
     if any(pos.numel() for pos, _ in op.edges):
         out_alpha = out_alpha.clone()

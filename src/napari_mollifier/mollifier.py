@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .errors import MollifierInputError
 from .kernels import MAX_ORDER, corrected_kernel, half_width, parse_kernel
-from .masked import FieldSpectrum, apply_masked, mask_operator
+from .masked import FieldSpectrum, apply_masked, mask_operator, separable_correlate, use_separable
 from .masked import correlate as _correlate
 from .masked import use_fft as _use_fft  # noqa: F401  (benchmarks/bench_derivatives.py reads the rule)
 
@@ -189,8 +189,12 @@ def _apply(x: torch.Tensor, plan: _Plan, mask: torch.Tensor | None, where: torch
            spectrum: FieldSpectrum | None = None) -> torch.Tensor:
     """Core: ``x`` ``(B, 1, *S)`` floating -> ``(B, n_keys, *S)`` in physical units (mask mode: :mod:`.masked`)."""
     if mask is None:
+        padded = _pad(x, plan.half, plan.boundary)
+        if use_separable(plan.kernel, plan.method, plan.half, x.dtype):
+            per_alpha = separable_correlate(padded, plan.kernel, plan.radius, plan.alphas)
+            return torch.einsum("ka,na...->nk...", plan.key_combination(x.dtype, x.device), per_alpha)
         weight = plan.key_kernels(x.dtype, x.device)
-        return _correlate(_pad(x, plan.half, plan.boundary), weight, plan.method)
+        return _correlate(padded, weight, plan.method)
     return apply_masked(x, plan, mask_operator(plan, mask, where), spectrum)
 
 
@@ -382,9 +386,11 @@ class Mollifier(torch.nn.Module):
         if any(self.plan.radius > n for n in spatial):
             raise MollifierInputError(f"radius {self.plan.radius} px is larger than the input {spatial}")
         flat = x.reshape((-1, 1) + spatial)
-        if mask is None:
+        if mask is None and not use_separable(self.plan.kernel, self.plan.method, self.plan.half, flat.dtype):
             weight = self.weight.to(dtype=flat.dtype, device=flat.device)
             out = _correlate(_pad(flat, self.plan.half, self.plan.boundary), weight, self.plan.method)
+        elif mask is None:
+            out = _apply(flat, self.plan, None)
         else:
             m = _mask_tensor(mask, spatial, tuple(x.shape[:2]), x.device)
             out = _apply(flat, self.plan, m)

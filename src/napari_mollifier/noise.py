@@ -182,8 +182,12 @@ def _fit_noise(variances: list, ndim: int) -> tuple[list, float]:
     return best[1], best[2]
 
 
-def estimate_noise_model(fields: dict, mask: np.ndarray | None = None, *, correlated: bool = True) -> NoiseModel:
+def estimate_noise_model(fields: dict, mask: np.ndarray | None = None, *, correlated: bool = True,
+                         allow_zero: bool = False) -> NoiseModel:
     """Estimate a :class:`NoiseModel` from the fields themselves (module docstring).
+
+    ``allow_zero``: a field without pixel-to-pixel variation gets noise 0 instead of an error (exact, uniform
+    simulated states).
 
     Raises
     ------
@@ -202,7 +206,7 @@ def estimate_noise_model(fields: dict, mask: np.ndarray | None = None, *, correl
             )
     v1 = {k: _robust_var(r) for k, r in r1.items()}
     for k, v in v1.items():
-        if v <= 0:
+        if not np.any(r1[k]) and not allow_zero:
             raise MollifierInputError(
                 f"the noise of field {k!r} cannot be estimated: the field has no pixel-to-pixel variation (constant "
                 "or piecewise linear); pass noise=<std of the noise> (a number, or a dict per field; --noise in the "
@@ -210,6 +214,8 @@ def estimate_noise_model(fields: dict, mask: np.ndarray | None = None, *, correl
             )
     steps = [[v1[k]] + [_robust_var(_responses(fields[k], mask, s)) for s in (2, 3)] for k in names]
     usable = correlated and all(np.all(np.asarray(v) > 0) for v in steps)
+    if any(v1[k] <= 0 for k in names):  # noise-free in most pixels (an exact simulation)
+        return NoiseModel(sigma={k: float(np.sqrt(v1[k] / 6.0**ndim)) for k in names}, source="estimated")
     if usable:
         variances, c = _fit_noise(steps, ndim)
     else:

@@ -320,8 +320,10 @@ def _direct(ladder: DerivativeLadder, ctx: _Context, radius, out_mask, uncertain
         change = ladder.smooth(rate - rate_small, radius, out_mask) if small < radius else torch.zeros_like(rate)
         noise_var, change_var = _bootstrap(ladder, ctx, radius, small, out_mask, n_bootstrap, noise, seed, arrays)
     ctx.tick({"stage": "uncertainty"})
-    significant = change**2 > 9 * change_var  # keep the bias only where it passes a 3-sigma test
-    bias_sq = torch.where(significant, change**2, torch.zeros_like(change)) / (1 - _LADDER_STEP**-2) ** 2
+    # squared bias: the change's square minus its noise variance, averaged over the kernel (the bias is smooth, the
+    # noise of the change is not), kept where positive
+    excess = torch.nan_to_num(change**2 - change_var)
+    bias_sq = ladder.smooth(excess, radius, out_mask).clamp_min(0) / (1 - _LADDER_STEP**-2) ** 2
     sigma = (noise_var + torch.nan_to_num(bias_sq)).sqrt()
     sigma = torch.where(torch.as_tensor(out_mask, device=sigma.device), sigma, torch.full_like(sigma, float("nan")))
     return rate, sigma, d
@@ -589,7 +591,9 @@ def infer_rates(
     if uncertainty != "bootstrap":
         n_bootstrap = 0
     needs_noise = uncertainty != "none" or (auto and radius_rule == "lepski")
-    noise_model = _noise_model(noise, noise_correlation, arrays, valid, estimate=needs_noise)
+    inside = valid & (labels > 0)
+    noise_model = _noise_model(noise, noise_correlation, arrays, inside if inside.sum() >= 1024 else valid,
+                               estimate=needs_noise, allow_zero=allow_constant)
 
     groups = [label_ids] if roi_mode == "image" else [[lab] for lab in label_ids]
     ladders = {}
@@ -694,7 +698,7 @@ def infer_rates(
         "noise_model": noise_model.as_dict() if noise_model is not None else None,
         "uncertainty_method": uncertainty,
         "uncertainty": _UNCERTAINTY_TEXT[uncertainty],
-        "radius_rule": radius_rule if auto else None,
+        "radius_rule": radius_rule,
         "iterations": network_steps or None,
         "base": base if method != "direct" else None,
         "input_hashes": {k: _hash(v) for k, v in arrays.items()},
@@ -724,7 +728,7 @@ def _maybe_split_density(fields, model: Model, roi):
     return fractions, assumption
 
 
-def _noise_model(noise, correlation, arrays, valid, estimate: bool) -> NoiseModel | None:
+def _noise_model(noise, correlation, arrays, valid, estimate: bool, allow_zero: bool = False) -> NoiseModel | None:
     """The :class:`NoiseModel` of the inputs: estimated (``noise="auto"``) or given (numbers, dict, model)."""
     if isinstance(noise, NoiseModel):
         return noise
@@ -741,7 +745,8 @@ def _noise_model(noise, correlation, arrays, valid, estimate: bool) -> NoiseMode
             raise MollifierInputError(f"noise must be 'auto', a number or a dict per field, got {noise!r}")
         if not estimate:
             return None
-        return estimate_noise_model({k: np.where(valid, v, np.nan) for k, v in arrays.items()}, valid)
+        return estimate_noise_model({k: np.where(valid, v, np.nan) for k, v in arrays.items()}, valid,
+                                    allow_zero=allow_zero)
     if isinstance(noise, dict):
         unknown = sorted(set(noise) - set(arrays))
         if unknown:

@@ -11,10 +11,11 @@ only added between tiles, and the tile's own boundary handling -- mask, reflect.
 What is *not* tile-local, and how the tiled run handles it:
 
 * ``radius="auto"``: the radius is chosen once, on a central crop (see :func:`infer_tiled`), then fixed;
-* the input noise level (for the bootstrap) is estimated once on the whole image and passed to every tile;
+* the input noise model (level, pixel correlation, correlation between fields) is estimated once on the whole
+  image and passed to every tile, so the propagated uncertainty is tile-local too;
 * a single density channel is split into volume fractions once, with percentiles of the whole image;
-* the bootstrap noise realisations are drawn per tile (seed ``seed + tile index``): the *uncertainty* is
-  statistically the same but not bit-identical to an untiled run (the rate and the residual are);
+* with ``uncertainty="bootstrap"`` the noise realisations are drawn per tile (seed ``seed + tile index``): that
+  uncertainty is statistically the same but not bit-identical to an untiled run (the rate and the residual are);
 * network methods fit one network to the whole image and are not tiled.
 
 Memory: :func:`estimate_memory` counts the float buffers the convolutions need (``bytes per pixel x pixels``,
@@ -308,21 +309,22 @@ def _central_crop(shape, side) -> tuple:
     return tuple(slice(max(0, (n - side) // 2), max(0, (n - side) // 2) + min(n, side)) for n in shape)
 
 
-def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size=1.0, radius=8.0,
+def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size=1.0, radius="auto",
                 method: str = "direct", roi=None, device="auto", seed: int = 0, progress=None, cancel=None, *,
                 tile: int = 1024, kernel: str = "poly", boundary: str = "mask", roi_mode: str = "image",
-                n_bootstrap: int = 100, noise="auto", scheduler: str = "synchronous", allow_constant: bool = False):
+                uncertainty: str = "propagate", n_bootstrap: int = 100, noise="auto", noise_correlation=None,
+                radius_rule: str = "lepski", scheduler: str = "synchronous", allow_constant: bool = False):
     """:func:`~napari_mollifier.infer_rates` tile by tile (``method="direct"``); same arguments plus ``tile``.
 
-    The rate, residual and smoothed fields equal those of the untiled run; the uncertainty is a bootstrap per
-    tile (module docstring). ``radius="auto"`` is chosen once on a central crop of ``max(tile, 512)`` px (recorded
+    The rate, residual, smoothed fields and the propagated uncertainty equal those of the untiled run (the noise
+    model is estimated once on the whole image); a bootstrap uncertainty is drawn per tile (module docstring). ``radius="auto"`` is chosen once on a central crop of ``max(tile, 512)`` px (recorded
     in ``provenance["tiling"]``). ``progress(step, total, info)`` is called once per tile. Inputs may be dask
     arrays (read lazily from zarr or a big TIFF); inputs and outputs are held in memory as float64 (8 bytes per
     pixel each), the convolution buffers (1-2 kB per pixel) only per tile.
     """
-    from .noise import estimate_noise
     from .result import RateResult
-    from .solve import _hash, _refuse_constant, _roi_stats, _spacing, infer_rates, resolve_device
+    from .solve import RADIUS_RULES, UNCERTAINTY_METHODS, _hash, _noise_model, _refuse_constant, _roi_stats, \
+        _spacing, infer_rates, resolve_device
 
     started = time.perf_counter()
     if method != "direct":
@@ -374,13 +376,12 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
         whole = roi_mode == "image" or labels is None
         _refuse_constant(arrays, valid if whole else valid & (labels > 0), "image" if roi_mode == "image" else "ROI")
 
-    # things that are not tile-local: noise level, radius
-    if isinstance(noise, str) and noise == "auto":
-        noise_levels = {k: estimate_noise(np.where(valid, a, 0.0), valid) for k, a in arrays.items()}
-    elif isinstance(noise, dict):
-        noise_levels = {k: float(noise.get(k, 0.0)) for k in inputs}
-    else:
-        noise_levels = {k: float(noise) for k in inputs}
+    if uncertainty not in UNCERTAINTY_METHODS:
+        raise MollifierInputError(f"unknown uncertainty {uncertainty!r}: use one of {UNCERTAINTY_METHODS}")
+    if radius_rule not in RADIUS_RULES:
+        raise MollifierInputError(f"unknown radius_rule {radius_rule!r}: use one of {RADIUS_RULES}")
+    # things that are not tile-local: the noise model, the radius
+    noise_levels = _noise_model(noise, noise_correlation, arrays, valid, estimate=True, allow_zero=allow_constant)
     radius_note = None
     if isinstance(radius, str):
         if radius != "auto":
@@ -392,7 +393,7 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
             sub_roi = None
         probe = infer_rates(sub, model=m, params=params, pixel_size=spacing, radius="auto", roi=sub_roi,
                             device=dev, seed=seed, kernel=kernel, boundary=boundary, roi_mode=roi_mode,
-                            n_bootstrap=0, noise=noise_levels, allow_constant=True)
+                            uncertainty="none", noise=noise_levels, radius_rule=radius_rule, allow_constant=True)
         radius = float(probe.radius)
         radius_note = {"chosen_on": [[s.start, s.stop] for s in crop], "radius": radius,
                        "radius_choice": probe.provenance.get("radius_choice")}
@@ -422,8 +423,8 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
         if (lab > 0).any():
             res = infer_rates(tile_fields, model=m, params=params, pixel_size=spacing, radius=radius,
                               method="direct", roi=lab, device=dev, seed=int(seed) + index, kernel=kernel,
-                              boundary=boundary, roi_mode=roi_mode, n_bootstrap=n_bootstrap, noise=noise_levels,
-                              allow_constant=True)
+                              boundary=boundary, roi_mode=roi_mode, uncertainty=uncertainty, n_bootstrap=n_bootstrap,
+                              noise=noise_levels, allow_constant=True)
             out[0], out[1], out[2] = res.rate, res.uncertainty, res.residual
             for i, k in enumerate(inputs):
                 if k in res.fields:
@@ -448,7 +449,9 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
         "radius_choice": {} if radius_note is None else {"tiled": radius_note},
         "device": dev,
         "seed": int(seed),
-        "noise": noise_levels,
+        "noise": dict(noise_levels.sigma),
+        "noise_correlation": noise_levels.correlation_length,
+        "noise_model": noise_levels.as_dict(),
         "input_hashes": {k: _hash(v) for k, v in arrays.items()},
         "density_split": split,
         "roi_hash": _hash(lab_full),
@@ -456,8 +459,9 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
         "seconds": round(time.perf_counter() - started, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "tiling": {"tile": int(tile), "halo": depth, "tiles": n_tiles, "chunks": [list(c) for c in chunks],
-                   "uncertainty": "parametric bootstrap per tile (noise draws seeded seed + tile index); rate, "
-                                  "residual and fields equal the untiled run"},
+                   "uncertainty": ("parametric bootstrap per tile (noise draws seeded seed + tile index)"
+                                   if uncertainty == "bootstrap" else "as untiled (noise model of the whole image)")
+                   + "; rate, residual and fields equal the untiled run"},
     })
     return RateResult(rate=result[0], uncertainty=result[1], residual=result[2],
                       fields={k: result[3 + i] for i, k in enumerate(inputs)}, radius=radius,

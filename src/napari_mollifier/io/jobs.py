@@ -40,7 +40,8 @@ __all__ = ["infer_files", "load_fields", "run_job", "run_batch", "write_outputs"
 
 OUTPUT_FORMATS = {"ome-tif": ".ome.tif", "ome-zarr": ".ome.zarr", "npz": ".npz"}
 _SOLVER_KEYS = ("model", "params", "radius", "method", "device", "seed", "kernel", "boundary", "roi_mode",
-                "n_bootstrap", "noise", "iterations", "base", "allow_constant")
+                "uncertainty", "n_bootstrap", "noise", "noise_correlation", "radius_rule", "iterations", "base",
+                "allow_constant")
 #: Pixel size used when a file has none and none is given (lengths, and coefficients such as l2, in pixels).
 DEFAULT_PIXEL_SIZE = 1.0
 

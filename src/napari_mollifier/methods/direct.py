@@ -260,7 +260,10 @@ def propagate(ladder: DerivativeLadder, radius: float, d: dict, closed_form, noi
 def change_variance(ladder: DerivativeLadder, radius: float, small: float, a_big: dict, a_small: dict,
                     noise: NoiseModel, like: torch.Tensor) -> torch.Tensor:
     """Noise variance of ``S_R (lambda_R - lambda_r)`` (``S_R``: smoothing at ``R``), with the interior kernels
-    ``S_R (*) K_k^R`` and ``S_R (*) K_k^r`` and the coefficients taken at the output pixel (they vary slowly)."""
+    ``S_R (*) K_k^R`` and ``S_R (*) K_k^r`` and the coefficients taken at the output pixel (they vary slowly).
+
+    Within ``R`` of a mask edge the re-solved kernels are noisier than this says, so the bias term there is
+    conservative (measured: up to 2x the bootstrap's uncertainty in that band, docs/science.md)."""
     keys = ladder.key_union()
     dtype, device = like.dtype, like.device
     big = ladder.plan(radius, keys).key_kernels(dtype, device)
@@ -281,8 +284,8 @@ def change_variance(ladder: DerivativeLadder, radius: float, small: float, a_big
     order = [i * n + k for i in range(len(names)) for k in range(n)]
     idx = [j for i in range(len(names)) for j in (order[i * n:(i + 1) * n]
                                                   + [len(names) * n + o for o in order[i * n:(i + 1) * n]])]
-    var = _quadratic(vec[idx], cov, gram)
-    return var.reshape(like.shape).clamp_min(0)
+    var = _quadratic(vec[idx], cov, gram).reshape(like.shape)
+    return var.clamp_min(0)
 
 
 def lepski_accepts(rate_k: np.ndarray, history: list, kappa: float = LEPSKI_KAPPA) -> tuple[bool, float]:
