@@ -2,7 +2,7 @@
 
 Least squares on the PDE residual with the known rate, ``min_c sum_ROI residual(d(c), lambda_known; c)^2``
 (``scipy.optimize.least_squares``), with mollified derivatives at a fixed radius. On the reference
-finite-element states this reproduces ``l2 = 1.04`` (box units) for the balance model (SCIENCE.md section 2).
+finite-element states this reproduces ``l2 = 1.04`` (box units) for the balance model (docs/science.md, "The chromatin models").
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ and one tensor-product family, ``eta(x) = prod_i p(x_i / R) / Z`` on the square 
 
 Derivative kernels are returned in *correlation* form, the form ``torch.nn.functional.conv*d`` applies:
 ``d^alpha u(p) = sum_x f(p + x) K_alpha(x)`` with ``K_alpha = (-1)^|alpha| d^alpha eta``. Sampling the analytic
-derivative on an integer grid gives wrong discrete moments (SCIENCE.md, "traps"), so every kernel is corrected
+derivative on an integer grid gives wrong discrete moments (docs/science.md, "Mollifier layers"), so every kernel is corrected
 by the smallest term of the form ``eta(x) * poly(x)`` that restores the discrete moment conditions
 
     sum_x x^beta K_alpha(x) = alpha! delta_{alpha beta}     for all |beta| <= |alpha| + 1,

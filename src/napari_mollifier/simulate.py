@@ -4,7 +4,7 @@ All fields live on periodic grids and every differential operator is spectral (F
 so a field produced here satisfies its model equation to round-off on that grid.
 Arrays are float64 numpy; randomness comes from ``numpy.random.default_rng(seed)``.
 
-Models (SCIENCE.md section 2; lambda = G_me / G_ac is dimensionless, time is in units of 1 / G_ac):
+Models (docs/science.md, "The chromatin models"; lambda = G_me / G_ac is dimensionless, time is in units of 1 / G_ac):
 
 * ``"chromatin-balance"``:  l2 lap(phi_e) = lambda phi_e - phi_h,  l2 = D / G_ac  [length^2]
 * ``"chromatin-phase-field"``: 0 = M lap(mu_d) + 2 (lambda phi_e - phi_h),
@@ -37,7 +37,7 @@ __all__ = [
 #: Physical size (um) of one box unit of the reference finite-element data (see module docstring).
 BOX_UNIT_UM = 0.15
 
-#: Calibrated defaults in box units (SCIENCE.md section 2). ``mobility`` is length^2.
+#: Calibrated defaults in box units (docs/science.md, "The chromatin models"). ``mobility`` is length^2.
 CHROMATIN_DEFAULTS = {
     "chromatin-balance": {"l2": 1.04},
     "chromatin-phase-field": {"a": 1.0, "phi_max": 0.7, "l_int": 0.03, "mobility": 1.0},

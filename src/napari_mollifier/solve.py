@@ -1,21 +1,21 @@
 """``infer_rates``: from observed fields to a rate map, its uncertainty and the PDE residual.
 
-The one public entry point the widget, the CLI and scripts call. Steps, per ROI label:
+The one public entry point the widget, the CLI and scripts call. Steps:
 
 1. mollified derivatives of the (derived) fields the model needs (:mod:`napari_mollifier.mollifier`), in the
    image's physical units, using only valid pixels (``boundary="mask"``: finite pixels of the image, or of the ROI
    with ``roi_mode="isolate"``) so image edges, holes and ROI edges are handled without bias;
 2. the rate: the model's separable closed form (``method="direct"``) or a mollified network fit
    (``"network"``; ``"autodiff"`` is the autodiff-PINN baseline);
-3. ``radius="auto"``: the quasi-optimality criterion (Tikhonov & Glasko): on a geometric ladder of radii
-   ``R_k = R_min 1.25^k``, pick the ``R_k`` that minimises the change ``median |lambda_{k+1} - lambda_k|`` over the
-   ROI: small radii change a lot because noise dominates, large radii change because smoothing bias grows;
-4. uncertainty: parametric bootstrap plus smoothing bias. The noise of every input field is estimated from the
-   data (:func:`napari_mollifier.noise.estimate_noise`, which assumes white noise), ``n_bootstrap`` noise
-   realisations of that level are added to the inputs and pushed through the same estimator (their standard
-   deviation is the noise part); the smoothing bias is estimated from the change of the rate to radius R / 1.25
-   and kept where it passes a 2-sigma test; ``uncertainty = sqrt(noise^2 + bias^2)``. Model error is not included,
-   and noise correlated between pixels is underestimated;
+3. ``radius="auto"``: on a geometric ladder of radii ``R_k = R_min 1.25^k`` the largest radius whose map stays
+   within one propagated standard deviation of the maps at all smaller radii (Lepski's rule; ``radius_rule=
+   "quasi-optimality"`` keeps the previous rule). All labels of a label image climb one shared ladder
+   (:mod:`napari_mollifier.methods.direct`);
+4. uncertainty (``uncertainty="propagate"``): the input noise, estimated with its correlation between pixels and
+   between fields (:func:`napari_mollifier.noise.estimate_noise_model`), propagated through the kernels used at
+   each pixel and the linearised closed form, plus the smoothing bias from the change to radius R / 1.25;
+   ``uncertainty = sqrt(noise^2 + bias^2)`` (docs/science.md, "What the uncertainty means"). Model error is not
+   included. ``"bootstrap"`` draws ``n_bootstrap`` realisations of the same noise model instead;
 5. residual: the model residual with the rate map smoothed by the same kernel (what the model fails to explain at
    the kernel scale).
 """

@@ -27,7 +27,7 @@ Loss (both): ``data + weight_pde * pde``
       dimensionless. With the closed form (default where it is regular) ``lambda = model.rate(d)`` and
       ``lambda_s`` is that rate smoothed by the same kernel (masked normalised convolution): the PDE term
       penalises the part of the closed-form rate that varies below the kernel scale (the rate is identifiable
-      only above it, SCIENCE.md), and it is the residual ``infer_rates`` reports. With a rate head the base model
+      only above it, docs/science.md), and it is the residual ``infer_rates`` reports. With a rate head the base model
       has one more output channel ``h`` and ``lambda = lambda_0 + s_0 (h * eta)`` (the head mollified, so smooth
       at the kernel scale; ``lambda_0``, ``s_0`` the median and IQR of the direct estimate), fitted through the
       residual. The PDE weight ramps up from 0 over the first ``warmup`` fraction of the steps.

@@ -2,7 +2,7 @@
 
 Closed form ``lambda = (phi_h + l2 lap(phi_e)) / phi_e``. ``l2 = D / G_ac`` is a squared length; the default 1.04
 is in the reference data's box units (10 x 10 box) and was calibrated on the authors' finite-element states
-(SCIENCE.md section 2); pass it in your pixel-size units for real images.
+(docs/science.md, "The chromatin models"); pass it in your pixel-size units for real images.
 """
 
 from __future__ import annotations
