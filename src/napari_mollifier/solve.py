@@ -226,6 +226,7 @@ def _choose_radii(ladder: DerivativeLadder, ctx: _Context, regions: dict, ladder
     maps = {lab: [] for lab in regions}
     jac = _jacobian(ladder)
     union = np.any(list(regions.values()), axis=0)
+    flat = {lab: np.flatnonzero(region) for lab, region in regions.items()}  # cheap per-label reads (many labels)
     for k, r in enumerate(radii):
         d = ladder.at(r)
         if rule == "lepski":
@@ -233,12 +234,13 @@ def _choose_radii(ladder: DerivativeLadder, ctx: _Context, regions: dict, ladder
             sd = var.sqrt().cpu().numpy()
         else:
             rate, sd = ctx.closed_form({n: {kk: v[None] for kk, v in keys.items()} for n, keys in d.items()})[0], None
-        rate_np = rate.detach().cpu().numpy()
+        rate_np = rate.detach().cpu().numpy().reshape(-1)
+        sd = None if sd is None else sd.reshape(-1)
         ctx.tick({"stage": "choosing radius", "radius": r})
         for lab in sorted(active):
             if r not in ladders[lab]:
                 continue
-            region = regions[lab]
+            region = flat[lab]
             values = rate_np[region]
             if rule == "lepski":
                 accepted, worst = (True, 0.0) if not history[lab] else lepski_accepts(values, history[lab])
