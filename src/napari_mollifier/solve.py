@@ -435,6 +435,12 @@ def infer_rates(
     RunCancelled
         ``cancel()`` returned True.
     """
+    from . import validation
+
+    bounded = validation.check_solver_arguments(model=model, params=params, pixel_size=pixel_size,
+                                                n_bootstrap=n_bootstrap if method == "direct" else 0,
+                                                iterations=iterations, seed=seed, noise=noise)
+    iterations, seed = bounded["iterations"], bounded["seed"]
     m = get_model(model)
     fields, split = _maybe_split_density(fields, m, roi)
     p = m.params(params)
@@ -462,9 +468,10 @@ def infer_rates(
             radius = float(radius)
         except (TypeError, ValueError):
             raise MollifierInputError(f"radius must be a number of pixels or 'auto', got {radius!r}") from None
-    n_bootstrap = int(n_bootstrap) if method == "direct" else 0
-    if n_bootstrap == 1:
-        raise MollifierInputError("n_bootstrap must be 0 (no uncertainty) or at least 2")
+    n_bootstrap = bounded["n_bootstrap"]
+    validation.warn_extreme_pixels(arrays, valid)
+    validation.warn_run_time(shape, radius="auto" if auto else radius, n_bootstrap=n_bootstrap, method=method,
+                             iterations=iterations)
     noise_levels = _noise_levels(noise, arrays, valid)
     extent = min(shape) if roi is None else None
     order = _model_order(m, ndim)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MollifierInputError
-from ._common import ImageData, atomic_path, check_maps, from_json, length_factor_um, to_json
+from ._common import ImageData, atomic_path, check_input_path, check_maps, from_json, length_factor_um, to_json
 
 __all__ = ["is_tiff", "read_tiff", "write_ome_tiff", "read_ome_tiff_series", "TIFF_SUFFIXES"]
 
@@ -62,8 +62,7 @@ class _Capture(logging.Handler):
 def _open(path: Path):
     import tifffile
 
-    if not path.is_file():
-        raise MollifierInputError(f"{path}: no such file")
+    check_input_path(path, allow_store=False)
     with open(path, "rb") as fh:
         head = fh.read(4)
     if head not in _MAGIC:
@@ -264,6 +263,10 @@ def read_ome_tiff_series(path) -> tuple[list[tuple[str, np.ndarray]], dict]:
     tf = _open(path)
     try:
         out = []
+        from ..validation import check_memory
+
+        check_memory(sum(int(s.nbytes) for s in tf.series) * 2, f"reading {path}",
+                     "the file claims more pixels than fit in memory: check that it is a napari-mollifier result")
         for s in tf.series:
             try:
                 out.append((s.name or "", s.asarray()))
