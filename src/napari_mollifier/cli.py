@@ -392,7 +392,7 @@ def check_writable(out: Path) -> None:
         base = base.parent
     if base.exists() and not base.is_dir():
         err = MollifierOutputError(f"cannot write the outputs to {out}: {base} is a file, not a folder; nothing "
-                                   "was written: choose a folder (--out)")
+                                   "was written: choose another output folder (--out)")
         err.errno = errno.ENOTDIR
         raise err
     probe = base / f".mollifier-write-test-{os.getpid()}"
@@ -643,9 +643,9 @@ def main(argv=None) -> int:
         return command(args)
     except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM (timeout, SLURM, docker stop) alike
         if isinstance(exc, Terminated):
-            print("mollifier: terminated (SIGTERM); stopped cleanly, no partial output was left", file=sys.stderr)
+            print("mollifier: terminated (SIGTERM)", file=sys.stderr)
             return 143
-        print("mollifier: interrupted; stopped cleanly, no partial output was left", file=sys.stderr)
+        print("mollifier: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one line, no traceback, unless --debug
         if args.debug:

@@ -42,12 +42,14 @@ MAX_SEED = 2**64 - 1
 PIXEL_SIZE_RANGE = (1e-6, 1e6)
 #: A run estimated to take longer than this (seconds) is announced with a warning before it starts.
 RUN_TIME_WARN_S = 600.0
-#: Seconds per pixel and per mollified solve (one rate evaluation at one radius) on one CPU core. Measured on
-#: the development machine (benchmarks/RESULTS.md conditions: 2 shared cores): a 256 x 256 px chromatin-balance
-#: solve at radius 8 takes about 0.03 s. The estimate is an order of magnitude, not a promise.
-SECONDS_PER_PIXEL_SOLVE = 5e-7
-#: The same for one network iteration per pixel.
-SECONDS_PER_PIXEL_ITERATION = 2e-7
+#: Seconds per pixel and per mollified solve (one rate evaluation at one radius) on one free CPU core. Measured on
+#: the development machine (2 cores shared by other jobs, load average 12, 2026-12-02): a 256 x 256 px
+#: chromatin-balance solve at radius 8 took 3.8 s per solve (5.8e-5 s per pixel); divided by the load factor
+#: (12 / 2 cores = 6) that is about 1e-5. Larger radii cost up to ~3x more. The estimate is an order of
+#: magnitude, not a promise.
+SECONDS_PER_PIXEL_SOLVE = 1e-5
+#: The same for one network iteration per pixel (64 x 64 px, radius 4: 0.64 s per iteration at load 12, /6).
+SECONDS_PER_PIXEL_ITERATION = 2.5e-5
 _LADDER_STEP = 1.25
 
 

@@ -424,6 +424,7 @@ def run_job(job: dict, out_dir, *, fmt: str = "ome-tif", name: str | None = None
                     progress(step, total, info)
 
             try:
+                pause("reading")
                 result = infer_files(image=job.get("image"), phi_h=job.get("phi_h"), phi_e=job.get("phi_e"),
                                      roi=job.get("roi"), progress=progress_and_warnings, **options)
                 protect = [v for k, v in job.items() if k in ("image", "phi_h", "phi_e", "roi") and v]

@@ -97,12 +97,13 @@ def _check_complete(tf, path: Path, messages) -> None:
     for page in pages:
         if page is None:
             raise MollifierInputError(f"{path}: TIFF page missing (truncated or corrupt file)")
-        offsets = getattr(page, "dataoffsets", ())
-        counts = getattr(page, "databytecounts", ())
-        for off, cnt in zip(offsets, counts):
-            if off + cnt > size:
+        offsets = np.asarray(getattr(page, "dataoffsets", ()), dtype=np.uint64)
+        counts = np.asarray(getattr(page, "databytecounts", ()), dtype=np.uint64)
+        if offsets.size and counts.size == offsets.size:
+            end = int((offsets + counts).max())
+            if end > size:
                 raise MollifierInputError(
-                    f"{path} is truncated: image data ends at byte {off + cnt} but the file has {size} bytes "
+                    f"{path} is truncated: image data ends at byte {end} but the file has {size} bytes "
                     "(an incomplete copy or download?)"
                 )
     if any("invalid page offset" in m for m in messages):
@@ -225,14 +226,20 @@ def read_tiff(path, *, lazy: bool | None = None) -> ImageData:
         channels = info.get("channels") or None
         if tf.is_imagej and tf.imagej_metadata and tf.imagej_metadata.get("Labels") and "c" in axes:
             channels = list(tf.imagej_metadata["Labels"])
-        if lazy is None:
-            lazy = series.nbytes > LAZY_BYTES
+        if lazy is None:  # large files, and files large for the memory left, are read lazily
+            from ..validation import memory_budget
+
+            lazy = series.nbytes > min(LAZY_BYTES, memory_budget() // 8)
         if lazy:
             import dask.array as da
             import zarr
 
             store = series.aszarr()
-            data = da.from_zarr(zarr.open(store, mode="r"))
+            array = zarr.open(store, mode="r")
+            blocks = int(np.prod([-(-n // max(c, 1)) for n, c in zip(array.shape, array.chunks)], dtype=object))
+            # the file's tiles/strips as dask chunks; a file of very many small tiles or strips gets ~128 MB chunks
+            # made of whole tiles instead, so that it does not make a task graph of millions of tasks
+            data = da.from_zarr(array, chunks="auto" if blocks > 10_000 else None)
             keep_open = True  # the store reads from the open file
         else:
             try:
