@@ -28,8 +28,8 @@ from .errors import MollifierInputError, MollifierWarning
 __all__ = [
     "MAX_BOOTSTRAP", "MAX_ITERATIONS", "MAX_SEED", "PIXEL_SIZE_RANGE", "RUN_TIME_WARN_S",
     "check_n_bootstrap", "check_iterations", "check_seed", "check_pixel_size", "check_params", "check_noise",
-    "check_model", "check_solver_arguments", "estimate_run_seconds", "warn_run_time", "warn_extreme_pixels",
-    "memory_budget", "check_memory",
+    "check_model", "check_solver_arguments", "estimate_run_seconds", "run_time_note", "warn_run_time",
+    "warn_extreme_pixels", "memory_budget", "check_memory",
 ]
 
 #: Largest number of bootstrap samples accepted (100 is the usual choice; 10 000 at 256 x 256 px already takes
@@ -220,27 +220,39 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
+def run_time_note(shape, *, radius="auto", n_bootstrap: int = 0, method: str = "direct", iterations=None,
+                  n_runs: int = 1, threshold: float | None = None) -> str | None:
+    """The warning text for a run (``n_runs`` solves of ``shape``, e.g. slices of a stack) estimated to take
+    longer than ``threshold`` seconds (default :data:`RUN_TIME_WARN_S`), naming the estimate and how to cut it;
+    None for a shorter run. The widget shows it before it starts a run."""
+    est = estimate_run_seconds(shape, radius=radius, n_bootstrap=n_bootstrap or 0, method=method,
+                               iterations=iterations)
+    seconds = est["seconds"] * max(int(n_runs), 1)
+    if seconds <= (RUN_TIME_WARN_S if threshold is None else threshold):
+        return None
+    cuts = []
+    if method == "direct" and n_bootstrap:
+        cuts.append(f"fewer bootstrap samples (n_bootstrap={n_bootstrap}: --n-bootstrap 20, or 0 for none)")
+    if est["iterations"]:
+        cuts.append(f"fewer iterations ({est['iterations']}: --iterations)")
+    if est["rungs"]:
+        cuts.append(f"a fixed radius instead of 'auto' ({est['rungs']} ladder rungs: --radius 8)")
+    cuts.append("a smaller image or ROI (crop or bin it)")
+    work = f"{est['solves']} solves per label" + (f", {est['iterations']} iterations" if est["iterations"] else "")
+    runs = f" x {n_runs} slices" if n_runs > 1 else ""
+    return (f"this run is estimated to take about {_duration(seconds)} ({' x '.join(map(str, shape))} px{runs}, "
+            f"{work}); to cut it use {'; '.join(cuts)}")
+
+
 def warn_run_time(shape, *, radius="auto", n_bootstrap: int = 0, method: str = "direct", iterations=None,
                   threshold: float | None = None) -> dict:
     """Warn (:class:`~napari_mollifier.errors.MollifierWarning`) before a run estimated to take longer than
-    ``threshold`` seconds (default :data:`RUN_TIME_WARN_S`), naming the estimate and how to cut it."""
-    est = estimate_run_seconds(shape, radius=radius, n_bootstrap=n_bootstrap, method=method, iterations=iterations)
-    limit = RUN_TIME_WARN_S if threshold is None else threshold
-    if est["seconds"] > limit:
-        cuts = []
-        if method == "direct" and n_bootstrap > 0:
-            cuts.append(f"fewer bootstrap samples (n_bootstrap={n_bootstrap}: --n-bootstrap 20, or 0 for none)")
-        if est["iterations"]:
-            cuts.append(f"fewer iterations ({est['iterations']}: --iterations)")
-        if est["rungs"]:
-            cuts.append(f"a fixed radius instead of 'auto' ({est['rungs']} ladder rungs: --radius 8)")
-        cuts.append("a smaller image or ROI (crop or bin it)")
-        work = f"{est['solves']} solves per label" + (f", {est['iterations']} iterations" if est["iterations"] else "")
-        warnings.warn(
-            f"this run is estimated to take about {_duration(est['seconds'])} ({' x '.join(map(str, shape))} px, "
-            f"{work}); to cut it use {'; '.join(cuts)}",
-            MollifierWarning, stacklevel=3)
-    return est
+    ``threshold`` seconds (default :data:`RUN_TIME_WARN_S`): :func:`run_time_note`. Returns the estimate."""
+    note = run_time_note(shape, radius=radius, n_bootstrap=n_bootstrap, method=method, iterations=iterations,
+                         threshold=threshold)
+    if note is not None:
+        warnings.warn(note, MollifierWarning, stacklevel=3)
+    return estimate_run_seconds(shape, radius=radius, n_bootstrap=n_bootstrap, method=method, iterations=iterations)
 
 
 # --------------------------------------------------------------------------- input fields
