@@ -224,7 +224,8 @@ def test_cli_domains(lattice, tmp_path, capsys):
     bad.write_text("a,b\n1,2\n")
     assert main(["domains", str(bad), "--out", str(tmp_path / "o2")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("mollifier: error:") and "missing column" in err[0]
+    assert len(err) == 2 and err[0].startswith("mollifier: error:") and "missing column" in err[0]
+    assert err[1] == "mollifier: 1 of 1 table(s) failed: bad.csv"
     assert not (tmp_path / "o2").exists()
 
 

@@ -14,7 +14,9 @@ with status 1 (2 for bad usage); ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
+import signal
 import os
 import sys
 import time
@@ -61,12 +63,52 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _validated(check, text: str):
+    """An argparse type from a :mod:`napari_mollifier.validation` check (the same bounds as the API)."""
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    try:
+        return check(value)
+    except MollifierInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _n_bootstrap(text: str) -> int:
+    from .validation import check_n_bootstrap
+
+    return _validated(check_n_bootstrap, text)
+
+
+def _seed(text: str) -> int:
+    from .validation import check_seed
+
+    return _validated(check_seed, text)
+
+
+def _iterations(text: str) -> int:
+    from .validation import check_iterations
+
+    return _validated(check_iterations, text)
+
+
 def _radius(text: str):
     return "auto" if text == "auto" else _positive_float(text)
 
 
 def _pixel_size(text: str) -> list:
-    return [_positive_float(v) for v in text.split(",")]
+    from .validation import check_pixel_size
+
+    values = [_positive_float(v) for v in text.split(",")]
+    try:
+        check_pixel_size(values, unit="um")
+    except MollifierInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("pixel_size", "--pixel-size", 1)) from None
+    return values
 
 
 def _tile(text: str):
@@ -129,16 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uncertainty", default="propagate", choices=UNCERTAINTY_METHODS,
                    help="propagate (default: the estimated input noise propagated through the kernels, about one "
                         "extra solve), bootstrap (--n-bootstrap noise realisations, slow) or none")
-    p.add_argument("--n-bootstrap", type=int, default=100,
-                   help="noise realisations for --uncertainty bootstrap (0: no uncertainty)")
+    p.add_argument("--n-bootstrap", type=_n_bootstrap, default=100,
+                   help="noise realisations for --uncertainty bootstrap (0: no uncertainty; 2 .. 10000)")
     p.add_argument("--radius-rule", default="lepski", choices=RADIUS_RULES,
                    help="how --radius auto picks the radius: lepski (default: the largest radius whose map stays "
                         "within one standard deviation of the maps at all smaller radii) or quasi-optimality")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="0 .. 2**64-1")
     p.add_argument("--roi-mode", default="image", choices=("image", "isolate"))
     p.add_argument("--kernel", default="poly")
     p.add_argument("--boundary", default="mask")
-    p.add_argument("--iterations", type=int, default=None, help="network iterations (network methods)")
+    p.add_argument("--iterations", type=_iterations, default=None,
+                   help="network iterations (network methods; 1 .. 1000000, default 1500)")
     p.add_argument("--allow-constant", action="store_true",
                    help="accept a channel that is constant over the image (refused by default: no contrast)")
     p.add_argument("--smlm-pixel", type=_positive_float, default=20.0, metavar="NM",
@@ -158,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the maps (OME-TIFF), a figure (PNG), the ROI table (CSV) and the provenance.")
     d.add_argument("--out", default="mollifier-demo", metavar="DIR")
     d.add_argument("--noise", type=float, default=0.01)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--n-bootstrap", type=int, default=40)
+    d.add_argument("--seed", type=_seed, default=0)
+    d.add_argument("--n-bootstrap", type=_n_bootstrap, default=40)
 
     r = sub.add_parser("rerun", parents=[common], help="repeat a recorded run and compare",
                        description="Re-run the computation recorded in a provenance JSON or a saved result and "
@@ -199,7 +242,7 @@ def _add_domains_parser(sub, common) -> None:
     g.add_argument("--diffusivity", type=_positive_float, default=D["diffusivity"], metavar="UM2_PER_S",
                    help="D in Gamma_ac = D / d^2, um^2/s (1)")
     g.add_argument("--neighbours", action="store_true", help="pool Voronoi cells with their neighbours")
-    g.add_argument("--seed", type=int, default=D["seed"])
+    g.add_argument("--seed", type=_seed, default=D["seed"])
     g.add_argument("--unit", default="nm", help="unit of coordinates without one in the header (nm)")
 
 
@@ -210,18 +253,39 @@ def cmd_domains(args) -> int:
               "eps_nm": args.eps, "min_samples": args.min_samples, "min_points": args.min_points,
               "subsample": args.subsample, "diffusivity": args.diffusivity, "neighbours": args.neighbours,
               "seed": args.seed}
-    for path in args.inputs:
+    out = Path(args.out)
+    check_writable(out)  # before any computation
+    failed = []
+    for path in args.inputs:  # a bad table is reported and the others still run
         t0 = time.perf_counter()
-        res = analyse_table(path, unit=args.unit, **params)
-        name = Path(path).name.rsplit(".", 1)[0]
-        paths = res.save(args.out, name)
+        try:
+            res = analyse_table(path, unit=args.unit, **params)
+            name = Path(path).name.rsplit(".", 1)[0]
+            paths = res.save(out, name)
+        except Exception as exc:
+            if args.debug:
+                raise
+            print(f"mollifier: error: {Path(path).name}: {_one_line(exc)}", file=sys.stderr)
+            failed.append(Path(path).name)
+            continue
         s = res.summary
         if not args.quiet:
             print(f"{Path(path).name}: {s['n_domains']} domains, mean diameter {s['mean_diameter_nm']:.0f} nm, "
                   f"mean spacing {s['mean_spacing_nm']:.0f} nm, LAD thickness {s['lad_thickness_nm']:.0f} nm, "
                   f"threshold {s['density_threshold_per_um2']:.4g} /um^2 ({s['threshold_method']}), "
                   f"{time.perf_counter() - t0:.1f} s -> {paths['table'].parent}")
+    if failed:
+        print(f"mollifier: {len(failed)} of {len(args.inputs)} table(s) failed: {', '.join(failed)}",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if not isinstance(exc, (MollifierInputError, OSError)):
+        message = f"{type(exc).__name__}: {message}"
+    return message
 
 
 # --------------------------------------------------------------------------- progress
@@ -324,22 +388,29 @@ def _client(address: str):
 
 
 def check_writable(out: Path) -> None:
-    """Fail before any computation when the output folder cannot be created or written to."""
+    """Fail before any computation when the output folder cannot be created or written to. Creates nothing: the
+    folder is made when the first result is published, so a run stopped before that leaves no empty folder."""
+    from .errors import MollifierOutputError
     from .io.jobs import _output_error
 
-    probe = None
+    base = out
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if base.exists() and not base.is_dir():
+        err = MollifierOutputError(f"cannot write the outputs to {out}: {base} is a file, not a folder; nothing "
+                                   "was written: choose another output folder (--out)")
+        err.errno = errno.ENOTDIR
+        raise err
+    probe = base / f".mollifier-write-test-{os.getpid()}"
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".mollifier-write-test-{os.getpid()}"
         probe.write_bytes(b"")
     except OSError as exc:
         raise _output_error(exc, out) from None
     finally:
-        if probe is not None:
-            try:
-                probe.unlink()
-            except OSError:
-                pass
+        try:
+            probe.unlink()
+        except OSError:
+            pass
 
 
 def cmd_infer(args) -> int:
@@ -374,9 +445,16 @@ def cmd_infer(args) -> int:
     existed = out.exists()
     check_writable(out)
 
+    def warn(name, note):  # as it happens (the run-time estimate comes before the solve)
+        print(f"mollifier: warning: {name}: {note}", file=sys.stderr, flush=True)
+
+    if not args.scheduler:
+        options["on_warning"] = warn
+
     def done(row):
-        for note in row.get("warnings", ()):
-            print(f"mollifier: warning: {row['name']}: {note}", file=sys.stderr)
+        if args.scheduler:
+            for note in row.get("warnings", ()):
+                warn(row["name"], note)
         if row["status"] != "ok":
             print(f"mollifier: error: {row['name']}: {row['error']}", file=sys.stderr)
 
@@ -498,16 +576,30 @@ def cmd_rerun(args) -> int:
     from .io.jobs import write_outputs
     from .rerun import compare_results, read_provenance, rerun
 
+    source = Path(args.source)
+    _finish_interrupted_writes(source.parent)
     prov, origin = read_provenance(args.source)
     saved = None
-    source = Path(args.source)
     if source.name.lower().endswith(".json"):
         from .io import from_json
 
         record = from_json(source.read_text())
-        name = (record.get("outputs") or {}).get("result")
+        outputs = record.get("outputs") or {}
+        name = outputs.get("result") if isinstance(outputs, dict) else None
+        if name is not None and (not isinstance(name, str) or not name or name in (".", "..")
+                                 or Path(name).name != name or "\\" in name):
+            raise MollifierInputError(
+                f"{source}: provenance key outputs.result must be the bare file name of the result beside it, got "
+                f"{str(name)[:80]!r}: a provenance cannot point rerun at another folder's result"
+            )
         if name and (source.parent / name).exists():
             saved = load_result(source.parent / name)
+            if saved.provenance.get("created") != prov.get("created"):
+                raise MollifierInputError(
+                    f"{source.name} and {name} are from different runs (created {prov.get('created')} and "
+                    f"{saved.provenance.get('created')}): the folder was written by two runs at once or a write was "
+                    "interrupted; run mollifier infer again to write a complete result"
+                )
     else:
         saved = load_result(source)
     bar = _Bar("rerun", not args.quiet)
@@ -534,6 +626,20 @@ def cmd_rerun(args) -> int:
     return 0 if changed else 1
 
 
+def _finish_interrupted_writes(folder: Path) -> None:
+    """Complete (or clear) what a killed writer left in ``folder`` before reading from it; a folder that cannot be
+    written (read-only data) is read as it is."""
+    from .io.publish import folder_lock, recover_folder
+
+    try:
+        if folder.is_dir():
+            with folder_lock(folder, timeout=30):
+                for note in recover_folder(folder):
+                    print(f"mollifier: warning: {note}", file=sys.stderr)
+    except OSError:
+        pass
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -541,19 +647,43 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     command = {"infer": cmd_infer, "demo": cmd_demo, "rerun": cmd_rerun, "domains": cmd_domains}[args.command]
+    previous = _catch_sigterm()
     try:
         return command(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM (timeout, SLURM, docker stop) alike
+        if isinstance(exc, Terminated):
+            print("mollifier: terminated (SIGTERM)", file=sys.stderr)
+            return 143
         print("mollifier: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one line, no traceback, unless --debug
         if args.debug:
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if not isinstance(exc, (MollifierInputError, OSError)):
-            message = f"{type(exc).__name__}: {message}"
-        print(f"mollifier: error: {message}", file=sys.stderr)
+        print(f"mollifier: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that every ``finally`` (staging folders) runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _catch_sigterm():
+    """Make SIGTERM raise :class:`Terminated` (main thread only); returns the previous handler."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except (ValueError, OSError):
+        return None
 
 
 if __name__ == "__main__":

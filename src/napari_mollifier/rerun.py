@@ -17,7 +17,80 @@ import numpy as np
 from .errors import MollifierInputError
 from .result import RateResult
 
-__all__ = ["rerun", "read_provenance", "compare_results"]
+__all__ = ["rerun", "read_provenance", "compare_results", "check_provenance"]
+
+#: Largest provenance JSON read (a real one is a few kB; the ROI table of thousands of labels some MB).
+MAX_PROVENANCE_BYTES = 64 << 20
+_ROLES = ("image", "phi_h", "phi_e", "roi")
+_FUNCTIONS = ("napari_mollifier.infer_rates", "napari_mollifier.tiling.infer_tiled")
+
+
+def _type_error(key: str, expected: str, value) -> MollifierInputError:
+    return MollifierInputError(f"provenance key {key} must be {expected}, got {type(value).__name__} "
+                               f"{str(value)[:60]!r}: the provenance file is damaged or was edited; use the one the "
+                               "run wrote")
+
+
+def check_provenance(prov: dict) -> None:
+    """Check the types and bounds of a provenance's ``inputs`` and ``call`` before anything is read or run;
+    a bad entry is a :class:`MollifierInputError` naming its key."""
+    from .validation import check_solver_arguments
+
+    inputs, call = prov.get("inputs"), prov.get("call")
+    if not isinstance(inputs, list):
+        raise _type_error("inputs", "a list of input records", inputs)
+    for i, rec in enumerate(inputs):
+        if not isinstance(rec, dict):
+            raise _type_error(f"inputs[{i}]", "a record {role, path, sha256}", rec)
+        if rec.get("role") not in _ROLES:
+            raise _type_error(f"inputs[{i}].role", f"one of {_ROLES}", rec.get("role"))
+        if not isinstance(rec.get("path"), str) or not rec["path"]:
+            raise _type_error(f"inputs[{i}].path", "a file path", rec.get("path"))
+        if rec["path"].lower().endswith(".json"):
+            raise MollifierInputError(f"provenance key inputs[{i}].path names {rec['path']}, a JSON file: an input "
+                                      "of a run is an image, never a provenance record")
+        if rec.get("sha256") is not None and not isinstance(rec["sha256"], str):
+            raise _type_error(f"inputs[{i}].sha256", "a hex digest", rec["sha256"])
+    if not isinstance(call, dict):
+        raise _type_error("call", "a record {function, load, kwargs}", call)
+    if call.get("function", "napari_mollifier.infer_rates") not in _FUNCTIONS:
+        raise _type_error("call.function", f"one of {_FUNCTIONS}", call.get("function"))
+    kwargs = call.get("kwargs")
+    if not isinstance(kwargs, dict):
+        raise _type_error("call.kwargs", "a record of solver arguments", kwargs)
+    load = call.get("load") or {}
+    if not isinstance(load, dict):
+        raise _type_error("call.load", "a record {channels, t, pixel_size, smlm}", load)
+    for key in ("model", "method", "kernel", "boundary", "roi_mode", "device", "base"):
+        if key in kwargs and kwargs[key] is not None and not isinstance(kwargs[key], str):
+            raise _type_error(f"call.kwargs.{key}", "a name (text)", kwargs[key])
+    radius = kwargs.get("radius", "auto")
+    if radius != "auto" and (isinstance(radius, bool) or not isinstance(radius, (int, float))):
+        raise _type_error("call.kwargs.radius", "'auto' or a number of pixels", radius)
+    if "tile" in kwargs and (isinstance(kwargs["tile"], bool) or not isinstance(kwargs["tile"], int)
+                             or not 16 <= kwargs["tile"] <= 2**20):
+        raise _type_error("call.kwargs.tile", "a tile size of 16 .. 1048576 px", kwargs["tile"])
+    check_solver_arguments(model=kwargs.get("model", "chromatin-balance"), params=kwargs.get("params"),
+                           pixel_size=kwargs.get("pixel_size"), n_bootstrap=kwargs.get("n_bootstrap", 0),
+                           iterations=kwargs.get("iterations"), seed=kwargs.get("seed", 0),
+                           noise=kwargs.get("noise", "auto"), prefix="call.kwargs")
+    if load.get("pixel_size") is not None:
+        from .validation import check_pixel_size
+
+        check_pixel_size(load["pixel_size"], key="call.load.pixel_size", unit="um")
+    if load.get("t") is not None and (isinstance(load["t"], bool) or not isinstance(load["t"], int)):
+        raise _type_error("call.load.t", "a time-point index", load["t"])
+    channels = load.get("channels")
+    if channels is not None and (not isinstance(channels, list)
+                                 or not all(isinstance(c, (int, str)) and not isinstance(c, bool) for c in channels)):
+        raise _type_error("call.load.channels", "a list of channel indices or names", channels)
+    smlm = load.get("smlm")
+    if smlm is not None:
+        if not isinstance(smlm, dict):
+            raise _type_error("call.load.smlm", "a record of SMLM rendering options", smlm)
+        px = smlm.get("pixel_size_nm", 20.0)
+        if isinstance(px, bool) or not isinstance(px, (int, float)) or not 1e-3 <= px <= 1e9:
+            raise _type_error("call.load.smlm.pixel_size_nm", "a pixel size in nm (0.001 .. 1e9)", px)
 
 
 def read_provenance(source) -> tuple[dict, Path | None]:
@@ -29,17 +102,23 @@ def read_provenance(source) -> tuple[dict, Path | None]:
         return dict(source.provenance), None
     if isinstance(source, dict):
         return (dict(source["provenance"]) if "provenance" in source and "call" not in source else dict(source)), None
-    path = Path(source)
-    if not path.exists():
-        raise MollifierInputError(f"{path}: no such file")
+    from .io._common import check_input_path
+
+    path = check_input_path(source)
     if path.is_file() and path.name.lower().endswith(".json"):
+        if path.stat().st_size > MAX_PROVENANCE_BYTES:
+            raise MollifierInputError(f"{path}: {path.stat().st_size} bytes is far too large for a provenance "
+                                      f"record (at most {MAX_PROVENANCE_BYTES}): give the *.provenance.json of a run")
         try:
             data = from_json(path.read_text())
-        except ValueError as exc:
+        except (ValueError, UnicodeDecodeError) as exc:
             raise MollifierInputError(f"{path}: not a JSON provenance file ({exc})") from None
         if not isinstance(data, dict):
             raise MollifierInputError(f"{path}: not a provenance record")
-        return (data["provenance"] if "provenance" in data else data), path.parent
+        prov = data["provenance"] if "provenance" in data else data
+        if not isinstance(prov, dict):
+            raise _type_error("provenance", "a record", prov)
+        return prov, path.parent
     try:
         result_format(path)
     except MollifierInputError:
@@ -54,14 +133,17 @@ def _locate(record: dict, search: list[Path], check: bool) -> Path:
     one of the ``search`` folders."""
     from .io import file_sha256
 
+    from .io._common import check_input_path
+
     path = Path(record["path"])
     digest = record.get("sha256") if check else None
-    if path.exists():
-        return path
+    if path.exists() or path.is_symlink():
+        return check_input_path(path)  # a regular file or a zarr store, before it is hashed or read
     others = []
     for folder in search:
         candidate = Path(folder) / path.name
         if candidate.exists():
+            check_input_path(candidate)
             if digest is None or file_sha256(candidate) == digest:
                 return candidate
             others.append(str(candidate))
@@ -106,6 +188,7 @@ def rerun(source, *, device: str | None = None, data_dir=None, check_hashes: boo
             "this provenance has no 'inputs'/'call' record, so it cannot be re-run: only results computed from "
             "files (the mollifier CLI or napari_mollifier.io.jobs.infer_files) record how to repeat them"
         )
+    check_provenance(prov)
     search = [Path(p) for p in ([data_dir] if data_dir else [])] + ([origin] if origin else [])
     records = []
     for rec in inputs:

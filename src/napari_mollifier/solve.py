@@ -535,6 +535,12 @@ def infer_rates(
     RunCancelled
         ``cancel()`` returned True.
     """
+    from . import validation
+
+    bounded = validation.check_solver_arguments(model=model, params=params, pixel_size=pixel_size,
+                                                n_bootstrap=n_bootstrap if method == "direct" else 0,
+                                                iterations=iterations, seed=seed, noise=noise)
+    iterations, seed = bounded["iterations"], bounded["seed"]
     m = get_model(model)
     fields, split = _maybe_split_density(fields, m, roi)
     p = m.params(params)
@@ -562,9 +568,11 @@ def infer_rates(
             radius = float(radius)
         except (TypeError, ValueError):
             raise MollifierInputError(f"radius must be a number of pixels or 'auto', got {radius!r}") from None
-    n_bootstrap = int(n_bootstrap) if method == "direct" else 0
-    if n_bootstrap == 1:
-        raise MollifierInputError("n_bootstrap must be 0 (no uncertainty) or at least 2")
+    n_bootstrap = bounded["n_bootstrap"]
+    validation.warn_extreme_pixels(arrays, valid)
+    validation.warn_run_time(shape, radius="auto" if auto else radius,
+                             n_bootstrap=n_bootstrap if uncertainty == "bootstrap" and method == "direct" else 0,
+                             method=method, iterations=iterations)
     extent = min(shape) if roi is None else None
     order = _model_order(m, ndim)
     smallest = max(order + 1, 3) if auto else order + 1

@@ -947,6 +947,11 @@ class MollifierWidget(QWidget):
             kwargs["iterations"] = int(self.iterations_spin.value())
         elif _accepts("n_bootstrap"):
             kwargs["n_bootstrap"] = int(self.bootstrap_spin.value())
+        from napari_mollifier.validation import run_time_note  # estimate before starting (issue 17)
+
+        counts = {k: kwargs[k] for k in ("radius", "n_bootstrap", "method", "iterations") if k in kwargs}
+        estimate = run_time_note(next(iter(slices[0][1].values())).shape, n_runs=len(slices), **counts)
+        notes += [estimate] if estimate else []
         geometry = _geometry(ref)
         if out_lead and lead_shape and out_lead != lead_shape:  # current slice: put the output on that slice
             shift = np.zeros(ref.ndim)

@@ -92,24 +92,32 @@ class DomainResult:
     def save(self, out_dir, name: str = "domains") -> dict:
         """Write ``NAME_domains.csv``, ``NAME_summary.json``, ``NAME_labels.ome.tif`` (domain labels, LAD band,
         nucleus), ``NAME_gamma.ome.tif`` (gamma_ac, gamma_me, lambda) and ``NAME_fields.ome.tif`` (phi_h, phi_e,
-        phi_w: ``mollifier infer NAME_fields.ome.tif --channels 0,1`` reads it); returns the paths."""
-        from ..io._common import atomic_path, to_json
+        phi_w: ``mollifier infer NAME_fields.ome.tif --channels 0,1`` reads it); returns the paths.
+
+        The five files are one unit (:func:`napari_mollifier.io.publish.publish`): written into a staging folder
+        and moved into place together, under the folder's write lock; a failure or interrupt leaves none of them
+        (and an older result of the same name as it was)."""
+        from ..io._common import to_json
+        from ..io.publish import publish
         from ..io.tiff import write_ome_tiff
 
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         desc = {"summary": self.summary, "params": self.params, "origin_nm": list(self.origin_nm),
                 "pixel_size_nm": self.pixel_size_nm, "fields_assumption": self.fields_assumption}
         px = self.pixel_size_nm / 1000.0
-        paths = {"table": self.write_table(out / f"{name}_domains.csv")}
-        p = out / f"{name}_summary.json"
-        with atomic_path(p) as tmp:
-            tmp.write_text(to_json(desc, indent=2), encoding="utf-8")
-        paths["summary"] = p
-        paths["labels"] = write_ome_tiff(out / f"{name}_labels.ome.tif",
-                                         {"domains": self.labels, "lad": self.lad_mask.astype(np.int32),
-                                          "nucleus": self.nucleus.astype(np.int32)}, px, description=desc,
-                                         dtype=np.int32)
-        paths["gamma"] = write_ome_tiff(out / f"{name}_gamma.ome.tif", dict(self.maps), px, description=desc)
-        paths["fields"] = write_ome_tiff(out / f"{name}_fields.ome.tif", dict(self.fields), px, description=desc)
-        return paths
+        files = {"table": f"{name}_domains.csv", "labels": f"{name}_labels.ome.tif",
+                 "gamma": f"{name}_gamma.ome.tif", "fields": f"{name}_fields.ome.tif",
+                 "summary": f"{name}_summary.json"}
+
+        def write(staging: Path) -> list:
+            (staging / files["table"]).write_text(self.table_csv(), encoding="utf-8")
+            write_ome_tiff(staging / files["labels"],
+                           {"domains": self.labels, "lad": self.lad_mask.astype(np.int32),
+                            "nucleus": self.nucleus.astype(np.int32)}, px, description=desc, dtype=np.int32)
+            write_ome_tiff(staging / files["gamma"], dict(self.maps), px, description=desc)
+            write_ome_tiff(staging / files["fields"], dict(self.fields), px, description=desc)
+            (staging / files["summary"]).write_text(to_json(desc, indent=2), encoding="utf-8")
+            return list(files.values())  # the summary last
+
+        publish(out, f"{name}_domains", write)
+        return {k: out / v for k, v in files.items()}

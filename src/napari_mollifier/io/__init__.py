@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MollifierInputError
-from ._common import ImageData, atomic_path, file_sha256, from_json, to_json
+from ._common import ImageData, atomic_path, check_input_path, file_sha256, from_json, to_json
 from .results import load_result, save_result
 from .smlm import is_localisation_table, read_localisations, read_smlm, render_localisations
 from .tiff import is_tiff, read_tiff, write_ome_tiff
@@ -71,9 +71,7 @@ def read_image(path, *, smlm: dict | None = None, lazy: bool | None = None) -> I
     lazy : bool, optional
         TIFF only: read through dask (default: for files over 1 GiB). Zarr is always lazy.
     """
-    p = Path(path)
-    if not p.exists():
-        raise MollifierInputError(f"{p}: no such file or folder")
+    p = check_input_path(path)
     kind = image_kind(p)
     if kind == "tiff":
         return read_tiff(p, lazy=lazy)
@@ -105,7 +103,12 @@ def read_image(path, *, smlm: dict | None = None, lazy: bool | None = None) -> I
 
 def read_labels(path, shape=None) -> np.ndarray:
     """An ROI label image (0 = background) from any readable image file, checked against ``shape``."""
+    from ..validation import check_memory
+
     img = read_image(path)
+    pixels = int(np.prod([int(n) for n in img.shape], dtype=object))
+    check_memory(pixels * 8 * 3, f"the ROI {path} ({' x '.join(str(int(n)) for n in img.shape)} px)",
+                 "give an ROI of the image's size (crop or bin it like the image)")
     data = img.to_numpy()
     if data.ndim > 2 and shape is not None and data.shape != tuple(shape):
         squeezed = np.squeeze(data)

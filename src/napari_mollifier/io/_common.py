@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = [
     "length_factor_um",
     "atomic_path",
     "file_sha256",
+    "check_input_path",
     "to_json",
     "from_json",
     "json_default",
@@ -237,20 +239,23 @@ def atomic_path(path, *, directory: bool = False):
 
     On any exception the temporary file or folder is removed and ``path`` is left as it was, so a failed write
     never leaves a half-written result. Folders (zarr) replace an existing folder of the same name only once the
-    new one is complete.
+    new one is complete. The folder's advisory write lock is held meanwhile, and leftovers of killed writers in
+    it are cleared first (:mod:`napari_mollifier.io.publish`); a folder created here is removed again on failure.
     """
+    from .publish import locked_folder
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:10]}"
-    try:
-        yield tmp
-        if directory:
-            _replace_dir(tmp, path)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
+    with locked_folder(path.parent):
+        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:10]}"
+        try:
+            yield tmp
+            if directory:
+                _replace_dir(tmp, path)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            _remove(tmp)
+            raise
 
 
 def _replace_dir(tmp: Path, path: Path) -> None:
@@ -279,10 +284,43 @@ def _remove(p: Path) -> None:
         pass
 
 
+# --------------------------------------------------------------------------- input paths
+_ZARR_META = (".zarray", ".zgroup", "zarr.json")
+
+
+def check_input_path(path, *, allow_store: bool = True) -> Path:
+    """``path`` if it is a regular file (or, with ``allow_store``, a folder holding zarr metadata); else a
+    :class:`MollifierInputError` -- before anything is read or hashed, so a device (``/dev/zero``), a FIFO or a
+    large folder that is not a store is refused at once instead of read without end."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise MollifierInputError(f"{p}: no such file or folder") from None
+    except OSError as exc:
+        raise MollifierInputError(f"{p}: cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISREG(st.st_mode):
+        return p
+    if stat.S_ISDIR(st.st_mode):
+        if allow_store and any((p / n).is_file() for n in _ZARR_META):
+            return p
+        raise MollifierInputError(
+            f"{p} is a folder, not " + ("an image file or a zarr store (it has no .zarray, .zgroup or zarr.json)"
+                                        if allow_store else "a file") + ": give an image file"
+            + (" or a zarr folder" if allow_store else "")
+        )
+    kind = ("a character device" if stat.S_ISCHR(st.st_mode) else "a block device" if stat.S_ISBLK(st.st_mode)
+            else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+            else "not a regular file")
+    raise MollifierInputError(f"{p} is {kind}, not a regular file: give an image file (TIFF, zarr folder, SMLM "
+                              "table or .npy) that can be read to its end")
+
+
 # --------------------------------------------------------------------------- hashing
 def file_sha256(path) -> str:
-    """sha256 of a file, or of a folder (zarr): every file's relative path and bytes, in sorted order."""
-    path = Path(path)
+    """sha256 of a file, or of a folder (zarr): every file's relative path and bytes, in sorted order.
+    Anything else (a device, a FIFO, a folder that is not a zarr store) is refused before reading."""
+    path = check_input_path(path)
     h = hashlib.sha256()
     if path.is_dir():
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -344,4 +382,7 @@ def to_json(obj, **kwargs) -> str:
 
 def from_json(text: str):
     """Inverse of :func:`to_json` (the strings "nan"/"inf" become floats again)."""
-    return _unclean(json.loads(text))
+    try:
+        return _unclean(json.loads(text))
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply to be a provenance or metadata record") from None

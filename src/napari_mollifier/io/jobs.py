@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import csv
 import errno
-import os
-import shutil
 import time
-import uuid
 import warnings
 from pathlib import Path
 
@@ -34,7 +31,8 @@ import numpy as np
 
 from ..errors import MollifierInputError, MollifierOutputError, MollifierWarning
 from ..models import get_model
-from ._common import ImageData, file_sha256, to_json
+from ._common import ImageData, check_input_path, file_sha256, to_json
+from .publish import pause, publish
 
 __all__ = ["infer_files", "load_fields", "run_job", "run_batch", "write_outputs", "job_name", "OUTPUT_FORMATS"]
 
@@ -47,9 +45,7 @@ DEFAULT_PIXEL_SIZE = 1.0
 
 
 def _record(role: str, path) -> dict:
-    p = Path(path)
-    if not p.exists():
-        raise MollifierInputError(f"{p}: no such file or folder")
+    p = check_input_path(path)
     return {"role": role, "path": str(p.resolve()), "sha256": file_sha256(p)}
 
 
@@ -142,6 +138,7 @@ def load_fields(records: list[dict], load: dict, model="chromatin-balance") -> t
                 f"phi_h and phi_e files have different pixel sizes ({ref.pixel_size} vs "
                 f"{images['phi_e'].pixel_size} um)"
             )
+        _check_field_memory(ref, 2, paths["phi_h"])
         fields = {k: v.to_numpy(np.float64) for k, v in images.items()}
         info["source"] = ref.name
     else:
@@ -173,6 +170,7 @@ def load_fields(records: list[dict], load: dict, model="chromatin-balance") -> t
             if not -n <= i < n:
                 raise MollifierInputError(f"{paths['image']}: channel {i} does not exist (it has {n})")
         picked = [_spatial(img.channel(i), f"channel {i}") for i in idx]
+        _check_field_memory(picked[0], len(picked) if len(idx) == len(m.inputs) else 3, paths["image"])
         if len(idx) == len(m.inputs):
             fields = {k: p.to_numpy(np.float64) for k, p in zip(m.inputs, picked)}
         else:
@@ -209,6 +207,19 @@ def load_fields(records: list[dict], load: dict, model="chromatin-balance") -> t
         _check_roi_scale(paths["roi"], ref)
     info["shape"] = shape
     return fields, roi, pixel_size, info
+
+
+def _check_field_memory(img: ImageData, n_fields: int, path) -> None:
+    """Refuse, before any pixel is converted, an image whose float64 fields (and the solver's copies of them)
+    cannot fit in memory: the shape is read lazily from the file's metadata (a compressed file can claim far more
+    pixels than it has bytes)."""
+    from ..validation import check_memory
+
+    pixels = int(np.prod([int(n) for n in img.shape], dtype=object))
+    need = pixels * 8 * n_fields * 3  # float64 fields, their working copies and the solver's inputs
+    check_memory(need, f"{path} ({' x '.join(str(int(n)) for n in img.shape)} px, {n_fields} field(s) in float64)",
+                 "crop or bin the image (or pick a smaller region, z range or time point), or run on a machine with "
+                 "more memory")
 
 
 def _check_roi_scale(path, ref: ImageData) -> None:
@@ -335,38 +346,29 @@ def write_outputs(result, out_dir, name: str, fmt: str = "ome-tif", protect=()) 
     for p in paths.values():
         if p.resolve() in guarded:
             raise MollifierInputError(f"refusing to overwrite the input {p}: choose another output folder")
-    # All or nothing: the three outputs are written into a hidden staging folder beside them and moved into
-    # place only when all three are complete; any failure (disk full, Ctrl-C) removes the staging folder.
+    # One result is one unit (io.publish): the three outputs are written into a hidden staging folder, then
+    # moved into place in one step under the folder's write lock (the provenance last: it names the others);
+    # any failure or interrupt before that removes the staging folder and keeps an older result intact.
+
+    def write(staging: Path) -> list:
+        staged = {k: staging / p.name for k, p in paths.items()}
+        save_result(result, staged["result"])
+        pause("staged-maps")
+        rows = result.table()
+        with open(staged["rois"], "w", newline="") as fh:
+            columns = list(rows[0]) if rows else ["label"]
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        record = {"format": "napari-mollifier provenance", "provenance": result.provenance,
+                  "outputs": {k: p.name for k, p in paths.items() if k != "provenance"}}
+        staged["provenance"].write_text(to_json(record, indent=2))
+        return [paths[k].name for k in ("result", "rois", "provenance")]
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        staging = out / f".{name}.staging-{uuid.uuid4().hex[:10]}"
-        staging.mkdir()
+        publish(out, name, write)
     except OSError as exc:
         raise _output_error(exc, out) from None
-    try:
-        try:
-            staged = {k: staging / p.name for k, p in paths.items()}
-            save_result(result, staged["result"])
-            rows = result.table()
-            with open(staged["rois"], "w", newline="") as fh:
-                columns = list(rows[0]) if rows else ["label"]
-                writer = csv.DictWriter(fh, fieldnames=columns)
-                writer.writeheader()
-                writer.writerows(rows)
-            record = {"format": "napari-mollifier provenance", "provenance": result.provenance,
-                      "outputs": {k: p.name for k, p in paths.items() if k != "provenance"}}
-            staged["provenance"].write_text(to_json(record, indent=2))
-            for key in ("result", "rois", "provenance"):  # the provenance last: it names the others
-                if staged[key].is_dir():
-                    from ._common import _replace_dir
-
-                    _replace_dir(staged[key], paths[key])
-                else:
-                    os.replace(staged[key], paths[key])
-        except OSError as exc:
-            raise _output_error(exc, out) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return {k: str(p) for k, p in paths.items()}
 
 
@@ -386,11 +388,13 @@ def _output_error(exc: OSError, out: Path) -> MollifierOutputError:
 
 
 def run_job(job: dict, out_dir, *, fmt: str = "ome-tif", name: str | None = None, progress=None,
-            raise_errors: bool = False, **options) -> dict:
+            raise_errors: bool = False, on_warning=None, **options) -> dict:
     """Run one job (``{"image"}`` or ``{"phi_h", "phi_e"}``, optional ``"roi"``) and write its outputs.
 
     Returns a summary row; errors are caught into ``{"status": "error", "error": message}`` unless
-    ``raise_errors``. Safe to ship to a dask worker (only plain data in and out).
+    ``raise_errors``. ``on_warning(name, message)`` is called as each
+    :class:`~napari_mollifier.errors.MollifierWarning` happens (e.g. the run-time estimate, before the solve).
+    Safe to ship to a dask worker (only plain data in and out).
     """
     name = name or job_name(job)
     row = {"name": name, "input": str(job.get("image") or f"{job.get('phi_h')} + {job.get('phi_e')}"),
@@ -399,20 +403,35 @@ def run_job(job: dict, out_dir, *, fmt: str = "ome-tif", name: str | None = None
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", MollifierWarning)
-            try:
-                result = infer_files(image=job.get("image"), phi_h=job.get("phi_h"), phi_e=job.get("phi_e"),
-                                     roi=job.get("roi"), progress=progress, **options)
-            finally:
-                notes = []
+            notes: list = []
+
+            def flush():  # MollifierWarnings go into the row (and to on_warning as soon as they happen)
                 for w in caught:
                     if issubclass(w.category, MollifierWarning):
-                        notes.append(str(w.message))
+                        text = str(w.message)
+                        if text not in notes:
+                            notes.append(text)
+                            if on_warning is not None:
+                                on_warning(name, text)
                     else:  # not ours: pass it on unchanged
                         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                caught.clear()
                 if notes:
-                    row["warnings"] = list(dict.fromkeys(notes))
-        protect = [v for k, v in job.items() if k in ("image", "phi_h", "phi_e", "roi") and v]
-        row["outputs"] = write_outputs(result, out_dir, name, fmt, protect=protect)
+                    row["warnings"] = list(notes)
+
+            def progress_and_warnings(step, total, info=None):
+                flush()
+                if progress is not None:
+                    progress(step, total, info)
+
+            try:
+                pause("reading")
+                result = infer_files(image=job.get("image"), phi_h=job.get("phi_h"), phi_e=job.get("phi_e"),
+                                     roi=job.get("roi"), progress=progress_and_warnings, **options)
+                protect = [v for k, v in job.items() if k in ("image", "phi_h", "phi_e", "roi") and v]
+                row["outputs"] = write_outputs(result, out_dir, name, fmt, protect=protect)
+            finally:
+                flush()
         rate = result.rate[np.isfinite(result.rate)]
         sigma = result.uncertainty[np.isfinite(result.uncertainty)]
         row.update({
@@ -464,6 +483,7 @@ def run_batch(jobs: list[dict], out_dir, *, client=None, fmt: str = "ome-tif", o
         return rows
     from distributed import as_completed
 
+    options.pop("on_warning", None)  # workers report their warnings in the rows
     futures = [client.submit(run_job, job, str(out_dir), fmt=fmt, name=name, pure=False, **options)
                for job, name in zip(jobs, names)]
     index = {f.key: i for i, f in enumerate(futures)}

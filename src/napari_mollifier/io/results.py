@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import MollifierInputError
 from ..result import RateResult
-from ._common import atomic_path, from_json, to_json
+from ._common import atomic_path, check_input_path, from_json, to_json
 from .tiff import read_ome_tiff_series, write_ome_tiff
 from .zarr import open_group, write_ome_zarr
 
@@ -120,8 +120,7 @@ def load_result(path) -> RateResult:
     """Read a result written by :func:`save_result` (or :meth:`RateResult.save`)."""
     path = Path(path)
     fmt = result_format(path)
-    if not path.exists():
-        raise MollifierInputError(f"{path}: no such file")
+    check_input_path(path, allow_store=fmt == "zarr")
     if fmt == "npz":
         try:
             with np.load(path, allow_pickle=False) as z:

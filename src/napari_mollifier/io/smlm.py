@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MollifierInputError
-from ._common import ImageData, length_factor_um
+from ._common import ImageData, check_input_path, length_factor_um
 
 __all__ = ["is_localisation_table", "read_localisations", "render_localisations", "read_smlm", "SMLM_SUFFIXES"]
 
@@ -118,9 +118,7 @@ def read_localisations(path, *, unit: str = "nm", camera_pixel_nm: float | None 
     MollifierInputError
         Missing x or y column, text in a numeric column, no rows.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MollifierInputError(f"{path}: no such file")
+    path = check_input_path(path, allow_store=False)
     head = _header(path)
     if head is None:
         raise MollifierInputError(f"{path} is not a text table (no header line)")
@@ -181,6 +179,14 @@ def render_localisations(x_nm, y_nm, *, pixel_size_nm: float = 20.0, method: str
     ny, nx = (int(n) for n in shape)
     if ny * nx > 2**31:
         raise MollifierInputError(f"a {ny} x {nx} px image at {px:g} nm/px is too large: use a larger pixel size")
+    from ..validation import check_memory
+
+    span = max((x.max() - x0), (y.max() - y0)) / 1000.0
+    # the histogram (float64), the Gaussian blur's copy, and the fractions made from it downstream
+    check_memory(ny * nx * 8 * (3 if method == "gaussian" else 2),
+                 f"rendering the localisations at {px:g} nm/px (a {ny} x {nx} px image; they span {span:.4g} um)",
+                 "use a larger pixel size (--smlm-pixel), crop the table to one nucleus, or check the coordinate "
+                 "unit (--smlm-unit)")
     image, _, _ = np.histogram2d(y, x, bins=(ny, nx), range=((y0, y0 + ny * px), (x0, x0 + nx * px)))
     if method == "gaussian":
         sigma = float(sigma_nm if sigma_nm is not None else px) / px

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MollifierInputError
-from ._common import ImageData, atomic_path, check_maps, from_json, length_factor_um, to_json
+from ._common import ImageData, atomic_path, check_input_path, check_maps, from_json, length_factor_um, to_json
 
 __all__ = ["is_tiff", "read_tiff", "write_ome_tiff", "read_ome_tiff_series", "TIFF_SUFFIXES"]
 
@@ -62,8 +62,7 @@ class _Capture(logging.Handler):
 def _open(path: Path):
     import tifffile
 
-    if not path.is_file():
-        raise MollifierInputError(f"{path}: no such file")
+    check_input_path(path, allow_store=False)
     with open(path, "rb") as fh:
         head = fh.read(4)
     if head not in _MAGIC:
@@ -98,12 +97,13 @@ def _check_complete(tf, path: Path, messages) -> None:
     for page in pages:
         if page is None:
             raise MollifierInputError(f"{path}: TIFF page missing (truncated or corrupt file)")
-        offsets = getattr(page, "dataoffsets", ())
-        counts = getattr(page, "databytecounts", ())
-        for off, cnt in zip(offsets, counts):
-            if off + cnt > size:
+        offsets = np.asarray(getattr(page, "dataoffsets", ()), dtype=np.uint64)
+        counts = np.asarray(getattr(page, "databytecounts", ()), dtype=np.uint64)
+        if offsets.size and counts.size == offsets.size:
+            end = int((offsets + counts).max())
+            if end > size:
                 raise MollifierInputError(
-                    f"{path} is truncated: image data ends at byte {off + cnt} but the file has {size} bytes "
+                    f"{path} is truncated: image data ends at byte {end} but the file has {size} bytes "
                     "(an incomplete copy or download?)"
                 )
     if any("invalid page offset" in m for m in messages):
@@ -226,14 +226,20 @@ def read_tiff(path, *, lazy: bool | None = None) -> ImageData:
         channels = info.get("channels") or None
         if tf.is_imagej and tf.imagej_metadata and tf.imagej_metadata.get("Labels") and "c" in axes:
             channels = list(tf.imagej_metadata["Labels"])
-        if lazy is None:
-            lazy = series.nbytes > LAZY_BYTES
+        if lazy is None:  # large files, and files large for the memory left, are read lazily
+            from ..validation import memory_budget
+
+            lazy = series.nbytes > min(LAZY_BYTES, memory_budget() // 8)
         if lazy:
             import dask.array as da
             import zarr
 
             store = series.aszarr()
-            data = da.from_zarr(zarr.open(store, mode="r"))
+            array = zarr.open(store, mode="r")
+            blocks = int(np.prod([-(-n // max(c, 1)) for n, c in zip(array.shape, array.chunks)], dtype=object))
+            # the file's tiles/strips as dask chunks; a file of very many small tiles or strips gets ~128 MB chunks
+            # made of whole tiles instead, so that it does not make a task graph of millions of tasks
+            data = da.from_zarr(array, chunks="auto" if blocks > 10_000 else None)
             keep_open = True  # the store reads from the open file
         else:
             try:
@@ -264,6 +270,10 @@ def read_ome_tiff_series(path) -> tuple[list[tuple[str, np.ndarray]], dict]:
     tf = _open(path)
     try:
         out = []
+        from ..validation import check_memory
+
+        check_memory(sum(int(s.nbytes) for s in tf.series) * 2, f"reading {path}",
+                     "the file claims more pixels than fit in memory: check that it is a napari-mollifier result")
         for s in tf.series:
             try:
                 out.append((s.name or "", s.asarray()))

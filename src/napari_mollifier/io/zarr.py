@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MollifierInputError
-from ._common import ImageData, atomic_path, check_maps, from_json, length_factor_um, to_json
+from ._common import ImageData, atomic_path, check_input_path, check_maps, from_json, length_factor_um, to_json
 
 __all__ = ["is_zarr", "read_zarr", "read_zarr_labels", "write_ome_zarr", "open_group"]
 
@@ -43,6 +43,7 @@ def _open(path: Path):
     import zarr
 
     if not path.is_dir():
+        check_input_path(path)  # a device, FIFO... is named as such
         raise MollifierInputError(f"{path}: no such folder (a zarr store is a folder)")
     if not any((path / n).is_file() for n in _META_FILES):
         raise MollifierInputError(
@@ -98,10 +99,31 @@ def _transform(transforms, ndim) -> tuple[np.ndarray, np.ndarray]:
     return scale, translate
 
 
+#: Most chunks a zarr array may have to be wrapped lazily (dask builds one task per chunk).
+MAX_CHUNKS = 10_000_000
+
+
 def _lazy(array):
     import dask.array as da
 
+    shape = tuple(int(n) for n in array.shape)
+    chunks = tuple(int(c) for c in (getattr(array, "chunks", None) or shape))
+    n_chunks = 1
+    for n, c in zip(shape, chunks):
+        n_chunks *= -(-n // max(c, 1))
+    if n_chunks > MAX_CHUNKS:
+        pixels = 1
+        for n in shape:
+            pixels *= n
+        raise MollifierInputError(
+            f"the zarr array claims shape {shape} ({_big(pixels)} pixels in {_big(n_chunks)} chunks of {chunks}): "
+            "far more than any image; its .zarray / zarr.json metadata is corrupt or hostile: check the file"
+        )
     return da.from_zarr(array)
+
+
+def _big(n: int) -> str:
+    return str(n) if n < 10**12 else f"~1e{len(str(n)) - 1}"
 
 
 def _stem(path: Path) -> str:
