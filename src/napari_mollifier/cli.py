@@ -39,7 +39,9 @@ how the chromatin fields are given (model chromatin-balance / chromatin-phase-fi
 
 inputs: TIFF / OME-TIFF, (OME-)Zarr folders (read lazily), SMLM tables (.csv/.tsv), .npy.
 Pixel sizes are read from the file and converted to micrometres; length coefficients (--param l2=...)
-are in um^(power). The model defaults are in the reference data's box units.
+are in um^(power). The model defaults are in the reference data's box units, so for an image with a physical
+pixel size and no --param l2, l2 is estimated from the image (and a warning says so): --params auto asks for the
+estimate, --params default for the box-unit values.
 
 outputs, per job, in --out: NAME.ome.tif (rate, uncertainty, residual + fields + ROI labels + provenance;
 or --format ome-zarr / npz), NAME_rois.csv (per-ROI table), NAME.provenance.json (inputs with sha256 and
@@ -120,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="chromatin-balance", choices=sorted(MODELS))
     p.add_argument("--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
                    help="model coefficient, lengths in um (repeatable), e.g. --param l2=0.0234")
+    p.add_argument("--params", choices=("auto", "default"), default=None,
+                   help="coefficients not given with --param: 'auto' estimates l2 from the image (self-consistency, "
+                        "docs/science.md), 'default' uses the box-unit defaults on purpose. Without it, an image with "
+                        "a physical pixel size gets l2 estimated, with a warning")
     p.add_argument("--radius", type=_radius, default="auto", help="kernel radius in pixels, or auto (default)")
     p.add_argument("--method", default="direct", choices=METHODS)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
@@ -348,6 +354,7 @@ def cmd_infer(args) -> int:
         "tile": args.tile,
         "model": args.model,
         "params": dict(args.param) or None,
+        "coefficients": args.params,
         "radius": args.radius,
         "method": args.method,
         "device": args.device,

@@ -228,7 +228,7 @@ def _check_roi_scale(path, ref: ImageData) -> None:
 
 def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, t=None, pixel_size=None,
                 smlm: dict | None = None, tile="auto", memory_limit=None, progress=None, cancel=None,
-                **kwargs):
+                coefficients=None, **kwargs):
     """Infer a rate map from files and record the inputs and the call for :func:`napari_mollifier.rerun`.
 
     Parameters
@@ -251,6 +251,11 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
         Rendering of SMLM tables (``pixel_size_nm``, ``method``, ``sigma_nm``, ``unit``).
     tile : "auto", int or None
         See :func:`napari_mollifier.tiling.plan_tiles`.
+    coefficients : None, "auto" or "default"
+        How coefficients missing from ``params`` are set (:func:`napari_mollifier.coefficients.resolve_coefficients`):
+        ``None`` -- the units policy: with a physical pixel size (from the file or given), ``l2`` is estimated from
+        the image with a warning; ``"auto"`` -- estimated; ``"default"`` -- the box-unit defaults. Resolved once for
+        the whole image (also when it runs in tiles), recorded in ``provenance["param_sources"]``.
     **kwargs
         Arguments of :func:`~napari_mollifier.infer_rates` (``model``, ``params``, ``radius``, ``method``, ``device``,
         ``seed``, ``n_bootstrap``...).
@@ -276,10 +281,19 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
     load = {"channels": None if channels is None else list(channels), "t": t,
             "pixel_size": None if pixel_size is None else [float(v) for v in np.atleast_1d(pixel_size)],
             "smlm": dict(smlm) if smlm else None}
-    recipe = dict(load, params_given=bool(kwargs.get("params")))
+    recipe = dict(load, params_given=isinstance(kwargs.get("params"), dict) and bool(kwargs.get("params")))
     fields, roi_arr, px, info = load_fields(records, recipe, model)
     load["channels"] = recipe["channels"]  # resolved to indices by load_fields
     solver = {k: v for k, v in kwargs.items() if k in _SOLVER_KEYS}
+    from ..coefficients import resolve_coefficients  # issue 13: the units policy, once for the whole image
+
+    physical = str(info.get("pixel_size_source")) in ("file", "given")
+    given = solver.get("params")
+    if isinstance(given, str):
+        coefficients, given = given, None
+    params, sources, estimate = resolve_coefficients(model, given, coefficients, fields, px, "um" if physical else None,
+                                                     roi_arr, solver.get("seed", 0))
+    solver["params"] = params
     solver["device"] = str(resolve_device(solver.get("device", "auto")))
     solver["pixel_size"] = list(px)
     shape = info["shape"]
@@ -302,6 +316,9 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
         memory["retries"] = retries
     result.provenance["inputs"] = records
     result.provenance["pixel_size_source"] = info.get("pixel_size_source")
+    result.provenance["param_sources"] = sources
+    result.provenance["coefficient_estimate"] = estimate
+    result.provenance["unit"] = "um" if physical else None
     result.provenance["call"] = {"function": function, "load": load, "kwargs": solver, "memory": memory}
     result.provenance["source"] = info
     result.provenance.setdefault("seconds_total", round(time.perf_counter() - started, 3))
