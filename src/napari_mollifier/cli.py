@@ -118,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", metavar="H,E", help="channel indices or names of phi_h,phi_e (one = density)")
     p.add_argument("--t", type=int, default=None, metavar="N", help="time point of a time series")
     p.add_argument("--roi", action="append", metavar="FILE",
-                   help="ROI label image (0 = background): once for all jobs, or once per job in order")
+                   help="ROI label image (0 = background): once for all jobs, or once per job in order. Without "
+                        "--roi the nucleus is detected (Otsu on the smoothed total chromatin) and written as "
+                        "NAME_nucleus.ome.tif; --roi whole solves the whole image")
     p.add_argument("--model", default="chromatin-balance", choices=sorted(MODELS))
     p.add_argument("--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
                    help="model coefficient, lengths in um (repeatable), e.g. --param l2=0.0234")
@@ -300,6 +302,12 @@ def _jobs(args) -> list[dict]:
     if not jobs:
         raise MollifierInputError("no input: give image files, --phi-h/--phi-e, or --pairs H E ...")
     rois = args.roi or []
+    if rois == ["whole"]:  # the whole image, on purpose
+        rois = []
+    elif not rois:  # no ROI: detect the nucleus (written as NAME_nucleus.ome.tif, recorded in the provenance)
+        rois = ["auto"]
+    if "whole" in rois or ("auto" in rois and len(rois) > 1):
+        raise MollifierInputError("--roi whole (or no --roi) applies to all jobs: give it alone, not with ROI files")
     if len(rois) == 1:
         for job in jobs:
             job["roi"] = rois[0]
