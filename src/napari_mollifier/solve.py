@@ -455,6 +455,9 @@ def infer_rates(
     p, param_sources, coefficient_estimate = resolve_coefficients(
         m, params if not isinstance(params, str) else None, params if isinstance(params, str) else None, arrays,
         spacing, unit, labels if roi is not None else None, seed)
+    from .plausibility import warn_implausible
+
+    plausibility = warn_implausible(arrays, spacing, unit, labels if roi is not None else None)
     dev = resolve_device(device)
     valid = np.all([np.isfinite(a) for a in arrays.values()], axis=0)
     if boundary != "mask" and not valid.all():
@@ -561,6 +564,7 @@ def infer_rates(
         "param_sources": param_sources,
         "coefficient_estimate": coefficient_estimate,
         "unit": unit,
+        "plausibility": plausibility,
         "pixel_size": list(spacing),
         "radius": "auto" if auto else radius,
         "radius_used": {str(k): v["radius"] for k, v in radius_choice.items()} or {str(k): radius for k in label_ids},

@@ -317,8 +317,13 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
                       tile=tile if method == "direct" else None, memory_limit=memory_limit)
     tiled = plan.tile is not None and any(n > plan.tile for n in shape)
     started = time.perf_counter()
-    result, used, retries = infer_with_retry(fields, roi=roi_arr, tile=plan.tile if tiled else None,
-                                             progress=progress, cancel=cancel, **solver)
+    from ..plausibility import PlausibilityWarning, warn_implausible
+
+    plausibility = warn_implausible(fields, px, "um" if physical else None, roi_arr)  # once, on the whole image
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PlausibilityWarning)  # not again per tile
+        result, used, retries = infer_with_retry(fields, roi=roi_arr, tile=plan.tile if tiled else None,
+                                                 progress=progress, cancel=cancel, **solver)
     if used is not None:
         function = "napari_mollifier.tiling.infer_tiled"
         solver["tile"] = int(used)
@@ -332,6 +337,7 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
     result.provenance["param_sources"] = sources
     result.provenance["coefficient_estimate"] = estimate
     result.provenance["unit"] = "um" if physical else None
+    result.provenance["plausibility"] = plausibility
     result.provenance["call"] = {"function": function, "load": load, "kwargs": solver, "memory": memory}
     result.provenance["source"] = info
     result.provenance["roi_source"] = ("detected" if detection else "whole image" if roi is None or detect
