@@ -457,6 +457,9 @@ class MollifierWidget(QWidget):
         self.coef_note.setWordWrap(True)
         self.coef_note.setStyleSheet("color: gray; font-size: 9pt")
         form.addRow(self.coef_note)
+        from .coefficients_panel import add_estimate_button  # issue 13
+
+        add_estimate_button(self, form)
 
         radius_row = QHBoxLayout()
         self.radius_auto = QCheckBox("auto")
@@ -708,6 +711,9 @@ class MollifierWidget(QWidget):
             self.coef_edits[key] = edit
             self.coef_form.addRow(f"{key}{dim}", edit)
         self.coef_note.setText(f"Coefficients from {origin}; lengths in the layer's unit ({unit}).")
+        from .coefficients_panel import apply_units_policy  # issue 13: no box-unit l2 on um layers
+
+        apply_units_policy(self, model, unit, origin.startswith("model defaults"))
 
     def _on_method_changed(self, method: str) -> None:
         self.iterations_spin.setEnabled(method != "direct")
@@ -916,6 +922,8 @@ class MollifierWidget(QWidget):
 
         params = {}
         for key, edit in self.coef_edits.items():
+            if edit.text().strip().lower() == "auto":  # estimated by the run (issue 13 units policy)
+                continue
             try:
                 params[key] = float(edit.text())
             except ValueError:
@@ -943,6 +951,8 @@ class MollifierWidget(QWidget):
             "device": self.device_combo.currentText(),
             "seed": int(self.seed_spin.value()),
         }
+        if _unit_name(ref) != "px" and _accepts("unit"):
+            kwargs["unit"] = _unit_name(ref)  # the units policy of infer_rates (issue 13)
         if method != "direct":
             kwargs["iterations"] = int(self.iterations_spin.value())
         elif _accepts("n_bootstrap"):
