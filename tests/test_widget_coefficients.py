@@ -63,3 +63,34 @@ def _shot_dir():
     path = Path(tempfile.gettempdir()) / "mollifier-issue13-shots"
     path.mkdir(exist_ok=True)
     return path
+
+
+def test_detect_nucleus_button_adds_a_labels_roi(um_viewer, qtbot):
+    viewer, widget, s = um_viewer
+    widget.nucleus_button.click()
+    layer = viewer.layers["nucleus (detected)"]
+    mask = np.asarray(layer.data) > 0
+    assert 2 * np.sum(mask & s["nucleus"]) / (mask.sum() + s["nucleus"].sum()) >= 0.95
+    assert not np.any(mask & ~s["nucleus"])
+    assert tuple(layer.scale) == (0.02, 0.02) and "otsu" in layer.metadata["nucleus_detection"]["description"]
+    assert widget.roi_combo.currentText() == "nucleus (detected)"
+    widget.coef_edits["l2"].setText(str(s["params"]["l2"]))
+    _fast(widget, radius_px=6)
+    assert _run(qtbot, widget) == "ok"
+    rate = next(ly for ly in viewer.layers if ly.name.startswith("rate"))
+    solved = np.isfinite(np.asarray(rate.data))
+    assert solved.any() and not np.any(solved & ~s["nucleus"])  # no background pixel in the solve
+
+
+def test_plausibility_notes_in_the_widget(um_viewer):
+    viewer, widget, s = um_viewer
+    for name in (PHI_H, PHI_E):
+        viewer.layers[name].scale = (20.0, 20.0)  # nm thought, um written
+    job = widget._collect_job()
+    assert any("pixel size 20 um is implausible" in n for n in job.notes)
+    assert any("more than 50 um" in n for n in job.notes)
+    for name in (PHI_H, PHI_E):
+        viewer.layers[name].scale = (0.02, 0.02)
+    viewer.layers[PHI_H].data = 3 * viewer.layers[PHI_H].data
+    job = widget._collect_job()
+    assert any("outside [0, 1]" in n for n in job.notes)

@@ -84,3 +84,61 @@ def add_estimate_button(widget, form) -> QPushButton:
     form.addRow(button)
     widget.estimate_button = button
     return button
+
+
+def plausibility_notes(slices, pixel_size, unit: str) -> list[str]:
+    """The plausibility warnings of the job's first slice (napari_mollifier.plausibility), for the widget's notes."""
+    from napari_mollifier.plausibility import check_plausibility
+
+    if not slices:
+        return []
+    _lead, fields, roi = slices[0]
+    return check_plausibility(fields, pixel_size, unit if is_physical(unit) else None, roi)
+
+
+def detect_nucleus_layer(widget):
+    """Detect the nucleus in the chosen input layers (the slice shown) and add it as a Labels layer, chosen as the
+    ROI; returns the layer. Its metadata records how it was obtained."""
+    import numpy as np
+
+    from napari_mollifier.nucleus import detect_nucleus
+
+    from .widget import _geometry
+
+    job = widget._collect_job()
+    _lead, fields, _roi = job.slices[0]
+    mask, info = detect_nucleus(fields)
+    ref = widget._reference_layer()
+    geometry = {k: v for k, v in _geometry(ref).items() if k in ("scale", "translate", "units")}
+    geometry = {k: tuple(v)[-2:] for k, v in geometry.items()}
+    name = "nucleus (detected)"
+    if name in widget.viewer.layers:
+        widget.viewer.layers.remove(name)
+    layer = widget.viewer.add_labels(mask.astype(np.uint8), name=name, opacity=0.3,
+                                     metadata={"nucleus_detection": info}, **geometry)
+    widget._refresh_layers()
+    widget.roi_combo.setCurrentText(name)
+    widget.coef_note.setToolTip(info["description"])
+    return layer
+
+
+def add_nucleus_button(widget) -> QPushButton:
+    """A "Detect nucleus" button under the ROI choice: a Labels layer from the total chromatin (Otsu)."""
+    button = QPushButton("Detect nucleus")
+    button.setToolTip("Add a Labels layer with the nucleus (smoothed total chromatin, Otsu threshold, largest "
+                      "component, holes filled) and use it as the ROI, so that no background pixel is solved")
+
+    def clicked():
+        from napari.utils.notifications import show_warning
+
+        from napari_mollifier.errors import MollifierInputError
+
+        try:
+            detect_nucleus_layer(widget)
+        except MollifierInputError as exc:
+            show_warning(f"Rate maps: no nucleus detected: {exc}")
+
+    button.clicked.connect(clicked)
+    widget.inputs_box.layout().addWidget(button)
+    widget.nucleus_button = button
+    return button

@@ -457,9 +457,10 @@ class MollifierWidget(QWidget):
         self.coef_note.setWordWrap(True)
         self.coef_note.setStyleSheet("color: gray; font-size: 9pt")
         form.addRow(self.coef_note)
-        from .coefficients_panel import add_estimate_button  # issue 13
+        from .coefficients_panel import add_estimate_button, add_nucleus_button  # issue 13
 
         add_estimate_button(self, form)
+        add_nucleus_button(self)
 
         radius_row = QHBoxLayout()
         self.radius_auto = QCheckBox("auto")
@@ -957,6 +958,9 @@ class MollifierWidget(QWidget):
             kwargs["iterations"] = int(self.iterations_spin.value())
         elif _accepts("n_bootstrap"):
             kwargs["n_bootstrap"] = int(self.bootstrap_spin.value())
+        from .coefficients_panel import plausibility_notes  # issue 13
+
+        notes.extend(plausibility_notes(slices, pixel_size, _unit_name(ref)))
         geometry = _geometry(ref)
         if out_lead and lead_shape and out_lead != lead_shape:  # current slice: put the output on that slice
             shift = np.zeros(ref.ndim)
