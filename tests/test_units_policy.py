@@ -104,3 +104,19 @@ def test_cli_params_default_warns_and_auto_is_quiet(tmp_path, ome, capsys):
     assert "l2" not in stderr
     record = json.loads((tmp_path / "a" / "cell.provenance.json").read_text())["provenance"]
     assert record["param_sources"]["l2"].startswith("estimated")
+
+
+def test_cli_help_describes_every_option_and_channel_error_names_the_flag(tmp_path, sample, capsys):
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    for name in ("infer", "demo"):
+        for action in sub[name]._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings} has no help text"
+    path = tmp_path / "three.ome.tif"
+    tifffile.imwrite(path, np.stack([sample["phi_h"], sample["phi_e"], sample["phi_e"]]), ome=True,
+                     metadata={"axes": "CYX", "PhysicalSizeX": 0.02, "PhysicalSizeXUnit": "µm",
+                               "PhysicalSizeY": 0.02, "PhysicalSizeYUnit": "µm"})
+    assert cli.main(["infer", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "--channels 0,1" in err and " channels=" not in err

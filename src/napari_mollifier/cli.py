@@ -121,35 +121,53 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ROI label image (0 = background): once for all jobs, or once per job in order. Without "
                         "--roi the nucleus is detected (Otsu on the smoothed total chromatin) and written as "
                         "NAME_nucleus.ome.tif; --roi whole solves the whole image")
-    p.add_argument("--model", default="chromatin-balance", choices=sorted(MODELS))
+    p.add_argument("--model", default="chromatin-balance", choices=sorted(MODELS),
+                   help="the PDE whose closed form gives the rate: chromatin-balance (2nd order, default; coefficient "
+                        "l2), chromatin-phase-field (4th order; a, phi_max, l_int, mobility), heat, langevin "
+                        "(docs/science.md)")
     p.add_argument("--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
                    help="model coefficient, lengths in um (repeatable), e.g. --param l2=0.0234")
     p.add_argument("--params", choices=("auto", "default"), default=None,
                    help="coefficients not given with --param: 'auto' estimates l2 from the image (self-consistency, "
                         "docs/science.md), 'default' uses the box-unit defaults on purpose. Without it, an image with "
                         "a physical pixel size gets l2 estimated, with a warning")
-    p.add_argument("--radius", type=_radius, default="auto", help="kernel radius in pixels, or auto (default)")
-    p.add_argument("--method", default="direct", choices=METHODS)
+    p.add_argument("--radius", type=_radius, default="auto",
+                   help="mollifier kernel radius in pixels, or auto (default: the radius at which the map changes "
+                        "least, quasi-optimality). A larger radius is smoother and less noisy but blurs features "
+                        "smaller than it; to compare cells, run auto on a few and fix the typical value")
+    p.add_argument("--method", default="direct", choices=METHODS,
+                   help="direct (default: the closed form on mollified data, with an uncertainty map), network (a "
+                        "mollified network fit) or autodiff (the autodiff-PINN baseline)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
     p.add_argument("--pixel-size", type=_pixel_size, metavar="UM[,UM]",
                    help="pixel size in um (overrides the file; a file without one is read at 1 per pixel with a "
                         "warning, and then --param is refused)")
     p.add_argument("--n-bootstrap", type=int, default=100, help="noise realisations for the uncertainty (0: none)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--roi-mode", default="image", choices=("image", "isolate"))
-    p.add_argument("--kernel", default="poly")
-    p.add_argument("--boundary", default="mask")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap noise and the network (default 0)")
+    p.add_argument("--roi-mode", default="image", choices=("image", "isolate"),
+                   help="image (default): derivatives use every valid pixel, the ROI selects where maps are "
+                        "reported; isolate: each ROI is solved with its own pixels only (separate nuclei; an edge "
+                        "band appears at the ROI border)")
+    p.add_argument("--kernel", default="poly",
+                   help="mollifier kernel: poly (default, (1 - r^2)^8), poly<k> with k >= 5, or bump")
+    p.add_argument("--boundary", default="mask",
+                   help="mask (default: only valid pixels are used, edges and NaN holes exact), or a padding mode: "
+                        "reflect, replicate, periodic (periodic simulations), zeros")
     p.add_argument("--iterations", type=int, default=None, help="network iterations (network methods)")
     p.add_argument("--allow-constant", action="store_true",
                    help="accept a channel that is constant over the image (refused by default: no contrast)")
     p.add_argument("--smlm-pixel", type=_positive_float, default=20.0, metavar="NM",
                    help="pixel size of rendered SMLM tables, nm (default 20)")
-    p.add_argument("--smlm-render", default="histogram", choices=("histogram", "gaussian"))
+    p.add_argument("--smlm-render", default="histogram", choices=("histogram", "gaussian"),
+                   help="how SMLM tables are rendered: histogram (default, counts per pixel) or gaussian")
     p.add_argument("--smlm-sigma", type=_positive_float, default=None, metavar="NM",
                    help="Gaussian rendering width, nm (default: median localisation uncertainty, else 1 px)")
     p.add_argument("--smlm-unit", default="nm", help="unit of SMLM coordinates without one in the header")
-    p.add_argument("--tile", type=_tile, default="auto", metavar="auto|none|PX")
-    p.add_argument("--format", default="ome-tif", choices=("ome-tif", "ome-zarr", "npz"))
+    p.add_argument("--tile", type=_tile, default="auto", metavar="auto|none|PX",
+                   help="auto (default): tiles with a halo only when the image does not fit in memory; none; or a "
+                        "tile size in pixels")
+    p.add_argument("--format", default="ome-tif", choices=("ome-tif", "ome-zarr", "npz"),
+                   help="format of the result file (default ome-tif)")
     p.add_argument("--out", default="mollifier-out", metavar="DIR", help="output folder (default mollifier-out)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="dask.distributed scheduler address (tcp://host:8786), or 'local' for a local cluster")
@@ -157,10 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", parents=[common], help="the synthetic nucleus end to end",
                        description="Infer the rate map of the built-in synthetic nucleus (known truth) and write "
                                    "the maps (OME-TIFF), a figure (PNG), the ROI table (CSV) and the provenance.")
-    d.add_argument("--out", default="mollifier-demo", metavar="DIR")
-    d.add_argument("--noise", type=float, default=0.01)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--n-bootstrap", type=int, default=40)
+    d.add_argument("--out", default="mollifier-demo", metavar="DIR", help="output folder (default mollifier-demo)")
+    d.add_argument("--noise", type=float, default=0.01,
+                   help="Gaussian noise std added to the synthetic fields, volume fraction (default 0.01)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the synthetic nucleus and of its noise (default 0)")
+    d.add_argument("--n-bootstrap", type=int, default=40,
+                   help="noise realisations for the uncertainty map (default 40; 0: none)")
 
     r = sub.add_parser("rerun", parents=[common], help="repeat a recorded run and compare",
                        description="Re-run the computation recorded in a provenance JSON or a saved result and "
@@ -384,7 +404,10 @@ def cmd_infer(args) -> int:
         for note in row.get("warnings", ()):
             print(f"mollifier: warning: {row['name']}: {note}", file=sys.stderr)
         if row["status"] != "ok":
-            print(f"mollifier: error: {row['name']}: {row['error']}", file=sys.stderr)
+            import re
+
+            error = re.sub(r"\bchannels=", "--channels ", row["error"])  # the CLI flag, not the Python keyword
+            print(f"mollifier: error: {row['name']}: {error}", file=sys.stderr)
 
     client = _client(args.scheduler) if args.scheduler else None
     try:
