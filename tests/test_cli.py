@@ -93,7 +93,9 @@ def test_infer_pairs_pixel_size_required(tmp_path, files, capsys):
                                 "--out", out, *FAST)
     assert code == 0, stderr
     res = nm.load_result(out / "h.ome.tif")
-    assert [r["role"] for r in res.provenance["inputs"]] == ["phi_h", "phi_e"]
+    # no --roi: the detected nucleus is recorded as the run's ROI input (issue 13)
+    assert [r["role"] for r in res.provenance["inputs"]] == ["phi_h", "phi_e", "roi"]
+    assert res.provenance["roi_source"] == "detected"
     assert res.provenance["call"]["load"]["pixel_size"] == [0.02]
 
 

@@ -266,8 +266,8 @@ def test_no_pixel_size_metadata_uses_a_stated_default(tmp_path, nucleus):
     with pytest.raises(MollifierInputError, match=r"no physical pixel size.*coefficients given.*--pixel-size"):
         jobs.infer_files(phi_h=h, phi_e=e, radius=4, params={"l2": 0.0234})
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a given pixel size: no warning
-        given = jobs.infer_files(phi_h=h, phi_e=e, pixel_size=0.02, radius=4, n_bootstrap=0)
+        warnings.simplefilter("error")  # a given pixel size (and l2, else it is estimated with a warning): none
+        given = jobs.infer_files(phi_h=h, phi_e=e, pixel_size=0.02, radius=4, n_bootstrap=0, params={"l2": 0.0234})
     assert given.provenance["pixel_size_source"] == "given"
     assert snapshot(tmp_path) == before
 

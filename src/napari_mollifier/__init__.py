@@ -10,6 +10,7 @@ from .mollifier import Mollifier, derivatives
 from .result import RateResult
 from .density import split_density
 from .solve import infer_rates
+from .coefficients import estimate_coefficients
 from .io import load_result, read_image
 from .rerun import rerun
 
@@ -18,6 +19,7 @@ __all__ = [
     "derivatives",
     "Mollifier",
     "infer_rates",
+    "estimate_coefficients",
     "RateResult",
     "split_density",
     "MODELS",

@@ -41,7 +41,9 @@ how the chromatin fields are given (model chromatin-balance / chromatin-phase-fi
 
 inputs: TIFF / OME-TIFF, (OME-)Zarr folders (read lazily), SMLM tables (.csv/.tsv), .npy.
 Pixel sizes are read from the file and converted to micrometres; length coefficients (--param l2=...)
-are in um^(power). The model defaults are in the reference data's box units.
+are in um^(power). The model defaults are in the reference data's box units, so for an image with a physical
+pixel size and no --param l2, l2 is estimated from the image (and a warning says so): --params auto asks for the
+estimate, --params default for the box-unit values.
 
 outputs, per job, in --out: NAME.ome.tif (rate, uncertainty, residual + fields + ROI labels + provenance;
 or --format ome-zarr / npz), NAME_rois.csv (per-ROI table), NAME.provenance.json (inputs with sha256 and
@@ -158,12 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", metavar="H,E", help="channel indices or names of phi_h,phi_e (one = density)")
     p.add_argument("--t", type=int, default=None, metavar="N", help="time point of a time series")
     p.add_argument("--roi", action="append", metavar="FILE",
-                   help="ROI label image (0 = background): once for all jobs, or once per job in order")
-    p.add_argument("--model", default="chromatin-balance", choices=sorted(MODELS))
+                   help="ROI label image (0 = background): once for all jobs, or once per job in order. Without "
+                        "--roi the nucleus is detected (Otsu on the smoothed total chromatin) and written as "
+                        "NAME_nucleus.ome.tif; --roi whole solves the whole image")
+    p.add_argument("--model", default="chromatin-balance", choices=sorted(MODELS),
+                   help="the PDE whose closed form gives the rate: chromatin-balance (2nd order, default; coefficient "
+                        "l2), chromatin-phase-field (4th order; a, phi_max, l_int, mobility), heat, langevin "
+                        "(docs/science.md)")
     p.add_argument("--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
                    help="model coefficient, lengths in um (repeatable), e.g. --param l2=0.0234")
-    p.add_argument("--radius", type=_radius, default="auto", help="kernel radius in pixels, or auto (default)")
-    p.add_argument("--method", default="direct", choices=METHODS)
+    p.add_argument("--params", choices=("auto", "default"), default=None,
+                   help="coefficients not given with --param: 'auto' estimates l2 from the image (self-consistency, "
+                        "docs/science.md), 'default' uses the box-unit defaults on purpose. Without it, an image with "
+                        "a physical pixel size gets l2 estimated, with a warning")
+    p.add_argument("--radius", type=_radius, default="auto",
+                   help="mollifier kernel radius in pixels, or auto (default: the radius at which the map changes "
+                        "least, quasi-optimality). A larger radius is smoother and less noisy but blurs features "
+                        "smaller than it; to compare cells, run auto on a few and fix the typical value")
+    p.add_argument("--method", default="direct", choices=METHODS,
+                   help="direct (default: the closed form on mollified data, with an uncertainty map), network (a "
+                        "mollified network fit) or autodiff (the autodiff-PINN baseline)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
     p.add_argument("--pixel-size", type=_pixel_size, metavar="UM[,UM]",
                    help="pixel size in um (overrides the file; a file without one is read at 1 per pixel with a "
@@ -176,22 +192,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radius-rule", default="lepski", choices=RADIUS_RULES,
                    help="how --radius auto picks the radius: lepski (default: the largest radius whose map stays "
                         "within one standard deviation of the maps at all smaller radii) or quasi-optimality")
-    p.add_argument("--seed", type=_seed, default=0, help="0 .. 2**64-1")
-    p.add_argument("--roi-mode", default="image", choices=("image", "isolate"))
-    p.add_argument("--kernel", default="poly")
-    p.add_argument("--boundary", default="mask")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="seed of the bootstrap noise and the network, 0 .. 2**64-1 (default 0)")
+    p.add_argument("--roi-mode", default="image", choices=("image", "isolate"),
+                   help="image (default): derivatives use every valid pixel, the ROI selects where maps are "
+                        "reported; isolate: each ROI is solved with its own pixels only (separate nuclei; an edge "
+                        "band appears at the ROI border)")
+    p.add_argument("--kernel", default="poly",
+                   help="mollifier kernel: poly (default, (1 - r^2)^8), poly<k> with k >= 5, sep (separable "
+                        "tensor product, faster on large images) or bump")
+    p.add_argument("--boundary", default="mask",
+                   help="mask (default: only valid pixels are used, edges and NaN holes exact), or a padding mode: "
+                        "reflect, replicate, periodic (periodic simulations), zeros")
     p.add_argument("--iterations", type=_iterations, default=None,
                    help="network iterations (network methods; 1 .. 1000000, default 1500)")
     p.add_argument("--allow-constant", action="store_true",
                    help="accept a channel that is constant over the image (refused by default: no contrast)")
     p.add_argument("--smlm-pixel", type=_positive_float, default=20.0, metavar="NM",
                    help="pixel size of rendered SMLM tables, nm (default 20)")
-    p.add_argument("--smlm-render", default="histogram", choices=("histogram", "gaussian"))
+    p.add_argument("--smlm-render", default="histogram", choices=("histogram", "gaussian"),
+                   help="how SMLM tables are rendered: histogram (default, counts per pixel) or gaussian")
     p.add_argument("--smlm-sigma", type=_positive_float, default=None, metavar="NM",
                    help="Gaussian rendering width, nm (default: median localisation uncertainty, else 1 px)")
     p.add_argument("--smlm-unit", default="nm", help="unit of SMLM coordinates without one in the header")
-    p.add_argument("--tile", type=_tile, default="auto", metavar="auto|none|PX")
-    p.add_argument("--format", default="ome-tif", choices=("ome-tif", "ome-zarr", "npz"))
+    p.add_argument("--tile", type=_tile, default="auto", metavar="auto|none|PX",
+                   help="auto (default): tiles with a halo only when the image does not fit in memory; none; or a "
+                        "tile size in pixels")
+    p.add_argument("--format", default="ome-tif", choices=("ome-tif", "ome-zarr", "npz"),
+                   help="format of the result file (default ome-tif)")
     p.add_argument("--out", default="mollifier-out", metavar="DIR", help="output folder (default mollifier-out)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="dask.distributed scheduler address (tcp://host:8786), or 'local' for a local cluster")
@@ -199,10 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", parents=[common], help="the synthetic nucleus end to end",
                        description="Infer the rate map of the built-in synthetic nucleus (known truth) and write "
                                    "the maps (OME-TIFF), a figure (PNG), the ROI table (CSV) and the provenance.")
-    d.add_argument("--out", default="mollifier-demo", metavar="DIR")
-    d.add_argument("--noise", type=float, default=0.01)
-    d.add_argument("--seed", type=_seed, default=0)
-    d.add_argument("--n-bootstrap", type=_n_bootstrap, default=40)
+    d.add_argument("--out", default="mollifier-demo", metavar="DIR", help="output folder (default mollifier-demo)")
+    d.add_argument("--noise", type=float, default=0.01,
+                   help="Gaussian noise std added to the synthetic fields, volume fraction (default 0.01)")
+    d.add_argument("--seed", type=_seed, default=0, help="seed of the synthetic nucleus and of its noise (default 0)")
+    d.add_argument("--n-bootstrap", type=_n_bootstrap, default=40,
+                   help="noise realisations if the uncertainty is bootstrapped (the default propagates it)")
 
     r = sub.add_parser("rerun", parents=[common], help="repeat a recorded run and compare",
                        description="Re-run the computation recorded in a provenance JSON or a saved result and "
@@ -365,6 +395,12 @@ def _jobs(args) -> list[dict]:
     if not jobs:
         raise MollifierInputError("no input: give image files, --phi-h/--phi-e, or --pairs H E ...")
     rois = args.roi or []
+    if rois == ["whole"]:  # the whole image, on purpose
+        rois = []
+    elif not rois:  # no ROI: detect the nucleus (written as NAME_nucleus.ome.tif, recorded in the provenance)
+        rois = ["auto"]
+    if "whole" in rois or ("auto" in rois and len(rois) > 1):
+        raise MollifierInputError("--roi whole (or no --roi) applies to all jobs: give it alone, not with ROI files")
     if len(rois) == 1:
         for job in jobs:
             job["roi"] = rois[0]
@@ -426,6 +462,7 @@ def cmd_infer(args) -> int:
         "tile": args.tile,
         "model": args.model,
         "params": dict(args.param) or None,
+        "coefficients": args.params,
         "radius": args.radius,
         "method": args.method,
         "device": args.device,
@@ -456,7 +493,10 @@ def cmd_infer(args) -> int:
             for note in row.get("warnings", ()):
                 warn(row["name"], note)
         if row["status"] != "ok":
-            print(f"mollifier: error: {row['name']}: {row['error']}", file=sys.stderr)
+            import re
+
+            error = re.sub(r"\bchannels=", "--channels ", row["error"])  # the CLI flag, not the Python keyword
+            print(f"mollifier: error: {row['name']}: {error}", file=sys.stderr)
 
     client = _client(args.scheduler) if args.scheduler else None
     try:

@@ -458,6 +458,7 @@ def infer_rates(
     iterations: int | None = None,
     base: str = "mlp",
     allow_constant: bool = False,
+    unit: str | None = None,
 ) -> RateResult:
     """Infer a rate map from observed fields.
 
@@ -472,7 +473,9 @@ def infer_rates(
         A registered model name (:data:`napari_mollifier.models.MODELS`).
     params : dict, optional
         Coefficients overriding the model's defaults, lengths in the units of ``pixel_size``
-        (``{"l2": 0.0234}`` in um^2 for a pixel size in um).
+        (``{"l2": 0.0234}`` in um^2 for a pixel size in um). ``"auto"``: the length coefficient ``l2`` is
+        estimated from the image (:func:`napari_mollifier.estimate_coefficients`); ``"default"``: the box-unit
+        defaults on purpose. Where each value came from is in ``provenance["param_sources"]``.
     pixel_size : float or tuple
         Physical size of a pixel (per axis); for ``"langevin"`` the time step.
     radius : "auto" or float
@@ -543,7 +546,7 @@ def infer_rates(
     iterations, seed = bounded["iterations"], bounded["seed"]
     m = get_model(model)
     fields, split = _maybe_split_density(fields, m, roi)
-    p = m.params(params)
+    p = m.params(params if not isinstance(params, str) else None)
     if method not in METHODS:
         raise MollifierInputError(f"unknown method {method!r}: use one of {METHODS}")
     if roi_mode not in ("image", "isolate"):
@@ -553,6 +556,14 @@ def infer_rates(
     ndim = len(shape)
     spacing = _spacing(pixel_size, ndim)
     labels = _labels_from_roi(roi, shape)
+    from .coefficients import resolve_coefficients  # issue 13: where every coefficient comes from
+
+    p, param_sources, coefficient_estimate = resolve_coefficients(
+        m, params if not isinstance(params, str) else None, params if isinstance(params, str) else None, arrays,
+        spacing, unit, labels if roi is not None else None, seed)
+    from .plausibility import warn_implausible
+
+    plausibility = warn_implausible(arrays, spacing, unit, labels if roi is not None else None)
     dev = resolve_device(device)
     valid = np.all([np.isfinite(a) for a in arrays.values()], axis=0)
     if boundary != "mask" and not valid.all():
@@ -692,6 +703,10 @@ def infer_rates(
                      "python": platform.python_version()},
         "model": m.name,
         "params": p,
+        "param_sources": param_sources,
+        "coefficient_estimate": coefficient_estimate,
+        "unit": unit,
+        "plausibility": plausibility,
         "pixel_size": list(spacing),
         "radius": "auto" if auto else radius,
         "radius_used": {str(k): v["radius"] for k, v in radius_choice.items()} or {str(k): radius for k in label_ids},

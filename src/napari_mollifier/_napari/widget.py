@@ -457,6 +457,10 @@ class MollifierWidget(QWidget):
         self.coef_note.setWordWrap(True)
         self.coef_note.setStyleSheet("color: gray; font-size: 9pt")
         form.addRow(self.coef_note)
+        from .coefficients_panel import add_estimate_button, add_nucleus_button  # issue 13
+
+        add_estimate_button(self, form)
+        add_nucleus_button(self)
 
         radius_row = QHBoxLayout()
         self.radius_auto = QCheckBox("auto")
@@ -708,6 +712,9 @@ class MollifierWidget(QWidget):
             self.coef_edits[key] = edit
             self.coef_form.addRow(f"{key}{dim}", edit)
         self.coef_note.setText(f"Coefficients from {origin}; lengths in the layer's unit ({unit}).")
+        from .coefficients_panel import apply_units_policy  # issue 13: no box-unit l2 on um layers
+
+        apply_units_policy(self, model, unit, origin.startswith("model defaults"))
 
     def _on_method_changed(self, method: str) -> None:
         self.iterations_spin.setEnabled(method != "direct")
@@ -916,6 +923,8 @@ class MollifierWidget(QWidget):
 
         params = {}
         for key, edit in self.coef_edits.items():
+            if edit.text().strip().lower() == "auto":  # estimated by the run (issue 13 units policy)
+                continue
             try:
                 params[key] = float(edit.text())
             except ValueError:
@@ -943,15 +952,20 @@ class MollifierWidget(QWidget):
             "device": self.device_combo.currentText(),
             "seed": int(self.seed_spin.value()),
         }
+        if _unit_name(ref) != "px" and _accepts("unit"):
+            kwargs["unit"] = _unit_name(ref)  # the units policy of infer_rates (issue 13)
         if method != "direct":
             kwargs["iterations"] = int(self.iterations_spin.value())
         elif _accepts("n_bootstrap"):
             kwargs["n_bootstrap"] = int(self.bootstrap_spin.value())
         from napari_mollifier.validation import run_time_note  # estimate before starting (issue 17)
 
+        from .coefficients_panel import plausibility_notes  # issue 13
+
         counts = {k: kwargs[k] for k in ("radius", "n_bootstrap", "method", "iterations") if k in kwargs}
         estimate = run_time_note(next(iter(slices[0][1].values())).shape, n_runs=len(slices), **counts)
         notes += [estimate] if estimate else []
+        notes.extend(plausibility_notes(slices, pixel_size, _unit_name(ref)))
         geometry = _geometry(ref)
         if out_lead and lead_shape and out_lead != lead_shape:  # current slice: put the output on that slice
             shift = np.zeros(ref.ndim)

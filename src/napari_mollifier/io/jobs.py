@@ -240,7 +240,7 @@ def _check_roi_scale(path, ref: ImageData) -> None:
 
 def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, t=None, pixel_size=None,
                 smlm: dict | None = None, tile="auto", memory_limit=None, progress=None, cancel=None,
-                **kwargs):
+                coefficients=None, **kwargs):
     """Infer a rate map from files and record the inputs and the call for :func:`napari_mollifier.rerun`.
 
     Parameters
@@ -249,8 +249,10 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
         A multi-channel image (``channels`` picks phi_h, phi_e), a single-channel density image or an SMLM table.
     phi_h, phi_e : path, optional
         Two single-channel files instead of ``image``.
-    roi : path, optional
-        A label image (0 = background) of the same shape.
+    roi : path, "auto" or None
+        A label image (0 = background) of the same shape; ``"auto"``: the nucleus is detected
+        (:func:`napari_mollifier.nucleus.detect_nucleus`, recorded in ``provenance["nucleus_detection"]``);
+        ``None``: the whole image.
     channels : sequence of int or str, optional
         Channel indices or names, in the order of the model's inputs (one channel = a density).
     t : int, optional
@@ -263,6 +265,11 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
         Rendering of SMLM tables (``pixel_size_nm``, ``method``, ``sigma_nm``, ``unit``).
     tile : "auto", int or None
         See :func:`napari_mollifier.tiling.plan_tiles`.
+    coefficients : None, "auto" or "default"
+        How coefficients missing from ``params`` are set (:func:`napari_mollifier.coefficients.resolve_coefficients`):
+        ``None`` -- the units policy: with a physical pixel size (from the file or given), ``l2`` is estimated from
+        the image with a warning; ``"auto"`` -- estimated; ``"default"`` -- the box-unit defaults. Resolved once for
+        the whole image (also when it runs in tiles), recorded in ``provenance["param_sources"]``.
     **kwargs
         Arguments of :func:`~napari_mollifier.infer_rates` (``model``, ``params``, ``radius``, ``method``, ``device``,
         ``seed``, ``n_bootstrap``...).
@@ -279,7 +286,8 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
         if phi_h is None or phi_e is None:
             raise MollifierInputError("give an image, or both a phi_h and a phi_e file")
         records += [_record("phi_h", phi_h), _record("phi_e", phi_e)]
-    if roi is not None:
+    detect = isinstance(roi, str) and roi == "auto"
+    if roi is not None and not detect:
         records.append(_record("roi", roi))
     unknown = set(kwargs) - set(_SOLVER_KEYS)
     if unknown:
@@ -288,10 +296,29 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
     load = {"channels": None if channels is None else list(channels), "t": t,
             "pixel_size": None if pixel_size is None else [float(v) for v in np.atleast_1d(pixel_size)],
             "smlm": dict(smlm) if smlm else None}
-    recipe = dict(load, params_given=bool(kwargs.get("params")))
+    recipe = dict(load, params_given=isinstance(kwargs.get("params"), dict) and bool(kwargs.get("params")))
     fields, roi_arr, px, info = load_fields(records, recipe, model)
     load["channels"] = recipe["channels"]  # resolved to indices by load_fields
+    detection = None
+    if detect:  # issue 13: no ROI given -> detect the nucleus, so that no background pixel enters the solve
+        from ..nucleus import detect_nucleus
+
+        try:
+            mask, detection = detect_nucleus(fields)
+            roi_arr = mask.astype(np.int64)
+        except MollifierInputError as exc:
+            warnings.warn(f"no nucleus detected ({exc}); the whole image is solved: pass an ROI (--roi FILE) or "
+                          "--roi whole to choose the whole image on purpose", MollifierWarning, stacklevel=2)
     solver = {k: v for k, v in kwargs.items() if k in _SOLVER_KEYS}
+    from ..coefficients import resolve_coefficients  # issue 13: the units policy, once for the whole image
+
+    physical = str(info.get("pixel_size_source")) in ("file", "given")
+    given = solver.get("params")
+    if isinstance(given, str):
+        coefficients, given = given, None
+    params, sources, estimate = resolve_coefficients(model, given, coefficients, fields, px, "um" if physical else None,
+                                                     roi_arr, solver.get("seed", 0))
+    solver["params"] = params
     solver["device"] = str(resolve_device(solver.get("device", "auto")))
     solver["pixel_size"] = list(px)
     shape = info["shape"]
@@ -302,8 +329,13 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
                       tile=tile if method == "direct" else None, memory_limit=memory_limit)
     tiled = plan.tile is not None and any(n > plan.tile for n in shape)
     started = time.perf_counter()
-    result, used, retries = infer_with_retry(fields, roi=roi_arr, tile=plan.tile if tiled else None,
-                                             progress=progress, cancel=cancel, **solver)
+    from ..plausibility import PlausibilityWarning, warn_implausible
+
+    plausibility = warn_implausible(fields, px, "um" if physical else None, roi_arr)  # once, on the whole image
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PlausibilityWarning)  # not again per tile
+        result, used, retries = infer_with_retry(fields, roi=roi_arr, tile=plan.tile if tiled else None,
+                                                 progress=progress, cancel=cancel, **solver)
     if used is not None:
         function = "napari_mollifier.tiling.infer_tiled"
         solver["tile"] = int(used)
@@ -314,8 +346,16 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
         memory["retries"] = retries
     result.provenance["inputs"] = records
     result.provenance["pixel_size_source"] = info.get("pixel_size_source")
+    result.provenance["param_sources"] = sources
+    result.provenance["coefficient_estimate"] = estimate
+    result.provenance["unit"] = "um" if physical else None
+    result.provenance["plausibility"] = plausibility
     result.provenance["call"] = {"function": function, "load": load, "kwargs": solver, "memory": memory}
     result.provenance["source"] = info
+    result.provenance["roi_source"] = ("detected" if detection else "whole image" if roi is None or detect
+                                       else "given")
+    if detection:
+        result.provenance["nucleus_detection"] = detection
     result.provenance.setdefault("seconds_total", round(time.perf_counter() - started, 3))
     return result
 
@@ -428,8 +468,17 @@ def run_job(job: dict, out_dir, *, fmt: str = "ome-tif", name: str | None = None
                 pause("reading")
                 result = infer_files(image=job.get("image"), phi_h=job.get("phi_h"), phi_e=job.get("phi_e"),
                                      roi=job.get("roi"), progress=progress_and_warnings, **options)
-                protect = [v for k, v in job.items() if k in ("image", "phi_h", "phi_e", "roi") and v]
-                row["outputs"] = write_outputs(result, out_dir, name, fmt, protect=protect)
+                protect = [v for k, v in job.items()
+                           if k in ("image", "phi_h", "phi_e", "roi") and v and v != "auto"]
+                nucleus = _write_detected_nucleus(result, out_dir, name)
+                try:
+                    row["outputs"] = write_outputs(result, out_dir, name, fmt, protect=protect)
+                except BaseException:
+                    if nucleus is not None:
+                        nucleus.unlink(missing_ok=True)
+                    raise
+                if nucleus is not None:
+                    row["outputs"]["nucleus"] = str(nucleus)
             finally:
                 flush()
         rate = result.rate[np.isfinite(result.rate)]
@@ -453,6 +502,25 @@ def run_job(job: dict, out_dir, *, fmt: str = "ome-tif", name: str | None = None
         row.update({"status": "error", "error": message, "error_type": type(exc).__name__})
     row["seconds"] = round(time.perf_counter() - started, 2)
     return row
+
+
+def _write_detected_nucleus(result, out_dir, name: str):
+    """A detected nucleus mask as ``NAME_nucleus.ome.tif`` in ``out_dir``, recorded as the run's ROI input (so that
+    ``mollifier rerun`` repeats the run on the same pixels); None when the ROI was not detected."""
+    if not result.provenance.get("nucleus_detection"):
+        return None
+    from .tiff import write_ome_tiff
+
+    path = Path(out_dir) / f"{name}_nucleus.ome.tif"
+    try:
+        write_ome_tiff(path, {"nucleus": (result.labels > 0).astype(np.uint8)}, result.provenance["pixel_size"],
+                       description={"description": "nucleus detected by napari_mollifier.nucleus.detect_nucleus",
+                                    **result.provenance["nucleus_detection"]}, dtype=np.uint8)
+    except OSError as exc:
+        raise _output_error(exc, Path(out_dir)) from None
+    result.provenance["inputs"] = list(result.provenance.get("inputs") or []) + [_record("roi", path)]
+    result.provenance["nucleus_detection"]["file"] = path.name
+    return path
 
 
 def run_batch(jobs: list[dict], out_dir, *, client=None, fmt: str = "ome-tif", on_done=None,

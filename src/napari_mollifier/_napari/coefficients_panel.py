@@ -1,0 +1,144 @@
+"""Widget additions of issue 13: the units policy for the coefficient fields and an "Estimate from image" button.
+
+Hooked into :class:`~napari_mollifier._napari.widget.MollifierWidget` with a few lines (``add_estimate_button``
+in ``_build_ui``, ``apply_units_policy`` in ``_fill_coefficients``, ``AUTO`` in ``_collect_job``).
+
+* Units policy: for an input layer with a physical unit (um, nm...) whose metadata does not give the
+  coefficients, a length coefficient is not filled with its box-unit default: it reads ``auto``, and the run
+  estimates ``l2`` from the image (:func:`napari_mollifier.estimate_coefficients`, with a warning and the source in
+  the provenance), or stops naming the coefficient for models where it cannot be estimated.
+* "Estimate from image": estimates ``l2`` now, fills the field, and says how the value was obtained.
+"""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QApplication, QPushButton
+
+from napari_mollifier.coefficients import is_physical
+
+__all__ = ["AUTO", "apply_units_policy", "add_estimate_button", "estimate_from_image"]
+
+#: Text of a coefficient field whose value is estimated from the image at run time.
+AUTO = "auto"
+
+
+def apply_units_policy(widget, model, unit: str, from_defaults: bool) -> None:
+    """Set the length coefficients to ``auto`` when they would be box-unit defaults on a physical-unit layer."""
+    if not from_defaults or not is_physical(unit):
+        return
+    lengths = [k for k, c in model.coefficients.items() if getattr(c, "length_power", 0) and k in widget.coef_edits]
+    if not lengths:
+        return
+    for key in lengths:
+        widget.coef_edits[key].setText(AUTO)
+    how = ("estimated from the image when you run (or now: Estimate from image)" if model.name == "chromatin-balance"
+           else "not known: type them in (the run stops until you do)")
+    widget.coef_note.setText(
+        f"{', '.join(lengths)}: the box-unit default does not apply to a layer in {unit}; {how}. Other "
+        "coefficients: model defaults.")
+
+
+def estimate_from_image(widget) -> dict:
+    """Estimate ``l2`` from the chosen input layers (and ROI), fill the field, and explain it in the note."""
+    from napari_mollifier import estimate_coefficients
+
+    job = widget._collect_job()
+    _lead, fields, roi = job.slices[0]
+    est = estimate_coefficients(fields, job.kwargs["pixel_size"], job.kwargs["model"], roi=roi,
+                                seed=job.kwargs.get("seed", 0))
+    widget.coef_edits["l2"].setText(f"{est['l2']:.6g}")
+    unit = job.unit
+    widget.coef_note.setText(
+        f"l2 = {est['l2']:.4g} ± {est['stderr']:.2g} {unit}² estimated from the image by self-consistency "
+        f"(radius {est['diagnostics']['radius_px']:g} px); domain-spacing cross-check "
+        f"{est['diagnostics']['l2_from_spacing']:.2g} {unit}².")
+    widget.coef_note.setToolTip(est["description"])
+    widget._coefficient_estimate = est
+    return est
+
+
+def add_estimate_button(widget, form) -> QPushButton:
+    """An "Estimate from image" button under the coefficients (enabled for chromatin-balance only)."""
+    button = QPushButton("Estimate from image")
+    button.setToolTip("Estimate l2 = D / G_ac from the input layers (self-consistency: the l2 that leaves the rate "
+                      "map least correlated with lap(phi_e) at the domain scale; docs/science.md)")
+
+    def clicked():
+        from napari_mollifier.errors import MollifierInputError
+
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+        try:
+            estimate_from_image(widget)
+        except MollifierInputError as exc:
+            widget.coef_note.setText(f"Could not estimate l2: {exc}")
+        finally:
+            QApplication.restoreOverrideCursor()
+
+    def update(*_args):
+        button.setEnabled(widget.model_combo.currentText() == "chromatin-balance")
+
+    button.clicked.connect(clicked)
+    widget.model_combo.currentTextChanged.connect(update)
+    update()
+    form.addRow(button)
+    widget.estimate_button = button
+    return button
+
+
+def plausibility_notes(slices, pixel_size, unit: str) -> list[str]:
+    """The plausibility warnings of the job's first slice (napari_mollifier.plausibility), for the widget's notes."""
+    from napari_mollifier.plausibility import check_plausibility
+
+    if not slices:
+        return []
+    _lead, fields, roi = slices[0]
+    return check_plausibility(fields, pixel_size, unit if is_physical(unit) else None, roi)
+
+
+def detect_nucleus_layer(widget):
+    """Detect the nucleus in the chosen input layers (the slice shown) and add it as a Labels layer, chosen as the
+    ROI; returns the layer. Its metadata records how it was obtained."""
+    import numpy as np
+
+    from napari_mollifier.nucleus import detect_nucleus
+
+    from .widget import _geometry
+
+    job = widget._collect_job()
+    _lead, fields, _roi = job.slices[0]
+    mask, info = detect_nucleus(fields)
+    ref = widget._reference_layer()
+    geometry = {k: v for k, v in _geometry(ref).items() if k in ("scale", "translate", "units")}
+    geometry = {k: tuple(v)[-2:] for k, v in geometry.items()}
+    name = "nucleus (detected)"
+    if name in widget.viewer.layers:
+        widget.viewer.layers.remove(name)
+    layer = widget.viewer.add_labels(mask.astype(np.uint8), name=name, opacity=0.3,
+                                     metadata={"nucleus_detection": info}, **geometry)
+    widget._refresh_layers()
+    widget.roi_combo.setCurrentText(name)
+    widget.coef_note.setToolTip(info["description"])
+    return layer
+
+
+def add_nucleus_button(widget) -> QPushButton:
+    """A "Detect nucleus" button under the ROI choice: a Labels layer from the total chromatin (Otsu)."""
+    button = QPushButton("Detect nucleus")
+    button.setToolTip("Add a Labels layer with the nucleus (smoothed total chromatin, Otsu threshold, largest "
+                      "component, holes filled) and use it as the ROI, so that no background pixel is solved")
+
+    def clicked():
+        from napari.utils.notifications import show_warning
+
+        from napari_mollifier.errors import MollifierInputError
+
+        try:
+            detect_nucleus_layer(widget)
+        except MollifierInputError as exc:
+            show_warning(f"Rate maps: no nucleus detected: {exc}")
+
+    button.clicked.connect(clicked)
+    widget.inputs_box.layout().addWidget(button)
+    widget.nucleus_button = button
+    return button
