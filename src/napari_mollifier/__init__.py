@@ -9,6 +9,7 @@ from .models import MODELS, get_model
 from .mollifier import Mollifier, derivatives
 from .result import RateResult
 from .density import split_density
+from .fractions import intensities_to_fractions
 from .solve import infer_rates
 from .io import load_result, read_image
 from .rerun import rerun
@@ -20,6 +21,7 @@ __all__ = [
     "infer_rates",
     "RateResult",
     "split_density",
+    "intensities_to_fractions",
     "MODELS",
     "get_model",
     "MollifierInputError",
