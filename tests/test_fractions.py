@@ -164,3 +164,44 @@ def test_non_chromatin_models_are_not_flagged():
         res = nm.infer_rates({"u": st["u"], "m": st["m"]}, model="heat", pixel_size=1 / 64, radius=6,
                              n_bootstrap=0, boundary="periodic")
     assert "negative_rate" not in res.provenance
+
+
+def test_the_table_redone_cli(tmp_path, capsys):
+    """The same path on the command line: a raw-intensity OME-TIFF made by the package, an ROI file,
+    ``--intensities --nucleus FILE --mark-ratio estimate --param l2=...``: r >= 0.95, the provenance says relative, a run with
+    the box-unit l2 prints a warning line, and ``mollifier rerun`` repeats the conversion."""
+    import json
+
+    from napari_mollifier.cli import main
+    from napari_mollifier.examples import write_sample_nucleus
+    from napari_mollifier.io import load_result, read_image
+
+    files = write_sample_nucleus(tmp_path / "in", seed=3)
+    l2 = files["params"]["l2"]
+    out = tmp_path / "out"
+    args = ["infer", files["image"], "--roi", files["roi"], "--intensities", "--nucleus", files["nucleus"],
+            "--mark-ratio", "estimate",
+            "--param", f"l2={l2}", "--n-bootstrap", "4", "--out", str(out), "-q"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err
+    res = load_result(out / "cell.ome.tif")
+    truth = read_image(files["truth"]).to_numpy()
+    roi = read_image(files["roi"]).to_numpy().squeeze() > 0
+    assert _r(res.rate, np.squeeze(truth), roi) >= 0.95
+    prov = json.loads((out / "cell.provenance.json").read_text())["provenance"]
+    assert prov["rate_level"] == "relative" and prov["fractions"]["mark_ratio_source"].startswith("estimated")
+    assert main(["rerun", str(out / "cell.provenance.json"), "-q"]) == 0
+    assert "identical" in capsys.readouterr().out
+
+    assert main(["infer", files["image"], "--roi", files["roi"], "--intensities", "--param", "l2=1.04",
+                 "--radius", "8", "--n-bootstrap", "0", "--out", str(tmp_path / "bad"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "mollifier: warning: cell: the rate lambda = Gamma_me / Gamma_ac is negative in" in err
+    assert "coefficient units" in err
+
+    assert main(["infer", files["image"], "--total-fraction", "0.3", "--out", str(tmp_path / "x")]) == 1
+    assert "go with --intensities" in capsys.readouterr().err
+    assert main(["infer", files["image"], "--intensities", "--mark-ratio", "estimate",
+                 "--out", str(tmp_path / "y")]) == 1
+    assert "needs l2" in capsys.readouterr().err

@@ -37,11 +37,15 @@ def raw_intensities(sample: dict, *, brightness=(2400.0, 800.0), offset=(180.0, 
 
 
 def write_sample_nucleus(folder, *, shape=(128, 128), pixel_size: float = 0.02, seed: int = 0,
-                         raw: bool = True, name: str = "cell") -> dict:
+                         raw: bool = True, name: str = "cell", roi_margin_px: int = 6) -> dict:
     """Write the synthetic nucleus to ``folder``: ``NAME.ome.tif`` (channels H3K9me3, H3K27ac as raw intensities,
-    or phi_h, phi_e with ``raw=False``; pixel size in um), ``NAME_roi.ome.tif`` (nucleus mask, 1 inside) and
-    ``NAME_true_rate.ome.tif``. Returns ``{"image", "roi", "truth", "params", "pixel_size"}`` (paths as str, the
+    or phi_h, phi_e with ``raw=False``; pixel size in um), ``NAME_nucleus.ome.tif`` (the nucleus mask),
+    ``NAME_roi.ome.tif`` (the nucleus shrunk by ``roi_margin_px``, 1 inside: an ROI drawn about one kernel radius
+    inside the nuclear edge) and ``NAME_true_rate.ome.tif``. Returns ``{"image", "roi", "nucleus", "truth",
+    "params", "pixel_size"}`` (paths as str, the
     sample's coefficients in um)."""
+    from scipy import ndimage as ndi
+
     from .io import write_ome_tiff
     from .simulate import synthetic_nucleus
 
@@ -54,10 +58,12 @@ def write_sample_nucleus(folder, *, shape=(128, 128), pixel_size: float = 0.02, 
     else:
         channels = {"phi_h": sample["phi_h"], "phi_e": sample["phi_e"]}
     paths = {"image": folder / f"{name}.ome.tif", "roi": folder / f"{name}_roi.ome.tif",
-             "truth": folder / f"{name}_true_rate.ome.tif"}
+             "nucleus": folder / f"{name}_nucleus.ome.tif", "truth": folder / f"{name}_true_rate.ome.tif"}
     write_ome_tiff(paths["image"], channels, pixel_size, dtype=np.float32 if raw else np.float64,
                    description={"description": sample["description"], "raw_intensities": raw})
-    write_ome_tiff(paths["roi"], {"nucleus": sample["nucleus"].astype(np.uint8)}, pixel_size, dtype=np.uint8)
+    roi = ndi.distance_transform_edt(sample["nucleus"]) > roi_margin_px
+    write_ome_tiff(paths["roi"], {"roi": roi.astype(np.uint8)}, pixel_size, dtype=np.uint8)
+    write_ome_tiff(paths["nucleus"], {"nucleus": sample["nucleus"].astype(np.uint8)}, pixel_size, dtype=np.uint8)
     write_ome_tiff(paths["truth"], {"rate": sample["rate"]}, pixel_size)
     return {**{k: str(v) for k, v in paths.items()}, "params": dict(sample["params"]),
             "pixel_size": float(pixel_size)}
@@ -82,7 +88,7 @@ def write_localisation_table(path, *, semi_axes_nm=(1500.0, 1200.0), spacing_nm=
 
 def write_all(folder) -> dict:
     """Every example input of the documentation in ``folder``: ``cell.ome.tif`` (raw intensities) with
-    ``cell_roi.ome.tif`` and ``cell_true_rate.ome.tif``, ``fractions.ome.tif`` (true volume fractions) with
+    ``cell_roi.ome.tif``, ``cell_nucleus.ome.tif`` and ``cell_true_rate.ome.tif``, ``fractions.ome.tif`` (true volume fractions) with
     ``fractions_roi.ome.tif``, and ``cell1.csv`` (localisations)."""
     folder = Path(folder)
     out = {"raw": write_sample_nucleus(folder, raw=True, name="cell"),
@@ -97,7 +103,8 @@ def main(argv=None) -> int:
     parser.add_argument("folder", nargs="?", default=".")
     args = parser.parse_args(argv)
     out = write_all(args.folder)
-    for path in (out["raw"]["image"], out["raw"]["roi"], out["raw"]["truth"], out["fractions"]["image"],
+    for path in (out["raw"]["image"], out["raw"]["roi"], out["raw"]["nucleus"], out["raw"]["truth"],
+                 out["fractions"]["image"],
                  out["fractions"]["roi"], out["table"]):
         print(path)
     return 0

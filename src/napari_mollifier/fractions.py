@@ -323,16 +323,26 @@ def estimate_mark_ratio(fractions: dict, l2: float, pixel_size, nucleus=None, ra
     return ratio, info
 
 
-def fractions_from_loaded(fields: dict, roi, options: dict | None) -> tuple[Fractions, dict]:
-    """The conversion of two loaded intensity channels (``{"phi_h", "phi_e"}`` as read from the file) with the
-    ROI as the nucleus; used by the command line (``--intensities``) and :func:`napari_mollifier.rerun`."""
+def fractions_from_loaded(fields: dict, roi, options: dict | None, pixel_size=None) -> tuple[Fractions, dict]:
+    """The conversion of two loaded intensity channels (``{"phi_h", "phi_e"}`` as read from the file), with the
+    nucleus from ``options["nucleus_file"]`` or else the ROI; used by the command line (``--intensities``,
+    ``--nucleus``) and :func:`napari_mollifier.rerun`."""
     if set(fields) != {"phi_h", "phi_e"}:
         raise MollifierInputError(
             "the intensity conversion needs two channels (a heterochromatin mark such as H3K9me3 and a euchromatin "
             f"mark such as H3K27ac), got {sorted(fields)}: give --channels H,E, or drop --intensities"
         )
-    nucleus = None if roi is None else np.asarray(roi) > 0
-    return intensities_to_fractions(fields["phi_h"], fields["phi_e"], nucleus=nucleus, **dict(options or {}))
+    options = dict(options or {})
+    nucleus_file = options.pop("nucleus_file", None)
+    if nucleus_file is not None:
+        from .io import read_labels
+
+        nucleus = read_labels(nucleus_file, np.shape(fields["phi_h"])) > 0
+    else:
+        nucleus = None if roi is None else np.asarray(roi) > 0
+    if options.get("mark_ratio") == "estimate" and pixel_size is not None:
+        options.setdefault("pixel_size", list(pixel_size))
+    return intensities_to_fractions(fields["phi_h"], fields["phi_e"], nucleus=nucleus, **options)
 
 
 def mark_relative(provenance: dict, record: dict) -> None:
