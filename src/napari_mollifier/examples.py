@@ -89,11 +89,18 @@ def write_localisation_table(path, *, semi_axes_nm=(1500.0, 1200.0), spacing_nm=
 def write_all(folder) -> dict:
     """Every example input of the documentation in ``folder``: ``cell.ome.tif`` (raw intensities) with
     ``cell_roi.ome.tif``, ``cell_nucleus.ome.tif`` and ``cell_true_rate.ome.tif``, ``fractions.ome.tif`` (true volume fractions) with
-    ``fractions_roi.ome.tif``, and ``cell1.csv`` (localisations)."""
+    ``fractions_roi.ome.tif``, its two channels as ``phi_h.ome.tif`` and ``phi_e.ome.tif``, and ``cell1.csv``
+    (localisations)."""
     folder = Path(folder)
+    from .io import read_image, write_ome_tiff
+
     out = {"raw": write_sample_nucleus(folder, raw=True, name="cell"),
            "fractions": write_sample_nucleus(folder, raw=False, name="fractions"),
            "table": write_localisation_table(folder / "cell1.csv")}
+    img = read_image(out["fractions"]["image"])
+    for i, key in enumerate(("phi_h", "phi_e")):
+        out[key] = str(write_ome_tiff(folder / f"{key}.ome.tif", {key: img.channel(i).to_numpy()},
+                                      out["fractions"]["pixel_size"]))
     return out
 
 
@@ -104,8 +111,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = write_all(args.folder)
     for path in (out["raw"]["image"], out["raw"]["roi"], out["raw"]["nucleus"], out["raw"]["truth"],
-                 out["fractions"]["image"],
-                 out["fractions"]["roi"], out["table"]):
+                 out["fractions"]["image"], out["fractions"]["roi"], out["phi_h"], out["phi_e"], out["table"]):
         print(path)
     return 0
 
