@@ -40,7 +40,7 @@ def _help_text(command: str) -> str:
     argv = ["--help"] if command == "main" else [command, "--help"]
     out = io.StringIO()
     old = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal width: fix it
+    os.environ["COLUMNS"] = "88"  # argparse wraps to the terminal width: fix it (fits the page)
     try:
         with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
             build_parser().parse_args(argv)
