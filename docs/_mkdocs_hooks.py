@@ -5,7 +5,8 @@
    ``:func:<code>...</code>``. Each one becomes an *optional* mkdocs-autorefs reference: a link where the target is
    documented on the site (API reference), plain code otherwise (no warning either way). A bare name
    (``:func:`derivatives```) is looked up as ``napari_mollifier.<name>``; a leading ``~`` shows the last component.
-2. ``<!-- mollifier-help: COMMAND -->`` in a page is replaced by the ``--help`` text of that ``mollifier``
+2. Double backticks left as text (reST literals in docstrings) become ``<code>`` (code blocks untouched).
+3. ``<!-- mollifier-help: COMMAND -->`` in a page is replaced by the ``--help`` text of that ``mollifier``
    command (``main`` for the top level), generated from ``napari_mollifier.cli.build_parser()`` of this
    checkout's ``src/``, so the command line reference cannot drift from the code.
 """
@@ -39,7 +40,7 @@ def _help_text(command: str) -> str:
     argv = ["--help"] if command == "main" else [command, "--help"]
     out = io.StringIO()
     old = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal width: fix it
+    os.environ["COLUMNS"] = "88"  # argparse wraps to the terminal width: fix it (fits the page)
     try:
         with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
             build_parser().parse_args(argv)
@@ -58,5 +59,15 @@ def on_page_markdown(markdown: str, **kwargs) -> str:
     return _HELP.sub(lambda m: _help_text(m.group(1)), markdown)
 
 
+# reST double-backtick literals that reach the HTML as text (in mkdocstrings' parameter tables, for example)
+_DOUBLE_TICKS = re.compile(r"``([^`<>\n]+?)``")
+_PRE = re.compile(r"(<pre[\s>].*?</pre>)", flags=re.S)
+
+
+def _literals(html: str) -> str:
+    parts = _PRE.split(html)  # leave code blocks alone
+    return "".join(p if i % 2 else _DOUBLE_TICKS.sub(r"<code>\1</code>", p) for i, p in enumerate(parts))
+
+
 def on_page_content(html: str, **kwargs) -> str:
-    return _ROLE.sub(_reference, html)
+    return _literals(_ROLE.sub(_reference, html))

@@ -103,8 +103,10 @@ def test_uncertainty_is_a_bootstrap_per_tile():
     ref = nm.infer_rates(fields, **kwargs)
     tiled = tiling.infer_tiled(fields, tile=64, **kwargs)
     assert _max_diff(ref.rate, tiled.rate) <= 1e-8  # the rate is the same
+    # random fields are no steady state: ~18 % of the rate is negative, and flagged with uncertainty +inf
+    # (napari_mollifier.fractions.flag_result); compare where the rate is not negative
     finite = np.isfinite(ref.uncertainty) & np.isfinite(tiled.uncertainty)
-    assert finite.mean() > 0.95
+    assert finite[ref.rate >= 0].mean() > 0.95
     ratio = np.median(tiled.uncertainty[finite]) / np.median(ref.uncertainty[finite])
     assert 0.5 < ratio < 2.0  # same noise level, other draws
     assert "per tile" in tiled.provenance["tiling"]["uncertainty"]

@@ -9,6 +9,7 @@ from .models import MODELS, get_model
 from .mollifier import Mollifier, derivatives
 from .result import RateResult
 from .density import split_density
+from .fractions import intensities_to_fractions
 from .solve import infer_rates
 from .coefficients import estimate_coefficients
 from .io import load_result, read_image
@@ -22,6 +23,7 @@ __all__ = [
     "estimate_coefficients",
     "RateResult",
     "split_density",
+    "intensities_to_fractions",
     "MODELS",
     "get_model",
     "MollifierInputError",

@@ -241,8 +241,63 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="run on another device than the recorded one")
     r.add_argument("--data-dir", default=None, metavar="DIR", help="where moved input files are")
     r.add_argument("--out", default=None, metavar="DIR", help="also write the re-run's outputs here")
+    _add_intensity_options(p)
     _add_domains_parser(sub, common)
     return parser
+
+
+def _add_intensity_options(p) -> None:
+    """``mollifier infer --intensities``: raw intensities -> volume fractions (napari_mollifier.fractions)."""
+    from .fractions import DEFAULT_PERCENTILE, DEFAULT_TOTAL_FRACTION, TOTAL_FRACTION_RANGE
+
+    g = p.add_argument_group("raw intensities")
+    g.add_argument("--intensities", action="store_true",
+                   help="the two channels are raw intensities (H3K9me3-like, H3K27ac-like), not volume fractions: "
+                        "subtract the background (median outside --roi), scale each mark by a high percentile "
+                        "inside it and set the mean phi_h + phi_e to --total-fraction. The rate map's level is "
+                        "then relative (only its pattern is meaningful)")
+    g.add_argument("--total-fraction", type=float, default=None, metavar="F",
+                   help=f"with --intensities: mean chromatin fraction phi_h + phi_e in the nucleus (default "
+                        f"{DEFAULT_TOTAL_FRACTION:g}, {TOTAL_FRACTION_RANGE[0]:g}..{TOTAL_FRACTION_RANGE[1]:g})")
+    g.add_argument("--intensity-percentile", type=float, default=None, metavar="P",
+                   help=f"with --intensities: percentile that scales each mark (default {DEFAULT_PERCENTILE:g})")
+    g.add_argument("--nucleus", default=None, metavar="FILE",
+                   help="with --intensities: nucleus mask (0 = outside) for the background and the scales; "
+                        "default: the --roi. Draw the --roi one kernel radius inside the nucleus' edge")
+    g.add_argument("--mark-ratio", default=None, metavar="R|estimate",
+                   help="with --intensities: phi_h of the brightest heterochromatin over phi_e of the brightest "
+                        "euchromatin (default 1), or 'estimate' (smoothest rate at the domain scale; needs "
+                        "--param l2=...)")
+
+
+def _intensity_options(args) -> dict:
+    """The ``intensities`` option of infer_files from ``--intensities`` (and its two settings)."""
+    settings = {k: v for k, v in (("total_fraction", args.total_fraction),
+                                  ("percentile", args.intensity_percentile),
+                                  ("mark_ratio", args.mark_ratio), ("nucleus_file", args.nucleus))
+                if v is not None}
+    if not args.intensities:
+        if settings:
+            raise MollifierInputError("--total-fraction, --intensity-percentile, --mark-ratio and --nucleus go "
+                                      "with --intensities (raw intensity channels): add --intensities, or drop "
+                                      "them")
+        return {}
+    if args.nucleus is not None:
+        if not Path(args.nucleus).exists():
+            raise MollifierInputError(f"--nucleus {args.nucleus}: no such file")
+        settings["nucleus_file"] = str(Path(args.nucleus).resolve())
+    ratio = settings.get("mark_ratio")
+    if ratio is not None and ratio != "estimate":
+        try:
+            settings["mark_ratio"] = float(ratio)
+        except ValueError:
+            raise MollifierInputError(f"--mark-ratio takes a positive number or 'estimate', got {ratio!r}") from None
+    elif ratio == "estimate":
+        l2 = dict(args.param).get("l2")
+        if l2 is None:
+            raise MollifierInputError("--mark-ratio estimate needs l2 in um^2: add --param l2=... (e.g. 0.0234)")
+        settings["l2"] = l2
+    return {"intensities": settings}
 
 
 def _threshold(text: str):
@@ -476,6 +531,7 @@ def cmd_infer(args) -> int:
         "iterations": args.iterations,
         "raise_errors": args.debug,
         **({"allow_constant": True} if args.allow_constant else {}),
+        **_intensity_options(args),
     }
     out = Path(args.out)
     show = not args.quiet

@@ -733,6 +733,9 @@ def infer_rates(
         "seconds": round(time.perf_counter() - ctx.started, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    from .fractions import flag_result  # the level label and the negative-rate flags (issue 16)
+
+    flag_result(m, fields, split, rate_map, sigma_map, labels, stats, provenance)
     used = [s["radius"] for s in stats]
     return RateResult(
         rate=rate_map, uncertainty=sigma_map, residual=residual_map, fields=smoothed_maps,

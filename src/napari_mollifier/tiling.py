@@ -133,7 +133,9 @@ def estimate_memory(shape, radius, model="chromatin-balance", *, boundary: str =
 
 def available_memory(device="cpu") -> int:
     """Free memory of ``device`` in bytes (``MemAvailable`` for the CPU, ``cudaMemGetInfo`` for a GPU)."""
-    dev = str(device)
+    from .solve import resolve_device
+
+    dev = str(resolve_device(device))  # a device that is not there: the library's MollifierInputError
     if dev.startswith("cuda"):
         import torch
 
@@ -186,6 +188,9 @@ def plan_tiles(shape, radius, model="chromatin-balance", *, device="cpu", bounda
     MollifierInputError
         When not even a small tile fits: the message says how much is needed and what to change.
     """
+    from .solve import resolve_device
+
+    device = str(resolve_device(device))  # a device that is not there: the library's MollifierInputError
     h = halo(radius)
     est = estimate_memory(shape, radius, model, boundary=boundary, device=device)
     budget = int(memory_limit) if memory_limit is not None else int(MEMORY_FRACTION * available_memory(device))

@@ -439,6 +439,10 @@ class MollifierWidget(QWidget):
         roi_form.addRow("ROI", self.roi_combo)
         roi_form.addRow("Stack", self.all_slices)
         outer.addWidget(self.inputs_box)
+        from .fractions_panel import FractionsPanel  # raw intensities -> phi_h, phi_e layers
+
+        self.fractions_panel = FractionsPanel(self)
+        outer.addWidget(self.fractions_panel)
 
         # model and solver settings
         box = QGroupBox("Model and solver")
@@ -1154,6 +1158,9 @@ class MollifierWidget(QWidget):
                 f"Done in {_format_seconds(time.perf_counter() - self._started)}: {job.kwargs['method']}, "
                 f"radius {radius_txt}."
             )
+            from .fractions_panel import report_run  # negative rates, relative level
+
+            report_run(self, job, results)
 
         steps += [select_rate, finish]
         return steps

@@ -205,6 +205,10 @@ def load_fields(records: list[dict], load: dict, model="chromatin-balance") -> t
     if "roi" in paths:
         roi = read_labels(paths["roi"], shape)
         _check_roi_scale(paths["roi"], ref)
+    if load.get("intensities") is not None:  # raw intensities -> volume fractions (napari_mollifier.fractions)
+        from ..fractions import fractions_from_loaded
+
+        fields, info["fractions"] = fractions_from_loaded(fields, roi, load["intensities"], ref.pixel_size)
     info["shape"] = shape
     return fields, roi, pixel_size, info
 
@@ -240,7 +244,7 @@ def _check_roi_scale(path, ref: ImageData) -> None:
 
 def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, t=None, pixel_size=None,
                 smlm: dict | None = None, tile="auto", memory_limit=None, progress=None, cancel=None,
-                coefficients=None, **kwargs):
+                coefficients=None, intensities: dict | None = None, **kwargs):
     """Infer a rate map from files and record the inputs and the call for :func:`napari_mollifier.rerun`.
 
     Parameters
@@ -270,6 +274,10 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
         ``None`` -- the units policy: with a physical pixel size (from the file or given), ``l2`` is estimated from
         the image with a warning; ``"auto"`` -- estimated; ``"default"`` -- the box-unit defaults. Resolved once for
         the whole image (also when it runs in tiles), recorded in ``provenance["param_sources"]``.
+    intensities : dict, optional
+        The two channels are raw intensities: convert them with
+        :func:`napari_mollifier.fractions.intensities_to_fractions` (nucleus = the ROI) with these options
+        (``{}`` for the defaults); recorded in ``provenance["fractions"]``, and the rate's level is relative.
     **kwargs
         Arguments of :func:`~napari_mollifier.infer_rates` (``model``, ``params``, ``radius``, ``method``, ``device``,
         ``seed``, ``n_bootstrap``...).
@@ -296,6 +304,8 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
     load = {"channels": None if channels is None else list(channels), "t": t,
             "pixel_size": None if pixel_size is None else [float(v) for v in np.atleast_1d(pixel_size)],
             "smlm": dict(smlm) if smlm else None}
+    if intensities is not None:
+        load["intensities"] = dict(intensities)
     recipe = dict(load, params_given=isinstance(kwargs.get("params"), dict) and bool(kwargs.get("params")))
     fields, roi_arr, px, info = load_fields(records, recipe, model)
     load["channels"] = recipe["channels"]  # resolved to indices by load_fields
@@ -356,6 +366,10 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
                                        else "given")
     if detection:
         result.provenance["nucleus_detection"] = detection
+    if info.get("fractions") is not None:
+        from ..fractions import mark_relative
+
+        mark_relative(result.provenance, info["fractions"])
     result.provenance.setdefault("seconds_total", round(time.perf_counter() - started, 3))
     return result
 
