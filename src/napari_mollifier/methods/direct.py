@@ -79,6 +79,7 @@ class DerivativeLadder:
         filled = {k: torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) if self.mask is not None else v
                   for k, v in fields.items()}
         self.raw = filled
+        self._recent: dict = {}  # the last few radii's derivatives: the radius rule's last rungs are reused
         derived = model.derived(filled, params)
         self.derived = {name: derived[name] for name in self.needs}
         self.spectra = {}
@@ -102,6 +103,8 @@ class DerivativeLadder:
     def at(self, radius: float, fields: dict | None = None) -> dict:
         """``{derived field: {key: tensor (*S)}}`` at ``radius`` (``fields``: other inputs, e.g. noise samples)."""
         if fields is None:
+            if radius in self._recent:
+                return self._recent[radius]
             derived, spectra = self.derived, self.spectra
         else:
             filled = {k: torch.nan_to_num(v) if self.mask is not None else v for k, v in fields.items()}
@@ -121,6 +124,10 @@ class DerivativeLadder:
                     spectrum = None
                 values = apply_masked(x, plan, op, spectrum)
             out[name] = {key: values[0, i] for i, key in enumerate(keys)}
+        if fields is None:
+            self._recent[radius] = out
+            while len(self._recent) > 3:
+                self._recent.pop(next(iter(self._recent)))
         return out
 
     def smooth(self, value: torch.Tensor, radius: float, mask: np.ndarray) -> torch.Tensor:
