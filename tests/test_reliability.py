@@ -537,7 +537,7 @@ def test_cli_nan_pixels_give_nan_maps(tmp_path, data, nucleus, capsys):
     f["phi_h"][30:34, 30:34] = np.nan
     path = _write_two_channel(data["dir"] / "holed.ome.tif", f["phi_h"], f["phi_e"])
     before = snapshot(data["dir"])
-    code, _, err = _cli(capsys, "infer", path, "--out", tmp_path / "out", *FAST, *L2)
+    code, _, err = _cli(capsys, "infer", path, "--roi", "whole", "--out", tmp_path / "out", *FAST, *L2)
     assert code == 0, err
     res = nm.load_result(tmp_path / "out" / "holed.ome.tif")
     assert np.isnan(res.rate[30:34, 30:34]).all() and np.isfinite(res.rate).mean() > 0.9
@@ -611,7 +611,7 @@ def test_cli_integer_tiff_equals_float(tmp_path, data, nucleus, capsys):
     counts = {k: np.round(v * 1000) for k, v in _fields(nucleus).items()}
     a = _write_two_channel(data["dir"] / "u16.ome.tif", counts["phi_h"], counts["phi_e"], dtype=np.uint16)
     b = _write_two_channel(data["dir"] / "f64.ome.tif", counts["phi_h"], counts["phi_e"])
-    code, _, err = _cli(capsys, "infer", a, b, "--out", tmp_path / "out", *FAST, *L2)
+    code, _, err = _cli(capsys, "infer", a, b, "--roi", "whole", "--out", tmp_path / "out", *FAST, *L2)
     assert code == 0, err
     ra = nm.load_result(tmp_path / "out" / "u16.ome.tif")
     rb = nm.load_result(tmp_path / "out" / "f64.ome.tif")
