@@ -48,7 +48,7 @@ def test_points_layer_to_domains_and_rate_inputs(viewer_widget, qtbot, tmp_path)
     s = lattice_nucleus(seed=4, semi_axes_nm=(2000.0, 1700.0))
     viewer.add_points(np.column_stack([s["y"], s["x"]]) / 1000.0, name="locs", size=0.01)
     assert widget.source_combo.currentText() == "locs"
-    widget.points_unit.setCurrentText("um")
+    widget.points_unit.setCurrentText("µm")
     widget.subsample_spin.setValue(1)
     assert _run(qtbot, widget) == "done"
     res = widget.result
@@ -69,7 +69,10 @@ def test_points_layer_to_domains_and_rate_inputs(viewer_widget, qtbot, tmp_path)
     phi_h = viewer.layers["heterochromatin (phi_h) [locs]"]
     assert phi_h.metadata["field"] == "phi_h" and viewer.layers["euchromatin (phi_e) [locs]"].metadata["field"] == "phi_e"
     assert widget.table.rowCount() == res.n_domains
-    assert f"{res.n_domains} interior domains" in widget.summary_label.text()
+    assert f"Found {res.n_domains} heterochromatin domains" in widget.summary_label.text()
+    assert not viewer.layers["localisations [locs]"].visible  # the dots would hide the domains
+    for name in ("domains [locs]", "lambda [locs]", "heterochromatin (phi_h) [locs]"):
+        assert [str(u) for u in viewer.layers[name].units] == ["micrometer", "micrometer"], name
     out = widget.export_table(tmp_path / "t.csv")
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == res.n_domains and "gamma_me" in rows[0]
@@ -94,7 +97,7 @@ def test_points_layer_to_domains_and_rate_inputs(viewer_widget, qtbot, tmp_path)
     np.testing.assert_allclose(rate.scale, phi_h.scale)
     assert np.isfinite(rate.data).mean() > 0.3  # the nucleus (phi_e > 0 there) gets a map
     src = "heterochromatin (phi_h) [locs]"
-    for name in (f"residual [{src}]", f"phi_h smoothed [{src}]", f"phi_e smoothed [{src}]"):
+    for name in (f"residual [{src}]", f"phi_h smoothed [{src}]", "phi_e smoothed [euchromatin (phi_e) [locs]]"):
         assert name in viewer.layers  # (no uncertainty layer: 0 bootstrap samples)
     assert len(viewer.layers) == n_layers + 4  # and the segmentation layers are untouched
 
