@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         s = lattice_nucleus(seed=3, semi_axes_nm=(2400.0, 2000.0), centre_nm=(2560.0, 2560.0))
         table = tmp / "cell.csv"
         np.savetxt(table, np.column_stack([s["x"], s["y"]]), delimiter=",", header="x [nm],y [nm]", comments="")
-        _, domains = viewer.window.add_plugin_dock_widget("napari-mollifier", "Heterochromatin domains")
+        domains_dock, domains = viewer.window.add_plugin_dock_widget("napari-mollifier", "Heterochromatin domains")
         domains.source_combo.setCurrentText("(table file)")
         domains.path_edit.setText(str(table))
         _run(app, domains, "done")
@@ -134,7 +134,9 @@ def main(argv=None) -> int:
         _run(app, rates, "ok")
         viewer.layers["lambda [cell]"].visible = False
         viewer.layers["domains [cell]"].visible = False
-        rates.parent().raise_()
+        domains_dock.setVisible(False)  # room for the Rate maps dock: its table shows the area in µm²
+        _settle(app)
+        rates.scroll_area.ensureWidgetVisible(rates.table)
         _settle(app)
         _save(viewer, args.out / "journey_4_handoff.png")
 

@@ -86,7 +86,7 @@ def test_journey_sample_roi_domains_handoff_save_reopen(make_napari_viewer, _plu
     res = domains.result
     assert res.summary["n_domains"] == pytest.approx(s["n_domains"], rel=0.05)
     assert not viewer.layers["localisations [cell]"].visible
-    h_name, e_name = f"{PHI_H} [cell]", f"{PHI_E} [cell]"
+    h_name, e_name = "phi_h [cell]", "phi_e [cell]"
     for name in ("domains [cell]", "nucleus [cell]", h_name, e_name, "lambda [cell]"):
         assert [str(u) for u in viewer.layers[name].units] == ["micrometer", "micrometer"], name
         np.testing.assert_allclose(viewer.layers[name].scale, (0.02, 0.02))

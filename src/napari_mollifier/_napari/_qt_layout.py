@@ -9,7 +9,7 @@ from __future__ import annotations
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout, QWidget
 
-__all__ = ["scrolling_body", "Collapsible"]
+__all__ = ["scrolling_body", "fit_width", "Collapsible"]
 
 
 def scrolling_body(widget: QWidget) -> QVBoxLayout:
@@ -19,7 +19,7 @@ def scrolling_body(widget: QWidget) -> QVBoxLayout:
     scroll = QScrollArea(widget)
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
-    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)  # never cut a control off
     body = QWidget()
     scroll.setWidget(body)
     outer.addWidget(scroll)
@@ -30,6 +30,18 @@ def scrolling_body(widget: QWidget) -> QVBoxLayout:
     layout = QVBoxLayout(body)
     layout.setContentsMargins(4, 4, 4, 4)
     return layout
+
+
+def fit_width(widget: QWidget) -> None:
+    """After the controls are built: the dock is at least as wide as its body needs (no control cut off at the
+    right; only the height scrolls)."""
+    scroll = widget.scroll_area
+    bar = scroll.verticalScrollBar().sizeHint().width()
+    body = scroll.widget()
+    body.adjustSize()
+    need = max(body.sizeHint().width(), body.minimumSizeHint().width()) + bar + 4
+    if need > scroll.minimumWidth():
+        scroll.setMinimumWidth(min(need, 560))
 
 
 class Collapsible(QWidget):

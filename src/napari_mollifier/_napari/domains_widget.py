@@ -115,7 +115,7 @@ def plain_summary(s: dict, diffusivity: float) -> str:
     text = (f"Found {n} heterochromatin domain{'s' if n != 1 else ''} inside the nucleus, "
             f"{s['mean_diameter_nm']:.0f} nm across on average and {s['mean_spacing_nm']:.0f} nm apart. "
             f"Along the nuclear edge, a dense band {s['lad_thickness_nm']:.0f} nm thick "
-            f"({s['n_lad_clusters']} pieces). Rates assume D = {diffusivity:g} µm²/s.")
+            f"(in {s['n_lad_clusters']} piece{'s' if s['n_lad_clusters'] != 1 else ''}). Rates assume D = {diffusivity:g} µm²/s.")
     if s.get("n_rates_undefined"):
         text += (f" {s['n_rates_undefined']} domain(s) are as far apart as they are wide: no rate for them "
                  "(blank in the maps).")
@@ -167,12 +167,21 @@ class DomainsWidget(QWidget):
         self.viewer.layers.events.removed.connect(lambda e=None: self.refresh_sources())
 
     # ------------------------------------------------------------------ layout
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """Once the controls hold their real text: the dock as wide as they need (see ``fit_width``)."""
+        from ._qt_layout import fit_width
+
+        fit_width(self)
+        super().showEvent(event)
+
     def _build(self) -> None:
         from napari_mollifier.domains import DEFAULTS as D
 
         lay = scrolling_body(self)
         form = QFormLayout()
         self.source_combo = QComboBox()
+        self.source_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.source_combo.setMinimumContentsLength(18)
         self.source_combo.setToolTip("Where the localisations come from: a table file (x, y in nm), a Points layer, "
                                      "or a density image opened from a table by the plugin's reader.")
         form.addRow("Localisations", self.source_combo)
@@ -298,6 +307,9 @@ class DomainsWidget(QWidget):
         lay.addStretch(1)
         self.source_combo.currentTextChanged.connect(self._on_source_changed)
         self.threshold_combo.currentIndexChanged.connect(self._on_threshold_changed)
+        from ._qt_layout import fit_width
+
+        fit_width(self)
 
     def _on_source_changed(self, *_args) -> None:
         """'Points layer unit' only for a Points source."""
@@ -492,8 +504,8 @@ class DomainsWidget(QWidget):
             self._put(f"{key} [{n}]", res.maps[key], "image", colormap=cmap, visible=key == "lambda",
                       metadata={"unit": "1/s" if key != "lambda" else "1", "diffusivity_um2_s": d_um2_s}, **grid)
         handoff = handoff_metadata(res)
-        for key, label in (("phi_h", "heterochromatin (phi_h)"), ("phi_e", "euchromatin (phi_e)")):
-            self._put(f"{label} [{n}]", res.fields[key], "image", visible=False,
+        for key in ("phi_h", "phi_e"):  # short names: "rate [phi_h [cell]]" fits napari's layer list
+            self._put(f"{key} [{n}]", res.fields[key], "image", visible=False,
                       metadata={"field": key, "assumption": res.fields_assumption, **handoff}, **grid)
         keep = np.flatnonzero(np.isfinite(res.density))
         if keep.size > MAX_POINTS:

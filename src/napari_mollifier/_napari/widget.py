@@ -175,6 +175,12 @@ def _geometry(layer) -> dict:
     return kw
 
 
+def _compact(combo: QComboBox, chars: int = 18) -> None:
+    """A layer-name combo that does not widen the dock for a long name (the full name is in its list)."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
+
+
 def _roi_candidate(layer) -> bool:
     """A layer the ROI box may pick by itself: Labels, or Shapes with a shape; not one marked ``roi_candidate``
     False (e.g. the domains' own labels, where every domain would become an ROI)."""
@@ -503,9 +509,19 @@ class MollifierWidget(QWidget):
         self._connect_viewer()
         self._refresh_layers()
         self._on_model_changed()
+        from ._qt_layout import fit_width
+
+        fit_width(self)
         start_warm_up()
 
     # ------------------------------------------------------------------ UI
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """Once the controls hold their real text: the dock as wide as they need (see ``fit_width``)."""
+        from ._qt_layout import fit_width
+
+        fit_width(self)
+        super().showEvent(event)
+
     def _build_ui(self) -> None:
         from napari_mollifier.kernels import KERNEL_FAMILIES
         from napari_mollifier.mollifier import BOUNDARIES
@@ -523,6 +539,7 @@ class MollifierWidget(QWidget):
         inputs_layout.addLayout(self.inputs_form)
         inputs_layout.addLayout(roi_form)
         self.roi_combo = QComboBox()
+        _compact(self.roi_combo)
         self.roi_combo.setToolTip(
             "Where to compute the rates. Shapes layer: each shape is one ROI. Labels layer: each label is one ROI. "
             "ROIs are mapped through world coordinates, so another scale/translate is fine. The newest Shapes or "
@@ -811,6 +828,7 @@ class MollifierWidget(QWidget):
         self.input_combos = {}
         for key in model.inputs:
             combo = QComboBox()
+            _compact(combo)
             combo.setToolTip(f"Image layer holding {key} (its scale gives the pixel size)")
             combo.currentTextChanged.connect(self._on_input_changed)
             self.input_combos[key] = combo
