@@ -48,7 +48,7 @@ def test_points_layer_to_domains_and_rate_inputs(viewer_widget, qtbot, tmp_path)
     s = lattice_nucleus(seed=4, semi_axes_nm=(2000.0, 1700.0))
     viewer.add_points(np.column_stack([s["y"], s["x"]]) / 1000.0, name="locs", size=0.01)
     assert widget.source_combo.currentText() == "locs"
-    widget.points_unit.setCurrentText("um")
+    widget.points_unit.setCurrentText("µm")
     widget.subsample_spin.setValue(1)
     assert _run(qtbot, widget) == "done"
     res = widget.result
@@ -66,10 +66,13 @@ def test_points_layer_to_domains_and_rate_inputs(viewer_widget, qtbot, tmp_path)
     pts = viewer.layers["localisations [locs]"]
     assert len(pts.data) == np.isfinite(res.density).sum()
     assert "log10_density_per_um2" in pts.features
-    phi_h = viewer.layers["heterochromatin (phi_h) [locs]"]
-    assert phi_h.metadata["field"] == "phi_h" and viewer.layers["euchromatin (phi_e) [locs]"].metadata["field"] == "phi_e"
+    phi_h = viewer.layers["phi_h [locs]"]
+    assert phi_h.metadata["field"] == "phi_h" and viewer.layers["phi_e [locs]"].metadata["field"] == "phi_e"
     assert widget.table.rowCount() == res.n_domains
-    assert f"{res.n_domains} interior domains" in widget.summary_label.text()
+    assert f"Found {res.n_domains} heterochromatin domains" in widget.summary_label.text()
+    assert not viewer.layers["localisations [locs]"].visible  # the dots would hide the domains
+    for name in ("domains [locs]", "lambda [locs]", "phi_h [locs]"):
+        assert [str(u) for u in viewer.layers[name].units] == ["micrometer", "micrometer"], name
     out = widget.export_table(tmp_path / "t.csv")
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == res.n_domains and "gamma_me" in rows[0]
@@ -81,8 +84,8 @@ def test_points_layer_to_domains_and_rate_inputs(viewer_widget, qtbot, tmp_path)
 
     # hand-off: the "Rate maps" widget picks the segmentation's phi layers and maps lambda on the same nucleus
     _, rates = viewer.window.add_plugin_dock_widget(PLUGIN, "Rate maps")
-    assert rates.input_combos["phi_h"].currentText() == "heterochromatin (phi_h) [locs]"
-    assert rates.input_combos["phi_e"].currentText() == "euchromatin (phi_e) [locs]"
+    assert rates.input_combos["phi_h"].currentText() == "phi_h [locs]"
+    assert rates.input_combos["phi_e"].currentText() == "phi_e [locs]"
     rates.method_combo.setCurrentText("direct")
     rates.radius_auto.setChecked(False)
     rates.radius_value.setValue(8.0)
@@ -90,11 +93,11 @@ def test_points_layer_to_domains_and_rate_inputs(viewer_widget, qtbot, tmp_path)
     with qtbot.waitSignal(rates.run_done, timeout=TIMEOUT_MS) as blocker:
         rates.run()
     assert blocker.args[0] == "ok", rates.status_label.text()
-    rate = viewer.layers["rate [heterochromatin (phi_h) [locs]]"]
+    rate = viewer.layers["rate [phi_h [locs]]"]
     np.testing.assert_allclose(rate.scale, phi_h.scale)
     assert np.isfinite(rate.data).mean() > 0.3  # the nucleus (phi_e > 0 there) gets a map
-    src = "heterochromatin (phi_h) [locs]"
-    for name in (f"residual [{src}]", f"phi_h smoothed [{src}]", f"phi_e smoothed [{src}]"):
+    src = "phi_h [locs]"
+    for name in (f"residual [{src}]", f"phi_h smoothed [{src}]", "phi_e smoothed [phi_e [locs]]"):
         assert name in viewer.layers  # (no uncertainty layer: 0 bootstrap samples)
     assert len(viewer.layers) == n_layers + 4  # and the segmentation layers are untouched
 

@@ -169,7 +169,7 @@ def test_direct_run_with_shapes_roi_matches_truth(sample_viewer, qtbot, tmp_path
     assert _run(qtbot, widget) == "ok", widget.status_label.text()
 
     names = [ly.name for ly in viewer.layers]
-    for name in (RATE, UNC, RES, f"phi_h smoothed [{PHI_H}]", f"phi_e smoothed [{PHI_H}]"):
+    for name in (RATE, UNC, RES, f"phi_h smoothed [{PHI_H}]", f"phi_e smoothed [{PHI_E}]"):
         assert name in names, names
     # inputs untouched
     for name, data in before.items():
@@ -188,6 +188,7 @@ def test_direct_run_with_shapes_roi_matches_truth(sample_viewer, qtbot, tmp_path
     assert rate.colormap.name == "viridis" and viewer.layers[UNC].colormap.name == "magma"
     assert viewer.layers[RES].colormap.name == "PiYG"
     assert not viewer.layers[f"phi_h smoothed [{PHI_H}]"].visible
+    assert not viewer.layers[UNC].visible  # not switched on underneath the rate map
     finite = rate.data[np.isfinite(rate.data)]
     np.testing.assert_allclose(rate.contrast_limits, np.percentile(finite, [2, 98]))
     lo, hi = viewer.layers[RES].contrast_limits
@@ -403,7 +404,8 @@ def test_errors_notify_and_add_nothing(sample_viewer, qtbot):
     _assert_unchanged(viewer, before)
 
     # a constant image
-    viewer.add_image(np.full(viewer.layers[PHI_H].data.shape, 0.3), name="flat", scale=viewer.layers[PHI_H].scale)
+    viewer.add_image(np.full(viewer.layers[PHI_H].data.shape, 0.3), name="flat", scale=viewer.layers[PHI_H].scale,
+                     units=viewer.layers[PHI_H].units)
     widget.input_combos["phi_e"].setCurrentText("flat")
     widget.roi_combo.setCurrentText("(whole image)")
     before, n = _snapshot(viewer), _n_records()

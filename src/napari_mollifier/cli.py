@@ -323,7 +323,7 @@ def _add_domains_parser(sub, common) -> None:
     g.add_argument("--eps", type=_positive_float, default=D["eps_nm"], metavar="NM", help="DBSCAN eps, nm (30)")
     g.add_argument("--min-samples", type=int, default=D["min_samples"], help="DBSCAN min_samples (3)")
     g.add_argument("--min-points", type=int, default=D["min_points"], help="smallest domain, localisations (35)")
-    g.add_argument("--subsample", type=int, default=D["subsample"], help="analyse 1 in N localisations (4)")
+    g.add_argument("--subsample", type=int, default=D["subsample"], help="analyse 1 in N localisations (0 = automatic: all up to 300k)")
     g.add_argument("--diffusivity", type=_positive_float, default=D["diffusivity"], metavar="UM2_PER_S",
                    help="D in Gamma_ac = D / d^2, um^2/s (1)")
     g.add_argument("--neighbours", action="store_true", help="pool Voronoi cells with their neighbours")

@@ -56,7 +56,27 @@ def _safe(check, path) -> bool:
 def read_tiff_layers(path) -> list:
     from napari_mollifier.io import read_tiff
 
-    return read_tiff(_single(path)).layer_data()
+    return _restore_display(read_tiff(_single(path)).layer_data())
+
+
+def _restore_display(layers: list) -> list:
+    """Colormap and contrast limits saved by the writers (``"display"`` of the file's description), per layer."""
+    for data, kwargs, _kind in layers:
+        meta = kwargs.get("metadata") or {}
+        display = (meta.get("mollifier") or {}).get("display") if isinstance(meta.get("mollifier"), dict) else None
+        if not isinstance(display, dict) or not display:
+            continue
+        key = meta.get("channel_name")
+        entry = display.get(key) if key in display else (next(iter(display.values())) if len(display) == 1 else None)
+        if not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("colormap"), str):
+            kwargs["colormap"] = entry["colormap"]
+            kwargs.pop("blending", None)
+        limits = entry.get("contrast_limits")
+        if isinstance(limits, (list, tuple)) and len(limits) == 2:
+            kwargs["contrast_limits"] = [float(v) for v in limits]
+    return layers
 
 
 def read_zarr_layers(path) -> list:
@@ -152,10 +172,27 @@ def _collect(layer_data: list) -> tuple[dict, list, dict]:
         unit = units[-nd:][i] if units is not None and len(units) >= nd else None
         f = _length_factor(unit)
         px.append(float(s) * f if f is not None else float(s))
-    description = {"format": "napari layers", "layers": list(channels), "pixel_size_unit": "µm"}
+    description = {"format": "napari layers", "layers": list(channels), "pixel_size_unit": "µm",
+                   "display": _display(layer_data, list(channels))}
     if provenance is not None:
         description["provenance"] = provenance
     return channels, px, description
+
+
+def _display(layer_data: list, names: list) -> dict:
+    """Per channel: the layer's colormap name and contrast limits, for the reader to restore."""
+    out = {}
+    for name, (_data, meta, _kind) in zip(names, layer_data):
+        entry: dict[str, Any] = {}
+        cmap = meta.get("colormap")
+        cmap = cmap.get("name") if isinstance(cmap, dict) else getattr(cmap, "name", cmap)
+        if isinstance(cmap, str):
+            entry["colormap"] = cmap
+        limits = meta.get("contrast_limits")
+        if limits is not None and len(limits) == 2:
+            entry["contrast_limits"] = [float(v) for v in limits]
+        out[name] = entry
+    return out
 
 
 def write_ome_tiff_layers(path: str, layer_data: list) -> list[str]:

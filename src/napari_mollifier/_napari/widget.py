@@ -83,7 +83,9 @@ INPUT_HINTS = {
 #: Output layers: kind -> (colormap, visible, symmetric contrast limits).
 OUTPUT_STYLE = {
     "rate": ("viridis", True, False),
-    "uncertainty": ("magma", True, False),
+    "uncertainty": ("magma", False, False),  # hidden under the rate map: switch it on in the layer list
+    # the residual stays shown: hidden, software OpenGL (swrast) crashed when the rate layer above it was
+    # deleted during a later run (test_widget_reliability::test_layer_deleted_while_running), cause not found
     "residual": ("PiYG", True, True),
     "smoothed": ("gray", False, False),
 }
@@ -95,7 +97,7 @@ _PUBLISH_GAP_MS = 25
 
 # --------------------------------------------------------------------------- helpers (no Qt)
 def output_name(kind: str, source_name: str, field_name: str | None = None) -> str:
-    """Name of an output layer: ``"rate [<image>]"``, ``"phi_e smoothed [<image>]"``..."""
+    """Name of an output layer: ``"rate [<image>]"``, ``"phi_e smoothed [<phi_e's own image>]"``..."""
     prefix = f"{field_name} smoothed" if kind == "smoothed" else kind
     return f"{prefix} [{source_name}]"
 
@@ -149,6 +151,14 @@ def _unit_name(layer) -> str:
     return short.get(text, text)
 
 
+def _unit_power(unit: str, power: int) -> str:
+    """``"µm²"``, ``"µm"``, ``"px²"``... ('' for a dimensionless coefficient)."""
+    if not power:
+        return ""
+    sup = {1: "", 2: "²", 3: "³"}.get(int(power), f"^{int(power)}")
+    return f"{unit}{sup}"
+
+
 def _geometry(layer) -> dict:
     """Keyword arguments that put a new layer exactly on ``layer``'s grid (scale, translate, units...)."""
     kw: dict[str, Any] = {
@@ -165,6 +175,68 @@ def _geometry(layer) -> dict:
     return kw
 
 
+def _compact(combo: QComboBox, chars: int = 18) -> None:
+    """A layer-name combo that does not widen the dock for a long name (the full name is in its list)."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
+
+
+def _roi_candidate(layer) -> bool:
+    """A layer the ROI box may pick by itself: Labels, or Shapes with a shape; not one marked ``roi_candidate``
+    False (e.g. the domains' own labels, where every domain would become an ROI)."""
+    if layer.metadata.get("roi_candidate", True) is False:
+        return False
+    if isinstance(layer, Shapes):
+        return len(layer.data) > 0
+    return isinstance(layer, Labels)
+
+
+def _layer_units(layer) -> tuple[str, ...]:
+    """The (y, x) units of a layer as text (``("pixel", "pixel")`` where napari has none)."""
+    units = getattr(layer, "units", None)
+    if not units:
+        return ("pixel", "pixel")
+    return tuple(str(u) for u in units)[-2:]
+
+
+def _check_units(layers: dict) -> None:
+    """Refuse inputs whose units disagree, or a hand-off layer that lost its physical unit (names layer and fix)."""
+    from napari_mollifier.errors import MollifierInputError
+
+    items = list(layers.values())
+    ref = items[0]
+    for layer in items:
+        scale = tuple(float(v) for v in np.asarray(layer.scale, dtype=float)[-2:])
+        if layer.metadata.get("mollifier_domains") and set(_layer_units(layer)) == {"pixel"} and scale != (1.0, 1.0):
+            raise MollifierInputError(
+                f"layer {layer.name!r} (from Heterochromatin domains) has pixels of {scale[-1]:g} but no unit: the "
+                "coefficients and the radius would be read in the wrong unit. Fix: set its units to micrometres "
+                "(layer.units = ('um', 'um') in the console) or rerun Heterochromatin domains"
+            )
+        if _layer_units(layer) != _layer_units(ref):
+            raise MollifierInputError(
+                f"layers {ref.name!r} ({'/'.join(_layer_units(ref))}) and {layer.name!r} "
+                f"({'/'.join(_layer_units(layer))}) have different units: the fields must be on the same grid. "
+                f"Fix: set the units of {layer.name!r} to those of {ref.name!r}, or open both with the "
+                "napari-mollifier reader"
+            )
+
+
+def _background_fraction(fields: dict) -> float:
+    """Share of the pixels where every field is below 5 % of its 99th percentile (no chromatin: background)."""
+    low = None
+    for arr in fields.values():
+        finite = arr[np.isfinite(arr)]
+        if finite.size == 0:
+            continue
+        top = float(np.percentile(finite, 99))
+        if not top > 0:
+            continue
+        here = ~(arr > 0.05 * top)
+        low = here if low is None else (low & here)
+    return float(low.mean()) if low is not None else 0.0
+
+
 def _physical_shift(layer, shift) -> np.ndarray:
     """``rotate @ shear @ scale @ shift``: how far ``shift`` data pixels move ``layer``'s translate.
 
@@ -176,6 +248,26 @@ def _physical_shift(layer, shift) -> np.ndarray:
     w0 = np.asarray(layer.data_to_world(np.zeros_like(shift)), dtype=float)
     lin = np.asarray(layer.affine.linear_matrix, dtype=float)
     return np.linalg.solve(lin, w1 - w0)
+
+
+class EtaEstimate:
+    """Time left from ``(elapsed, fraction done)`` reports, smoothed so that it does not jump between stages.
+
+    The total time ``elapsed / fraction`` is averaged exponentially (weight ``alpha`` for each new report); the
+    estimate is ``smoothed total - elapsed``. Nothing is estimated before 2 % and 1 s.
+    """
+
+    def __init__(self, alpha: float = 0.2):
+        self.alpha = float(alpha)
+        self.total: float | None = None
+
+    def update(self, elapsed: float, fraction: float) -> float | None:
+        """Seconds left, or None while too early to tell."""
+        if fraction <= 0.02 or elapsed < 1.0:
+            return None
+        total = elapsed / min(fraction, 1.0)
+        self.total = total if self.total is None else (1 - self.alpha) * self.total + self.alpha * total
+        return max(0.0, self.total - elapsed)
 
 
 @dataclass
@@ -191,6 +283,7 @@ class _Job:
     unit: str
     roi_name: str | None
     notes: list = field(default_factory=list)
+    threads: int | None = None  # torch intra-op threads for this run (None: torch's own)
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
 
@@ -306,9 +399,12 @@ def _run_job(job: _Job):
     box: dict[str, Any] = {}
 
     def target():
+        from .solver_threads import solver_threads
+
         _background_priority()
         try:
-            box["results"] = _solve(job, lambda frac, info: reports.put((frac, info)))
+            with solver_threads(job.threads):
+                box["results"] = _solve(job, lambda frac, info: reports.put((frac, info)))
         except BaseException as exc:  # noqa: BLE001 - every failure is reported to the user
             box["error"] = exc
             box["details"] = traceback.format_exc()
@@ -413,12 +509,26 @@ class MollifierWidget(QWidget):
         self._connect_viewer()
         self._refresh_layers()
         self._on_model_changed()
+        from ._qt_layout import fit_width
+
+        fit_width(self)
         start_warm_up()
 
     # ------------------------------------------------------------------ UI
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """Once the controls hold their real text: the dock as wide as they need (see ``fit_width``)."""
+        from ._qt_layout import fit_width
+
+        fit_width(self)
+        super().showEvent(event)
+
     def _build_ui(self) -> None:
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(4, 4, 4, 4)
+        from napari_mollifier.kernels import KERNEL_FAMILIES
+        from napari_mollifier.mollifier import BOUNDARIES
+
+        from ._qt_layout import Collapsible, scrolling_body
+
+        outer = scrolling_body(self)
 
         # inputs: one row per model input (rebuilt when the model changes), then the ROI and stack rows
         self.inputs_box = QGroupBox("Input layers")
@@ -429,9 +539,11 @@ class MollifierWidget(QWidget):
         inputs_layout.addLayout(self.inputs_form)
         inputs_layout.addLayout(roi_form)
         self.roi_combo = QComboBox()
+        _compact(self.roi_combo)
         self.roi_combo.setToolTip(
-            "Shapes layer: each shape is one ROI. Labels layer: each label is one ROI. "
-            "ROIs are mapped through world coordinates, so another scale/translate is fine."
+            "Where to compute the rates. Shapes layer: each shape is one ROI. Labels layer: each label is one ROI. "
+            "ROIs are mapped through world coordinates, so another scale/translate is fine. The newest Shapes or "
+            "Labels layer is picked when it appears."
         )
         self.all_slices = QCheckBox("all slices (one job)")
         self.all_slices.setToolTip("For 3-D/4-D layers: run every 2-D slice (a stack of rate maps) "
@@ -448,6 +560,7 @@ class MollifierWidget(QWidget):
         box = QGroupBox("Model and solver")
         form = QFormLayout(box)
         self.model_combo = QComboBox()
+        self.model_combo.setToolTip("The reaction-diffusion model whose rate is inferred.")
         for name, m in self._models.items():
             self.model_combo.addItem(name)
             self.model_combo.setItemData(self.model_combo.count() - 1, getattr(m, "summary", ""),
@@ -466,6 +579,22 @@ class MollifierWidget(QWidget):
         add_estimate_button(self, form)
         add_nucleus_button(self)
 
+        self.method_combo = QComboBox()
+        self.method_combo.addItems(METHODS)
+        self.method_combo.setToolTip("direct: closed form on mollified data (seconds). "
+                                     "network: mollified network fit (about a minute, no uncertainty map).")
+        form.addRow("Method", self.method_combo)
+        self.bootstrap_spin = QSpinBox()
+        self.bootstrap_spin.setRange(0, 10_000)
+        self.bootstrap_spin.setValue(_solver_default("n_bootstrap", 100))
+        self.bootstrap_spin.setToolTip("Noise realisations for the uncertainty map (direct method; 0 = none). "
+                                       "Fewer is faster.")
+        form.addRow("Uncertainty samples", self.bootstrap_spin)
+
+        # advanced: collapsed, so that the dock fits a 768 px screen
+        self.advanced = Collapsible("Advanced settings")
+        adv = QFormLayout(self.advanced.body)
+        adv.setContentsMargins(0, 0, 0, 0)
         radius_row = QHBoxLayout()
         self.radius_auto = QCheckBox("auto")
         self.radius_auto.setChecked(True)
@@ -477,40 +606,40 @@ class MollifierWidget(QWidget):
         self.radius_value.setRange(0.0001, 1e6)
         self.radius_value.setValue(10.0)
         self.radius_value.setEnabled(False)
+        self.radius_value.setToolTip("Kernel radius: how far the smoothing reaches (in the unit on the right).")
         self.radius_unit = QComboBox()
         self.radius_unit.addItems(["px", "px"])  # second item renamed to the layer's unit
+        self.radius_unit.setToolTip("Unit of the kernel radius: pixels or the layer's physical unit.")
         self._radius_unit_index = 0
         radius_row.addWidget(self.radius_auto)
         radius_row.addWidget(self.radius_value, 1)
         radius_row.addWidget(self.radius_unit)
-        form.addRow("Kernel radius", radius_row)
-
-        self.method_combo = QComboBox()
-        self.method_combo.addItems(METHODS)
-        self.method_combo.setToolTip("direct: closed form on mollified data (seconds). "
-                                     "network: mollified network fit (tens of seconds, no uncertainty map).")
-        form.addRow("Method", self.method_combo)
+        adv.addRow("Kernel radius", radius_row)
+        self.kernel_combo = QComboBox()
+        self.kernel_combo.addItems(list(KERNEL_FAMILIES))
+        self.kernel_combo.setCurrentText(str(_solver_default("kernel", KERNEL_FAMILIES[0])))
+        self.kernel_combo.setToolTip("Shape of the smoothing kernel (poly: polynomial bump; bump: C-infinity bump).")
+        adv.addRow("Kernel", self.kernel_combo)
+        self.boundary_combo = QComboBox()
+        self.boundary_combo.addItems(["mask", *BOUNDARIES])
+        self.boundary_combo.setCurrentText(str(_solver_default("boundary", "mask")))
+        self.boundary_combo.setToolTip("Edges and missing pixels. mask: use only valid pixels (of the ROI); "
+                                       "the others pad the image.")
+        adv.addRow("Boundary", self.boundary_combo)
         self.iterations_spin = QSpinBox()
         self.iterations_spin.setRange(1, 1_000_000)
         self.iterations_spin.setValue(_solver_default("iterations", None) or 1500)
-        self.iterations_spin.setToolTip("Optimiser iterations of the network method")
-        form.addRow("Iterations", self.iterations_spin)
-
-        self.bootstrap_spin = QSpinBox()
-        self.bootstrap_spin.setRange(0, 10_000)
-        self.bootstrap_spin.setValue(_solver_default("n_bootstrap", 100))
-        self.bootstrap_spin.setToolTip("Noise realisations for the uncertainty map (direct method; 0 = none). "
-                                       "Fewer is faster.")
-        form.addRow("Uncertainty samples", self.bootstrap_spin)
-
+        self.iterations_spin.setToolTip("Most optimiser steps of the network method (it may stop earlier).")
+        adv.addRow("Iterations", self.iterations_spin)
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
         self.device_combo.setToolTip("Devices available here (torch).")
-        form.addRow("Device", self.device_combo)
+        adv.addRow("Device", self.device_combo)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
         self.seed_spin.setToolTip("Seeds the uncertainty noise and the network (same seed, same result on cpu)")
-        form.addRow("Seed", self.seed_spin)
+        adv.addRow("Seed", self.seed_spin)
+        form.addRow(self.advanced)
         outer.addWidget(box)
 
         # run
@@ -518,6 +647,7 @@ class MollifierWidget(QWidget):
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Infer the rate map (in the background; the viewer stays usable).")
         self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the run; nothing is added.")
         self.cancel_button.setEnabled(False)
         run_row.addWidget(self.run_button, 1)
         run_row.addWidget(self.cancel_button)
@@ -534,7 +664,7 @@ class MollifierWidget(QWidget):
         outer.addWidget(self.device_label)
 
         # results
-        res_box = QGroupBox("Per-ROI rate")
+        self.results_box = res_box = QGroupBox("Per-ROI rate")
         res_layout = QVBoxLayout(res_box)
         self.table = QTableWidget(0, 5)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -542,10 +672,19 @@ class MollifierWidget(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.setMinimumHeight(90)
         self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.table.setToolTip("Rate statistics per ROI (area in the layer's unit squared).")
         res_layout.addWidget(self.table)
+        buttons = QHBoxLayout()
         self.export_button = QPushButton("Export CSV...")
+        self.export_button.setToolTip("Write the per-ROI table (all statistics) to a CSV file.")
         self.export_button.setEnabled(False)
-        res_layout.addWidget(self.export_button)
+        self.save_button = QPushButton("Save maps...")
+        self.save_button.setToolTip("Save the rate (and uncertainty) maps as OME-TIFF with pixel size, colormap, "
+                                    "contrast limits and provenance (reopen with File > Open).")
+        self.save_button.setEnabled(False)
+        buttons.addWidget(self.export_button)
+        buttons.addWidget(self.save_button)
+        res_layout.addLayout(buttons)
         self._build_histogram(res_layout)
         outer.addWidget(res_box)
         outer.addStretch(1)
@@ -558,6 +697,7 @@ class MollifierWidget(QWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.export_button.clicked.connect(self._export_dialog)
+        self.save_button.clicked.connect(self._save_dialog)
         self._on_method_changed(self.method_combo.currentText())
 
     def _build_histogram(self, layout) -> None:
@@ -569,6 +709,8 @@ class MollifierWidget(QWidget):
         self.canvas.setMinimumHeight(170)
         self.axes = self.figure.add_subplot(111)
         self._style_axes()
+        self.canvas.setToolTip("Histogram of the rate in each ROI (0.5-99.5 % range).")
+        self.canvas.setVisible(False)  # no empty axes before the first run
         layout.addWidget(self.canvas)
 
     def _style_axes(self) -> None:
@@ -606,6 +748,9 @@ class MollifierWidget(QWidget):
         if id(layer) not in self._connected_layers:
             self._connected_layers.add(id(layer))
             layer.events.name.connect(self._refresh_layers)
+            if isinstance(layer, Shapes):
+                ref = weakref.ref(layer)
+                layer.events.data.connect(lambda *_a: (ly := ref()) is not None and self._on_shapes_drawn(ly))
 
     def _input_layers(self) -> list:
         return [ly for ly in self.viewer.layers
@@ -614,12 +759,34 @@ class MollifierWidget(QWidget):
     def _refresh_layers(self, *_args) -> None:
         for layer in self.viewer.layers:
             self._watch(layer)
-        images = [ly.name for ly in self._input_layers()]
+        image_layers = self._input_layers()
+        images = [ly.name for ly in image_layers]
+        seen = getattr(self, "_known_images", None)
+        self._known_images = {id(ly) for ly in image_layers}
         for key, combo in self.input_combos.items():
             self._fill(combo, images, self._guess_input(key, images))
-        rois = [WHOLE_IMAGE] + [ly.name for ly in self.viewer.layers if isinstance(ly, (Shapes, Labels))]
+            if seen is not None:  # a new layer made for this input (e.g. the domains' phi_h): the hand-off
+                tagged = [ly.name for ly in image_layers if id(ly) not in seen and ly.metadata.get("field") == key]
+                if tagged and combo.currentText() != tagged[-1]:
+                    combo.setCurrentText(tagged[-1])
+        roi_layers = [ly for ly in self.viewer.layers if isinstance(ly, (Shapes, Labels))]
+        rois = [WHOLE_IMAGE] + [ly.name for ly in roi_layers]
+        known = getattr(self, "_known_rois", set())
+        self._known_rois = {id(ly) for ly in roi_layers}
+        fresh = [ly for ly in roi_layers if id(ly) not in known and _roi_candidate(ly)]
         self._fill(self.roi_combo, rois, WHOLE_IMAGE)
+        if fresh:  # a Shapes or Labels layer appeared (or the widget opened next to one): it is the ROI
+            self._select_roi(fresh[-1].name)
         self._update_stack_controls()
+
+    def _select_roi(self, name: str) -> None:
+        if self.roi_combo.findText(name) >= 0 and self.roi_combo.currentText() != name:
+            self.roi_combo.setCurrentText(name)
+
+    def _on_shapes_drawn(self, layer) -> None:
+        """A shape drawn in a Shapes layer while the ROI is the whole image: that layer becomes the ROI."""
+        if self.roi_combo.currentText() == WHOLE_IMAGE and layer in self.viewer.layers and _roi_candidate(layer):
+            self._select_roi(layer.name)
 
     @staticmethod
     def _fill(combo: QComboBox, names: list[str], default: str | None) -> None:
@@ -669,6 +836,7 @@ class MollifierWidget(QWidget):
         self.input_combos = {}
         for key in model.inputs:
             combo = QComboBox()
+            _compact(combo)
             combo.setToolTip(f"Image layer holding {key} (its scale gives the pixel size)")
             combo.currentTextChanged.connect(self._on_input_changed)
             self.input_combos[key] = combo
@@ -694,28 +862,51 @@ class MollifierWidget(QWidget):
         if not force and key == getattr(self, "_coef_key", None):
             return
         self._coef_key = key
-        values = model.params()
+        values: dict[str, float | None] = dict(model.params())
         origin = "model defaults (the reference data's box units)"
+        unit = _unit_name(ref) if ref is not None else "px"
+        from_meta: set[str] = set()
         if ref is not None:
             meta = ref.metadata
             if meta.get("model") == model.name and isinstance(meta.get("params"), dict):
                 known = {k: float(v) for k, v in meta["params"].items() if k in values}
                 if known:
                     values.update(known)
+                    from_meta = set(known)
                     origin = f"metadata of layer {ref.name!r}"
+                    if meta.get("params_origin"):
+                        origin += f" ({meta['params_origin']})"
+        blank = []
+        if unit != "px":
+            # the defaults of coefficients with a length are in the reference data's box units: never combine
+            # them with a physical pixel size (issue: a meaningless map). Left to the user.
+            for k, coef in model.coefficients.items():
+                if getattr(coef, "length_power", 0) and k not in from_meta:
+                    values[k] = None
+                    blank.append(k)
         while self.coef_form.rowCount():
             self.coef_form.removeRow(0)
         self.coef_edits = {}
-        unit = _unit_name(ref) if ref is not None else "px"
         for key, value in values.items():
             coef = model.coefficients[key]
-            edit = QLineEdit(f"{value:.6g}")
+            edit = QLineEdit("" if value is None else f"{value:.6g}")
             power = getattr(coef, "length_power", 0)
-            dim = f" [{unit}^{power}]" if power > 1 else (f" [{unit}]" if power == 1 else "")
-            edit.setToolTip(f"{getattr(coef, 'doc', '')}{dim}")
+            dim = _unit_power(unit, power)
+            suffix = f" [{dim}]" if dim else ""
+            if value is None:
+                edit.setPlaceholderText(f"enter in {dim}")
+            edit.setToolTip(f"{getattr(coef, 'doc', '')}{suffix}")
             self.coef_edits[key] = edit
-            self.coef_form.addRow(f"{key}{dim}", edit)
-        self.coef_note.setText(f"Coefficients from {origin}; lengths in the layer's unit ({unit}).")
+            self.coef_form.addRow(f"{key}{suffix}", edit)
+        note = f"Coefficients from {origin}; lengths in the layer's unit ({unit})."
+        if blank:
+            names = ", ".join(blank)
+            defaults = ", ".join(f"{k} = {model.coefficients[k].default:g}" for k in blank)
+            note = (f"Enter {names} for {unit}: the model's default ({defaults}) is in the reference data's box "
+                    f"units, not {unit}, and layer {ref.name!r} is in {unit}. "
+                    "Use a calibrated value for your cells (see the docs on coefficients)."
+                    + (f" Other coefficients: {origin}." if len(blank) < len(values) else ""))
+        self.coef_note.setText(note)
         from .coefficients_panel import apply_units_policy  # issue 13: no box-unit l2 on um layers
 
         apply_units_policy(self, model, unit, origin.startswith("model defaults"))
@@ -813,6 +1004,8 @@ class MollifierWidget(QWidget):
         self._pending, self._added = [], []
         self._started = time.perf_counter()
         self._last_frac = 0.0
+        self._eta = EtaEstimate()
+        self._mark_results_stale(True)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress_bar.setValue(0)
@@ -874,8 +1067,10 @@ class MollifierWidget(QWidget):
             if not (np.allclose(layer.scale, ref.scale) and np.allclose(layer.translate, ref.translate)):
                 raise MollifierInputError(
                     f"layers {ref.name!r} and {layer.name!r} have different scale/translate: the fields must be on "
-                    "the same pixel grid (set the same scale on both layers)"
+                    f"the same pixel grid. Fix: give {layer.name!r} the scale and translate of {ref.name!r} (layer "
+                    "properties), or resample it onto that grid"
                 )
+        _check_units(layers)
         lead_shape, shape2d = shape[:-2], shape[-2:]
         if lead_shape and self.all_slices.isEnabled() and self.all_slices.isChecked():
             leads = [tuple(int(i) for i in idx) for idx in np.ndindex(*lead_shape)]
@@ -890,6 +1085,7 @@ class MollifierWidget(QWidget):
             out_lead = ()
 
         from .rois import roi_labels
+        from .solver_threads import widget_solver_threads
 
         # ROI (main thread: it reads layers)
         roi_layer = self._layer(self.roi_combo.currentText()) if self.roi_combo.currentText() != WHOLE_IMAGE else None
@@ -924,11 +1120,25 @@ class MollifierWidget(QWidget):
                     notes.extend(roi_notes)
                     roi_cache = roi
             slices.append((lead, fields, roi))
+        if roi_layer is None and slices:
+            share = _background_fraction(slices[0][1])
+            if share > 0.2:
+                notes.append(
+                    f"whole-image run: about {100 * share:.0f} % of {ref.name!r} looks like background (no "
+                    "chromatin signal), where the rates are noise. Draw a Shapes ROI around the nucleus (or choose "
+                    "a Labels layer as ROI) to map the nucleus only"
+                )
 
         params = {}
         for key, edit in self.coef_edits.items():
             if edit.text().strip().lower() == "auto":  # estimated by the run (issue 13 units policy)
                 continue
+            if not edit.text().strip():
+                dim = _unit_power(_unit_name(ref), model.coefficients[key].length_power) or "its unit"
+                raise MollifierInputError(
+                    f"enter the coefficient {key!r} (in {dim}): "
+                    "its default is in the reference data's box units, which do not apply to a layer in "
+                    f"{_unit_name(ref)}. Use a value calibrated for your cells.")
             try:
                 params[key] = float(edit.text())
             except ValueError:
@@ -955,6 +1165,8 @@ class MollifierWidget(QWidget):
             "method": method,
             "device": self.device_combo.currentText(),
             "seed": int(self.seed_spin.value()),
+            "kernel": self.kernel_combo.currentText(),
+            "boundary": self.boundary_combo.currentText(),
         }
         if _unit_name(ref) != "px" and _accepts("unit"):
             kwargs["unit"] = _unit_name(ref)  # the units policy of infer_rates (issue 13)
@@ -985,6 +1197,7 @@ class MollifierWidget(QWidget):
             unit=_unit_name(ref),
             roi_name=roi_layer.name if roi_layer is not None else None,
             notes=notes,
+            threads=widget_solver_threads(),
         )
 
     # ------------------------------------------------------------------ worker signals (main thread)
@@ -999,10 +1212,11 @@ class MollifierWidget(QWidget):
         parts = [str(info.get("stage", "running"))]
         if info.get("n_slices", 1) > 1:
             parts.append(f"slice {info['slice']}/{info['n_slices']}")
-        if frac > 0.01:
-            parts.append(f"ETA {_format_seconds(elapsed * (1 - frac) / frac)}")
-        if "loss" in info:
-            parts.append(f"loss {float(info['loss']):.3g}")
+        left = self._eta.update(elapsed, frac)
+        if left is not None:
+            parts.append(f"about {_format_seconds(left)} left")
+        if "loss" in info:  # the network's training objective: how far the fit is from the data and the model
+            parts.append(f"fit error {float(info['loss']):.3g}")
         if "radius" in info:
             parts.append(f"radius {float(info['radius']):g} px")
         self.status_label.setText(" | ".join(parts))
@@ -1085,6 +1299,15 @@ class MollifierWidget(QWidget):
         self._worker_finished = True
         self._maybe_done()
 
+    def _mark_results_stale(self, stale: bool) -> None:
+        """During a run the table and histogram still show the previous run: say so, and grey them out."""
+        if not _alive(self.results_box):
+            return
+        has_rows = bool(self._rows)
+        self.results_box.setTitle("Per-ROI rate (previous run)" if stale and has_rows else "Per-ROI rate")
+        self.table.setEnabled(not stale)
+        self.canvas.setEnabled(not stale)
+
     def _maybe_done(self) -> None:
         """Back to ready once the worker has finished, the solver thread has stopped and the layers are in."""
         if self.worker is None or not self._worker_finished or self._publishing:
@@ -1100,6 +1323,7 @@ class MollifierWidget(QWidget):
         self._pending, self._added = [], []
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
+        self._mark_results_stale(False)
         if status != "ok":
             self.progress_bar.setValue(0)
         self.run_done.emit(status)
@@ -1132,7 +1356,8 @@ class MollifierWidget(QWidget):
         ]
         steps = []
         for kind, field_name, data in outputs:
-            name = output_name(kind, job.source_name, field_name)
+            own = job.input_names.get(field_name, job.source_name) if kind == "smoothed" else job.source_name
+            name = output_name(kind, own, field_name)
             if kind == "uncertainty" and not np.isfinite(data).any():
                 steps.append(lambda n=name, k=kind: self._remove_output(n, k))  # network: no uncertainty map
                 continue
@@ -1204,7 +1429,9 @@ class MollifierWidget(QWidget):
             with _no_activation(self.viewer.layers):
                 self.viewer.layers.insert(len(self.viewer.layers) if index is None else index, new)
             self._added.append(new)
-            return (lambda: setattr(new, "visible", True)) if visible else None
+            if visible:
+                return lambda: setattr(new, "visible", True)
+            return None
         # update in place: same layer, new data and grid; setters only where something changed (each one
         # refreshes the layer, and a refresh is a repaint)
         geom = job.geometry
@@ -1254,6 +1481,7 @@ class MollifierWidget(QWidget):
                 item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
                 self.table.setItem(r, c, item)
         self.export_button.setEnabled(bool(rows))
+        self.save_button.setEnabled(bool(rows))
 
     def _draw_histogram(self, results: list) -> None:
         ax = self.axes
@@ -1280,6 +1508,7 @@ class MollifierWidget(QWidget):
                 for t in legend.get_texts():
                     t.set_color(ax.xaxis.label.get_color())
         self._style_axes()
+        self.canvas.setVisible(True)
         self.canvas.draw_idle()
 
     # ------------------------------------------------------------------ CSV
@@ -1308,6 +1537,50 @@ class MollifierWidget(QWidget):
                     "device": prov.get("device", ""),
                 })
         return path
+
+    def output_layers(self) -> list:
+        """The rate and uncertainty layers of the last run (those present in the viewer), rate first."""
+        if self._last_job is None:
+            return []
+        out = []
+        for kind in ("rate", "uncertainty"):
+            layer = self._find_output(output_name(kind, self._last_job.source_name), kind)
+            if layer is not None:
+                out.append(layer)
+        return out
+
+    def save_maps(self, path) -> Path:
+        """Write the last run's rate (and uncertainty) maps to one OME-TIFF with the plugin's writer.
+
+        The file keeps the pixel size, the provenance, and each map's colormap and contrast limits: napari's
+        File > Open (the napari-mollifier reader) restores them.
+        """
+        from .io_hooks import write_ome_tiff_layers
+
+        layers = self.output_layers()
+        if not layers:
+            raise RuntimeError("no rate map to save: run the widget first")
+        path = str(path)
+        if not path.lower().endswith((".ome.tif", ".ome.tiff")):
+            path = path.rsplit(".tif", 1)[0] + ".ome.tif" if path.lower().endswith((".tif", ".tiff")) else (
+                path + ".ome.tif")
+        data = [ly.as_layer_data_tuple() for ly in layers]
+        return Path(write_ome_tiff_layers(path, data)[0])
+
+    def _save_dialog(self) -> None:
+        layers = self.output_layers()
+        if not layers:
+            return
+        default = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in f"rates_{self._last_job.source_name}")
+        path, _ = QFileDialog.getSaveFileName(self, "Save rate maps", default + ".ome.tif",
+                                              "OME-TIFF with provenance (*.ome.tif *.ome.tiff)")
+        if path:
+            try:
+                written = self.save_maps(path)
+            except (OSError, ValueError) as exc:
+                show_error(f"Rate maps: could not write {path}: {exc}")
+                return
+            show_info(f"Rate maps: wrote {written}")
 
     def _export_dialog(self) -> None:
         default = f"rates_{self._last_job.source_name if self._last_job else 'roi'}.csv"

@@ -1,0 +1,76 @@
+"""Small Qt layout pieces shared by the dock widgets: a scrolling body and a collapsible section.
+
+A dock widget builds its controls into :func:`scrolling_body`'s inner widget, so that the dock scrolls instead of
+growing the viewer's window past a 768 px screen; rarely changed settings go into a :class:`Collapsible`.
+"""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout, QWidget
+
+__all__ = ["scrolling_body", "fit_width", "Collapsible"]
+
+
+def scrolling_body(widget: QWidget) -> QVBoxLayout:
+    """Give ``widget`` a vertical scroll area; returns the layout of the (scrolled) body to put controls in."""
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    scroll = QScrollArea(widget)
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)  # never cut a control off
+    body = QWidget()
+    scroll.setWidget(body)
+    outer.addWidget(scroll)
+    widget.scroll_area = scroll
+    # the dock asks for little height: the window fits the screen and the body scrolls
+    widget.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Ignored)
+    widget.setMinimumHeight(200)
+    layout = QVBoxLayout(body)
+    layout.setContentsMargins(4, 4, 4, 4)
+    return layout
+
+
+def fit_width(widget: QWidget) -> None:
+    """After the controls are built: the dock is at least as wide as its body needs (no control cut off at the
+    right; only the height scrolls)."""
+    scroll = widget.scroll_area
+    bar = scroll.verticalScrollBar().sizeHint().width()
+    body = scroll.widget()
+    body.adjustSize()
+    need = max(body.sizeHint().width(), body.minimumSizeHint().width()) + bar + 4
+    if need > scroll.minimumWidth():
+        scroll.setMinimumWidth(min(need, 560))
+
+
+class Collapsible(QWidget):
+    """A titled section that opens and closes with a click on its title (closed at first)."""
+
+    def __init__(self, title: str, parent: QWidget | None = None, *, expanded: bool = False):
+        super().__init__(parent)
+        self.toggle = QToolButton(self)
+        self.toggle.setText(title)
+        self.toggle.setCheckable(True)
+        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.toggle.setStyleSheet("QToolButton { border: none; font-weight: bold; }")
+        self.body = QWidget(self)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(2)
+        lay.addWidget(self.toggle)
+        lay.addWidget(self.body)
+        self.toggle.toggled.connect(self.set_expanded)
+        self.set_expanded(expanded)
+
+    def set_expanded(self, on: bool) -> None:
+        """Open (True) or close the section."""
+        if self.toggle.isChecked() != bool(on):
+            self.toggle.setChecked(bool(on))  # re-enters through toggled
+            return
+        self.toggle.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+        self.body.setVisible(bool(on))
+
+    def is_expanded(self) -> bool:
+        """True when the section is open."""
+        return self.toggle.isChecked()
