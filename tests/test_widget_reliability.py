@@ -291,6 +291,7 @@ def test_layer_deleted_while_running(sample_viewer, qtbot):
     _fast(widget, bootstrap=0)
     assert _run(qtbot, widget) == "ok"
     first = np.array(viewer.layers[RATE].data)
+    widget.uncertainty_combo.setCurrentText("bootstrap")
     widget.bootstrap_spin.setValue(10)  # a longer run, so that the deletions happen while it runs
     with qtbot.waitSignal(widget.run_done, timeout=RUN_TIMEOUT_MS) as blocker:
         widget.run()

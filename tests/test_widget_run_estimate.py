@@ -18,6 +18,7 @@ def test_long_run_estimate_is_a_note_before_the_run(make_napari_viewer, _plugin_
     _fast(widget, bootstrap=0)
     assert not [n for n in widget._collect_job().notes if "estimated to take" in n]
     widget.radius_auto.setChecked(True)
+    widget.uncertainty_combo.setCurrentText("bootstrap")  # the slow check, on purpose
     widget.bootstrap_spin.setValue(min(widget.bootstrap_spin.maximum(), 5000))
     monkeypatch.setattr(validation, "RUN_TIME_WARN_S", 60.0)
     notes = [n for n in widget._collect_job().notes if "estimated to take" in n]

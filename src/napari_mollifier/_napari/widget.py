@@ -90,6 +90,7 @@ OUTPUT_STYLE = {
     "smoothed": ("gray", False, False),
 }
 METHODS = ("direct", "network")
+UNCERTAINTY_CHOICES = ("propagate", "bootstrap", "none")
 _META_KEY = "mollifier_output"
 #: Pause between two output-layer additions: lets the viewer repaint and handle input in between.
 _PUBLISH_GAP_MS = 25
@@ -584,12 +585,22 @@ class MollifierWidget(QWidget):
         self.method_combo.setToolTip("direct: closed form on mollified data (seconds). "
                                      "network: mollified network fit (about a minute, no uncertainty map).")
         form.addRow("Method", self.method_combo)
+        self.uncertainty_combo = QComboBox()
+        self.uncertainty_combo.addItems(UNCERTAINTY_CHOICES)
+        self.uncertainty_combo.setCurrentText(_solver_default("uncertainty", "propagate"))
+        self.uncertainty_combo.setToolTip(
+            "How the uncertainty map is made (direct method). propagate: the input noise, estimated from the "
+            "image, carried through the calculation (about one more solve; default). bootstrap: the solve repeated "
+            "on noise realisations (slow; for checking). none: no uncertainty map.")
+        form.addRow("Uncertainty", self.uncertainty_combo)
         self.bootstrap_spin = QSpinBox()
         self.bootstrap_spin.setRange(0, 10_000)
         self.bootstrap_spin.setValue(_solver_default("n_bootstrap", 100))
-        self.bootstrap_spin.setToolTip("Noise realisations for the uncertainty map (direct method; 0 = none). "
-                                       "Fewer is faster.")
-        form.addRow("Uncertainty samples", self.bootstrap_spin)
+        self.bootstrap_spin.setToolTip("Noise realisations when the uncertainty is bootstrapped (0 = no uncertainty "
+                                       "map whatever the choice above). Fewer is faster.")
+        form.addRow("Bootstrap samples", self.bootstrap_spin)
+        self.uncertainty_combo.currentTextChanged.connect(lambda *_: self._on_method_changed(
+            self.method_combo.currentText()))
 
         # advanced: collapsed, so that the dock fits a 768 px screen
         self.advanced = Collapsible("Advanced settings")
@@ -913,7 +924,8 @@ class MollifierWidget(QWidget):
 
     def _on_method_changed(self, method: str) -> None:
         self.iterations_spin.setEnabled(method != "direct")
-        self.bootstrap_spin.setEnabled(method == "direct")
+        self.uncertainty_combo.setEnabled(method == "direct")
+        self.bootstrap_spin.setEnabled(method == "direct" and self.uncertainty_combo.currentText() == "bootstrap")
 
     def _pixel_size(self, layer) -> tuple[float, float]:
         return tuple(float(s) for s in np.asarray(layer.scale, dtype=float)[-2:])
@@ -1174,11 +1186,15 @@ class MollifierWidget(QWidget):
             kwargs["iterations"] = int(self.iterations_spin.value())
         elif _accepts("n_bootstrap"):
             kwargs["n_bootstrap"] = int(self.bootstrap_spin.value())
+            if _accepts("uncertainty"):
+                kwargs["uncertainty"] = self.uncertainty_combo.currentText()
         from napari_mollifier.validation import run_time_note  # estimate before starting (issue 17)
 
         from .coefficients_panel import plausibility_notes  # issue 13
 
         counts = {k: kwargs[k] for k in ("radius", "n_bootstrap", "method", "iterations") if k in kwargs}
+        if kwargs.get("uncertainty", "bootstrap") != "bootstrap":
+            counts["n_bootstrap"] = 0  # the propagated uncertainty costs about one more solve
         estimate = run_time_note(next(iter(slices[0][1].values())).shape, n_runs=len(slices), **counts)
         notes += [estimate] if estimate else []
         notes.extend(plausibility_notes(slices, pixel_size, _unit_name(ref)))
