@@ -97,9 +97,23 @@ def test_infer_tiled_mask_mode_with_labels_and_holes(roi_mode):
         assert a["median"] == pytest.approx(b["median"], abs=1e-9) and a["n_pixels"] == b["n_pixels"]
 
 
+def test_propagated_uncertainty_equals_the_untiled_one():
+    """The default uncertainty is propagated from a noise model estimated once on the whole image: tile-local."""
+    fields = _fields(128, seed=5)
+    kwargs = dict(params=PARAMS, pixel_size=0.02, radius=4, device="cpu", boundary="reflect")
+    ref = nm.infer_rates(fields, **kwargs)
+    tiled = tiling.infer_tiled(fields, tile=64, **kwargs)
+    assert _max_diff(ref.rate, tiled.rate) <= 1e-8
+    both = np.isfinite(ref.uncertainty) & np.isfinite(tiled.uncertainty)
+    assert both[ref.rate >= 0].mean() > 0.95
+    np.testing.assert_allclose(tiled.uncertainty[both], ref.uncertainty[both], rtol=1e-6)
+    assert tiled.provenance["noise_model"] == ref.provenance["noise_model"]
+
+
 def test_uncertainty_is_a_bootstrap_per_tile():
     fields = _fields(128, seed=5)
-    kwargs = dict(params=PARAMS, pixel_size=0.02, radius=4, n_bootstrap=4, device="cpu", boundary="reflect")
+    kwargs = dict(params=PARAMS, pixel_size=0.02, radius=4, n_bootstrap=4, device="cpu", boundary="reflect",
+                  uncertainty="bootstrap")
     ref = nm.infer_rates(fields, **kwargs)
     tiled = tiling.infer_tiled(fields, tile=64, **kwargs)
     assert _max_diff(ref.rate, tiled.rate) <= 1e-8  # the rate is the same

@@ -2,8 +2,9 @@
 
 Every output pixel of :func:`~napari_mollifier.derivatives` depends only on the input within the kernel's
 support (``half_width(radius)`` pixels); a rate map from :func:`~napari_mollifier.infer_rates` (``method=
-"direct"``) depends on the input within twice that, because the uncertainty's bias term and the residual
-smooth the rate map again with the same kernel. So an image can be cut into tiles, each extended by that halo
+"direct"``) depends on the input within three times that, because the residual smooths the rate map again
+with the same kernel, and the uncertainty's bias term smooths the change of the map and then its excess over
+the noise. So an image can be cut into tiles, each extended by that halo
 (:func:`dask.array.map_overlap`), solved on its own and trimmed back: the stitched maps equal the untiled ones up
 to floating-point round-off. At the image's own edges a tile sees exactly what the untiled run sees (the halo is
 only added between tiles, and the tile's own boundary handling -- mask, reflect... -- is then the image's).
@@ -59,9 +60,10 @@ MIN_TILE = 64
 
 
 def halo(radius: float, *, derivatives_only: bool = False) -> int:
-    """Pixels a tile must see beyond its edge: the kernel half-width (derivatives) or twice it (rate maps)."""
+    """Pixels a tile must see beyond its edge: the kernel half-width (derivatives) or three times it (rate maps:
+    the uncertainty's bias term smooths the change of the rate map, then its excess over the noise, again)."""
     h = half_width(float(radius))
-    return h if derivatives_only else 2 * h
+    return h if derivatives_only else 3 * h
 
 
 # --------------------------------------------------------------------------- memory
