@@ -412,7 +412,7 @@ def negative_rate_message(share: float, label=None, n_rois: int = 1) -> str:
         "be negative, so this map does not mean anything as it stands. Likely causes: (1) coefficient units -- "
         "l2 must be in the image's length unit squared (um^2 for a pixel size in um, e.g. l2 = 0.0234 um^2; the "
         "model default 1.04 is in box units); (2) the inputs are not volume fractions -- convert raw intensities "
-        "first (intensities_to_fractions, --intensities, or 'Intensities -> fractions' in the widget); "
+        "first (intensities_to_fractions, --intensities, or 'Convert to fractions' in the widget); "
         "(3) a background offset was not subtracted; (4) the ROI reaches the nuclear edge, where the kernel "
         "straddles the envelope -- draw it one kernel radius inside. The negative pixels have an infinite "
         "uncertainty"
