@@ -2,9 +2,9 @@
 
 Every output pixel of :func:`~napari_mollifier.derivatives` depends only on the input within the kernel's
 support (``half_width(radius)`` pixels); a rate map from :func:`~napari_mollifier.infer_rates` (``method=
-"direct"``) depends on the input within three times that, because the residual smooths the rate map again
-with the same kernel, and the uncertainty's bias term smooths the change of the map and then its excess over
-the noise. So an image can be cut into tiles, each extended by that halo
+"direct"``) depends on the input within twice that, because the residual smooths the rate map again with the
+same kernel, and within three times that with an uncertainty map, whose bias term smooths the change of the map
+and then its excess over the noise. So an image can be cut into tiles, each extended by that halo
 (:func:`dask.array.map_overlap`), solved on its own and trimmed back: the stitched maps equal the untiled ones up
 to floating-point round-off. At the image's own edges a tile sees exactly what the untiled run sees (the halo is
 only added between tiles, and the tile's own boundary handling -- mask, reflect... -- is then the image's).
@@ -59,11 +59,12 @@ MEMORY_FRACTION = 0.6
 MIN_TILE = 64
 
 
-def halo(radius: float, *, derivatives_only: bool = False) -> int:
-    """Pixels a tile must see beyond its edge: the kernel half-width (derivatives) or three times it (rate maps:
-    the uncertainty's bias term smooths the change of the rate map, then its excess over the noise, again)."""
+def halo(radius: float, *, derivatives_only: bool = False, uncertainty: bool = False) -> int:
+    """Pixels a tile must see beyond its edge: the kernel half-width (derivatives), twice it (rate maps: the
+    residual smooths the rate again) or three times it (with an uncertainty: its bias term smooths the change of
+    the rate map, then its excess over the noise)."""
     h = half_width(float(radius))
-    return h if derivatives_only else 3 * h
+    return h if derivatives_only else (3 if uncertainty else 2) * h
 
 
 # --------------------------------------------------------------------------- memory
@@ -193,7 +194,7 @@ def plan_tiles(shape, radius, model="chromatin-balance", *, device="cpu", bounda
     from .solve import resolve_device
 
     device = str(resolve_device(device))  # a device that is not there: the library's MollifierInputError
-    h = halo(radius)
+    h = halo(radius, uncertainty=True)
     est = estimate_memory(shape, radius, model, boundary=boundary, device=device)
     budget = int(memory_limit) if memory_limit is not None else int(MEMORY_FRACTION * available_memory(device))
     if tile is None or tile == "none":
@@ -410,7 +411,7 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
             f"the kernel (radius {radius:g} px) is larger than the image ({' x '.join(map(str, shape))} px): use a "
             f"smaller radius (<= {min(shape)} px) or radius='auto'"
         )
-    depth = halo(radius)
+    depth = halo(radius, uncertainty=uncertainty != "none" and n_bootstrap != 0)
     chunks = tuple(_axis_chunks(n, int(tile), depth) for n in shape)
     n_tiles = math.prod(len(c) for c in chunks)
     n_in = len(inputs)
