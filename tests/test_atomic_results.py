@@ -30,7 +30,7 @@ from napari_mollifier.io import load_result, write_ome_tiff  # noqa: E402
 from napari_mollifier.io.publish import folder_lock, is_leftover, publish, recover_folder  # noqa: E402
 from napari_mollifier.simulate import synthetic_nucleus  # noqa: E402
 
-FAST = ["--n-bootstrap", "0", "--quiet"]
+FAST = ["--n-bootstrap", "0", "--quiet", "--param", "l2=0.0234", "--roi", "whole"]  # l2 given: not estimated
 STAGES_BEFORE = ["staging", "staged-maps", "staged"]  # the old result must survive
 STAGES_AFTER = ["publishing", "moving", "published"]  # the moves are one step: the new result is complete
 

@@ -29,7 +29,7 @@ from napari_mollifier.io.publish import is_leftover  # noqa: E402
 from napari_mollifier.rerun import read_provenance, rerun  # noqa: E402
 from napari_mollifier.simulate import synthetic_nucleus  # noqa: E402
 
-FAST = ["--radius", "4", "--n-bootstrap", "0", "--quiet"]
+FAST = ["--radius", "4", "--n-bootstrap", "0", "--quiet", "--param", "l2=0.0234", "--roi", "whole"]  # l2 given
 ULIMIT_KB = 3_000_000  # 3 GB of address space: enough to import torch and run a small job, not for a bomb
 
 
