@@ -732,11 +732,16 @@ def test_other_bad_arguments(change, match):
 
 def test_seed_changes_only_the_uncertainty_and_scale_is_free(nucleus):
     f = _fields(nucleus)
-    kw = {"params": nucleus["params"], "pixel_size": 0.02, "radius": 4, "n_bootstrap": 6, "roi": nucleus["nucleus"]}
+    kw = {"params": nucleus["params"], "pixel_size": 0.02, "radius": 4, "n_bootstrap": 6, "roi": nucleus["nucleus"],
+          "uncertainty": "bootstrap"}
     a = nm.infer_rates(f, seed=0, **kw)
     b = nm.infer_rates(f, seed=1, **kw)
     np.testing.assert_array_equal(a.rate, b.rate)
     assert not np.array_equal(a.uncertainty, b.uncertainty, equal_nan=True)
+    # the propagated uncertainty (the default) draws nothing: the seed changes nothing
+    p0 = nm.infer_rates(f, seed=0, **{**kw, "uncertainty": "propagate"})
+    p1 = nm.infer_rates(f, seed=1, **{**kw, "uncertainty": "propagate"})
+    np.testing.assert_array_equal(p0.uncertainty, p1.uncertainty)
     c = nm.infer_rates({k: 7.0 * v for k, v in f.items()}, seed=0, **kw)  # the closed form is a ratio
     np.testing.assert_allclose(c.rate, a.rate, rtol=1e-9, equal_nan=True)
     np.testing.assert_allclose(c.uncertainty, a.uncertainty, rtol=1e-6, atol=1e-12, equal_nan=True)

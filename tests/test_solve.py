@@ -151,11 +151,13 @@ def test_label_image_gives_one_solve_per_label():
 def test_progress_every_percent_cancel_and_determinism():
     fields, _ = _heterogeneous(shape=(64, 64), noise=0.01, seed=3)
     calls = []
-    res1 = nm.infer_rates(fields, pixel_size=0.05, progress=lambda s, t, i: calls.append((s, t)), n_bootstrap=100)
+    # a long run (100 bootstrap samples) reports at least every 1 %; the default run is a few steps long
+    res1 = nm.infer_rates(fields, pixel_size=0.05, progress=lambda s, t, i: calls.append((s, t)), n_bootstrap=100,
+                          uncertainty="bootstrap")
     steps = [s for s, _ in calls]
     total = calls[-1][1]
     assert steps[-1] == total and max(np.diff([0] + steps)) / total <= 0.01
-    res2 = nm.infer_rates(fields, pixel_size=0.05, n_bootstrap=100)
+    res2 = nm.infer_rates(fields, pixel_size=0.05, n_bootstrap=100, uncertainty="bootstrap")
     np.testing.assert_array_equal(res1.rate, res2.rate)
     np.testing.assert_array_equal(res1.uncertainty, res2.uncertainty)
     assert res1.provenance["device"] == "cpu" and res1.provenance["seed"] == 0
@@ -167,7 +169,7 @@ def test_progress_every_percent_cancel_and_determinism():
         return len(seen) > 5
 
     with pytest.raises(RunCancelled):
-        nm.infer_rates(fields, pixel_size=0.05, cancel=cancel, n_bootstrap=100)
+        nm.infer_rates(fields, pixel_size=0.05, cancel=cancel, n_bootstrap=100, uncertainty="bootstrap")
     assert len(seen) == 6  # stopped at the first step after cancel() said True
 
 

@@ -489,7 +489,8 @@ def infer_rates(
     seed : int
         Seeds the bootstrap noise and the network; equal inputs and seed give identical output on the CPU.
     progress : callable, optional
-        ``progress(step, total, info)``, called after every unit of work (at least every 1 %).
+        ``progress(step, total, info)``, called after every unit of work (each radius of the ladder, the final
+        solve, each bootstrap sample).
     cancel : callable, optional
         ``cancel() -> bool``; when it returns True the run raises :class:`RunCancelled` within one step.
     kernel : str
@@ -609,6 +610,7 @@ def infer_rates(
         raise MollifierInputError(f"unknown radius_rule {radius_rule!r}: use one of {RADIUS_RULES}")
     if method != "direct" or n_bootstrap == 0:
         uncertainty = "none"
+    n_bootstrap_given = n_bootstrap  # recorded as given, so that a rerun makes the same choice
     if uncertainty != "bootstrap":
         n_bootstrap = 0
     needs_noise = uncertainty != "none" or (auto and radius_rule == "lepski")
@@ -717,7 +719,7 @@ def infer_rates(
         "roi_mode": roi_mode,
         "device": str(dev),
         "seed": int(seed),
-        "n_bootstrap": n_bootstrap,
+        "n_bootstrap": n_bootstrap_given,
         "noise": dict(noise_model.sigma) if noise_model is not None else None,
         "noise_correlation": noise_model.correlation_length if noise_model is not None else None,
         "noise_model": noise_model.as_dict() if noise_model is not None else None,

@@ -122,10 +122,15 @@ def check_pixel_size(value, *, key: str | None = None, unit: str = "") -> tuple:
 
 
 def check_params(params, *, key: str | None = None) -> None:
-    """Model coefficients: a dict of names to finite real numbers."""
+    """Model coefficients: a dict of names to finite real numbers, or ``"auto"`` / ``"default"`` (the units
+    policy, :func:`napari_mollifier.coefficients.resolve_coefficients`)."""
     if params is None:
         return
     where = _where(key, "params")
+    if isinstance(params, str):
+        if params in ("auto", "default"):
+            return
+        raise MollifierInputError(f"{where} must be a dict of coefficients, 'auto' or 'default', got {params!r}")
     if not isinstance(params, dict):
         raise MollifierInputError(f"{where} must be a dict of coefficient names to numbers, got "
                                   f"{type(params).__name__}")
