@@ -10,7 +10,7 @@ Parts (``--parts``, default all):
     physical yardstick in the same process: scipy's Gaussian-derivative stack of the same image (9 calls of
     ``ndimage.gaussian_filter`` with orders up to 4, sigma = 3 px) and one ``rfft2 + irfft2`` round trip. Then a
     2048 x 2048 image with four nuclei (a 2 x 2 mosaic of 1024 x 1024 synthetic nuclei, one label each), cold. The
-    previous defaults (100-sample bootstrap, quasi-optimality) are timed on the 256 x 256 sample for comparison.
+    previous defaults (100-sample bootstrap, quasi-optimality) are not timed here (minutes per call).
 ``coverage``
     The 2-sigma coverage of the uncertainty map (fraction of ROI pixels with ``|rate - truth| <= 2 sigma``) for
     white noise and noise correlated over 1 and 2 px, uniform and smoothly varying rates (the table of
@@ -116,18 +116,6 @@ def part_default(device: str) -> str:
                  f"{_coverage(res_big, big['rate'], labels > 0):.3f}"])
     print(f"default 2048 x 4 nuclei: {t_big:.2f} s (scipy stack {t_scipy_big:.3f} s)", flush=True)
 
-    small = synthetic_nucleus((256, 256), noise=0.01, seed=0)
-    kw_s = dict(params=small["params"], pixel_size=small["pixel_size"], roi=small["nucleus"], device=device)
-    f_s = {"phi_h": small["phi_h"], "phi_e": small["phi_e"]}
-    t_new, r_new = _timed(lambda: nm.infer_rates(f_s, **kw_s))
-    t_old, r_old = _timed(lambda: nm.infer_rates(f_s, uncertainty="bootstrap", n_bootstrap=100,
-                                                  radius_rule="quasi-optimality", **kw_s))
-    t_sc_s, _ = _timed(lambda: _scipy_stack(small["phi_e"]), 5)
-    for name, t, r in (("256 x 256, new defaults", t_new, r_new),
-                       ("256 x 256, previous defaults (bootstrap 100, quasi-optimality)", t_old, r_old)):
-        rows.append([name, f"{t:.2f} s", f"{t / t_sc_s:.1f}", f"{r.radius:g}",
-                     f"{_r(r, small['rate'], small['nucleus']):.4f}",
-                     f"{_coverage(r, small['rate'], small['nucleus']):.3f}"])
     header = ["case", "time", "time / scipy stack", "radius (px)", "r with truth", "2-sigma coverage"]
     lines.append(f"Yardsticks in the same process: scipy Gaussian-derivative stack of one 512 x 512 field "
                  f"(9 x `gaussian_filter`, orders <= 4, sigma 3 px) **{t_scipy * 1e3:.1f} ms**, of one 2048 x 2048 "
@@ -162,20 +150,16 @@ def part_coverage(device: str) -> str:
             fields = _noisy(shape, rate, 0.01, corr, seed=12)
             kw = dict(params={"l2": 0.0234}, pixel_size=0.02, boundary="periodic", device=device)
             res = nm.infer_rates(fields, **kw)
-            boot = nm.infer_rates(fields, uncertainty="bootstrap", n_bootstrap=60, radius=res.radius, **kw)
-            prop = nm.infer_rates(fields, radius=res.radius, **kw)
-            ok = np.isfinite(prop.uncertainty) & np.isfinite(boot.uncertainty)
             nm_ = res.provenance["noise_model"]
             rows.append([kind, f"{corr:g} px", f"{nm_['correlation_length_px']:.2f} px",
                          f"{nm_['sigma']['phi_h']:.4f} / {0.01 / np.sqrt(2):.4f}", f"{res.radius:g}",
-                         f"{_coverage(res, truth, np.ones(shape, bool)):.3f}",
-                         f"{np.median(prop.uncertainty[ok] / boot.uncertainty[ok]):.3f}"])
+                         f"{_coverage(res, truth, np.ones(shape, bool)):.3f}"])
             print("coverage", rows[-1], flush=True)
     header = ["rate", "noise correlation (true)", "estimated", "noise sigma phi_h (est. / true)", "auto radius (px)",
-              "2-sigma coverage", "propagated / bootstrap (median)"]
+              "2-sigma coverage"]
     return ("128 x 128 steady states (l2 = 0.0234 um^2, 20 nm pixels, periodic), Gaussian noise of std 0.01 on "
             "phi_w and phi_d blurred to the stated correlation length; default call (Lepski radius, propagated "
-            "uncertainty); the bootstrap (60 samples of the estimated noise model) at the same radius.\n\n"
+            "uncertainty). The propagated/bootstrap agreement is checked in tests/test_uncertainty.py.\n\n"
             + _md(header, rows))
 
 
