@@ -24,7 +24,6 @@ import contextlib
 import errno
 import os
 import re
-import shutil
 import signal
 import sys
 import threading
@@ -34,6 +33,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import MollifierOutputError, MollifierWarning
+from ._common import _remove
 
 __all__ = ["folder_lock", "locked_folder", "publish", "recover_folder", "defer_signals", "LOCK_TIMEOUT_S",
            "is_leftover"]
@@ -138,16 +138,6 @@ def folder_lock(folder, *, timeout: float | None = None):
                 held.fd = None
     finally:
         held.rlock.release()
-
-
-def _remove(p: Path) -> None:
-    try:
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
-    except OSError:
-        pass
 
 
 def _move(src: Path, dst: Path) -> None:
