@@ -185,3 +185,28 @@ def test_many_labels_share_the_whole_image_work():
         m = labels == lab
         np.testing.assert_allclose(both.rate[m], one.rate[m], rtol=1e-9, atol=1e-12)
         assert both.provenance["radius_used"][str(lab)] == one.provenance["radius_used"]["1"]
+
+
+def test_small_labels_share_the_radius_chosen_on_their_union():
+    """Labels below OWN_RADIUS_MIN_PIXELS pool their pixels for the radius rule: many small labels give the map,
+    radius and uncertainty of one label of the same pixels (the 1000-label benchmark relies on it)."""
+    from napari_mollifier.solve import OWN_RADIUS_MIN_PIXELS
+
+    s = S.synthetic_nucleus((128, 128), noise=0.01, seed=2)
+    fields = {"phi_h": s["phi_h"], "phi_e": s["phi_e"]}
+    labels = np.zeros((128, 128), int)
+    k = 0
+    for i in range(8):
+        for j in range(10):
+            k += 1
+            labels[24 + 10 * i: 24 + 10 * i + 5, 14 + 10 * j: 14 + 10 * j + 9] = k
+    assert np.bincount(labels.ravel())[1:].max() < OWN_RADIUS_MIN_PIXELS
+    kw = dict(params=s["params"], pixel_size=PX)
+    many = nm.infer_rates(fields, roi=labels, **kw)
+    one = nm.infer_rates(fields, roi=labels > 0, **kw)
+    m = labels > 0
+    assert set(many.provenance["radius_used"].values()) == {one.provenance["radius_used"]["1"]}
+    assert all(c["pooled"] == k for c in many.provenance["radius_choice"].values())
+    np.testing.assert_allclose(many.rate[m], one.rate[m], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(many.uncertainty[m], one.uncertainty[m], rtol=1e-6)
+    assert len(many.roi_stats) == k and many.roi_stats[5]["n_pixels"] == 45

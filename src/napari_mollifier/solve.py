@@ -34,6 +34,7 @@ from .errors import MollifierInputError, MollifierMemoryError, RunCancelled
 from .models import Model, get_model
 from .methods.direct import (
     LADDER_STEP,
+    LEPSKI_KAPPA,
     DerivativeLadder,
     _jacobian,
     change_variance,
@@ -211,14 +212,42 @@ def _model_order(model: Model, ndim: int) -> int:
     return max(sum(a) for keys in model.needs(ndim).values() for k in keys for a, _ in key_terms(k, ndim))
 
 
+_FEW_LABELS = 8  # above this many labels the radius rule works on all labels at once (_lepski_labels)
+OWN_RADIUS_MIN_PIXELS = 400  # a label smaller than this shares the radius chosen on all such labels together
+_POOLED = -1
+
+
 def _choose_radii(ladder: DerivativeLadder, ctx: _Context, regions: dict, ladders: dict, rule: str,
                   noise: NoiseModel) -> dict:
+    """``{label: {"radius", "ladder": table}}`` (:func:`_choose_radii_each`), with the labels of fewer than
+    ``OWN_RADIUS_MIN_PIXELS`` pixels pooled: the median over a few dozen pixels is too noisy to choose a radius on
+    (docs/science.md "Choosing the radius"), so they share the radius chosen on their union (``"pooled"``: their
+    number). 1000 small labels then cost what one label of the same pixels costs."""
+    small = [lab for lab, region in regions.items() if int(region.sum()) < OWN_RADIUS_MIN_PIXELS]
+    if len(small) < 2 or len({tuple(ladders[lab]) for lab in small}) != 1:
+        return _choose_radii_each(ladder, ctx, regions, ladders, rule, noise)
+    pooled_regions = {lab: region for lab, region in regions.items() if lab not in small}
+    pooled_regions[_POOLED] = np.any([regions[lab] for lab in small], axis=0)
+    pooled_ladders = dict(ladders)
+    pooled_ladders[_POOLED] = ladders[small[0]]
+    chosen = _choose_radii_each(ladder, ctx, pooled_regions, pooled_ladders, rule, noise)
+    shared = chosen.pop(_POOLED)
+    for lab in small:
+        chosen[lab] = dict(shared, pooled=len(small))
+    return chosen
+
+
+def _choose_radii_each(ladder: DerivativeLadder, ctx: _Context, regions: dict, ladders: dict, rule: str,
+                       noise: NoiseModel) -> dict:
     """``{label: {"radius", "ladder": table}}``: one pass up the shared radius ladder for every label of a group.
 
     ``"lepski"``: a label keeps climbing while its map at the next radius stays within ``kappa`` propagated
     standard deviations of its maps at all smaller radii (median over the label); the ladder stops when every label
     has stopped. ``"quasi-optimality"``: the radius whose map changes least to the next one (whole ladder).
     """
+    shared = len({tuple(ladders[lab]) for lab in regions}) == 1
+    if rule == "lepski" and shared and len(regions) > _FEW_LABELS:
+        return _lepski_labels(ladder, ctx, regions, ladders[next(iter(regions))], noise)
     radii = sorted({r for lab in regions for r in ladders[lab]})
     active = set(regions)
     history = {lab: [] for lab in regions}
@@ -262,6 +291,62 @@ def _choose_radii(ladder: DerivativeLadder, ctx: _Context, regions: dict, ladder
     return chosen
 
 
+def _lepski_labels(ladder: DerivativeLadder, ctx: _Context, regions: dict, rungs: list, noise: NoiseModel) -> dict:
+    """Lepski's rule for many labels on one shared ladder: the medians of ``|lambda_k - lambda_j| / sigma_j`` of all
+    labels at once (one sort per rung pair), the same choice as :func:`lepski_accepts` label by label."""
+    labs = list(regions)
+    union = np.any(list(regions.values()), axis=0)
+    owner = np.zeros(union.shape, np.int64)
+    for i, lab in enumerate(labs):
+        owner[regions[lab]] = i
+    pixels = np.flatnonzero(union)
+    owner = owner.reshape(-1)[pixels]
+    order = np.argsort(owner, kind="stable")
+    pixels, owner = pixels[order], owner[order]
+    starts = np.searchsorted(owner, np.arange(len(labs)))
+    jac = _jacobian(ladder)
+    chosen = {lab: {"radius": rungs[0], "ladder": []} for lab in labs}
+    active = np.ones(len(labs), bool)
+    history: list = []
+    for k, r in enumerate(rungs):
+        rate, var, _ = propagate(ladder, r, ladder.at(r), ctx.closed_form, noise, union, jac)
+        rate_np = rate.detach().cpu().numpy().reshape(-1)[pixels]
+        sd_np = var.sqrt().cpu().numpy().reshape(-1)[pixels]
+        ctx.tick({"stage": "choosing radius", "radius": r})
+        worst = np.zeros(len(labs))
+        for rate_j, sd_j in history:
+            diff = np.abs(rate_np - rate_j)
+            ok = np.isfinite(diff) & np.isfinite(sd_j)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                z = np.where(sd_j > 0, diff / np.where(sd_j > 0, sd_j, 1.0), np.where(diff > 0, np.inf, 0.0))
+            worst = np.maximum(worst, _label_medians(np.where(ok, z, np.nan), owner, starts, len(labs)))
+        accepted = worst <= LEPSKI_KAPPA
+        for i in np.flatnonzero(active):
+            lab = labs[i]
+            entry = {"radius": r, "max_standardised_change": round(float(worst[i]), 4), "accepted": bool(accepted[i])}
+            chosen[lab]["ladder"].append(entry)
+            if accepted[i]:
+                chosen[lab]["radius"] = r
+        active &= accepted
+        history.append((rate_np, sd_np))
+        if not active.any():
+            ctx.tick({"stage": "choosing radius", "radius": r}, n=len(rungs) - k - 1)
+            break
+    return chosen
+
+
+def _label_medians(z: np.ndarray, owner: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
+    """Per-label medians of ``z`` (NaN ignored; 0 for a label without finite values); ``owner`` sorted."""
+    keyed = np.lexsort((np.isnan(z), z, owner))  # by label, then value, NaN last
+    values = z[keyed]
+    count = np.add.reduceat(np.isfinite(values).astype(np.int64), starts) if values.size else np.zeros(n, int)
+    last = max(values.size - 1, 0)
+    lo = np.minimum(starts + np.maximum(count - 1, 0) // 2, last)
+    hi = np.minimum(starts + count // 2, last)
+    med = 0.5 * (values[lo] + values[hi]) if values.size else np.zeros(n)
+    return np.where(count > 0, med, 0.0)
+
+
 def _quasi_optimal(maps: list, ladder: list) -> dict:
     """Quasi-optimality (Tikhonov & Glasko): the radius whose map changes least to the next radius."""
     values = np.abs(np.concatenate(maps))
@@ -280,15 +365,20 @@ def _quasi_optimal(maps: list, ladder: list) -> dict:
 
 
 def _direct(ladder: DerivativeLadder, ctx: _Context, radius, out_mask, uncertainty, n_bootstrap,
-            noise: NoiseModel | None, seed, arrays):
+            noise: NoiseModel | None, seed, arrays, rungs=()):
     """Closed form at ``radius`` and its uncertainty ``sqrt(noise^2 + bias^2)``.
 
     Noise: propagated (:func:`~napari_mollifier.methods.direct.propagate`) or the standard deviation over
     ``n_bootstrap`` realisations of the noise model. Bias: the change to the next-smaller radius ``R / q``
     (``q = 1.25``) smoothed at ``R``; a bias growing like ``R^2`` makes it ``(1 - q^-2)`` times the bias at ``R``.
-    It counts only where it exceeds twice its own noise. Returns ``(rate, sigma, d)``.
+    It counts only where it exceeds twice its own noise. Returns ``(rate, sigma, d)``. ``rungs``: the radius
+    ladder the radius was chosen on; its rung below ``radius`` (``R / q`` up to rounding) is used as ``R / q``, so
+    that the propagated variances of the radius rule are reused.
     """
     small = max(radius / _LADDER_STEP, ctx.order + 1)
+    below = [r for r in rungs if r < radius]
+    if below and abs(max(below) - small) <= 0.01 * small:
+        small = max(below)
     jac = _jacobian(ladder)
     d = ladder.at(radius)
     inside = torch.as_tensor(out_mask, device=ctx.device)
@@ -657,11 +747,13 @@ def infer_rates(
             for lab in group:
                 by_radius.setdefault(chosen[lab]["radius"], []).append(lab)
             for r, labs in by_radius.items():
-                region = np.any([regions[lab] for lab in labs], axis=0)
-                ctx.region = region
+                # the labels at one radius are written from one solve over the whole group's pixels (its
+                # uncertainty's bias term smoothed over the group): many labels share the whole-image work
+                region = union if len(by_radius) == 1 else np.any([regions[lab] for lab in labs], axis=0)
+                ctx.region = union
                 if method == "direct":
-                    rate, sigma, d = _direct(ladder, ctx, r, region, uncertainty, n_bootstrap, noise_model, seed,
-                                             arrays)
+                    rate, sigma, d = _direct(ladder, ctx, r, union, uncertainty, n_bootstrap, noise_model, seed,
+                                             arrays, ladders[labs[0]] if auto else ())
                     resid = _residual(d, rate, ctx, r, deriv_mask)
                     rate_np, sigma_np = rate.cpu().numpy(), sigma.cpu().numpy()
                     resid_np = resid.detach().cpu().numpy()

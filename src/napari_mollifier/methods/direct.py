@@ -79,6 +79,7 @@ class DerivativeLadder:
         filled = {k: torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) if self.mask is not None else v
                   for k, v in fields.items()}
         self.raw = filled
+        self.variances: dict = {}  # {(radius, noise model): propagated variance}: the edge loop runs once a radius
         self._recent: dict = {}  # the last few radii's derivatives: the radius rule's last rungs are reused
         derived = model.derived(filled, params)
         self.derived = {name: derived[name] for name in self.needs}
@@ -223,9 +224,23 @@ def propagate(ladder: DerivativeLadder, radius: float, d: dict, closed_form, noi
     """The rate at ``radius`` and its propagated noise variance (module docstring), NaN outside ``region``.
 
     Returns ``(rate, variance, a)`` with ``a`` the linearisation coefficients (for :func:`change_variance`).
+    The variance does not depend on ``region`` (only its NaN fill does), so it is computed once per radius and
+    noise model and kept on the ladder (float32): the radius rule's rungs are reused by the final solve.
     """
     jac = _jacobian(ladder) if jac is None else jac
     rate, a = _coefficients(ladder, d, closed_form, jac)
+    key = (float(radius), repr(noise.as_dict()))
+    cached = ladder.variances.get(key)
+    if cached is None:
+        cached = ladder.variances[key] = _variance(ladder, radius, rate, a, noise).to(torch.float32)
+    var = cached.to(rate.dtype)
+    inside = torch.as_tensor(np.asarray(region, bool), device=rate.device)
+    var = torch.where(inside & torch.isfinite(rate), var.clamp_min(0), torch.full_like(var, float("nan")))
+    return rate, var, a
+
+
+def _variance(ladder: DerivativeLadder, radius: float, rate: torch.Tensor, a: dict, noise: NoiseModel):
+    """The propagated variance at every pixel (interior quadratic form, then the edge pixels' own kernels)."""
     keys = ladder.key_union()
     names = ladder.inputs
     cov = noise.covariance(names)
@@ -259,9 +274,7 @@ def propagate(ladder: DerivativeLadder, radius: float, d: dict, closed_form, noi
                     if cov[i, j] != 0.0:
                         total = total + float(cov[i, j]) * (v[g] * smooth_f).sum(1)
             flat_var[p] = total
-    inside = torch.as_tensor(np.asarray(region, bool), device=device)
-    var = torch.where(inside & torch.isfinite(rate), var.clamp_min(0), torch.full_like(var, float("nan")))
-    return rate, var, a
+    return var
 
 
 def change_variance(ladder: DerivativeLadder, radius: float, small: float, a_big: dict, a_small: dict,
