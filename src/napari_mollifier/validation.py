@@ -42,12 +42,16 @@ MAX_SEED = 2**64 - 1
 PIXEL_SIZE_RANGE = (1e-6, 1e6)
 #: A run estimated to take longer than this (seconds) is announced with a warning before it starts.
 RUN_TIME_WARN_S = 600.0
-#: Seconds per pixel and per mollified solve (one rate evaluation at one radius) on one free CPU core. Measured on
-#: the development machine (2 cores shared by other jobs, load average 12, 2026-12-02): a 256 x 256 px
-#: chromatin-balance solve at radius 8 took 3.8 s per solve (5.8e-5 s per pixel); divided by the load factor
-#: (12 / 2 cores = 6) that is about 1e-5. Larger radii cost up to ~3x more. The estimate is an order of
-#: magnitude, not a promise.
-SECONDS_PER_PIXEL_SOLVE = 1e-5
+#: Seconds per pixel and per mollified solve (one rate evaluation and its propagated variance at one radius) on
+#: the 2-core development machine when idle, from benchmarks/RESULTS.md (bench_solver.py --parts default,
+#: 2026-12-02): the 2048 x 2048 four-nuclei default call took 77.6 s for 13 rungs + 2 final solves (1.2e-6 s per
+#: pixel-solve, cold); the 512 x 512 warm call 1.94 s (about 5e-7). Radii that are large against the image cost
+#: more (most pixels are then edge pixels with their own kernels): up to ~3x. The estimate counts every rung of
+#: the ladder (Lepski's rule usually stops earlier), so it is an upper order of magnitude, not a promise.
+SECONDS_PER_PIXEL_SOLVE = 1.5e-6
+#: One bootstrap re-solve (noise draw, derivatives at two radii with the mask-edge systems) per pixel: 100 samples
+#: at radius 10 on a 256 x 256 image took about 2 min (issue #12), about 1e-5 s per pixel and re-solve.
+SECONDS_PER_PIXEL_BOOTSTRAP = 1e-5
 #: The same for one network iteration per pixel (64 x 64 px, radius 4: 0.64 s per iteration at load 12, /6).
 SECONDS_PER_PIXEL_ITERATION = 2.5e-5
 _LADDER_STEP = 1.25
@@ -208,7 +212,8 @@ def _rungs(extent: int, order: int = 2) -> int:
 def estimate_run_seconds(shape, *, radius="auto", n_bootstrap: int = 0, method: str = "direct",
                          iterations: int | None = None) -> dict:
     """An order-of-magnitude run time from counts: pixels x (radius-ladder rungs + 2 + 2 per bootstrap sample)
-    solves, plus pixels x iterations for the network methods (:data:`SECONDS_PER_PIXEL_SOLVE`).
+    solves, plus pixels x iterations for the network methods (:data:`SECONDS_PER_PIXEL_SOLVE`,
+    :data:`SECONDS_PER_PIXEL_BOOTSTRAP`, :data:`SECONDS_PER_PIXEL_ITERATION`).
 
     Returns ``{"seconds", "pixels", "rungs", "solves", "iterations"}``.
     """
@@ -217,7 +222,8 @@ def estimate_run_seconds(shape, *, radius="auto", n_bootstrap: int = 0, method: 
     boot = int(n_bootstrap) if method == "direct" else 0
     its = 0 if method == "direct" else int(iterations or 1500)
     solves = rungs + 2 + 2 * boot
-    seconds = pixels * (solves * SECONDS_PER_PIXEL_SOLVE + its * SECONDS_PER_PIXEL_ITERATION)
+    seconds = pixels * ((rungs + 2) * SECONDS_PER_PIXEL_SOLVE + 2 * boot * SECONDS_PER_PIXEL_BOOTSTRAP
+                        + its * SECONDS_PER_PIXEL_ITERATION)
     return {"seconds": seconds, "pixels": pixels, "rungs": rungs, "solves": solves, "iterations": its}
 
 
