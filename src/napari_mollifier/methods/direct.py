@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import half_width
-from ..masked import FieldSpectrum, apply_masked, correlate, edge_kernels, mask_operator
+from ..masked import FieldSpectrum, _chunks, apply_masked, correlate, edge_kernels, mask_operator
 from ..mollifier import _apply, _make_plan, _pad
 from ..noise import NoiseModel
 
@@ -255,8 +255,10 @@ def _variance(ladder: DerivativeLadder, radius: float, rate: torch.Tensor, a: di
         pos, _ = op.edges[0]
         flat_var = var.reshape(-1)
         w = 2 * plan.half + 1
-        for start in range(0, pos.numel(), 4096):
-            rows = slice(start, min(pos.numel(), start + 4096))
+        # rows per chunk bounded by memory: kern is (c, n_alpha, P) and each field's v is (c, P), with P = w^d
+        # (a 4096-row chunk at R = 128 px would need ~13 GB)
+        per_row = (len(plan.alphas) + len(keys) + 2 * len(names) + 2) * w**ladder.ndim
+        for rows in _chunks(pos.numel(), per_row):
             p, kern = edge_kernels(plan, op, 0, rows, dtype)  # (c, n_alpha, P)
             key_k = torch.einsum("ka,cap->ckp", comb, kern)
             v = {}
