@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -372,10 +373,12 @@ def _direct(ladder: DerivativeLadder, ctx: _Context, radius, out_mask, uncertain
     ``n_bootstrap`` realisations of the noise model. Bias: the change to the next-smaller radius ``R / q``
     (``q = 1.25``) smoothed at ``R``; a bias growing like ``R^2`` makes it ``(1 - q^-2)`` times the bias at ``R``.
     It counts only where it exceeds twice its own noise. Returns ``(rate, sigma, d)``. ``rungs``: the radius
-    ladder the radius was chosen on; its rung below ``radius`` (``R / q`` up to rounding) is used as ``R / q``, so
-    that the propagated variances of the radius rule are reused.
+    ladder the radius was chosen on (default: the standard ladder); its rung below ``radius`` (``R / q`` up to
+    rounding) is used as ``R / q``, so that the propagated variances of the radius rule are reused and a fixed
+    radius taken from an auto run gives the same uncertainty.
     """
     small = max(radius / _LADDER_STEP, ctx.order + 1)
+    rungs = rungs or radius_ladder(ctx.order, int(8 * radius) + 8)  # a fixed radius on the ladder: the same rung
     below = [r for r in rungs if r < radius]
     if below and abs(max(below) - small) <= 0.01 * small:
         small = max(below)
@@ -549,6 +552,8 @@ def infer_rates(
     base: str = "mlp",
     allow_constant: bool = False,
     unit: str | None = None,
+    tile: int | str | None = None,
+    memory_limit: int | None = None,
 ) -> RateResult:
     """Infer a rate map from observed fields.
 
@@ -615,6 +620,14 @@ def infer_rates(
         carries no spatial information, so the closed form returns the uniform-state rate
         with a zero uncertainty whatever the truth. ``True`` accepts it (simulated uniform states, a uniform
         source ``m`` for ``"heat"``).
+    tile : None, int or "auto"
+        ``None`` (default): one solve of the whole image. An int: solve in tiles of that many pixels with a halo
+        (:mod:`napari_mollifier.tiling`; ``method="direct"``, 2-D or 3-D), after exactly the same input checks and
+        with the same noise model and coefficients. ``"auto"``: tiled only when the memory estimate says the
+        untiled run does not fit (``memory_limit`` bytes, default: the device's free memory); a run that runs out
+        of memory anyway is retried in smaller tiles.
+    memory_limit : int, optional
+        Bytes the run may use, for ``tile="auto"``.
 
     Returns
     -------
@@ -629,6 +642,58 @@ def infer_rates(
     RunCancelled
         ``cancel()`` returned True.
     """
+    prep = _prepare(fields, model, params, pixel_size, radius, method, roi, device, seed, boundary, roi_mode,
+                    uncertainty, n_bootstrap, noise, noise_correlation, radius_rule, iterations, allow_constant, unit,
+                    tiled=tile is not None)
+    if tile is not None:
+        from .tiling import solve_prepared
+
+        return solve_prepared(prep, tile=tile, memory_limit=memory_limit, progress=progress, cancel=cancel,
+                              kernel=kernel, base=base)
+    return _solve(prep, progress, cancel, kernel, base)
+
+
+@dataclass
+class Prepared:
+    """Checked inputs of a solve: what :func:`_prepare` derived from the arguments of :func:`infer_rates`."""
+
+    m: Model
+    split: dict | None
+    p: dict
+    param_sources: dict
+    coefficient_estimate: dict | None
+    plausibility: list
+    arrays: dict
+    shape: tuple
+    ndim: int
+    spacing: tuple
+    labels: np.ndarray
+    valid: np.ndarray
+    label_ids: list
+    auto: bool
+    radius: object
+    iterations: int | None
+    seed: int
+    n_bootstrap: int
+    n_bootstrap_given: int
+    uncertainty: str
+    radius_rule: str
+    noise_model: NoiseModel | None
+    roi_mode: str
+    boundary: str
+    method: str
+    allow_constant: bool
+    unit: str | None
+    fields: dict
+    dev: torch.device
+    extent: int | None
+    order: int
+    roi_given: bool
+
+
+def _prepare(fields, model, params, pixel_size, radius, method, roi, device, seed, boundary, roi_mode, uncertainty,
+             n_bootstrap, noise, noise_correlation, radius_rule, iterations, allow_constant, unit, tiled=False) -> Prepared:
+    """Every check and input step of a solve, shared by the untiled and the tiled path (:func:`infer_rates`)."""
     from . import validation
 
     bounded = validation.check_solver_arguments(model=model, params=params, pixel_size=pixel_size,
@@ -642,9 +707,16 @@ def infer_rates(
         raise MollifierInputError(f"unknown method {method!r}: use one of {METHODS}")
     if roi_mode not in ("image", "isolate"):
         raise MollifierInputError(f"unknown roi_mode {roi_mode!r}: use 'image' or 'isolate'")
+    if tiled and method != "direct":
+        raise MollifierInputError(
+            f"tiled runs support method='direct' only: {method!r} fits one network to the whole image "
+            "(run it untiled, on a crop, or with a smaller image)"
+        )
     arrays = _check_fields(fields, m)
     shape = next(iter(arrays.values())).shape
     ndim = len(shape)
+    if tiled and ndim not in (2, 3):
+        raise MollifierInputError(f"tiled runs take 2-D or 3-D fields, got shape {shape}")
     spacing = _spacing(pixel_size, ndim)
     labels = _labels_from_roi(roi, shape)
     from .coefficients import resolve_coefficients  # issue 13: where every coefficient comes from
@@ -654,7 +726,7 @@ def infer_rates(
         spacing, unit, labels if roi is not None else None, seed)
     from .plausibility import warn_implausible
 
-    plausibility = warn_implausible(arrays, spacing, unit, labels if roi is not None else None)
+    plausibility = warn_implausible(arrays, spacing, unit, labels if roi is not None else None, stacklevel=4)
     dev = resolve_device(device)
     valid = np.all([np.isfinite(a) for a in arrays.values()], axis=0)
     if boundary != "mask" and not valid.all():
@@ -707,7 +779,22 @@ def infer_rates(
     inside = valid & (labels > 0)
     noise_model = _noise_model(noise, noise_correlation, arrays, inside if inside.sum() >= 1024 else valid,
                                estimate=needs_noise, allow_zero=allow_constant)
+    roi_given = roi is not None
+    return Prepared(m=m, split=split, p=p, param_sources=param_sources, coefficient_estimate=coefficient_estimate, plausibility=plausibility, arrays=arrays, shape=shape, ndim=ndim, spacing=spacing, labels=labels, valid=valid, label_ids=label_ids, auto=auto, radius=radius, iterations=iterations, seed=seed, n_bootstrap=n_bootstrap, n_bootstrap_given=n_bootstrap_given, uncertainty=uncertainty, radius_rule=radius_rule, noise_model=noise_model, roi_mode=roi_mode, boundary=boundary, method=method, allow_constant=allow_constant, unit=unit, fields=fields, dev=dev, extent=extent, order=order, roi_given=roi_given)
 
+
+def _solve(prep: Prepared, progress, cancel, kernel, base) -> RateResult:
+    """The untiled solve of prepared inputs (:func:`_prepare`)."""
+    m, split, p = prep.m, prep.split, prep.p
+    param_sources, coefficient_estimate, plausibility = prep.param_sources, prep.coefficient_estimate, prep.plausibility
+    arrays, shape, ndim = prep.arrays, prep.shape, prep.ndim
+    spacing, labels, valid = prep.spacing, prep.labels, prep.valid
+    label_ids, auto, radius = prep.label_ids, prep.auto, prep.radius
+    iterations, seed, n_bootstrap = prep.iterations, prep.seed, prep.n_bootstrap
+    n_bootstrap_given, uncertainty, radius_rule = prep.n_bootstrap_given, prep.uncertainty, prep.radius_rule
+    noise_model, roi_mode, boundary = prep.noise_model, prep.roi_mode, prep.boundary
+    method, unit, fields = prep.method, prep.unit, prep.fields
+    dev, extent, order = prep.dev, prep.extent, prep.order
     groups = [label_ids] if roi_mode == "image" else [[lab] for lab in label_ids]
     ladders = {}
     for lab in label_ids:
@@ -829,7 +916,7 @@ def infer_rates(
     }
     from .fractions import flag_result  # the level label and the negative-rate flags (issue 16)
 
-    flag_result(m, fields, split, rate_map, sigma_map, labels, stats, provenance)
+    flag_result(m, fields, split, rate_map, sigma_map, labels, stats, provenance, stacklevel=4)
     used = [s["radius"] for s in stats]
     return RateResult(
         rate=rate_map, uncertainty=sigma_map, residual=residual_map, fields=smoothed_maps,

@@ -31,11 +31,12 @@ from __future__ import annotations
 import math
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import MollifierInputError, RunCancelled
+from .errors import MollifierInputError, MollifierWarning, RunCancelled
 from .kernels import half_width, multi_indices
 from .models import get_model
 from .mollifier import default_keys, key_terms
@@ -321,97 +322,115 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
                 method: str = "direct", roi=None, device="auto", seed: int = 0, progress=None, cancel=None, *,
                 tile: int = 1024, kernel: str = "poly", boundary: str = "mask", roi_mode: str = "image",
                 uncertainty: str = "propagate", n_bootstrap: int = 100, noise="auto", noise_correlation=None,
-                radius_rule: str = "lepski", scheduler: str = "synchronous", allow_constant: bool = False):
-    """:func:`~napari_mollifier.infer_rates` tile by tile (``method="direct"``); same arguments plus ``tile``.
+                radius_rule: str = "lepski", scheduler: str = "synchronous", allow_constant: bool = False,
+                unit: str | None = None, iterations: int | None = None):
+    """:func:`~napari_mollifier.infer_rates` with ``tile=tile`` (kept for scripts and provenance; same checks).
 
     The rate, residual, smoothed fields and the propagated uncertainty equal those of the untiled run (the noise
-    model is estimated once on the whole image); a bootstrap uncertainty is drawn per tile (module docstring). ``radius="auto"`` is chosen once on a central crop of ``max(tile, 512)`` px (recorded
-    in ``provenance["tiling"]``). ``progress(step, total, info)`` is called once per tile. Inputs may be dask
-    arrays (read lazily from zarr or a big TIFF); inputs and outputs are held in memory as float64 (8 bytes per
-    pixel each), the convolution buffers (1-2 kB per pixel) only per tile.
+    model and the coefficients are settled once on the whole image); a bootstrap uncertainty is drawn per tile
+    (module docstring). ``radius="auto"`` is chosen once on a central crop of ``max(tile, 512)`` px (recorded in
+    ``provenance["tiling"]``): the same radius as untiled when the image fits in the crop. ``progress(step,
+    total, info)`` is called once per tile. Inputs may be dask arrays (read lazily from zarr or a big TIFF);
+    inputs and outputs are held in memory as float64 (8 bytes per pixel each), the convolution buffers (1-2 kB
+    per pixel) only per tile.
     """
+    from .solve import _prepare
+
+    prep = _prepare(fields, model, params, pixel_size, radius, method, roi, device, seed, boundary, roi_mode,
+                    uncertainty, n_bootstrap, noise, noise_correlation, radius_rule, iterations, allow_constant, unit,
+                    tiled=True)
+    return _infer_tiled_prepared(prep, int(tile), progress, cancel, kernel, scheduler)
+
+
+def solve_prepared(prep, *, tile, memory_limit=None, progress=None, cancel=None, kernel="poly", base="mlp",
+                   scheduler: str = "synchronous"):
+    """The solve of checked inputs (``napari_mollifier.solve._prepare``) in tiles of ``tile`` px, or, for
+    ``tile="auto"``, untiled when the memory estimate fits (:func:`plan_tiles`); a device out-of-memory error is
+    retried in smaller tiles (:func:`retry_tiles`, each retry a warning, listed in
+    ``provenance["memory_retries"]``)."""
+    from .errors import MollifierMemoryError
+    from .solve import _solve
+
+    if isinstance(tile, str):
+        if tile != "auto":
+            raise MollifierInputError(f"tile must be None, a number of pixels or 'auto', got {tile!r}")
+        r_est = float(min(prep.shape) / 4.0) if prep.auto else float(prep.radius)
+        plan = plan_tiles(prep.shape, r_est, prep.m, device=str(prep.dev), boundary=prep.boundary,
+                          tile=tile if prep.method == "direct" else None, memory_limit=memory_limit)
+        current = None if plan.tile is None or all(n <= plan.tile for n in prep.shape) else int(plan.tile)
+    else:
+        current = _tile_size(tile)
+    retries = []
+    while True:
+        try:
+            if current is None:
+                result = _solve(prep, progress, cancel, kernel, base)
+            else:
+                result = _infer_tiled_prepared(prep, current, progress, cancel, kernel, scheduler)
+            if retries:
+                result.provenance["memory_retries"] = retries
+            return result
+        except MollifierMemoryError as exc:
+            options = retry_tiles(prep.shape, current) if prep.method == "direct" else []
+            retries.append({"tile": current, "error": str(exc)})
+            if not options:
+                raise MollifierMemoryError(
+                    f"{exc}" + (f" (tiles down to {current} px were tried)" if current is not None else "")
+                ) from None
+            nxt = options[0]
+            warnings.warn(
+                f"out of memory on {prep.dev} with "
+                f"{'the untiled run' if current is None else f'{current} px tiles'}: retrying in {nxt} px tiles "
+                "(same rate map; the uncertainty is then a bootstrap per tile)", MollifierWarning, stacklevel=2)
+            current = nxt
+
+
+def _tile_size(tile) -> int:
+    try:
+        size = int(tile)
+    except (TypeError, ValueError):
+        size = -1
+    if isinstance(tile, bool) or size != tile or size < 1:
+        raise MollifierInputError(f"tile must be None, a positive number of pixels or 'auto', got {tile!r}")
+    return size
+
+
+def _infer_tiled_prepared(prep, tile: int, progress, cancel, kernel, scheduler):
+    """The tiled solve of checked inputs: the radius on a central crop, then one untiled solve per tile."""
     from .result import RateResult
-    from .solve import RADIUS_RULES, UNCERTAINTY_METHODS, _hash, _noise_model, _refuse_constant, _roi_stats, \
-        _spacing, infer_rates, resolve_device
+    from .solve import _hash, _roi_stats, infer_rates
 
     started = time.perf_counter()
-    if method != "direct":
-        raise MollifierInputError(
-            f"tiled runs support method='direct' only: {method!r} fits one network to the whole image "
-            "(run it untiled, on a crop, or with a smaller image)"
-        )
-    m = get_model(model)
-    split = None
-    if isinstance(fields, dict) and set(fields) == {"density"} and "phi_e" in m.inputs:
-        from .density import split_density
-
-        density = np.asarray(fields["density"], dtype=np.float64)
-        nucleus = None if roi is None else np.asarray(roi) > 0
-        fields, split = split_density(density, nucleus)
-    if not isinstance(fields, dict) or any(k not in fields for k in m.inputs):
-        raise MollifierInputError(f"model {m.name!r} needs fields {m.inputs}; got {sorted(fields or {})}")
+    m, arrays, shape, spacing, valid = prep.m, prep.arrays, prep.shape, prep.spacing, prep.valid
     inputs = list(m.inputs)
-    shape = tuple(np.shape(fields[inputs[0]]))
-    if any(tuple(np.shape(fields[k])) != shape for k in inputs):
-        raise MollifierInputError(f"all fields must have the same shape, got {[np.shape(fields[k]) for k in inputs]}")
     ndim = len(shape)
-    if ndim not in (2, 3):
-        raise MollifierInputError(f"tiled runs take 2-D or 3-D fields, got shape {shape}")
-    spacing = _spacing(pixel_size, ndim)
-    dev = str(resolve_device(device))
-    # inputs and outputs are held in memory (8 bytes per pixel each); the convolution buffers, which need
-    # 1-2 kB per pixel, exist only per tile
-    arrays = {k: np.asarray(fields[k], dtype=np.float64) for k in inputs}
-    labels = None
-    if roi is not None:
-        labels = np.asarray(roi)
-        if labels.shape != shape:
-            raise MollifierInputError(f"roi shape {labels.shape} does not match the image shape {shape}")
-        if labels.dtype == bool or labels.dtype.kind in "iu" or (
-                labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))):
-            labels = labels.astype(np.int64)
-        else:
-            raise MollifierInputError(f"roi must be a boolean mask or an integer label image, got dtype {labels.dtype}")
-        if not (labels > 0).any():
-            raise MollifierInputError("the ROI is empty (no pixel inside): draw an ROI over the nucleus, or pass roi=None")
-    valid = np.all([np.isfinite(v) for v in arrays.values()], axis=0)
-    if boundary != "mask" and not valid.all():
-        raise MollifierInputError(
-            f"{int((~valid).sum())} pixel(s) are NaN/inf: use boundary='mask' so that they are treated as missing"
-        )
+    labels = prep.labels if prep.roi_given else None
+    dev, seed, radius = str(prep.dev), prep.seed, prep.radius
+    noise_levels = prep.noise_model
+    if noise_levels is None:  # tiles need it only for an uncertainty or the radius rule; settle it once anyway
+        from .solve import _noise_model
 
-    if not allow_constant:  # checked once on the whole image: a single tile may well be uniform
-        whole = roi_mode == "image" or labels is None
-        _refuse_constant(arrays, valid if whole else valid & (labels > 0), "image" if roi_mode == "image" else "ROI")
-
-    if uncertainty not in UNCERTAINTY_METHODS:
-        raise MollifierInputError(f"unknown uncertainty {uncertainty!r}: use one of {UNCERTAINTY_METHODS}")
-    if radius_rule not in RADIUS_RULES:
-        raise MollifierInputError(f"unknown radius_rule {radius_rule!r}: use one of {RADIUS_RULES}")
-    # things that are not tile-local: the noise model, the radius
-    noise_levels = _noise_model(noise, noise_correlation, arrays, valid, estimate=True, allow_zero=allow_constant)
+        noise_levels = _noise_model("auto", None, arrays, valid, estimate=True, allow_zero=prep.allow_constant)
+    common = dict(model=m, params=prep.p, pixel_size=spacing, kernel=kernel, boundary=prep.boundary,
+                  roi_mode=prep.roi_mode, noise=noise_levels, allow_constant=True, unit=prep.unit, device=dev)
     radius_note = None
-    if isinstance(radius, str):
-        if radius != "auto":
-            raise MollifierInputError(f"radius must be a number of pixels or 'auto', got {radius!r}")
+    if prep.auto:
         crop = _central_crop(shape, max(int(tile), 512))
         sub = {k: arrays[k][crop] for k in inputs}
         sub_roi = None if labels is None else labels[crop]
         if sub_roi is not None and not (sub_roi > 0).any():
             sub_roi = None
-        probe = infer_rates(sub, model=m, params=params, pixel_size=spacing, radius="auto", roi=sub_roi,
-                            device=dev, seed=seed, kernel=kernel, boundary=boundary, roi_mode=roi_mode,
-                            uncertainty="none", noise=noise_levels, radius_rule=radius_rule, allow_constant=True)
+        probe = infer_rates(sub, radius="auto", roi=sub_roi, seed=seed, uncertainty="none",
+                            radius_rule=prep.radius_rule, **common)
         radius = float(probe.radius)
         radius_note = {"chosen_on": [[s.start, s.stop] for s in crop], "radius": radius,
                        "radius_choice": probe.provenance.get("radius_choice")}
     radius = float(radius)
-    if radius > min(shape):  # else each tile would report its own, smaller shape
-        raise MollifierInputError(
-            f"the kernel (radius {radius:g} px) is larger than the image ({' x '.join(map(str, shape))} px): use a "
-            f"smaller radius (<= {min(shape)} px) or radius='auto'"
-        )
-    depth = halo(radius, uncertainty=uncertainty != "none" and n_bootstrap != 0)
+    uncertainty, n_bootstrap = prep.uncertainty, prep.n_bootstrap_given
+    depth = halo(radius, uncertainty=uncertainty != "none")
+    if int(tile) < depth:
+        raise MollifierInputError(f"tile {tile} px is smaller than the halo ({depth} px for radius {radius:g}): "
+                                  f"use tile >= {2 * depth} px")
     chunks = tuple(_axis_chunks(n, int(tile), depth) for n in shape)
     n_tiles = math.prod(len(c) for c in chunks)
     n_in = len(inputs)
@@ -426,13 +445,13 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
         index = _linear(block_info[0]["chunk-location"], block_info[0]["num-chunks"]) if block_info else 0
         out = np.full(x.shape, np.nan)
         tile_fields = {k: x[i] for i, k in enumerate(inputs)}
-        valid = np.all([np.isfinite(v) for v in tile_fields.values()], axis=0)
-        lab = np.where(valid & np.isfinite(x[n_in]), x[n_in], 0).astype(np.int64)
+        tile_valid = np.all([np.isfinite(v) for v in tile_fields.values()], axis=0)
+        lab = np.where(tile_valid & np.isfinite(x[n_in]), x[n_in], 0).astype(np.int64)
         if (lab > 0).any():
-            res = infer_rates(tile_fields, model=m, params=params, pixel_size=spacing, radius=radius,
-                              method="direct", roi=lab, device=dev, seed=int(seed) + index, kernel=kernel,
-                              boundary=boundary, roi_mode=roi_mode, uncertainty=uncertainty, n_bootstrap=n_bootstrap,
-                              noise=noise_levels, allow_constant=True)
+            with warnings.catch_warnings():  # warnings are given once for the whole image (checks, flag_result)
+                warnings.simplefilter("ignore", MollifierWarning)
+                res = infer_rates(tile_fields, radius=radius, method="direct", roi=lab, seed=int(seed) + index,
+                                  uncertainty=uncertainty, n_bootstrap=n_bootstrap, **common)
             out[0], out[1], out[2] = res.rate, res.uncertainty, res.residual
             for i, k in enumerate(inputs):
                 if k in res.fields:
@@ -450,18 +469,26 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
     label_ids = [int(v) for v in np.unique(lab_full) if v > 0]
     stats = [_roi_stats(lab, (lab_full == lab) & valid, result[0], result[1], spacing, radius) for lab in label_ids
              if ((lab_full == lab) & valid).any()]
-    prov = dict(sample.get("provenance") or {})
+    prov = {k: v for k, v in (sample.get("provenance") or {}).items()
+            if k not in ("rate_level", "rate_level_note", "negative_rate")}
     prov.update({
+        "params": prep.p,
+        "param_sources": prep.param_sources,
+        "coefficient_estimate": prep.coefficient_estimate,
+        "plausibility": prep.plausibility,
+        "unit": prep.unit,
         "radius": radius if radius_note is None else "auto",
         "radius_used": {str(k): radius for k in label_ids},
         "radius_choice": {} if radius_note is None else {"tiled": radius_note},
+        "radius_rule": prep.radius_rule,
         "device": dev,
         "seed": int(seed),
+        "n_bootstrap": prep.n_bootstrap_given,
         "noise": dict(noise_levels.sigma),
         "noise_correlation": noise_levels.correlation_length,
         "noise_model": noise_levels.as_dict(),
         "input_hashes": {k: _hash(v) for k, v in arrays.items()},
-        "density_split": split,
+        "density_split": prep.split,
         "roi_hash": _hash(lab_full),
         "labels": label_ids,
         "seconds": round(time.perf_counter() - started, 3),
@@ -471,6 +498,9 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
                                    if uncertainty == "bootstrap" else "as untiled (noise model of the whole image)")
                    + "; rate, residual and fields equal the untiled run"},
     })
+    from .fractions import flag_result  # the level label and the negative-rate flags, once for the whole image
+
+    flag_result(m, prep.fields, prep.split, result[0], result[1], lab_full, stats, prov)
     return RateResult(rate=result[0], uncertainty=result[1], residual=result[2],
                       fields={k: result[3 + i] for i, k in enumerate(inputs)}, radius=radius,
                       labels=np.where(valid, lab_full, 0), roi_stats=stats, provenance=prov)
@@ -537,25 +567,9 @@ def infer_with_retry(fields: dict, *, tile=None, **kwargs):
 
 
 def infer_auto(fields: dict, *, tile="auto", memory_limit: int | None = None, **kwargs):
-    """:func:`infer_rates`, tiled when the estimate does not fit in memory (or when ``tile`` is an int).
+    """:func:`~napari_mollifier.infer_rates` with ``tile="auto"`` (kept for scripts): tiled when the memory
+    estimate does not fit (or when ``tile`` is an int), retried in smaller tiles on a device out-of-memory error
+    (``provenance["memory_retries"]``); ``provenance["tiling"]`` is present when the run was tiled."""
+    from .solve import infer_rates
 
-    Returns the :class:`RateResult`; ``provenance["tiling"]`` is present when the run was tiled. When the device
-    runs out of memory anyway (the estimate is not exact, other processes share a GPU), the run is retried in
-    smaller tiles (:func:`infer_with_retry`; the failed attempts are in ``provenance["memory_retries"]``).
-    """
-    from .solve import resolve_device
-
-    first = next(iter(fields.values()))
-    shape = tuple(np.shape(first))
-    radius = kwargs.get("radius", "auto")
-    r_est = float(min(shape) / 4.0) if isinstance(radius, str) else float(radius)
-    device = str(resolve_device(kwargs.get("device", "auto")))
-    method = kwargs.get("method", "direct")
-    plan = plan_tiles(shape, r_est, kwargs.get("model", "chromatin-balance"), device=device,
-                      boundary=kwargs.get("boundary", "mask"), tile=tile if method == "direct" else None,
-                      memory_limit=memory_limit)
-    untiled = plan.tile is None or all(n <= plan.tile for n in shape) and tile == "auto"
-    result, used, retries = infer_with_retry(fields, tile=None if untiled else plan.tile, **kwargs)
-    if retries:
-        result.provenance["memory_retries"] = retries
-    return result
+    return infer_rates(fields, tile=tile, memory_limit=memory_limit, **kwargs)
