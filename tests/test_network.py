@@ -78,36 +78,36 @@ def _direct(fields, mask):
 def test_mollified_network_recovers_rate_and_beats_direct(problem):
     fields, truth, mask = problem
     out = fit_network(fields, MODEL, None, PIXEL, RADIUS, mask, iterations=300, seed=0)
-    r_net = _pearson(out["rate"], truth, mask)
+    r_net = _pearson(out.rate, truth, mask)
     direct = _direct(fields, mask)
     r_direct = _pearson(direct, truth, mask)
     assert r_net >= 0.9, f"network r = {r_net:.3f} (direct {r_direct:.3f})"
     assert r_net >= r_direct, f"network r = {r_net:.3f} < direct r = {r_direct:.3f}"
     # also away from the mask edge (one kernel radius in), where the direct kernels are not one-sided
     inner = ndimage.binary_erosion(mask, iterations=int(RADIUS))
-    r_net_in, r_direct_in = _pearson(out["rate"], truth, inner), _pearson(direct, truth, inner)
+    r_net_in, r_direct_in = _pearson(out.rate, truth, inner), _pearson(direct, truth, inner)
     assert r_net_in >= r_direct_in, f"interior: network r = {r_net_in:.3f} < direct r = {r_direct_in:.3f}"
     # the fitted smoothed fields follow the data to about the noise level (0.01)
     for k in ("phi_h", "phi_e"):
-        rms = np.sqrt(np.nanmean((out["smoothed"][k] - fields[k])[mask] ** 2))
+        rms = np.sqrt(np.nanmean((out.smoothed[k] - fields[k])[mask] ** 2))
         assert rms < 0.02, (k, rms)
-    assert np.all(np.isnan(out["rate"][~mask]))
-    assert np.isfinite(out["rate"][mask]).all()
-    assert np.isfinite(out["residual"][mask]).all()
-    assert out["loss_history"][-1] < 0.2 * out["loss_history"][0]
-    assert out["iterations"] == 300 and len(out["loss_history"]) == 300
-    assert out["peak_memory_bytes"] >= 0 and out["seconds"] > 0
+    assert np.all(np.isnan(out.rate[~mask]))
+    assert np.isfinite(out.rate[mask]).all()
+    assert np.isfinite(out.residual[mask]).all()
+    assert out.loss_history[-1] < 0.2 * out.loss_history[0]
+    assert out.iterations == 300 and len(out.loss_history) == 300
+    assert out.peak_memory_bytes >= 0 and out.seconds > 0
 
 
 def test_autodiff_baseline_runs_and_is_finite(small):
     fields, _, mask = small
     out = fit_network(fields, MODEL, None, PIXEL, 5, mask, derivatives_via="autodiff", iterations=2, seed=0,
                       measure_graph=True)
-    assert np.isfinite(out["rate"][mask]).all()
-    assert np.isfinite(out["residual"][mask]).all()
-    assert all(np.isfinite(out["smoothed"][k][mask]).all() for k in ("phi_h", "phi_e"))
-    assert np.all(np.isfinite(out["loss_history"]))
-    assert out["graph_bytes"] > 0
+    assert np.isfinite(out.rate[mask]).all()
+    assert np.isfinite(out.residual[mask]).all()
+    assert all(np.isfinite(out.smoothed[k][mask]).all() for k in ("phi_h", "phi_e"))
+    assert np.all(np.isfinite(out.loss_history))
+    assert out.graph_bytes > 0
     with pytest.raises(MollifierInputError, match="base='mlp'"):
         fit_network(fields, MODEL, None, PIXEL, 5, mask, derivatives_via="autodiff", base="cnn", iterations=1)
 
@@ -167,13 +167,13 @@ def test_same_seed_gives_identical_outputs(small, via):
     radius = RADIUS
     a = fit_network(fields, model, None, PIXEL, radius, mask, **kwargs)
     b = fit_network(fields, model, None, PIXEL, radius, mask, **kwargs)
-    np.testing.assert_array_equal(a["rate"], b["rate"])
-    np.testing.assert_array_equal(a["residual"], b["residual"])
-    for k in a["smoothed"]:
-        np.testing.assert_array_equal(a["smoothed"][k], b["smoothed"][k])
-    assert a["loss_history"] == b["loss_history"]
+    np.testing.assert_array_equal(a.rate, b.rate)
+    np.testing.assert_array_equal(a.residual, b.residual)
+    for k in a.smoothed:
+        np.testing.assert_array_equal(a.smoothed[k], b.smoothed[k])
+    assert a.loss_history == b.loss_history
     c = fit_network(fields, model, None, PIXEL, radius, mask, **dict(kwargs, seed=4))
-    assert not np.array_equal(a["rate"], c["rate"])
+    assert not np.array_equal(a.rate, c.rate)
 
 
 @pytest.mark.parametrize("base", ["mlp", "cnn", "rbf"])
@@ -181,21 +181,19 @@ def test_same_seed_gives_identical_outputs(small, via):
 def test_each_base_model_runs(small, base, rate_head):
     fields, truth, mask = small
     out = fit_network(fields, MODEL, None, PIXEL, RADIUS, mask, base=base, rate_head=rate_head, iterations=20)
-    assert set(out) >= {"rate", "smoothed", "residual", "loss_history", "iterations", "peak_memory_bytes",
-                        "seconds"}
-    assert set(out["smoothed"]) == {"phi_h", "phi_e"}
-    for arr in [out["rate"], out["residual"], *out["smoothed"].values()]:
+    assert set(out.smoothed) == {"phi_h", "phi_e"}
+    for arr in [out.rate, out.residual, *out.smoothed.values()]:
         assert arr.shape == truth.shape and arr.dtype == np.float64
         assert np.isfinite(arr[mask]).all() and np.isnan(arr[~mask]).all()
-    assert out["settings"]["rate_head"] is rate_head
-    assert out["loss_history"][-1] < out["loss_history"][0]
+    assert out.settings["rate_head"] is rate_head
+    assert out.loss_history[-1] < out.loss_history[0]
 
 
 @pytest.mark.parametrize("boundary", ["mask", "reflect"])
 def test_other_boundaries_run(small, boundary):
     fields, _, mask = small
     out = fit_network(fields, MODEL, None, PIXEL, RADIUS, mask, boundary=boundary, iterations=5)
-    assert np.isfinite(out["rate"][mask]).sum() > 0.9 * mask.sum()
+    assert np.isfinite(out.rate[mask]).sum() > 0.9 * mask.sum()
 
 
 def test_heat_rate_head_is_chosen_automatically():
@@ -206,8 +204,8 @@ def test_heat_rate_head_is_chosen_automatically():
     rate = smooth_random_field((n, n), 10, 0.5, 1.5, seed=2)
     st = heat_steady_state(rate, smooth_random_field((n, n), 8, -1, 1, seed=5), 0.2)
     out = fit_network({"u": st["u"], "m": st["m"]}, "heat", None, 0.2, 5, None, base="rbf", iterations=20)
-    assert out["settings"]["rate_head"] is True
-    assert np.isfinite(out["rate"]).all()
+    assert out.settings["rate_head"] is True
+    assert np.isfinite(out.rate).all()
 
 
 def test_base_models_are_seeded_and_shaped():
@@ -238,6 +236,6 @@ def test_runs_on_cuda(small):
     fields, _, mask = small
     for via in ("mollifier", "autodiff"):
         out = fit_network(fields, MODEL, None, PIXEL, 5, mask, derivatives_via=via, iterations=5, device="cuda")
-        assert out["device"].startswith("cuda")
-        assert np.isfinite(out["rate"][mask]).all()
-        assert out["peak_memory_bytes"] > 0 and out["memory_measure"].startswith("cuda")
+        assert out.device.startswith("cuda")
+        assert np.isfinite(out.rate[mask]).all()
+        assert out.peak_memory_bytes > 0 and out.memory_measure.startswith("cuda")

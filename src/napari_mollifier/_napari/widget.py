@@ -637,10 +637,14 @@ class MollifierWidget(QWidget):
         self.boundary_combo.setToolTip("Edges and missing pixels. mask: use only valid pixels (of the ROI); "
                                        "the others pad the image.")
         adv.addRow("Boundary", self.boundary_combo)
+        from napari_mollifier.methods.network import DEFAULT_ITERATIONS
+        from napari_mollifier.validation import MAX_ITERATIONS
+
         self.iterations_spin = QSpinBox()
-        self.iterations_spin.setRange(1, 1_000_000)
-        self.iterations_spin.setValue(_solver_default("iterations", None) or 1500)
-        self.iterations_spin.setToolTip("Most optimiser steps of the network method (it may stop earlier).")
+        self.iterations_spin.setRange(1, MAX_ITERATIONS)  # 0 is refused, as by the API and the CLI
+        self.iterations_spin.setValue(DEFAULT_ITERATIONS)
+        self.iterations_spin.setToolTip("Most optimiser steps of the network method; it stops earlier once the fit "
+                                        "stops improving.")
         adv.addRow("Iterations", self.iterations_spin)
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
