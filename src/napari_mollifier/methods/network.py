@@ -217,7 +217,7 @@ def _finite(x: torch.Tensor) -> torch.Tensor:
 DEFAULT_ITERATIONS = 1500
 #: Early stop: the fit stops once the loss has not improved on its best value by more than
 #: :data:`DEFAULT_REL_TOL` (relative) for :data:`DEFAULT_PATIENCE` consecutive steps after the PDE-weight warm-up.
-DEFAULT_PATIENCE = 100
+DEFAULT_PATIENCE = 25
 #: Relative improvement of the best loss that counts as progress for the early stop.
 DEFAULT_REL_TOL = 1e-3
 
