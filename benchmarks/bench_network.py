@@ -118,7 +118,8 @@ def main(argv=None) -> int:
     stopper = EarlyStop(DEFAULT_PATIENCE, DEFAULT_REL_TOL, start=int(round(0.2 * PREVIOUS_DEFAULT)))
     would_stop = next((s + 1 for s, v in enumerate(losses) if stopper.update(s, v)), None)
     last = curve[-1]
-    rows.append((f"previous default ({PREVIOUS_DEFAULT}, no early stop)" + (f", cut at step {cut}" if cut else ""),
+    rows.append((f"previous default ({PREVIOUS_DEFAULT}, no early stop)"
+                 + (f", cut at step {cut} (r at step {last[0]})" if cut else ""),
                  PREVIOUS_DEFAULT, len(losses), f"would stop at {would_stop}" if would_stop else "no", secs,
                  secs / max(len(losses), 1), last[2], last[3]))
     load_end = _common.load_average(all_three=True)
