@@ -80,12 +80,10 @@ def main(argv=None) -> int:
     print(f"direct: {secs:.1f} s, radius {radius:g} px, r truth {rows[-1][6]:.4f}", flush=True)
 
     for n in [int(v) for v in args.candidates.split(",") if v.strip()]:
-        steps = []
         t = time.perf_counter()
-        res = infer_rates(fields, method="network", iterations=n, progress=lambda s, tot, i: steps.append(i), **common)
+        res = infer_rates(fields, method="network", iterations=n, **common)
         secs = time.perf_counter() - t
         fit = next(iter(res.provenance["network_fit"].values()))
-        train = [i for i in steps if i.get("stage") == "network fit" and "loss" in i]
         rows.append((f"network {n}", n, fit["iterations_run"], "yes" if fit["stopped_early"] else "no", secs,
                      None, _r(res.rate, truth, nucleus), _r(res.rate, direct.rate, nucleus)))
         print(rows[-1], flush=True)

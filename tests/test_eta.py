@@ -11,7 +11,7 @@ from napari_mollifier._napari.eta import EtaEstimate
 def _reports(durations):
     """``(elapsed, fraction)`` after every unit of work, from the seconds each unit took."""
     t = np.cumsum(durations)
-    return list(zip(t, np.arange(1, len(t) + 1) / len(t)))
+    return list(zip(t, np.arange(1, len(t) + 1) / len(t), strict=True))
 
 
 def test_steady_progress_gives_the_exact_time_left():
