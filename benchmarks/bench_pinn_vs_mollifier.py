@@ -114,12 +114,12 @@ def _worker(spec: dict) -> dict:
         curve.append((int(step), float(train_seconds), pearson(rate, truth, mask)))
 
     out = fit_network(fields, model, None, PIXEL, RADIUS, mask, base="mlp", derivatives_via=spec["method"],
-                      iterations=spec["steps"], device=spec["device"], seed=spec["seed"], measure_graph=True,
-                      monitor=monitor, monitor_every=spec["monitor_every"])
-    return {"r": pearson(out["rate"], truth, mask), "seconds": out["seconds"], "train_seconds": out["train_seconds"],
-            "peak_memory_bytes": out["peak_memory_bytes"], "memory_measure": out["memory_measure"],
-            "graph_bytes": out["graph_bytes"], "curve": curve, "steps": out["iterations"],
-            "rate_head": out["settings"]["rate_head"], "final_loss": out["final_loss"]["loss"]}
+                      iterations=spec["steps"], patience=None, device=spec["device"], seed=spec["seed"],
+                      measure_graph=True, monitor=monitor, monitor_every=spec["monitor_every"])  # fixed steps
+    return {"r": pearson(out.rate, truth, mask), "seconds": out.seconds, "train_seconds": out.train_seconds,
+            "peak_memory_bytes": out.peak_memory_bytes, "memory_measure": out.memory_measure,
+            "graph_bytes": out.graph_bytes, "curve": curve, "steps": out.iterations,
+            "rate_head": out.settings["rate_head"], "final_loss": out.final_loss["loss"]}
 
 
 def run_isolated(spec: dict) -> dict:

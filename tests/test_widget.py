@@ -139,6 +139,10 @@ def test_widget_defaults(sample_viewer):
     assert float(widget.coef_edits["l2"].text()) == pytest.approx(0.0234)
     devices = [widget.device_combo.itemText(i) for i in range(widget.device_combo.count())]
     assert "cpu" in devices
+    # one iterations default for the API, the CLI and the widget; 0 is refused as by the API
+    from napari_mollifier.methods.network import DEFAULT_ITERATIONS
+
+    assert widget.iterations_spin.value() == DEFAULT_ITERATIONS and widget.iterations_spin.minimum() == 1
     assert widget.roi_combo.currentText() == "(whole image)"
     assert not widget.all_slices.isEnabled()  # 2-D layers
     assert widget.radius_unit.itemText(1) == "µm"

@@ -136,8 +136,10 @@ def _param(text: str) -> tuple:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .methods.network import DEFAULT_ITERATIONS
     from .models import MODELS
     from .solve import METHODS, RADIUS_RULES, UNCERTAINTY_METHODS
+    from .validation import MAX_ITERATIONS
 
     parser = argparse.ArgumentParser(
         prog="mollifier", description="Reaction-rate maps from chromatin images with mollifier layers.",
@@ -205,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mask (default: only valid pixels are used, edges and NaN holes exact), or a padding mode: "
                         "reflect, replicate, periodic (periodic simulations), zeros")
     p.add_argument("--iterations", type=_iterations, default=None,
-                   help="network iterations (network methods; 1 .. 1000000, default 1500)")
+                   help=f"most network iterations (network methods; 1 .. {MAX_ITERATIONS}, default "
+                        f"{DEFAULT_ITERATIONS}; the fit stops earlier once the loss stops improving)")
     p.add_argument("--allow-constant", action="store_true",
                    help="accept a channel that is constant over the image (refused by default: no contrast)")
     p.add_argument("--smlm-pixel", type=_positive_float, default=20.0, metavar="NM",

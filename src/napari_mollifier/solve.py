@@ -33,6 +33,7 @@ import torch
 from . import __version__
 from .errors import MollifierInputError, MollifierMemoryError, RunCancelled
 from .models import Model, get_model
+from .methods.network import DEFAULT_ITERATIONS, DEFAULT_PATIENCE, DEFAULT_REL_TOL
 from .methods.direct import (
     LADDER_STEP,
     LEPSKI_KAPPA,
@@ -802,7 +803,8 @@ def _solve(prep: Prepared, progress, cancel, kernel, base) -> RateResult:
         ext = extent or int(min(np.ptp(np.nonzero(region)[k]) + 1 for k in range(ndim)))
         ext = max(ext, min(shape) if roi_mode == "image" else ext)
         ladders[lab] = _radius_ladder(order, min(ext, min(shape))) if auto else [radius]
-    network_steps = 0 if method == "direct" else int(iterations or 1500)
+    network_steps = 0 if method == "direct" else (DEFAULT_ITERATIONS if iterations is None else int(iterations))
+    network_fits: dict = {}  # label -> steps run and early stop of its network fit
     per_group = [max(len(ladders[lab]) for lab in g) + 3 + n_bootstrap * len(g) for g in groups]
     ctx = _Context(m, p, spacing, kernel, boundary, dev, progress, cancel,
                    total=sum(per_group) + network_steps * len(label_ids))
@@ -851,9 +853,11 @@ def _solve(prep: Prepared, progress, cancel, kernel, base) -> RateResult:
                     outputs = []
                     for lab in labs:
                         ctx.region = regions[lab]
-                        out = _network(arrays, ctx, r, deriv_mask, method, iterations, base, seed)
-                        outputs.append((regions[lab], out["rate"], np.full(shape, np.nan), out["residual"],
-                                        out["smoothed"]))
+                        out = _network(arrays, ctx, r, deriv_mask, method, network_steps, base, seed)
+                        network_fits[str(lab)] = {"iterations_run": out.iterations,
+                                                  "stopped_early": out.stopped_early}
+                        outputs.append((regions[lab], out.rate, np.full(shape, np.nan), out.residual,
+                                        out.smoothed))
                         ctx.tick({"stage": "done", "label": lab})
                 for where, rate_np, sigma_np, resid_np, smoothed_np in outputs:
                     rate_map[where] = rate_np[where]
@@ -906,6 +910,8 @@ def _solve(prep: Prepared, progress, cancel, kernel, base) -> RateResult:
         "uncertainty": _UNCERTAINTY_TEXT[uncertainty],
         "radius_rule": radius_rule,
         "iterations": network_steps or None,
+        "early_stop": {"patience": DEFAULT_PATIENCE, "rel_tol": DEFAULT_REL_TOL} if network_steps else None,
+        "network_fit": network_fits or None,
         "base": base if method != "direct" else None,
         "input_hashes": {k: _hash(v) for k, v in arrays.items()},
         "density_split": split,
@@ -993,14 +999,22 @@ def _roi_stats(lab, region, rate, sigma, spacing, radius) -> dict:
 
 
 def _network(arrays, ctx: _Context, radius, deriv_mask, method, iterations, base, seed):
+    """One network fit of a label; its steps advance ``ctx``, and an early stop advances it by the steps left."""
     from .methods.network import fit_network
+
+    done = {"step": 0}
 
     def progress(step, total, info):
         ctx.tick(dict(info, stage="network fit"))
+        done["step"] = step
 
-    return fit_network(
+    fit = fit_network(
         {k: np.where(deriv_mask, v, 0.0) for k, v in arrays.items()}, ctx.model, ctx.params, ctx.spacing, radius,
         deriv_mask, base=base, derivatives_via="autodiff" if method == "autodiff" else "mollifier",
-        iterations=int(iterations or 1500), device=str(ctx.device), seed=seed, progress=progress,
-        cancel=None, kernel=ctx.kernel,
+        iterations=int(iterations), patience=DEFAULT_PATIENCE, rel_tol=DEFAULT_REL_TOL, device=str(ctx.device),
+        seed=seed, progress=progress, cancel=None, kernel=ctx.kernel,
     )
+    left = int(iterations) - done["step"]
+    if left > 0:
+        ctx.tick({"stage": "network fit", "stopped_early": fit.stopped_early, "iteration": fit.iterations}, n=left)
+    return fit

@@ -8,7 +8,8 @@ value and the fix.
 Bounds (documented in docs/reliability.md):
 
 * ``n_bootstrap``: an integer, 0 (no bootstrap) or 2 .. :data:`MAX_BOOTSTRAP`;
-* ``iterations`` (network methods): an integer 1 .. :data:`MAX_ITERATIONS` (``None``: the default 1500);
+* ``iterations`` (network methods): an integer 1 .. :data:`MAX_ITERATIONS` (``None``: the default
+  :data:`napari_mollifier.methods.network.DEFAULT_ITERATIONS`; 0 is refused);
 * ``seed``: an integer 0 .. 2**64 - 1;
 * ``pixel_size``: finite, :data:`PIXEL_SIZE_RANGE` (in the unit of the call: micrometres for files, so 1 pm to
   1 m; a time step for ``langevin``);
@@ -24,6 +25,7 @@ import warnings
 import numpy as np
 
 from .errors import MollifierInputError, MollifierWarning
+from .methods.network import DEFAULT_ITERATIONS
 
 __all__ = [
     "MAX_BOOTSTRAP", "MAX_ITERATIONS", "MAX_SEED", "PIXEL_SIZE_RANGE", "RUN_TIME_WARN_S",
@@ -93,11 +95,13 @@ def check_n_bootstrap(value, *, key: str | None = None) -> int:
 
 
 def check_iterations(value, *, key: str | None = None) -> int | None:
-    """``iterations`` of the network methods: None (default 1500) or an integer 1 .. :data:`MAX_ITERATIONS`."""
+    """``iterations`` of the network methods: None (the default :data:`DEFAULT_ITERATIONS`) or an integer
+    1 .. :data:`MAX_ITERATIONS` (0 is refused)."""
     if value is None:
         return None
     return _integer(value, "iterations", key, 1, MAX_ITERATIONS,
-                    f"give a positive number of network iterations (default 1500), at most {MAX_ITERATIONS}")
+                    f"give a positive number of network iterations (default {DEFAULT_ITERATIONS}), "
+                    f"at most {MAX_ITERATIONS}")
 
 
 def check_seed(value, *, key: str | None = None) -> int:
@@ -220,7 +224,7 @@ def estimate_run_seconds(shape, *, radius="auto", n_bootstrap: int = 0, method: 
     pixels = int(np.prod([int(n) for n in shape]))
     rungs = _rungs(min(int(n) for n in shape)) if isinstance(radius, str) else 0
     boot = int(n_bootstrap) if method == "direct" else 0
-    its = 0 if method == "direct" else int(iterations or 1500)
+    its = 0 if method == "direct" else (DEFAULT_ITERATIONS if iterations is None else int(iterations))
     solves = rungs + 2 + 2 * boot
     seconds = pixels * ((rungs + 2) * SECONDS_PER_PIXEL_SOLVE + 2 * boot * SECONDS_PER_PIXEL_BOOTSTRAP
                         + its * SECONDS_PER_PIXEL_ITERATION)

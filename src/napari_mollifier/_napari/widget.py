@@ -58,6 +58,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .eta import EtaEstimate  # noqa: F401  (re-exported: the widget's ETA, tested headless in tests/test_eta.py)
+
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
@@ -249,26 +251,6 @@ def _physical_shift(layer, shift) -> np.ndarray:
     w0 = np.asarray(layer.data_to_world(np.zeros_like(shift)), dtype=float)
     lin = np.asarray(layer.affine.linear_matrix, dtype=float)
     return np.linalg.solve(lin, w1 - w0)
-
-
-class EtaEstimate:
-    """Time left from ``(elapsed, fraction done)`` reports, smoothed so that it does not jump between stages.
-
-    The total time ``elapsed / fraction`` is averaged exponentially (weight ``alpha`` for each new report); the
-    estimate is ``smoothed total - elapsed``. Nothing is estimated before 2 % and 1 s.
-    """
-
-    def __init__(self, alpha: float = 0.2):
-        self.alpha = float(alpha)
-        self.total: float | None = None
-
-    def update(self, elapsed: float, fraction: float) -> float | None:
-        """Seconds left, or None while too early to tell."""
-        if fraction <= 0.02 or elapsed < 1.0:
-            return None
-        total = elapsed / min(fraction, 1.0)
-        self.total = total if self.total is None else (1 - self.alpha) * self.total + self.alpha * total
-        return max(0.0, self.total - elapsed)
 
 
 @dataclass
@@ -637,10 +619,14 @@ class MollifierWidget(QWidget):
         self.boundary_combo.setToolTip("Edges and missing pixels. mask: use only valid pixels (of the ROI); "
                                        "the others pad the image.")
         adv.addRow("Boundary", self.boundary_combo)
+        from napari_mollifier.methods.network import DEFAULT_ITERATIONS
+        from napari_mollifier.validation import MAX_ITERATIONS
+
         self.iterations_spin = QSpinBox()
-        self.iterations_spin.setRange(1, 1_000_000)
-        self.iterations_spin.setValue(_solver_default("iterations", None) or 1500)
-        self.iterations_spin.setToolTip("Most optimiser steps of the network method (it may stop earlier).")
+        self.iterations_spin.setRange(1, MAX_ITERATIONS)  # 0 is refused, as by the API and the CLI
+        self.iterations_spin.setValue(DEFAULT_ITERATIONS)
+        self.iterations_spin.setToolTip("Most optimiser steps of the network method; it stops earlier once the fit "
+                                        "stops improving.")
         adv.addRow("Iterations", self.iterations_spin)
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
