@@ -284,6 +284,7 @@ class _Job:
     unit: str
     roi_name: str | None
     notes: list = field(default_factory=list)
+    run_warnings: list = field(default_factory=list)  # [(category, message)] issued during the run (run_warnings)
     threads: int | None = None  # torch intra-op threads for this run (None: torch's own)
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
@@ -400,11 +401,12 @@ def _run_job(job: _Job):
     box: dict[str, Any] = {}
 
     def target():
+        from .run_warnings import capture
         from .solver_threads import solver_threads
 
         _background_priority()
         try:
-            with solver_threads(job.threads):
+            with solver_threads(job.threads), capture(job.run_warnings):
                 box["results"] = _solve(job, lambda frac, info: reports.put((frac, info)))
         except BaseException as exc:  # noqa: BLE001 - every failure is reported to the user
             box["error"] = exc
@@ -1402,6 +1404,9 @@ class MollifierWidget(QWidget):
             from .fractions_panel import report_run  # negative rates, relative level
 
             report_run(self, job, results)
+            from .run_warnings import announce  # the warnings the solver issued (issue 13)
+
+            announce(self, job, results)
 
         steps += [select_rate, finish]
         return steps
