@@ -1424,6 +1424,8 @@ class MollifierWidget(QWidget):
             self.viewer.layers.remove(layer)
 
     def _set_output(self, name, kind, data, job: _Job, provenance, field_name) -> None:
+        from .layer_style import style_output
+
         colormap, visible, symmetric = OUTPUT_STYLE[kind]
         limits = robust_limits(data, symmetric=symmetric)
         metadata = {
@@ -1447,6 +1449,7 @@ class MollifierWidget(QWidget):
             kwargs = dict(job.geometry)
             new = Image(data, name=name, colormap=colormap, contrast_limits=limits, visible=False,
                         metadata=metadata, **kwargs)
+            style_output(new, kind, provenance, job.unit)  # colour bar with quantity and unit (issue 13)
             with _no_activation(self.viewer.layers):
                 self.viewer.layers.insert(len(self.viewer.layers) if index is None else index, new)
             self._added.append(new)
@@ -1469,6 +1472,7 @@ class MollifierWidget(QWidget):
         layer.data = data
         layer.contrast_limits_range = limits
         layer.contrast_limits = limits
+        style_output(layer, kind, provenance, job.unit)
 
     def _set_table_headers(self, unit: str) -> None:
         self._headers = ["ROI", f"area ({unit}²)", "mean", "median", "IQR"]
