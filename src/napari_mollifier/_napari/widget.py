@@ -729,7 +729,7 @@ class MollifierWidget(QWidget):
     def _style_axes(self) -> None:
         """Axis labels, in the colours of napari's theme (falls back to matplotlib's defaults)."""
         ax = self.axes
-        ax.set_xlabel("rate")
+        ax.set_xlabel(getattr(self, "_rate_title", "rate"))  # "relative rate (λ / median)": relative.py
         ax.set_ylabel("pixels")
         ax.tick_params(labelsize=7)
         ax.xaxis.label.set_size(8)
@@ -1098,6 +1098,7 @@ class MollifierWidget(QWidget):
             leads = [()]
             out_lead = ()
 
+        from .relative import with_record
         from .rois import roi_labels
         from .solver_threads import widget_solver_threads
 
@@ -1125,6 +1126,7 @@ class MollifierWidget(QWidget):
                         + ": they are treated as missing data (no rate there, and the kernel does not use them)"
                     )
                 fields[key] = arr
+            fields = with_record(fields, layers, "mollifier_fractions")  # converted layers: relative (issue 13)
             roi = None
             if roi_layer is not None:
                 if isinstance(roi_layer, Shapes) and roi_cache is not None:
@@ -1322,7 +1324,8 @@ class MollifierWidget(QWidget):
         if not _alive(self.results_box):
             return
         has_rows = bool(self._rows)
-        self.results_box.setTitle("Per-ROI rate (previous run)" if stale and has_rows else "Per-ROI rate")
+        title = f"Per-ROI {getattr(self, '_rate_title', 'rate')}"
+        self.results_box.setTitle(f"{title} (previous run)" if stale and has_rows else title)
         self.table.setEnabled(not stale)
         self.canvas.setEnabled(not stale)
 
@@ -1367,10 +1370,13 @@ class MollifierWidget(QWidget):
         keys = [k for k in results[0].fields if all(k in r.fields for r in results)]
         # bottom to top: the smoothed fields (hidden), residual, uncertainty, and the rate on top
         outputs = [("smoothed", k, stack([r.fields[k] for r in results])) for k in keys]
+        from .relative import shown_maps  # the relative map where the level is relative (issue 13)
+
+        shown = [shown_maps(r) for r in results]
         outputs += [
             ("residual", None, stack([r.residual for r in results])),
-            ("uncertainty", None, stack([r.uncertainty for r in results])),
-            ("rate", None, stack([r.rate for r in results])),
+            ("uncertainty", None, stack([u for _, u in shown])),
+            ("rate", None, stack([m for m, _ in shown])),
         ]
         steps = []
         for kind, field_name, data in outputs:
@@ -1496,11 +1502,12 @@ class MollifierWidget(QWidget):
         self.table.setColumnCount(len(headers))
         self.table.setHorizontalHeaderLabels(headers)
         self.table.setRowCount(len(rows))
+        from .relative import label_results, table_values
+
+        label_results(self, results)
         for r, row in enumerate(rows):
             values = ([row.get("slice", "")] if stacked else []) + [
-                str(row["label"]), f"{row['area']:.4g}", f"{row['mean']:.4g}", f"{row['median']:.4g}",
-                f"{row['iqr']:.4g}",
-            ]
+                str(row["label"]), f"{row['area']:.4g}", *(f"{v:.4g}" for v in table_values(row))]
             for c, text in enumerate(values):
                 item = QTableWidgetItem(text)
                 item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
@@ -1517,7 +1524,8 @@ class MollifierWidget(QWidget):
             for lab in np.unique(labels):
                 if lab <= 0:
                     continue
-                values = res.rate[(labels == lab) & np.isfinite(res.rate)]
+                shown = res.display_rate
+                values = shown[(labels == lab) & np.isfinite(shown)]
                 by_label.setdefault(int(lab), []).append(values)
         pooled = {lab: np.concatenate(v) for lab, v in by_label.items() if v}
         everything = np.concatenate(list(pooled.values())) if pooled else np.array([])
