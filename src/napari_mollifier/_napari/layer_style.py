@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 LABEL_KEY = "colorbar_label"
 _OVERLAY = "mollifier_colorbar_label"
 RELATIVE_RATE = "relative rate (λ / median)"
+#: The per-domain maps of the Heterochromatin domains widget (the lab's geometric rates).
+DOMAIN_LABELS = {"gamma_ac": "acetylation rate Γ_ac (1/s)", "gamma_me": "methylation rate Γ_me (1/s)",
+                 "lambda": "geometric λ = Γ_me/Γ_ac (no unit)"}
 
 
 def _power(unit: str, power: int) -> str:
