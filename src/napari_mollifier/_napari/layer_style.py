@@ -88,12 +88,19 @@ def _label_overlay_class():
 _LabelOverlay = None
 
 
-def show_colorbar(layer, label: str) -> None:
-    """Show ``layer``'s colour bar, titled ``label`` (set again on every run: the label follows the result)."""
+#: Canvas corner of each kind's colour bar: the rate and the residual are both shown after a run, and a bar with
+#: its title takes about 250 px; side by side in one corner the second title was cut at the canvas edge.
+CORNER = {"rate": "top_right", "residual": "bottom_right", "uncertainty": "bottom_left"}
+
+
+def show_colorbar(layer, label: str, corner: str = "top_right") -> None:
+    """Show ``layer``'s colour bar at ``corner``, titled ``label`` (set again on every run: the label follows the
+    result)."""
     layer.metadata = {**layer.metadata, LABEL_KEY: label}
     colorbar = getattr(layer, "colorbar", None)
     if colorbar is None:  # napari < 0.9: no colour-bar overlay
         return
+    colorbar.position = corner
     colorbar.visible = True
     colorbar.box = True  # readable over the image
     import warnings
@@ -104,6 +111,7 @@ def show_colorbar(layer, label: str) -> None:
             overlays = layer._overlays
         if _OVERLAY in overlays:
             overlays[_OVERLAY].text = label
+            overlays[_OVERLAY].position = colorbar.position
             return
         cls = _label_overlay_class()
         overlays[_OVERLAY] = cls(text=label, visible=True, position=colorbar.position, box=True, font_size=9)
@@ -114,4 +122,4 @@ def show_colorbar(layer, label: str) -> None:
 def style_output(layer, kind: str, provenance: dict, unit: str) -> None:
     """The colour bar of a rate, uncertainty or residual output layer (other kinds unchanged)."""
     if kind in ("rate", "uncertainty", "residual"):
-        show_colorbar(layer, quantity_label(kind, provenance, unit))
+        show_colorbar(layer, quantity_label(kind, provenance, unit), CORNER[kind])
