@@ -13,6 +13,13 @@ __all__ = ["RateResult"]
 class RateResult:
     """Rate map with its uncertainty and PDE residual, all shaped like the input image (NaN outside the ROI).
 
+    Relative against absolute: where the level of the rate rests on an assumption -- a single density channel split
+    into fractions with assumed shares (``provenance["density_split"]``), or intensities converted with an
+    assumed mark ratio -- :attr:`relative` is True, ``provenance["rate_level"]`` is ``"relative"`` and
+    ``provenance["relative_map"]`` records the ROI medians. Show :attr:`relative_rate` (``rate`` divided by the
+    median of its ROI, labelled :attr:`rate_label` = "relative rate (lambda / median)"); :attr:`rate` keeps the
+    absolute map as computed.
+
     Attributes
     ----------
     rate : ndarray
@@ -33,13 +40,6 @@ class RateResult:
     provenance : dict
         Everything needed to re-run: versions, model, coefficients, pixel size, radius, method, device, seed,
         hashes of the inputs.
-
-    Relative against absolute: where the level of the rate rests on an assumption -- a single density channel split
-    into fractions with assumed shares (``provenance["density_split"]``), or intensities converted with an
-    assumed mark ratio -- :attr:`relative` is True, ``provenance["rate_level"]`` is ``"relative"`` and
-    ``provenance["relative_map"]`` records the ROI medians. Show :attr:`relative_rate` (``rate`` divided by the
-    median of its ROI, labelled :attr:`rate_label` = "relative rate (lambda / median)"); :attr:`rate` keeps the
-    absolute map as computed.
     """
 
     rate: np.ndarray
@@ -81,7 +81,7 @@ class RateResult:
 
     @property
     def relative_uncertainty(self) -> np.ndarray:
-        """``uncertainty`` on the scale of :attr:`relative_rate` (divided by the same ROI medians)."""
+        """``uncertainty`` on the scale of ``relative_rate`` (divided by the same ROI medians)."""
         from .fractions import relative_map
 
         _, medians = relative_map(self.rate, self.labels)
@@ -94,7 +94,7 @@ class RateResult:
 
     @property
     def display_rate(self) -> np.ndarray:
-        """The map to show: :attr:`relative_rate` when :attr:`relative`, else :attr:`rate`."""
+        """The map to show: ``relative_rate`` when ``relative`` is true, else ``rate``."""
         return self.relative_rate if self.relative else self.rate
 
     def table(self) -> list[dict]:
