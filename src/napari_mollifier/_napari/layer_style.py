@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["quantity_label", "show_colorbar", "style_output", "LABEL_KEY", "rate_unit"]
+__all__ = ["LABEL_KEY", "quantity_label", "rate_unit", "show_colorbar", "style_output"]
 
 log = logging.getLogger(__name__)
 

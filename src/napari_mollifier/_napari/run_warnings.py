@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 
-__all__ = ["capture", "announce", "short"]
+__all__ = ["announce", "capture", "short"]
 
 
 @contextlib.contextmanager
