@@ -129,6 +129,10 @@ def test_table_file_source(viewer_widget, qtbot, tmp_path):
     assert _run(qtbot, widget) == "done"
     assert widget.result.summary["n_domains"] == pytest.approx(s["n_domains"], rel=0.05)
     assert "domains [cell]" in viewer.layers
+    # issue 13: the per-domain rate maps show a colour bar titled with the quantity and its unit
+    for key, label in (("lambda", "geometric λ = Γ_me/Γ_ac (no unit)"), ("gamma_ac", "acetylation rate Γ_ac (1/s)")):
+        layer = viewer.layers[f"{key} [cell]"]
+        assert layer.colorbar.visible and layer.metadata["colorbar_label"] == label
     # the SMLM reader's density image names its table: it is offered as a source and gives the same domains
     viewer.open(str(table), plugin=PLUGIN)
     smlm = [ly.name for ly in viewer.layers if ly.metadata.get("format") == "smlm-table"]

@@ -191,6 +191,14 @@ def test_the_table_redone_cli(tmp_path, capsys):
     assert _r(res.rate, np.squeeze(truth), roi) >= 0.95
     prov = json.loads((out / "cell.provenance.json").read_text())["provenance"]
     assert prov["rate_level"] == "relative" and prov["fractions"]["mark_ratio_source"].startswith("estimated")
+    # issue 13: the relative level is labelled in the table, and the medians of the relative map are recorded
+    import csv
+
+    with open(out / "cell_rois.csv") as fh:
+        row = next(csv.DictReader(fh))
+    assert row["quantity"] == "relative rate (lambda / median)"
+    assert prov["relative_map"]["medians"]["1"] == pytest.approx(float(row["median"]))
+    assert res.relative and np.nanmedian(res.relative_rate[roi]) == pytest.approx(1.0, abs=0.02)
     assert main(["rerun", str(out / "cell.provenance.json"), "-q"]) == 0
     assert "identical" in capsys.readouterr().out
 

@@ -84,6 +84,16 @@ def test_panel_converts_layers_and_run_is_relative(qtbot, raw_viewer):
     rate = np.asarray(rate_layer.data)
     ok = inner & np.isfinite(rate)
     assert np.corrcoef(rate[ok], sample["rate"][ok])[0, 1] >= 0.95
+    # issue 13: a relative level is shown as the relative map, labelled so; the absolute map stays in the result
+    res = widget.last_results[0]
+    assert res.relative and res.provenance["fractions"]["method"] == "intensities_to_fractions"
+    solved = np.isfinite(rate)
+    np.testing.assert_allclose(rate[solved], res.rate[solved] / np.median(res.rate[solved]), rtol=1e-6)
+    assert np.median(rate[solved]) == pytest.approx(1.0)
+    assert rate_layer.metadata["colorbar_label"] == "relative rate (λ / median)"
+    assert widget.results_box.title() == "Per-ROI relative rate (λ / median)"
+    assert widget.axes.get_xlabel() == "relative rate (λ / median)"
+    assert widget.table.item(0, 3).text() == "1" and widget._rows[0]["quantity"] == "relative rate (lambda / median)"
 
     # the box-unit default l2 read as um^2: a warning notification naming the causes
     widget.coef_edits["l2"].setText("1.04")

@@ -92,3 +92,21 @@ def test_cli_warnings(tmp_path, write, capsys):
     assert cli.main(["infer", *write("raw.ome.tif", h=3.0), "--out", str(tmp_path / "r"), *FAST]) == 0
     err = capsys.readouterr().err
     assert "outside [0, 1]" in err and err.count("outside [0, 1]") == 1
+
+
+def test_cli_small_pixel_and_fraction_sum(tmp_path, write, sample, capsys):
+    """The two warnings test_cli_warnings leaves out: a pixel under 1 nm, and phi_h + phi_e over 1."""
+    assert cli.main(["infer", *write("tiny.ome.tif"), "--pixel-size", "0.0005", "--out", str(tmp_path / "t"),
+                     *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "mollifier: warning: tiny: the pixel size 0.0005 um is implausible" in err, err
+    assert "um wide" not in err and "outside [0, 1]" not in err
+    path = tmp_path / "sum.ome.tif"
+    tifffile.imwrite(path, np.stack([0.6 + 0.1 * sample["phi_h"], 0.5 + 0.05 * sample["phi_e"]]), ome=True,
+                     metadata={"axes": "CYX", "PhysicalSizeX": 0.02, "PhysicalSizeXUnit": "µm",
+                               "PhysicalSizeY": 0.02, "PhysicalSizeYUnit": "µm"})
+    roi = tmp_path / "roi_sum.tif"
+    tifffile.imwrite(roi, sample["nucleus"].astype(np.uint8))
+    assert cli.main(["infer", str(path), "--roi", str(roi), "--out", str(tmp_path / "s"), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "phi_h + phi_e exceeds 1 in" in err and err.count("exceeds 1 in") == 1 and "outside [0, 1]" not in err

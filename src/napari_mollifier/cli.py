@@ -579,41 +579,9 @@ def cmd_infer(args) -> int:
 
 
 def _figure(path: Path, sample: dict, result, scores: dict) -> None:
-    import matplotlib
+    from .demo import save_figure  # scale bar, labelled colour bars, grey outside the nucleus (issue 13)
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from .io import atomic_path
-
-    inside = sample["nucleus"]
-    rate_lim = np.nanpercentile(np.where(inside, sample["rate"], np.nan), [1, 99])
-    panels = [
-        ("heterochromatin phi_h", sample["phi_h"], "magma", None),
-        ("euchromatin phi_e", sample["phi_e"], "viridis", None),
-        ("true rate", np.where(inside, sample["rate"], np.nan), "coolwarm", rate_lim),
-        (f"inferred rate (R = {result.radius:g} px)", result.rate, "coolwarm", rate_lim),
-        ("uncertainty (1 sigma)", result.uncertainty, "cividis", None),
-        ("residual", result.residual, "RdBu_r", None),
-    ]
-    fig, axes = plt.subplots(2, 3, figsize=(11, 7.2), constrained_layout=True)
-    for ax, (title, data, cmap, lim) in zip(axes.ravel(), panels):
-        kw = {}
-        if lim is not None:
-            kw = {"vmin": lim[0], "vmax": lim[1]}
-        elif cmap == "RdBu_r":
-            m = np.nanpercentile(np.abs(data), 99) if np.isfinite(data).any() else 1.0
-            kw = {"vmin": -m, "vmax": m}
-        im = ax.imshow(data, cmap=cmap, **kw)
-        ax.set_title(title, fontsize=10)
-        ax.set_axis_off()
-        fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.suptitle(f"Synthetic nucleus: Pearson r = {scores['pearson_r']:.3f}, relative L2 error = "
-                 f"{scores['relative_l2_error']:.3f}, 2-sigma coverage = {scores['coverage_2sigma']:.2f}")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(path, sample, result, scores)
 
 
 def cmd_demo(args) -> int:

@@ -345,6 +345,54 @@ def fractions_from_loaded(fields: dict, roi, options: dict | None, pixel_size=No
     return intensities_to_fractions(fields["phi_h"], fields["phi_e"], nucleus=nucleus, **options)
 
 
+#: The name of a rate whose level is only relative (issue 13, item 5): layers, tables and figures use it.
+RELATIVE_RATE_LABEL = "relative rate (lambda / median)"
+
+
+def relative_map(rate, labels=None) -> tuple[np.ndarray, dict]:
+    """``(rate / median, {label: median})``: each pixel's rate divided by the median rate of its ROI.
+
+    ``labels`` (int, 0 = outside) gives the ROIs; without it the finite pixels are one ROI. An ROI whose median is
+    not a positive finite number gets NaN (a ratio of rates with a median <= 0 has no relative level).
+    """
+    rate = np.asarray(rate, dtype=np.float64)
+    labels = np.isfinite(rate).astype(int) if labels is None else np.asarray(labels)
+    out = np.full(rate.shape, np.nan)
+    medians = {}
+    for lab in np.unique(labels):
+        if lab <= 0:
+            continue
+        region = (labels == lab) & np.isfinite(rate)
+        median = float(np.median(rate[region])) if region.any() else float("nan")
+        medians[str(int(lab))] = median
+        if np.isfinite(median) and median > 0:
+            out[region] = rate[region] / median
+    return out, medians
+
+
+def label_relative(provenance: dict, rate, labels, stats) -> dict | None:
+    """Where ``provenance["rate_level"]`` is ``"relative"``: record the relative map in
+    ``provenance["relative_map"]`` (the ROI medians it divides by) and add, to each per-ROI row, ``quantity`` and
+    the relative map's ``relative_mean``, ``relative_q25``, ``relative_q75``, ``relative_iqr`` (its median is 1).
+    The absolute map is unchanged (``RateResult.rate``). Returns the record, or None for an absolute level."""
+    if provenance.get("rate_level") != "relative":
+        provenance.pop("relative_map", None)
+        return None
+    rel, medians = relative_map(rate, labels)
+    lab = np.isfinite(np.asarray(rate)).astype(int) if labels is None else np.asarray(labels)
+    for row in stats:
+        values = rel[(lab == row["label"]) & np.isfinite(rel)]
+        q25, q75 = (float(v) for v in np.percentile(values, [25, 75])) if values.size else (np.nan, np.nan)
+        row.update({"quantity": RELATIVE_RATE_LABEL,
+                    "relative_mean": float(values.mean()) if values.size else float("nan"),
+                    "relative_q25": q25, "relative_q75": q75, "relative_iqr": q75 - q25})
+    record = {"quantity": RELATIVE_RATE_LABEL, "divided_by": "the median rate of each ROI", "medians": medians,
+              "absolute": "RateResult.rate keeps the rate as computed; its level rests on assumed shares "
+                          "(density split) or an assumed mark ratio, so only the relative map is shown"}
+    provenance["relative_map"] = record
+    return record
+
+
 def mark_relative(provenance: dict, record: dict) -> None:
     """Record the conversion in ``provenance["fractions"]`` and label the rate's level relative."""
     provenance["fractions"] = dict(record)
@@ -379,6 +427,7 @@ def flag_result(model, fields, split, rate, uncertainty, labels, stats, provenan
         provenance.setdefault("rate_level", "as given")
         provenance.setdefault("rate_level_note", "as given: absolute only if phi_h and phi_e are volume "
                                                  "fractions and the coefficients are in the image's units")
+    label_relative(provenance, rate, labels, stats)  # the relative map (issue 13, item 5)
     if not _is_ratio_of_rates(model):
         return None
     per_label, worst = {}, (0.0, None)

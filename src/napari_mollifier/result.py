@@ -13,6 +13,13 @@ __all__ = ["RateResult"]
 class RateResult:
     """Rate map with its uncertainty and PDE residual, all shaped like the input image (NaN outside the ROI).
 
+    Relative against absolute: where the level of the rate rests on an assumption -- a single density channel split
+    into fractions with assumed shares (``provenance["density_split"]``), or intensities converted with an
+    assumed mark ratio -- :attr:`relative` is True, ``provenance["rate_level"]`` is ``"relative"`` and
+    ``provenance["relative_map"]`` records the ROI medians. Show :attr:`relative_rate` (``rate`` divided by the
+    median of its ROI, labelled :attr:`rate_label` = "relative rate (lambda / median)"); :attr:`rate` keeps the
+    absolute map as computed.
+
     Attributes
     ----------
     rate : ndarray
@@ -51,6 +58,44 @@ class RateResult:
     @property
     def pixel_size(self):
         return self.provenance.get("pixel_size", 1.0)
+
+    @property
+    def relative(self) -> bool:
+        """True where only the pattern of the rate is meaningful, not its level (see the class notes)."""
+        return self.provenance.get("rate_level") == "relative"
+
+    @property
+    def rate_label(self) -> str:
+        """The name of the map to show: ``"relative rate (lambda / median)"`` or ``"rate lambda"``."""
+        from .fractions import RELATIVE_RATE_LABEL
+
+        return RELATIVE_RATE_LABEL if self.relative else "rate lambda"
+
+    @property
+    def relative_rate(self) -> np.ndarray:
+        """``rate`` divided by the median rate of its ROI (NaN outside the ROIs, and in an ROI whose median is not
+        positive); for any result, relative or not."""
+        from .fractions import relative_map
+
+        return relative_map(self.rate, self.labels)[0]
+
+    @property
+    def relative_uncertainty(self) -> np.ndarray:
+        """``uncertainty`` on the scale of ``relative_rate`` (divided by the same ROI medians)."""
+        from .fractions import relative_map
+
+        _, medians = relative_map(self.rate, self.labels)
+        labels = np.isfinite(self.rate).astype(int) if self.labels is None else np.asarray(self.labels)
+        scale = np.full(np.shape(self.rate), np.nan)
+        for lab, median in medians.items():
+            if np.isfinite(median) and median > 0:
+                scale[labels == int(lab)] = 1.0 / median
+        return self.uncertainty * scale
+
+    @property
+    def display_rate(self) -> np.ndarray:
+        """The map to show: ``relative_rate`` when ``relative`` is true, else ``rate``."""
+        return self.relative_rate if self.relative else self.rate
 
     def table(self) -> list[dict]:
         """The per-ROI statistics (a list of rows, ready for ``csv.DictWriter`` or ``pandas.DataFrame``)."""

@@ -500,9 +500,13 @@ class DomainsWidget(QWidget):
         # not an ROI candidate for Rate maps (each domain would be an ROI); the nucleus is
         self._put(f"domains [{n}]", res.labels, "labels", metadata={"roi_candidate": False}, **grid)
         self._put(f"nucleus [{n}]", res.nucleus.astype(np.int32), "labels", visible=False, **grid)
+        from .layer_style import DOMAIN_LABELS, show_colorbar
+
         for key, cmap in (("gamma_ac", "viridis"), ("gamma_me", "magma"), ("lambda", "plasma")):
-            self._put(f"{key} [{n}]", res.maps[key], "image", colormap=cmap, visible=key == "lambda",
-                      metadata={"unit": "1/s" if key != "lambda" else "1", "diffusivity_um2_s": d_um2_s}, **grid)
+            layer = self._put(f"{key} [{n}]", res.maps[key], "image", colormap=cmap, visible=key == "lambda",
+                              metadata={"unit": "1/s" if key != "lambda" else "1", "diffusivity_um2_s": d_um2_s},
+                              **grid)
+            show_colorbar(layer, DOMAIN_LABELS[key])  # with the quantity and its unit (issue 13)
         handoff = handoff_metadata(res)
         for key in ("phi_h", "phi_e"):  # short names: "rate [phi_h [cell]]" fits napari's layer list
             self._put(f"{key} [{n}]", res.fields[key], "image", visible=False,

@@ -266,6 +266,7 @@ class _Job:
     unit: str
     roi_name: str | None
     notes: list = field(default_factory=list)
+    run_warnings: list = field(default_factory=list)  # [(category, message)] issued during the run (run_warnings)
     threads: int | None = None  # torch intra-op threads for this run (None: torch's own)
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
@@ -382,11 +383,12 @@ def _run_job(job: _Job):
     box: dict[str, Any] = {}
 
     def target():
+        from .run_warnings import capture
         from .solver_threads import solver_threads
 
         _background_priority()
         try:
-            with solver_threads(job.threads):
+            with solver_threads(job.threads), capture(job.run_warnings):
                 box["results"] = _solve(job, lambda frac, info: reports.put((frac, info)))
         except BaseException as exc:  # noqa: BLE001 - every failure is reported to the user
             box["error"] = exc
@@ -713,7 +715,7 @@ class MollifierWidget(QWidget):
     def _style_axes(self) -> None:
         """Axis labels, in the colours of napari's theme (falls back to matplotlib's defaults)."""
         ax = self.axes
-        ax.set_xlabel("rate")
+        ax.set_xlabel(getattr(self, "_rate_title", "rate"))  # "relative rate (λ / median)": relative.py
         ax.set_ylabel("pixels")
         ax.tick_params(labelsize=7)
         ax.xaxis.label.set_size(8)
@@ -1082,6 +1084,7 @@ class MollifierWidget(QWidget):
             leads = [()]
             out_lead = ()
 
+        from .relative import with_record
         from .rois import roi_labels
         from .solver_threads import widget_solver_threads
 
@@ -1109,6 +1112,7 @@ class MollifierWidget(QWidget):
                         + ": they are treated as missing data (no rate there, and the kernel does not use them)"
                     )
                 fields[key] = arr
+            fields = with_record(fields, layers, "mollifier_fractions")  # converted layers: relative (issue 13)
             roi = None
             if roi_layer is not None:
                 if isinstance(roi_layer, Shapes) and roi_cache is not None:
@@ -1306,7 +1310,8 @@ class MollifierWidget(QWidget):
         if not _alive(self.results_box):
             return
         has_rows = bool(self._rows)
-        self.results_box.setTitle("Per-ROI rate (previous run)" if stale and has_rows else "Per-ROI rate")
+        title = f"Per-ROI {getattr(self, '_rate_title', 'rate')}"
+        self.results_box.setTitle(f"{title} (previous run)" if stale and has_rows else title)
         self.table.setEnabled(not stale)
         self.canvas.setEnabled(not stale)
 
@@ -1351,10 +1356,13 @@ class MollifierWidget(QWidget):
         keys = [k for k in results[0].fields if all(k in r.fields for r in results)]
         # bottom to top: the smoothed fields (hidden), residual, uncertainty, and the rate on top
         outputs = [("smoothed", k, stack([r.fields[k] for r in results])) for k in keys]
+        from .relative import shown_maps  # the relative map where the level is relative (issue 13)
+
+        shown = [shown_maps(r) for r in results]
         outputs += [
             ("residual", None, stack([r.residual for r in results])),
-            ("uncertainty", None, stack([r.uncertainty for r in results])),
-            ("rate", None, stack([r.rate for r in results])),
+            ("uncertainty", None, stack([u for _, u in shown])),
+            ("rate", None, stack([m for m, _ in shown])),
         ]
         steps = []
         for kind, field_name, data in outputs:
@@ -1388,6 +1396,9 @@ class MollifierWidget(QWidget):
             from .fractions_panel import report_run  # negative rates, relative level
 
             report_run(self, job, results)
+            from .run_warnings import announce  # the warnings the solver issued (issue 13)
+
+            announce(self, job, results)
 
         steps += [select_rate, finish]
         return steps
@@ -1405,6 +1416,8 @@ class MollifierWidget(QWidget):
             self.viewer.layers.remove(layer)
 
     def _set_output(self, name, kind, data, job: _Job, provenance, field_name) -> None:
+        from .layer_style import style_output
+
         colormap, visible, symmetric = OUTPUT_STYLE[kind]
         limits = robust_limits(data, symmetric=symmetric)
         metadata = {
@@ -1428,6 +1441,7 @@ class MollifierWidget(QWidget):
             kwargs = dict(job.geometry)
             new = Image(data, name=name, colormap=colormap, contrast_limits=limits, visible=False,
                         metadata=metadata, **kwargs)
+            style_output(new, kind, provenance, job.unit)  # colour bar with quantity and unit (issue 13)
             with _no_activation(self.viewer.layers):
                 self.viewer.layers.insert(len(self.viewer.layers) if index is None else index, new)
             self._added.append(new)
@@ -1450,6 +1464,7 @@ class MollifierWidget(QWidget):
         layer.data = data
         layer.contrast_limits_range = limits
         layer.contrast_limits = limits
+        style_output(layer, kind, provenance, job.unit)
 
     def _set_table_headers(self, unit: str) -> None:
         self._headers = ["ROI", f"area ({unit}²)", "mean", "median", "IQR"]
@@ -1473,11 +1488,12 @@ class MollifierWidget(QWidget):
         self.table.setColumnCount(len(headers))
         self.table.setHorizontalHeaderLabels(headers)
         self.table.setRowCount(len(rows))
+        from .relative import label_results, table_values
+
+        label_results(self, results)
         for r, row in enumerate(rows):
             values = ([row.get("slice", "")] if stacked else []) + [
-                str(row["label"]), f"{row['area']:.4g}", f"{row['mean']:.4g}", f"{row['median']:.4g}",
-                f"{row['iqr']:.4g}",
-            ]
+                str(row["label"]), f"{row['area']:.4g}", *(f"{v:.4g}" for v in table_values(row))]
             for c, text in enumerate(values):
                 item = QTableWidgetItem(text)
                 item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
@@ -1494,7 +1510,8 @@ class MollifierWidget(QWidget):
             for lab in np.unique(labels):
                 if lab <= 0:
                     continue
-                values = res.rate[(labels == lab) & np.isfinite(res.rate)]
+                shown = res.display_rate
+                values = shown[(labels == lab) & np.isfinite(shown)]
                 by_label.setdefault(int(lab), []).append(values)
         pooled = {lab: np.concatenate(v) for lab, v in by_label.items() if v}
         everything = np.concatenate(list(pooled.values())) if pooled else np.array([])

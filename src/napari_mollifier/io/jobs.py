@@ -367,9 +367,10 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
     if detection:
         result.provenance["nucleus_detection"] = detection
     if info.get("fractions") is not None:
-        from ..fractions import mark_relative
+        from ..fractions import label_relative, mark_relative
 
         mark_relative(result.provenance, info["fractions"])
+        label_relative(result.provenance, result.rate, result.labels, result.roi_stats)
     result.provenance.setdefault("seconds_total", round(time.perf_counter() - started, 3))
     return result
 

@@ -1,0 +1,125 @@
+"""Colour bars of the widget's output layers, labelled with the quantity and its unit (issue 13, item 6).
+
+Every rate, uncertainty and residual layer the widget creates shows napari's colour-bar overlay
+(``layer.colorbar``, napari >= 0.9). napari's colour bar has ticks but no title, so the label
+(:func:`quantity_label`, e.g. ``"rate λ = Γ_me/Γ_ac (no unit)"``) is put beside it as a small text overlay of the
+layer, at the same canvas corner: napari stacks the overlays of one corner, so the label sits right under the bar
+and is shown and hidden with its layer. The label is also kept in ``layer.metadata["colorbar_label"]``.
+
+The text overlay of a layer uses napari's private overlay registry (``napari._vispy.utils.visual``); where that is
+missing (another napari version) the colour bar is still shown and only the on-canvas label is left out.
+"""
+
+from __future__ import annotations
+
+import logging
+
+__all__ = ["LABEL_KEY", "quantity_label", "rate_unit", "show_colorbar", "style_output"]
+
+log = logging.getLogger(__name__)
+
+LABEL_KEY = "colorbar_label"
+_OVERLAY = "mollifier_colorbar_label"
+RELATIVE_RATE = "relative rate (λ / median)"
+#: The per-domain maps of the Heterochromatin domains widget (the lab's geometric rates).
+DOMAIN_LABELS = {"gamma_ac": "acetylation rate Γ_ac (1/s)", "gamma_me": "methylation rate Γ_me (1/s)",
+                 "lambda": "geometric λ = Γ_me/Γ_ac (no unit)"}
+
+
+def _power(unit: str, power: int) -> str:
+    return unit + {1: "", 2: "²", 3: "³"}.get(power, f"^{power}")
+
+
+def rate_unit(model: str, unit: str) -> str:
+    """The unit of the rate of ``model`` for an image in ``unit`` (``"µm"``, ``"px"``...)."""
+    if model.startswith("chromatin"):
+        return "no unit"  # lambda = Gamma_me / Gamma_ac, a ratio of two rates
+    if model == "heat":
+        return f"{_power(unit, 2)} per time unit of m"
+    if model == "langevin":
+        return "units of u per time unit"
+    return "model units"
+
+
+def quantity_label(kind: str, provenance: dict, unit: str) -> str:
+    """The colour-bar label of an output layer: the quantity and its unit."""
+    model = str(provenance.get("model", ""))
+    relative = provenance.get("rate_level") == "relative" and bool(provenance.get("relative_map"))
+    symbol = "λ = Γ_me/Γ_ac" if model.startswith("chromatin") else "λ"
+    if kind == "rate":
+        return RELATIVE_RATE if relative else f"rate {symbol} ({rate_unit(model, unit)})"
+    if kind == "uncertainty":
+        if relative:
+            return "uncertainty of the relative rate (λ / median)"
+        return f"uncertainty of {symbol.split(' =')[0]} (1 s.d., {rate_unit(model, unit)})"
+    if kind == "residual":
+        if model == "chromatin-balance":
+            return "PDE residual (volume fraction)"
+        if model == "heat":
+            return "PDE residual (units of m)"
+        return "PDE residual (model units)"
+    return kind
+
+
+def _label_overlay_class():
+    """A napari layer text overlay showing its own text (registered once with napari's vispy overlays)."""
+    global _LabelOverlay
+    if _LabelOverlay is not None:
+        return _LabelOverlay
+    from napari._vispy.overlays.text import _VispyLayerTextOverlay
+    from napari._vispy.utils.visual import overlay_to_visual
+    from napari.components.overlays.text import TextOverlay
+
+    class ColorbarLabelOverlay(TextOverlay):
+        """The title of a layer's colour bar (a layer overlay; napari's TextOverlay is a viewer overlay)."""
+
+    class VispyColorbarLabelOverlay(_VispyLayerTextOverlay):
+        def _connect_events(self):
+            self.overlay.events.text.connect(self._on_text_change)
+
+        def _on_text_change(self):
+            self.node.text = self.overlay.text
+
+    overlay_to_visual[ColorbarLabelOverlay] = VispyColorbarLabelOverlay
+    _LabelOverlay = ColorbarLabelOverlay
+    return _LabelOverlay
+
+
+_LabelOverlay = None
+
+
+#: Canvas corner of each kind's colour bar: the rate and the residual are both shown after a run, and a bar with
+#: its title takes about 250 px; side by side in one corner the second title was cut at the canvas edge.
+CORNER = {"rate": "top_right", "residual": "bottom_right", "uncertainty": "bottom_left"}
+
+
+def show_colorbar(layer, label: str, corner: str = "top_right") -> None:
+    """Show ``layer``'s colour bar at ``corner``, titled ``label`` (set again on every run: the label follows the
+    result)."""
+    layer.metadata = {**layer.metadata, LABEL_KEY: label}
+    colorbar = getattr(layer, "colorbar", None)
+    if colorbar is None:  # napari < 0.9: no colour-bar overlay
+        return
+    colorbar.position = corner
+    colorbar.visible = True
+    colorbar.box = True  # readable over the image
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # napari flags private access from a plugin (FutureWarning, 0.9)
+            warnings.simplefilter("ignore", FutureWarning)
+            overlays = layer._overlays
+        if _OVERLAY in overlays:
+            overlays[_OVERLAY].text = label
+            overlays[_OVERLAY].position = colorbar.position
+            return
+        cls = _label_overlay_class()
+        overlays[_OVERLAY] = cls(text=label, visible=True, position=colorbar.position, box=True, font_size=9)
+    except Exception:  # noqa: BLE001 - the label is cosmetic; the colour bar itself is shown
+        log.debug("napari-mollifier: colour-bar label overlay unavailable", exc_info=True)
+
+
+def style_output(layer, kind: str, provenance: dict, unit: str) -> None:
+    """The colour bar of a rate, uncertainty or residual output layer (other kinds unchanged)."""
+    if kind in ("rate", "uncertainty", "residual"):
+        show_colorbar(layer, quantity_label(kind, provenance, unit), CORNER[kind])

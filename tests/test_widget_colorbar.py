@@ -1,0 +1,79 @@
+"""Issue 13, item 6: the rate, uncertainty and residual layers of a widget run show napari's colour bar,
+titled with the quantity and its unit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_widget import _SKIP, PHI_E, PHI_H, PLUGIN, _fast, _plugin_registered, _run  # noqa: F401
+
+pytestmark = [pytest.mark.gui, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
+
+
+@pytest.fixture
+def run_viewer(make_napari_viewer, _plugin_registered, qtbot):  # noqa: F811
+    from napari_mollifier.simulate import synthetic_nucleus
+
+    s = synthetic_nucleus(shape=(64, 64), pixel_size=0.02, seed=0, noise=0.01)
+    viewer = make_napari_viewer(show=True)
+    geo = {"scale": (0.02, 0.02), "units": ("µm", "µm")}
+    viewer.add_image(s["phi_h"], name=PHI_H, **geo)
+    viewer.add_image(s["phi_e"], name=PHI_E, **geo)
+    viewer.add_labels(s["nucleus"].astype(np.uint8), name="nucleus", **geo)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Rate maps")
+    widget.model_combo.setCurrentText("chromatin-balance")
+    widget.input_combos["phi_h"].setCurrentText(PHI_H)
+    widget.input_combos["phi_e"].setCurrentText(PHI_E)
+    widget.roi_combo.setCurrentText("nucleus")
+    widget.coef_edits["l2"].setText(str(s["params"]["l2"]))
+    _fast(widget, radius_px=4, bootstrap=2)  # an uncertainty map needs n_bootstrap > 0
+    widget.uncertainty_combo.setCurrentText("propagate")
+    assert _run(qtbot, widget) == "ok", widget.status_label.text()
+    return viewer, widget
+
+
+LABELS = {
+    f"rate [{PHI_H}]": "rate λ = Γ_me/Γ_ac (no unit)",
+    f"uncertainty [{PHI_H}]": "uncertainty of λ (1 s.d., no unit)",
+    f"residual [{PHI_H}]": "PDE residual (volume fraction)",
+}
+
+
+def _label(layer):
+    overlay = layer._overlays.get("mollifier_colorbar_label")
+    return None if overlay is None else overlay.text
+
+
+def test_output_layers_show_a_labelled_colorbar(run_viewer, qtbot):
+    viewer, widget = run_viewer
+    for name, label in LABELS.items():
+        layer = viewer.layers[name]
+        assert layer.colorbar.visible, name
+        assert layer.metadata["colorbar_label"] == label
+        assert _label(layer) == label
+    for key in ("phi_h", "phi_e"):  # the smoothed inputs keep napari's defaults
+        layer = next(ly for ly in viewer.layers if ly.name.startswith(f"{key} smoothed"))
+        assert not layer.colorbar.visible and _label(layer) is None
+    # a second run updates the layers in place: still labelled, one label each
+    assert _run(qtbot, widget) == "ok"
+    rate = viewer.layers[f"rate [{PHI_H}]"]
+    assert rate.colorbar.visible and _label(rate) == LABELS[rate.name]
+    assert sum(k == "mollifier_colorbar_label" for k in rate._overlays) == 1
+
+
+def test_the_colorbar_is_drawn(run_viewer, qtbot):
+    """On the canvas: switching the rate's colour bar (and its label) off changes the top-right corner only."""
+    viewer, widget = run_viewer
+    rate = viewer.layers[f"rate [{PHI_H}]"]
+    viewer.layers[f"residual [{PHI_H}]"].visible = False
+    qtbot.wait(100)
+    on = viewer.screenshot(canvas_only=True, flash=False)
+    rate.colorbar.visible = False
+    rate._overlays["mollifier_colorbar_label"].visible = False
+    qtbot.wait(100)
+    off = viewer.screenshot(canvas_only=True, flash=False)
+    h, w = on.shape[:2]
+    changed = np.any(on != off, axis=-1)
+    assert changed[: h // 3, w // 2:].mean() > 0.02  # the bar and its title, top right
+    assert not changed[h // 2:, :].any()  # nothing else moved
