@@ -60,8 +60,13 @@ def main(argv=None) -> int:
     from napari_mollifier import infer_rates
     from napari_mollifier._napari.sample_data import SAMPLE_KWARGS
     from napari_mollifier.errors import RunCancelled
-    from napari_mollifier.methods.network import (DEFAULT_ITERATIONS, DEFAULT_PATIENCE, DEFAULT_REL_TOL, EarlyStop,
-                                                  fit_network)
+    from napari_mollifier.methods.network import (
+        DEFAULT_ITERATIONS,
+        DEFAULT_PATIENCE,
+        DEFAULT_REL_TOL,
+        EarlyStop,
+        fit_network,
+    )
     from napari_mollifier.simulate import synthetic_nucleus
 
     load_start, started = _common.load_average(all_three=True), _common.utc_stamp()

@@ -147,7 +147,7 @@ def time_to_reach(curve, target: float):
     correlation of the untrained network does not count."""
     reached = None
     for _, t, r in curve:
-        if np.isfinite(r) and r >= target:
+        if np.isfinite(r) and r >= target:  # noqa: SIM108 - clearer as a block
             reached = t if reached is None else reached
         else:
             reached = None

@@ -139,7 +139,7 @@ def measure(modes: list[str], bootstrap: int | None, runs: int, timeout: float) 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "job.pkl"
         lead, fields, roi = job.slices[0]
-        pickle.dump({"fields": fields, "roi": roi, "kwargs": job.kwargs}, open(path, "wb"))
+        pickle.dump({"fields": fields, "roi": roi, "kwargs": job.kwargs}, open(path, "wb"))  # noqa: SIM115 - closed explicitly
         env = {k: v for k, v in os.environ.items() if k != "NAPARI_MOLLIFIER_THREADS"}
         proc = subprocess.run([sys.executable, "-c", _HEADLESS, str(path), str(REPO / "src"), str(runs + 1)],
                               capture_output=True, text=True, env=env, check=True)

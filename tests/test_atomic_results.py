@@ -196,7 +196,7 @@ def test_lock_held_by_another_process_fails_with_a_clear_message(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "held"
         started = time.perf_counter()
-        with pytest.raises(MollifierOutputError, match="another mollifier process is writing to .*out") as info:
+        with pytest.raises(MollifierOutputError, match="another mollifier process is writing to .*out") as info:  # noqa: SIM117 - clearer nested
             with folder_lock(folder, timeout=0.5):
                 pass
         assert time.perf_counter() - started < 5

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_mollifier.domains import (analyse_localisations, analyse_table, geometric_rates, lognormal_fit,
-                                      voronoi_areas, voronoi_density)
+from napari_mollifier.domains import (
+    analyse_localisations,
+    analyse_table,
+    geometric_rates,
+    lognormal_fit,
+    voronoi_areas,
+    voronoi_density,
+)
 from napari_mollifier.domains.synthetic import lattice_nucleus, sample_image
 from napari_mollifier.errors import MollifierInputError
 
@@ -196,7 +202,7 @@ def test_save_writes_complete_files(lattice, tmp_path):
 
     _, res = lattice
     paths = res.save(tmp_path, "cell")
-    rows = list(csv.DictReader(open(paths["table"])))
+    rows = list(csv.DictReader(open(paths["table"])))  # noqa: SIM115 - closed explicitly
     assert len(rows) == res.n_domains
     np.testing.assert_allclose([float(r["radius_nm"]) for r in rows], res.table["radius_nm"], rtol=1e-5)
     summary = json.loads(paths["summary"].read_text())["summary"]

@@ -6,7 +6,7 @@ import csv
 
 import numpy as np
 import pytest
-from test_widget import _gui_skip_reason, _plugin_registered  # noqa: F401 - shared skip rule and fixture
+from widget_support import _gui_skip_reason  # noqa: F401 - shared with the widget tests
 
 PLUGIN = "napari-mollifier"
 TIMEOUT_MS = 300_000
@@ -74,7 +74,7 @@ def test_points_layer_to_domains_and_rate_inputs(viewer_widget, qtbot, tmp_path)
     for name in ("domains [locs]", "lambda [locs]", "phi_h [locs]"):
         assert [str(u) for u in viewer.layers[name].units] == ["micrometer", "micrometer"], name
     out = widget.export_table(tmp_path / "t.csv")
-    rows = list(csv.DictReader(open(out)))
+    rows = list(csv.DictReader(open(out)))  # noqa: SIM115 - closed explicitly
     assert len(rows) == res.n_domains and "gamma_me" in rows[0]
     # a re-run replaces the layers instead of adding more
     n_layers = len(viewer.layers)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_widget import _fast, _gui_skip_reason, _plugin_registered, _run  # noqa: F401 - shared rule and fixture
+from widget_support import _fast, _gui_skip_reason, _run  # noqa: F401 - shared with the widget tests
 
 PLUGIN = "napari-mollifier"
 _SKIP = _gui_skip_reason()

@@ -28,7 +28,7 @@ def _gui_skip_reason() -> str | None:
             return f"{mod} is not installed"
     try:
         import qtpy  # noqa: F401  (raises if no Qt binding is installed)
-    except Exception as exc:  # QtBindingsNotFoundError and friends
+    except Exception as exc:  # QtBindingsNotFoundError and friends  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
         return f"no usable Qt binding: {exc}"
     if sys.platform.startswith("linux") and not (
         os.environ.get("DISPLAY")

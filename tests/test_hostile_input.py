@@ -86,7 +86,7 @@ def test_dev_zero_and_fifos_are_refused_within_a_second(fifo, run, tmp_path):
         record["provenance"]["inputs"][0]["path"] = target
         crafted = tmp_path / "crafted.provenance.json"
         crafted.write_text(json.dumps(record))
-        _refused_fast(lambda: rerun(crafted), "not a regular file")
+        _refused_fast(lambda: rerun(crafted), "not a regular file")  # noqa: B023 - called within the same iteration
 
 
 def test_cli_dev_zero_and_fifo_one_line_and_no_output(fifo, tmp_path, capsys):
@@ -325,7 +325,7 @@ def test_crafted_provenance_is_refused_naming_the_key(run, tmp_path, capsys, edi
 
 def test_provenance_cannot_point_rerun_at_another_result(run, tmp_path, capsys):
     for target in ("../other/cell.ome.tif", str(run["out"] / "cell.ome.tif"), ".."):
-        crafted = _crafted(run, tmp_path, lambda r: json.dumps({**r, "outputs": {"result": target}}))
+        crafted = _crafted(run, tmp_path, lambda r: json.dumps({**r, "outputs": {"result": target}}))  # noqa: B023 - called within the same iteration
         assert cli.main(["rerun", str(crafted), "--quiet"]) == 1
         assert "must be the bare file name of the result beside it" in capsys.readouterr().err
     # a result file beside the provenance that belongs to another run is named as such

@@ -58,7 +58,7 @@ def test_analytic_derivative_matches_finite_difference_of_profile():
         eps = 1e-4
 
         def eta_1d(xv):
-            return K.radial_profile_derivatives(fam, power, (xv / radius) ** 2, 0)[0]
+            return K.radial_profile_derivatives(fam, power, (xv / radius) ** 2, 0)[0]  # noqa: B023 - called within the same iteration
 
         norm = eta_1d(x).sum()
         numeric = (eta_1d(x + eps) - eta_1d(x - eps)) / (2 * eps) / norm

@@ -8,101 +8,34 @@ uncertainty samples, small images) except the ground-truth check, which uses the
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from widget_support import (  # noqa: F401 - shared with the other widget tests
+    _SKIP,
+    PHI_E,
+    PHI_H,
+    PLUGIN,
+    RATE,
+    REPO_ROOT,
+    RES,
+    RUN_TIMEOUT_MS,
+    TRUTH,
+    UNC,
+    _assert_unchanged,
+    _errors_since,
+    _fast,
+    _gui_skip_reason,
+    _n_records,
+    _nucleus_polygon_world,
+    _run,
+    _snapshot,
+)
 
-PLUGIN = "napari-mollifier"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PHI_H, PHI_E, TRUTH = "heterochromatin (phi_h)", "euchromatin (phi_e)", "ground truth rate"
-RATE, UNC, RES = (f"{kind} [{PHI_H}]" for kind in ("rate", "uncertainty", "residual"))
-#: Worst-case wait for one run (the CI machine may be shared and slow).
-RUN_TIMEOUT_MS = 300_000
-
-
-def _gui_skip_reason(extra: tuple[str, ...] = ()) -> str | None:
-    """Why the real-viewer tests cannot run here (None if they can); ``extra``: more modules they need."""
-    for mod in ("napari", "qtpy", "pytestqt", "magicgui", "matplotlib", "skimage", *extra):
-        if importlib.util.find_spec(mod) is None:
-            return f"{mod} is not installed"
-    try:
-        import qtpy  # noqa: F401
-    except Exception as exc:
-        return f"no usable Qt binding: {exc}"
-    if sys.platform.startswith("linux") and not (
-        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")
-    ):
-        return "no display: run the tests under xvfb-run (see README.md)"
-    return None
-
-
-_SKIP = _gui_skip_reason()
 pytestmark = [pytest.mark.gui, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
-
-
-@pytest.fixture
-def _plugin_registered():
-    """The plugin is discovered from its installed entry point; register the manifest when running from src/."""
-    from npe2 import PluginManager, PluginManifest
-
-    pm = PluginManager.instance()
-    if PLUGIN not in pm:
-        pm.register(PluginManifest.from_file(REPO_ROOT / "napari.yaml"))
-    return pm
-
-
-@pytest.fixture
-def sample_viewer(make_napari_viewer, _plugin_registered):
-    viewer = make_napari_viewer(show=True)
-    viewer.open_sample(PLUGIN, "nucleus")
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Rate maps")
-    return viewer, widget
-
-
-def _run(qtbot, widget, timeout=RUN_TIMEOUT_MS) -> str:
-    with qtbot.waitSignal(widget.run_done, timeout=timeout) as blocker:
-        widget.run()
-    return blocker.args[0]
-
-
-def _fast(widget, radius_px=10.0, bootstrap=0):
-    widget.method_combo.setCurrentText("direct")
-    widget.radius_auto.setChecked(False)
-    widget.radius_unit.setCurrentIndex(0)
-    widget.radius_value.setValue(radius_px)
-    widget.bootstrap_spin.setValue(bootstrap)
-
-
-def _snapshot(viewer) -> dict:
-    return {ly.name: np.array(ly.data, copy=True) for ly in viewer.layers if hasattr(ly, "data")}
-
-
-def _assert_unchanged(viewer, before: dict):
-    assert [ly.name for ly in viewer.layers] == list(before)
-    for name, data in before.items():
-        np.testing.assert_array_equal(np.asarray(viewer.layers[name].data), data)
-
-
-def _errors_since(n: int) -> list[str]:
-    from napari.utils.notifications import NotificationSeverity, notification_manager
-
-    return [str(r.message) for r in notification_manager.records[n:] if r.severity == NotificationSeverity.ERROR]
-
-
-def _n_records() -> int:
-    from napari.utils.notifications import notification_manager
-
-    return len(notification_manager.records)
-
-
-def _nucleus_polygon_world(px: float) -> np.ndarray:
-    """A square well inside the sample nucleus (pixels 90..166 x 80..176), in world units."""
-    return np.array([[90, 80], [90, 176], [166, 176], [166, 80]], dtype=float) * px
 
 
 # ---------------------------------------------------------------------------------------------------- tests

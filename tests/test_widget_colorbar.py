@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from test_widget import _SKIP, PHI_E, PHI_H, PLUGIN, _fast, _plugin_registered, _run  # noqa: F401
+from widget_support import _SKIP, PHI_E, PHI_H, PLUGIN, _fast, _run  # noqa: F401 - shared with the widget tests
 
 pytestmark = [pytest.mark.gui, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_widget import _gui_skip_reason, _plugin_registered  # noqa: F401 - shared skip rule and fixture
+from widget_support import _gui_skip_reason  # noqa: F401 - shared with the widget tests
 
 PLUGIN = "napari-mollifier"
 TIMEOUT_MS = 300_000

@@ -13,23 +13,20 @@ import time
 
 import numpy as np
 import pytest
-
-from test_widget import (  # noqa: F401 - fixtures and helpers shared with the widget tests
+from widget_support import (  # noqa: F401 - shared with the widget tests
+    _SKIP,
     PHI_E,
     PHI_H,
     RATE,
     RUN_TIMEOUT_MS,
     TRUTH,
-    _SKIP,
     _assert_unchanged,
     _errors_since,
     _fast,
     _n_records,
     _nucleus_polygon_world,
-    _plugin_registered,
     _run,
     _snapshot,
-    sample_viewer,
 )
 
 pytestmark = [pytest.mark.gui, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]

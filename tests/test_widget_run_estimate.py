@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from test_widget import _SKIP, PLUGIN, _fast, _plugin_registered  # noqa: F401 - shared skip rule, fixture, helpers
+from widget_support import _SKIP, PLUGIN, _fast  # noqa: F401 - shared with the widget tests
 
 pytestmark = [pytest.mark.gui, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
 

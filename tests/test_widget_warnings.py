@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from test_widget import _SKIP, PHI_E, PHI_H, PLUGIN, _fast, _plugin_registered, _run  # noqa: F401
+from widget_support import _SKIP, PHI_E, PHI_H, PLUGIN, _fast, _run  # noqa: F401 - shared with the widget tests
 
 pytestmark = [pytest.mark.gui, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
 
@@ -126,9 +125,9 @@ def test_capture_passes_other_warnings_on():
     with warnings.catch_warnings(record=True) as outer:
         warnings.simplefilter("always")
         with capture(sink):
-            warnings.warn("ours", PlausibilityWarning)
-            warnings.warn("ours", PlausibilityWarning)  # no repeat
-            warnings.warn("also ours", MollifierWarning)
-            warnings.warn("not ours", UserWarning)
+            warnings.warn("ours", PlausibilityWarning)  # noqa: B028 - test of warnings
+            warnings.warn("ours", PlausibilityWarning)  # no repeat  # noqa: B028 - test of warnings
+            warnings.warn("also ours", MollifierWarning)  # noqa: B028 - test of warnings
+            warnings.warn("not ours", UserWarning)  # noqa: B028 - test of warnings
     assert sink == [("PlausibilityWarning", "ours"), ("MollifierWarning", "also ours")]
     assert [str(w.message) for w in outer] == ["not ours"]

@@ -24,8 +24,9 @@ import numpy as np
 
 def ensure_plugin() -> None:
     """Register the plugin's manifest when running from a source checkout (no installed entry point)."""
-    import napari_mollifier
     from npe2 import PluginManager, PluginManifest
+
+    import napari_mollifier
 
     pm = PluginManager.instance()
     if "napari-mollifier" not in pm:

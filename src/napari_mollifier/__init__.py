@@ -4,16 +4,16 @@ The compute core (this package without ``_napari``) imports neither Qt nor napar
 """
 
 from ._version import __version__
+from .coefficients import estimate_coefficients
+from .density import split_density
 from .errors import MollifierInputError, MollifierMemoryError, MollifierOutputError, MollifierWarning, RunCancelled
+from .fractions import intensities_to_fractions
+from .io import load_result, read_image
 from .models import MODELS, get_model
 from .mollifier import Mollifier, derivatives
-from .result import RateResult
-from .density import split_density
-from .fractions import intensities_to_fractions
-from .solve import infer_rates
-from .coefficients import estimate_coefficients
-from .io import load_result, read_image
 from .rerun import rerun
+from .result import RateResult
+from .solve import infer_rates
 
 __all__ = [
     "__version__",

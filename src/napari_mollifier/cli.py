@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import errno
 import math
-import signal
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -136,6 +136,7 @@ def _param(text: str) -> tuple:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mollifier`` command line: its sub-commands and every option with its help text."""
     from .methods.network import DEFAULT_ITERATIONS
     from .models import MODELS
     from .solve import METHODS, RADIUS_RULES, UNCERTAINTY_METHODS
@@ -483,7 +484,8 @@ def _client(address: str):
 
 def check_writable(out: Path) -> None:
     """Fail before any computation when the output folder cannot be created or written to. Creates nothing: the
-    folder is made when the first result is published, so a run stopped before that leaves no empty folder."""
+    folder is made when the first result is published, so a run stopped before that leaves no empty folder.
+    """
     from .errors import MollifierOutputError
     from .io.jobs import _output_error
 
@@ -501,7 +503,7 @@ def check_writable(out: Path) -> None:
     except OSError as exc:
         raise _output_error(exc, out) from None
     finally:
-        try:
+        try:  # noqa: SIM105 - explicit
             probe.unlink()
         except OSError:
             pass
@@ -567,7 +569,7 @@ def cmd_infer(args) -> int:
     print(_table(rows))
     failed = sum(r["status"] != "ok" for r in rows)
     if failed == len(rows) and not existed:
-        try:
+        try:  # noqa: SIM105 - explicit
             out.rmdir()  # made by this run and still empty: leave no trace of a run that wrote nothing
         except OSError:
             pass
@@ -695,7 +697,8 @@ def cmd_rerun(args) -> int:
 
 def _finish_interrupted_writes(folder: Path) -> None:
     """Complete (or clear) what a killed writer left in ``folder`` before reading from it; a folder that cannot be
-    written (read-only data) is read as it is."""
+    written (read-only data) is read as it is.
+    """
     from .io.publish import folder_lock, recover_folder
 
     try:
@@ -708,6 +711,7 @@ def _finish_interrupted_writes(folder: Path) -> None:
 
 
 def main(argv=None) -> int:
+    """Run ``mollifier`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -85,7 +85,7 @@ def _smooth(f, mask, s):
 def _ab(ph, pe, px, mask, radius):
     from .mollifier import derivatives
 
-    if mask.all():  # every pixel valid: plain convolutions (fast); the ROI only selects where we look
+    if mask.all():  # every pixel valid: plain convolutions (fast); the ROI only selects where we look  # noqa: SIM108 - clearer as a block
         kw = {"boundary": "reflect"}
     else:
         kw = {"mask": mask}
@@ -317,7 +317,7 @@ def resolve_coefficients(model, given=None, mode=None, fields=None, pixel_size=1
 
         warnings.warn(
             f"l2 was not given for an image in {unit_text} (the default 1.04 is in box units): "
-            f"{est['description'].replace('l2 = ', f'using l2 = ', 1)} {unit_text}^2. Set it yourself with "
+            f"{est['description'].replace('l2 = ', 'using l2 = ', 1)} {unit_text}^2. Set it yourself with "
             f"params={{'l2': VALUE}} / --param l2=VALUE, or --params auto to estimate it without this warning",
             MollifierWarning, stacklevel=3)
     return params, sources, est

@@ -131,6 +131,7 @@ def save_figure(path, sample: dict, result, scores: dict) -> None:
 
 
 def main(argv=None) -> int:
+    """Run the demo from the command line (``python -m napari_mollifier.demo``); returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--noise", type=float, default=0.01, help="Gaussian noise std added to the fractions")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic nucleus and its noise (default 0)")

@@ -19,7 +19,8 @@ class MollifierInputError(ValueError):
 class MollifierMemoryError(MollifierInputError):
     """The run ran out of device memory (e.g. ``torch.OutOfMemoryError`` on a GPU); nothing was returned.
 
-    :func:`napari_mollifier.tiling.infer_auto` and the CLI catch it and retry in smaller tiles."""
+    :func:`napari_mollifier.tiling.infer_auto` and the CLI catch it and retry in smaller tiles.
+    """
 
 
 class MollifierOutputError(OSError):

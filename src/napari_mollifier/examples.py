@@ -26,7 +26,8 @@ def raw_intensities(sample: dict, *, brightness=(2400.0, 800.0), offset=(180.0, 
     """``{"h", "e"}``: counts ``offset + brightness * phi`` inside the nucleus, ``offset`` outside, plus Gaussian
     camera noise of std ``noise`` -- channel H3K9me3 (heterochromatin) and H3K27ac (euchromatin) of a sample of
     :func:`napari_mollifier.simulate.synthetic_nucleus`. Also returns the ``offset``, ``brightness`` and
-    ``noise`` used."""
+    ``noise`` used.
+    """
     rng = np.random.default_rng(seed)
     inside = sample["nucleus"]
     out = {"offset": tuple(offset), "brightness": tuple(brightness), "noise": float(noise)}
@@ -43,7 +44,8 @@ def write_sample_nucleus(folder, *, shape=(128, 128), pixel_size: float = 0.02, 
     ``NAME_roi.ome.tif`` (the nucleus shrunk by ``roi_margin_px``, 1 inside: an ROI drawn about one kernel radius
     inside the nuclear edge) and ``NAME_true_rate.ome.tif``. Returns ``{"image", "roi", "nucleus", "truth",
     "params", "pixel_size"}`` (paths as str, the
-    sample's coefficients in um)."""
+    sample's coefficients in um).
+    """
     from scipy import ndimage as ndi
 
     from .io import write_ome_tiff
@@ -72,7 +74,8 @@ def write_sample_nucleus(folder, *, shape=(128, 128), pixel_size: float = 0.02, 
 def write_localisation_table(path, *, semi_axes_nm=(1500.0, 1200.0), spacing_nm=300.0, radius_nm=80.0,
                              seed: int = 0) -> str:
     """A small localisation table (``x [nm], y [nm]``, ~40 000 rows) of a nucleus with a hexagonal lattice of
-    heterochromatin domains and a lamina band (:func:`napari_mollifier.domains.synthetic.lattice_nucleus`)."""
+    heterochromatin domains and a lamina band (:func:`napari_mollifier.domains.synthetic.lattice_nucleus`).
+    """
     from .domains.synthetic import lattice_nucleus
     from .io import atomic_path
 
@@ -90,7 +93,8 @@ def write_all(folder) -> dict:
     """Every example input of the documentation in ``folder``: ``cell.ome.tif`` (raw intensities) with
     ``cell_roi.ome.tif``, ``cell_nucleus.ome.tif`` and ``cell_true_rate.ome.tif``, ``fractions.ome.tif`` (true volume fractions) with
     ``fractions_roi.ome.tif``, its two channels as ``phi_h.ome.tif`` and ``phi_e.ome.tif``, and ``cell1.csv``
-    (localisations)."""
+    (localisations).
+    """
     folder = Path(folder)
     from .io import read_image, write_ome_tiff
 

@@ -73,7 +73,8 @@ class Fractions(dict):
     """``{"phi_h": array, "phi_e": array}`` with the conversion's record as :attr:`record`.
 
     A plain ``dict`` for every purpose (pass it to :func:`napari_mollifier.infer_rates` as ``fields``); the
-    record travels with it into the result's provenance."""
+    record travels with it into the result's provenance.
+    """
 
     record: dict
 
@@ -326,7 +327,8 @@ def estimate_mark_ratio(fractions: dict, l2: float, pixel_size, nucleus=None, ra
 def fractions_from_loaded(fields: dict, roi, options: dict | None, pixel_size=None) -> tuple[Fractions, dict]:
     """The conversion of two loaded intensity channels (``{"phi_h", "phi_e"}`` as read from the file), with the
     nucleus from ``options["nucleus_file"]`` or else the ROI; used by the command line (``--intensities``,
-    ``--nucleus``) and :func:`napari_mollifier.rerun`."""
+    ``--nucleus``) and :func:`napari_mollifier.rerun`.
+    """
     if set(fields) != {"phi_h", "phi_e"}:
         raise MollifierInputError(
             "the intensity conversion needs two channels (a heterochromatin mark such as H3K9me3 and a euchromatin "
@@ -374,7 +376,8 @@ def label_relative(provenance: dict, rate, labels, stats) -> dict | None:
     """Where ``provenance["rate_level"]`` is ``"relative"``: record the relative map in
     ``provenance["relative_map"]`` (the ROI medians it divides by) and add, to each per-ROI row, ``quantity`` and
     the relative map's ``relative_mean``, ``relative_q25``, ``relative_q75``, ``relative_iqr`` (its median is 1).
-    The absolute map is unchanged (``RateResult.rate``). Returns the record, or None for an absolute level."""
+    The absolute map is unchanged (``RateResult.rate``). Returns the record, or None for an absolute level.
+    """
     if provenance.get("rate_level") != "relative":
         provenance.pop("relative_map", None)
         return None

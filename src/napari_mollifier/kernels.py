@@ -63,7 +63,8 @@ _DEFAULT_POWER = 8
 
 def parse_kernel(name: str) -> tuple[str, int]:
     """Split a kernel name into ``(family, power)``: ``"poly"`` -> ``("poly", 8)``, ``"poly12"``,
-    ``"bump"`` -> ``("bump", 0)``."""
+    ``"bump"`` -> ``("bump", 0)``.
+    """
     if not isinstance(name, str):
         raise MollifierInputError(f"kernel must be a string such as 'poly', 'poly12' or 'bump', got {name!r}")
     match = re.fullmatch(r"(poly|sep)(\d+)?|(bump)", name.strip().lower())
@@ -198,7 +199,8 @@ def analytic_kernel(kernel: str, radius: float, alpha: tuple[int, ...]) -> np.nd
 
 def moment_targets(alpha: tuple[int, ...], betas: list[tuple[int, ...]], radius: float) -> np.ndarray:
     """Right-hand side of the moment conditions in scaled coordinates ``y = x / R``:
-    ``sum_x (x/R)^beta K_alpha(x) = alpha! / R^|alpha| delta_{alpha beta}``."""
+    ``sum_x (x/R)^beta K_alpha(x) = alpha! / R^|alpha| delta_{alpha beta}``.
+    """
     target = np.zeros(len(betas))
     if alpha in betas:
         target[betas.index(alpha)] = math.prod(math.factorial(a) for a in alpha) / float(radius) ** sum(alpha)

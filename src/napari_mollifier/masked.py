@@ -31,7 +31,14 @@ import torch.nn.functional as F
 from scipy import ndimage
 from scipy.fft import next_fast_len
 
-from .kernels import analytic_kernel, correction_coefficients, corrected_kernel, moment_targets, monomials, multi_indices
+from .kernels import (
+    analytic_kernel,
+    corrected_kernel,
+    correction_coefficients,
+    moment_targets,
+    monomials,
+    multi_indices,
+)
 
 __all__ = ["MaskOperator", "mask_operator", "apply_masked", "FieldSpectrum", "edge_kernels", "correlate"]
 
@@ -95,7 +102,8 @@ def _fft_correlate(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def use_fft(method: str, weight: torch.Tensor, padded_shape) -> bool:
     """FFT when ``taps > 4 min(K, 8) log2(N)``: fitted on CPU timings for K <= 8 kernels (benchmarks/RESULTS.md,
-    crossover table), where direct cost grows far less than linearly with K."""
+    crossover table), where direct cost grows far less than linearly with K.
+    """
     if method != "auto":
         return method == "fft"
     taps = math.prod(weight.shape[1:])
@@ -154,7 +162,8 @@ class FieldSpectrum:
 def separable_correlate(x: torch.Tensor, kernel: str, radius: float, alphas: list, dtype=None) -> torch.Tensor:
     """Valid-mode correlation of ``x`` ``(B, 1, *P)`` with the ``"sep"`` kernels of ``alphas`` by 1-D passes,
     last axis first: ``(B, n_alpha, *(P - w + 1))`` (pixel units). Partial products shared between derivatives
-    are computed once (the full 2-D stack needs 4 + 9 passes)."""
+    are computed once (the full 2-D stack needs 4 + 9 passes).
+    """
     from .kernels import separable_factors
 
     ndim = x.dim() - 2
@@ -263,7 +272,8 @@ def _use_windows(n_edge: int, window: int, n_kernels: int, n_pixels: int) -> boo
 def _edge_values(src: torch.Tensor, basis: torch.Tensor, pos: torch.Tensor, shape: tuple, half: int,
                  method: str) -> torch.Tensor:
     """``sum_x src(p + x) basis_j(x)`` at flat positions ``pos`` -> ``(B, E, n_basis)``; ``src`` ``(B, 1, *S)``
-    is zero outside the mask, ``basis`` ``(P, n_basis)``."""
+    is zero outside the mask, ``basis`` ``(P, n_basis)``.
+    """
     ndim = len(shape)
     padded = _pad_zeros(src, half)
     n_pix = math.prod(padded.shape[2:])
@@ -286,7 +296,8 @@ _DISTANCE_CACHE: OrderedDict = OrderedDict()
 
 def _interior(mask_np: np.ndarray, radius: float, square: bool = False) -> np.ndarray:
     """Pixels whose distance to the nearest pixel outside the mask (or the image) is at least ``radius``
-    (Euclidean; chessboard for the square support of the separable family; one transform per mask, cached)."""
+    (Euclidean; chessboard for the square support of the separable family; one transform per mask, cached).
+    """
     key = (mask_np.shape, square, hashlib.sha1(np.packbits(mask_np).tobytes()).hexdigest())
     if key in _DISTANCE_CACHE:
         _DISTANCE_CACHE.move_to_end(key)
@@ -410,7 +421,8 @@ def apply_masked(x: torch.Tensor, plan, op: MaskOperator, spectrum: FieldSpectru
 
 def edge_kernels(plan, op: MaskOperator, bm: int, rows: slice, dtype=torch.float64):
     """Per-pixel kernels ``(c, n_alpha, P)`` (pixel units, mask applied) of edge pixels ``rows`` of mask ``bm``,
-    and the mask's window values ``(c, P)``: what the propagated uncertainty needs at edge pixels."""
+    and the mask's window values ``(c, P)``: what the propagated uncertainty needs at edge pixels.
+    """
     pos, coef = op.edges[bm]
     pos, coef = pos[rows], coef[rows].to(dtype)
     half = plan.half

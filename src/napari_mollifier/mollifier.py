@@ -37,7 +37,8 @@ _PAD_MODE = {"reflect": "reflect", "replicate": "replicate", "periodic": "circul
 
 def default_keys(ndim: int) -> tuple[str, ...]:
     """Keys returned when ``which`` is not given: the smoothed field, all first and second derivatives,
-    the Laplacian and the bi-Laplacian."""
+    the Laplacian and the bi-Laplacian.
+    """
     letters = AXIS_LETTERS[ndim]
     first = tuple(reversed(letters))  # x, y, z
     second = tuple(a + a for a in first) + tuple(

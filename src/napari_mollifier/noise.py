@@ -78,7 +78,8 @@ def blur_white_noise(white: np.ndarray, c: float) -> np.ndarray:
 @dataclass(frozen=True)
 class NoiseModel:
     """Noise standard deviation per field (units of the field), correlation length (px), correlations between
-    fields; ``source`` says whether it was estimated or given."""
+    fields; ``source`` says whether it was estimated or given.
+    """
 
     sigma: dict
     correlation_length: float = 0.0
@@ -142,7 +143,8 @@ def estimate_noise(image: np.ndarray, mask: np.ndarray | None = None) -> float:
 
 def _fit_field(v: np.ndarray, noise: np.ndarray, signals: list) -> tuple[float, float]:
     """Non-negative least squares on relative errors of ``v = s2 noise + sum_j A_j signal_j``:
-    ``(error, s2)`` (all subsets of the terms are tried; there are at most three)."""
+    ``(error, s2)`` (all subsets of the terms are tried; there are at most three).
+    """
     columns = [noise] + list(signals)
     design_all = np.stack(columns, axis=1) / v[:, None]
     target = np.ones_like(v)
@@ -205,7 +207,7 @@ def estimate_noise_model(fields: dict, mask: np.ndarray | None = None, *, correl
                 "(a number, or a dict per field; --noise in the CLI)"
             )
     v1 = {k: _robust_var(r) for k, r in r1.items()}
-    for k, v in v1.items():
+    for k in v1:
         if not np.any(r1[k]) and not allow_zero:
             raise MollifierInputError(
                 f"the noise of field {k!r} cannot be estimated: the field has no pixel-to-pixel variation (constant "

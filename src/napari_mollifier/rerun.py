@@ -33,7 +33,8 @@ def _type_error(key: str, expected: str, value) -> MollifierInputError:
 
 def check_provenance(prov: dict) -> None:
     """Check the types and bounds of a provenance's ``inputs`` and ``call`` before anything is read or run;
-    a bad entry is a :class:`MollifierInputError` naming its key."""
+    a bad entry is a :class:`MollifierInputError` naming its key.
+    """
     from .validation import check_solver_arguments
 
     inputs, call = prov.get("inputs"), prov.get("call")
@@ -115,7 +116,7 @@ def read_provenance(source) -> tuple[dict, Path | None]:
             raise MollifierInputError(f"{path}: not a JSON provenance file ({exc})") from None
         if not isinstance(data, dict):
             raise MollifierInputError(f"{path}: not a provenance record")
-        prov = data["provenance"] if "provenance" in data else data
+        prov = data["provenance"] if "provenance" in data else data  # noqa: SIM401 - layer lists are not dicts
         if not isinstance(prov, dict):
             raise _type_error("provenance", "a record", prov)
         return prov, path.parent
@@ -130,9 +131,9 @@ def read_provenance(source) -> tuple[dict, Path | None]:
 
 def _locate(record: dict, search: list[Path], check: bool) -> Path:
     """The recorded path if it is there, else a file of the same name (and, when checking, the same sha256) in
-    one of the ``search`` folders."""
+    one of the ``search`` folders.
+    """
     from .io import file_sha256
-
     from .io._common import check_input_path
 
     path = Path(record["path"])
@@ -228,7 +229,8 @@ def rerun(source, *, device: str | None = None, data_dir=None, check_hashes: boo
 
 def compare_results(a: RateResult, b: RateResult) -> dict:
     """Max absolute difference per map (``rate``, ``uncertainty``, ``residual``, each field) and whether the
-    NaN patterns agree; ``identical`` is True when every map is bit-for-bit equal."""
+    NaN patterns agree; ``identical`` is True when every map is bit-for-bit equal.
+    """
     out = {}
     identical = True
     pairs = [(k, getattr(a, k), getattr(b, k)) for k in ("rate", "uncertainty", "residual")]

@@ -74,7 +74,8 @@ class RateResult:
     @property
     def relative_rate(self) -> np.ndarray:
         """``rate`` divided by the median rate of its ROI (NaN outside the ROIs, and in an ROI whose median is not
-        positive); for any result, relative or not."""
+        positive); for any result, relative or not.
+        """
         from .fractions import relative_map
 
         return relative_map(self.rate, self.labels)[0]
@@ -104,13 +105,14 @@ class RateResult:
     def save(self, path, **kwargs):
         """Write the whole result to ``path`` (``.npz``, ``.ome.tif`` or ``.ome.zarr``, chosen by the name) with
         its provenance; :func:`load_result` (or :meth:`RateResult.load`) reads it back unchanged. The write is
-        atomic (temporary name, then rename). Returns the path."""
+        atomic (temporary name, then rename). Returns the path.
+        """
         from .io.results import save_result
 
         return save_result(self, path, **kwargs)
 
     @classmethod
-    def load(cls, path) -> "RateResult":
+    def load(cls, path) -> RateResult:
         """Read a result written by :meth:`save`."""
         from .io.results import load_result
 

@@ -78,7 +78,7 @@ def _pcg(apply_a, b, precond, x, tol, max_iter):
     z = precond(r)
     p, rz = z.copy(), np.vdot(r, z)
     it = 0
-    for it in range(max_iter):
+    for it in range(max_iter):  # noqa: B007 - the count is reported after the loop
         if np.max(np.abs(r)) <= tol:
             r = b - apply_a(x)  # recursive residual may drift: check the true one
             if np.max(np.abs(r)) <= tol:
@@ -177,13 +177,13 @@ def _solve_phase_field(phi_w, rate, sp, p, tol, max_iter):
     phi_d = 1 - phi_w - 2 * phi_e
     res = _phase_field_residual(phi_d, phi_w, rate, sp, p)
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 - the count is reported after the loop
         _, dg = _double_well((1 - phi_w + phi_d) / 2, p["phi_max"])
         s = max((dg.min() + dg.max()) / 4, -a / 4)
         k_part = m * (a / 2 + s) * sp.k2 + m * l4 * sp.k2**2
         symbol = k_part + c.mean()
-        delta, _, _ = _pcg(lambda x: sp.inv(k_part * sp.fwd(x)) + c * x, res,
-                           lambda r: sp.divide(r, symbol), sp.divide(res, symbol),
+        delta, _, _ = _pcg(lambda x: sp.inv(k_part * sp.fwd(x)) + c * x, res,  # noqa: B023 - called within the same iteration
+                           lambda r: sp.divide(r, symbol), sp.divide(res, symbol),  # noqa: B023 - called within the same iteration
                            max(0.05 * np.max(np.abs(res)), 0.1 * tol), 200)
         phi_d = phi_d + delta
         res = _phase_field_residual(phi_d, phi_w, rate, sp, p)

@@ -32,8 +32,6 @@ import torch
 
 from . import __version__
 from .errors import MollifierInputError, MollifierMemoryError, RunCancelled
-from .models import Model, get_model
-from .methods.network import DEFAULT_ITERATIONS, DEFAULT_PATIENCE, DEFAULT_REL_TOL
 from .methods.direct import (
     LADDER_STEP,
     LEPSKI_KAPPA,
@@ -44,6 +42,8 @@ from .methods.direct import (
     propagate,
     radius_ladder,
 )
+from .methods.network import DEFAULT_ITERATIONS, DEFAULT_PATIENCE, DEFAULT_REL_TOL
+from .models import Model, get_model
 from .mollifier import derivatives
 from .noise import NoiseModel, blur_white_noise, estimate_noise_model
 from .result import RateResult
@@ -123,11 +123,7 @@ def _labels_from_roi(roi, shape) -> np.ndarray:
     labels = np.asarray(roi)
     if labels.shape != shape:
         raise MollifierInputError(f"roi shape {labels.shape} does not match the image shape {shape}")
-    if labels.dtype == bool:
-        labels = labels.astype(np.int64)
-    elif labels.dtype.kind in "iu":
-        labels = labels.astype(np.int64)
-    elif labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+    if labels.dtype == bool or labels.dtype.kind in "iu" or labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
         labels = labels.astype(np.int64)
     else:
         raise MollifierInputError(f"roi must be a boolean mask or an integer label image, got dtype {labels.dtype}")
@@ -172,7 +168,8 @@ class _Context:
 
     def mollify(self, fields: dict, radius: float, mask: np.ndarray) -> dict:
         """``{derived field: {key: tensor}}`` for the model's needs; ``fields`` values are (B, *S) tensors.
-        With ``boundary="mask"`` only pixels of ``self.region`` (the ROI being solved) are computed."""
+        With ``boundary="mask"`` only pixels of ``self.region`` (the ROI being solved) are computed.
+        """
         derived = self.model.derived(fields, self.params)
         needs = self.model.needs(len(self.spacing))
         kwargs = {"mask": mask, "where": self.region} if self.boundary == "mask" else {"boundary": self.boundary}
@@ -187,7 +184,8 @@ class _Context:
 
     def closed_form(self, d: dict) -> torch.Tensor:
         """The model's closed form, NaN where its divisor is ~0 (below 1e-3 of its median magnitude in the ROI)
-        or, for a physical fraction such as phi_e, not positive."""
+        or, for a physical fraction such as phi_e, not positive.
+        """
         rate = self.model.rate(d, self.params)
         den = self.model.denominator(d, self.params)
         region = torch.as_tensor(self.region, device=den.device) if self.region is not None else None
@@ -224,7 +222,8 @@ def _choose_radii(ladder: DerivativeLadder, ctx: _Context, regions: dict, ladder
     """``{label: {"radius", "ladder": table}}`` (:func:`_choose_radii_each`), with the labels of fewer than
     ``OWN_RADIUS_MIN_PIXELS`` pixels pooled: the median over a few dozen pixels is too noisy to choose a radius on
     (docs/science.md "Choosing the radius"), so they share the radius chosen on their union (``"pooled"``: their
-    number). 1000 small labels then cost what one label of the same pixels costs."""
+    number). 1000 small labels then cost what one label of the same pixels costs.
+    """
     small = [lab for lab, region in regions.items() if int(region.sum()) < OWN_RADIUS_MIN_PIXELS]
     if len(small) < 2 or len({tuple(ladders[lab]) for lab in small}) != 1:
         return _choose_radii_each(ladder, ctx, regions, ladders, rule, noise)
@@ -295,7 +294,8 @@ def _choose_radii_each(ladder: DerivativeLadder, ctx: _Context, regions: dict, l
 
 def _lepski_labels(ladder: DerivativeLadder, ctx: _Context, regions: dict, rungs: list, noise: NoiseModel) -> dict:
     """Lepski's rule for many labels on one shared ladder: the medians of ``|lambda_k - lambda_j| / sigma_j`` of all
-    labels at once (one sort per rung pair), the same choice as :func:`lepski_accepts` label by label."""
+    labels at once (one sort per rung pair), the same choice as :func:`lepski_accepts` label by label.
+    """
     labs = list(regions)
     union = np.any(list(regions.values()), axis=0)
     owner = np.zeros(union.shape, np.int64)
@@ -432,7 +432,8 @@ def _rate_of(d: dict, ctx: _Context) -> torch.Tensor:
 def _bootstrap(ladder: DerivativeLadder, ctx: _Context, radius, small, out_mask, n_bootstrap, noise: NoiseModel,
                seed, arrays):
     """Variance of the rate and of its smoothed change to ``small`` over ``n_bootstrap`` realisations of the
-    noise model (correlated noise drawn as blurred white noise, correlated between fields by a Cholesky factor)."""
+    noise model (correlated noise drawn as blurred white noise, correlated between fields by a Cholesky factor).
+    """
     rng = np.random.default_rng(seed)
     names = list(arrays)
     shape = next(iter(arrays.values())).shape
@@ -460,7 +461,8 @@ def _bootstrap(ladder: DerivativeLadder, ctx: _Context, radius, small, out_mask,
 def _check_derivatives_defined(d, inside, ctx: _Context, radius, out_mask) -> None:
     """Refuse a solve whose mollified derivatives are undefined over most of the ROI: the mask-mode moment
     systems are singular where fewer valid pixels than the kernel needs lie within the radius (an ROI smaller or
-    thinner than the kernel with ``roi_mode="isolate"``, or an image riddled with NaN pixels)."""
+    thinner than the kernel with ``roi_mode="isolate"``, or an image riddled with NaN pixels).
+    """
     if not bool(inside.any()):
         return
     defined = torch.ones_like(inside)
@@ -482,7 +484,8 @@ def _check_derivatives_defined(d, inside, ctx: _Context, radius, out_mask) -> No
 
 def _is_oom(exc: BaseException) -> bool:
     """True for a device out-of-memory error (``torch.OutOfMemoryError``; MPS and older builds raise a
-    ``RuntimeError`` saying "out of memory")."""
+    ``RuntimeError`` saying "out of memory").
+    """
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
     if oom is not None and isinstance(exc, oom):
         return True
@@ -501,7 +504,8 @@ def _release_device_memory(device: torch.device) -> None:
 
 def _refuse_constant(arrays: dict, where: np.ndarray, region: str) -> None:
     """Raise MollifierInputError if a field's finite pixels in ``where`` (the ``region``: image or ROI) all have
-    one value: such a field carries no information on the rate."""
+    one value: such a field carries no information on the rate.
+    """
     for name, arr in arrays.items():
         values = arr[where]
         values = values[np.isfinite(values)]

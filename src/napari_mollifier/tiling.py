@@ -63,7 +63,8 @@ MIN_TILE = 64
 def halo(radius: float, *, derivatives_only: bool = False, uncertainty: bool = False) -> int:
     """Pixels a tile must see beyond its edge: the kernel half-width (derivatives), twice it (rate maps: the
     residual smooths the rate again) or three times it (with an uncertainty: its bias term smooths the change of
-    the rate map, then its excess over the noise)."""
+    the rate map, then its excess over the noise).
+    """
     h = half_width(float(radius))
     return h if derivatives_only else (3 if uncertainty else 2) * h
 
@@ -347,7 +348,8 @@ def solve_prepared(prep, *, tile, memory_limit=None, progress=None, cancel=None,
     """The solve of checked inputs (``napari_mollifier.solve._prepare``) in tiles of ``tile`` px, or, for
     ``tile="auto"``, untiled when the memory estimate fits (:func:`plan_tiles`); a device out-of-memory error is
     retried in smaller tiles (:func:`retry_tiles`, each retry a warning, listed in
-    ``provenance["memory_retries"]``)."""
+    ``provenance["memory_retries"]``).
+    """
     from .errors import MollifierMemoryError
     from .solve import _solve
 
@@ -508,13 +510,15 @@ def _infer_tiled_prepared(prep, tile: int, progress, cancel, kernel, scheduler):
 
 def tiled_kwargs(kwargs: dict) -> dict:
     """``kwargs`` of :func:`infer_rates` for :func:`infer_tiled`: the network options (``iterations``, ``base``),
-    unused by ``method="direct"``, are dropped."""
+    unused by ``method="direct"``, are dropped.
+    """
     return {k: v for k, v in kwargs.items() if k not in ("iterations", "base")}
 
 
 def retry_tiles(shape, after=None) -> list:
     """Tile sizes to try after an out-of-memory error: half the image (or half of ``after``, the tile that
-    failed), halved again down to :data:`MIN_TILE`, multiples of 64 px."""
+    failed), halved again down to :data:`MIN_TILE`, multiples of 64 px.
+    """
     start = (max(shape) // 2) if after is None else int(after) // 2
     sizes = []
     if after is not None and start < MIN_TILE:
@@ -569,7 +573,8 @@ def infer_with_retry(fields: dict, *, tile=None, **kwargs):
 def infer_auto(fields: dict, *, tile="auto", memory_limit: int | None = None, **kwargs):
     """:func:`~napari_mollifier.infer_rates` with ``tile="auto"`` (kept for scripts): tiled when the memory
     estimate does not fit (or when ``tile`` is an int), retried in smaller tiles on a device out-of-memory error
-    (``provenance["memory_retries"]``); ``provenance["tiling"]`` is present when the run was tiled."""
+    (``provenance["memory_retries"]``); ``provenance["tiling"]`` is present when the run was tiled.
+    """
     from .solve import infer_rates
 
     return infer_rates(fields, tile=tile, memory_limit=memory_limit, **kwargs)

@@ -96,7 +96,8 @@ def check_n_bootstrap(value, *, key: str | None = None) -> int:
 
 def check_iterations(value, *, key: str | None = None) -> int | None:
     """``iterations`` of the network methods: None (the default :data:`DEFAULT_ITERATIONS`) or an integer
-    1 .. :data:`MAX_ITERATIONS` (0 is refused)."""
+    1 .. :data:`MAX_ITERATIONS` (0 is refused).
+    """
     if value is None:
         return None
     return _integer(value, "iterations", key, 1, MAX_ITERATIONS,
@@ -131,7 +132,8 @@ def check_pixel_size(value, *, key: str | None = None, unit: str = "") -> tuple:
 
 def check_params(params, *, key: str | None = None) -> None:
     """Model coefficients: a dict of names to finite real numbers, or ``"auto"`` / ``"default"`` (the units
-    policy, :func:`napari_mollifier.coefficients.resolve_coefficients`)."""
+    policy, :func:`napari_mollifier.coefficients.resolve_coefficients`).
+    """
     if params is None:
         return
     where = _where(key, "params")
@@ -190,7 +192,8 @@ def check_model(model, *, key: str | None = None) -> None:
 def check_solver_arguments(*, model=None, params=None, pixel_size=None, n_bootstrap=0, iterations=None, seed=0,
                            noise="auto", prefix: str | None = None) -> dict:
     """All of the above at once; ``prefix`` (e.g. ``"call.kwargs"``) names provenance keys in the messages.
-    Returns the normalised ``{"n_bootstrap", "iterations", "seed"}``."""
+    Returns the normalised ``{"n_bootstrap", "iterations", "seed"}``.
+    """
 
     def key(name):
         return f"{prefix}.{name}" if prefix else None
@@ -243,7 +246,8 @@ def run_time_note(shape, *, radius="auto", n_bootstrap: int = 0, method: str = "
                   n_runs: int = 1, threshold: float | None = None) -> str | None:
     """The warning text for a run (``n_runs`` solves of ``shape``, e.g. slices of a stack) estimated to take
     longer than ``threshold`` seconds (default :data:`RUN_TIME_WARN_S`), naming the estimate and how to cut it;
-    None for a shorter run. The widget shows it before it starts a run."""
+    None for a shorter run. The widget shows it before it starts a run.
+    """
     est = estimate_run_seconds(shape, radius=radius, n_bootstrap=n_bootstrap or 0, method=method,
                                iterations=iterations)
     seconds = est["seconds"] * max(int(n_runs), 1)
@@ -266,7 +270,8 @@ def run_time_note(shape, *, radius="auto", n_bootstrap: int = 0, method: str = "
 def warn_run_time(shape, *, radius="auto", n_bootstrap: int = 0, method: str = "direct", iterations=None,
                   threshold: float | None = None) -> dict:
     """Warn (:class:`~napari_mollifier.errors.MollifierWarning`) before a run estimated to take longer than
-    ``threshold`` seconds (default :data:`RUN_TIME_WARN_S`): :func:`run_time_note`. Returns the estimate."""
+    ``threshold`` seconds (default :data:`RUN_TIME_WARN_S`): :func:`run_time_note`. Returns the estimate.
+    """
     note = run_time_note(shape, radius=radius, n_bootstrap=n_bootstrap, method=method, iterations=iterations,
                          threshold=threshold)
     if note is not None:
@@ -329,7 +334,8 @@ def warn_extreme_pixels(arrays: dict, valid=None, *, z_threshold: float = 1e3, m
 # --------------------------------------------------------------------------- memory
 def memory_budget() -> int:
     """Bytes this process may still allocate: the available RAM (``MemAvailable``), lowered to what the
-    address-space limit (``ulimit -v``, ``RLIMIT_AS``) leaves above the current size of the process."""
+    address-space limit (``ulimit -v``, ``RLIMIT_AS``) leaves above the current size of the process.
+    """
     from .tiling import available_memory
 
     budget = int(available_memory("cpu"))

@@ -34,7 +34,8 @@ def scrolling_body(widget: QWidget) -> QVBoxLayout:
 
 def fit_width(widget: QWidget) -> None:
     """After the controls are built: the dock is at least as wide as its body needs (no control cut off at the
-    right; only the height scrolls)."""
+    right; only the height scrolls).
+    """
     scroll = widget.scroll_area
     bar = scroll.verticalScrollBar().sizeHint().width()
     body = scroll.widget()

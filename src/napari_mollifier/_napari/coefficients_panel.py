@@ -98,7 +98,8 @@ def plausibility_notes(slices, pixel_size, unit: str) -> list[str]:
 
 def detect_nucleus_layer(widget):
     """Detect the nucleus in the chosen input layers (the slice shown) and add it as a Labels layer, chosen as the
-    ROI; returns the layer. Its metadata records how it was obtained."""
+    ROI; returns the layer. Its metadata records how it was obtained.
+    """
     import numpy as np
 
     from napari_mollifier.nucleus import detect_nucleus

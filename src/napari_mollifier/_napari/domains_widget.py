@@ -62,7 +62,8 @@ _MAX_ROWS = 5000
 
 def _work(x, y, params, cancel: threading.Event):
     """Generator for ``thread_worker``: yields ``(step, total, text)``; returns ``("done", DomainResult)``,
-    ``("cancelled", None)`` or ``("error", exception)`` (errors are handed back, not raised in the worker)."""
+    ``("cancelled", None)`` or ``("error", exception)`` (errors are handed back, not raised in the worker).
+    """
     from napari_mollifier.domains import analyse_localisations
 
     q: queue.Queue = queue.Queue()
@@ -73,13 +74,13 @@ def _work(x, y, params, cancel: threading.Event):
             box["result"] = analyse_localisations(
                 x, y, progress=lambda k, n, info: q.put((k, n, info.get("step", ""))), cancel=cancel.is_set,
                 **params)
-        except BaseException as exc:  # handed to the main thread below
+        except BaseException as exc:  # handed to the main thread below  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
             box["error"] = exc
 
     th = threading.Thread(target=target, daemon=True)
     th.start()
     while th.is_alive() or not q.empty():
-        try:
+        try:  # noqa: SIM105 - explicit
             yield q.get(timeout=0.05)
         except queue.Empty:
             pass
@@ -313,7 +314,7 @@ class DomainsWidget(QWidget):
 
     def _on_source_changed(self, *_args) -> None:
         """'Points layer unit' only for a Points source."""
-        layer = self.viewer.layers[self.source_combo.currentText()] if (
+        layer = self.viewer.layers[self.source_combo.currentText()] if (  # noqa: SIM401 - layer lists are not dicts
             self.source_combo.currentText() in self.viewer.layers) else None
         is_points = layer is not None and layer.__class__.__name__ == "Points"
         self.points_unit.setVisible(is_points)
@@ -470,7 +471,7 @@ class DomainsWidget(QWidget):
             return
         try:
             self._publish(result)
-        except Exception as exc:  # a layer could not be added: say so, stay usable
+        except Exception as exc:  # a layer could not be added: say so, stay usable  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
             show_error(f"Heterochromatin domains: could not show the result: {exc}")
             self._ready("error")
             return

@@ -161,7 +161,8 @@ class FractionsPanel(QGroupBox):
 
 def report_run(widget, job, results) -> str | None:
     """After a run (main thread): warn of negative rates, and label the level relative where the inputs were
-    converted intensities or do not look like volume fractions. Returns the level note added to the status."""
+    converted intensities or do not look like volume fractions. Returns the level note added to the status.
+    """
     from napari_mollifier.fractions import mark_relative
 
     from .widget import output_name

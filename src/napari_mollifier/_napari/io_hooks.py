@@ -34,21 +34,21 @@ __all__ = [
 
 
 def _single(path) -> str | None:
-    """napari may pass a list of paths: a reader here takes exactly one."""
+    """Napari may pass a list of paths: a reader here takes exactly one."""
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
             return None
         path = path[0]
     try:
         return str(path)
-    except Exception:
+    except Exception:  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
         return None
 
 
 def _safe(check, path) -> bool:
     try:
         return bool(check(path))
-    except Exception:
+    except Exception:  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
         return False
 
 
@@ -61,7 +61,7 @@ def read_tiff_layers(path) -> list:
 
 def _restore_display(layers: list) -> list:
     """Colormap and contrast limits saved by the writers (``"display"`` of the file's description), per layer."""
-    for data, kwargs, _kind in layers:
+    for _data, kwargs, _kind in layers:
         meta = kwargs.get("metadata") or {}
         display = (meta.get("mollifier") or {}).get("display") if isinstance(meta.get("mollifier"), dict) else None
         if not isinstance(display, dict) or not display:

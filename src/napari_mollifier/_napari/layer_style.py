@@ -95,7 +95,8 @@ CORNER = {"rate": "top_right", "residual": "bottom_right", "uncertainty": "botto
 
 def show_colorbar(layer, label: str, corner: str = "top_right") -> None:
     """Show ``layer``'s colour bar at ``corner``, titled ``label`` (set again on every run: the label follows the
-    result)."""
+    result).
+    """
     layer.metadata = {**layer.metadata, LABEL_KEY: label}
     colorbar = getattr(layer, "colorbar", None)
     if colorbar is None:  # napari < 0.9: no colour-bar overlay

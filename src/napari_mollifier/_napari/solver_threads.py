@@ -41,7 +41,8 @@ def widget_solver_threads() -> int | None:
 @contextlib.contextmanager
 def solver_threads(n: int | None):
     """Torch's intra-op thread count set to ``n`` for the block (process-wide; the widget runs one job at a
-    time), and restored afterwards. ``None``: unchanged."""
+    time), and restored afterwards. ``None``: unchanged.
+    """
     if n is None:
         yield
         return

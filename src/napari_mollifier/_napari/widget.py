@@ -129,18 +129,18 @@ def available_devices() -> list[str]:
     devices = ["cpu"]
     try:
         import torch
-    except Exception:  # pragma: no cover - torch is a hard dependency of the solver
+    except Exception:  # pragma: no cover - torch is a hard dependency of the solver  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
         return devices
     try:
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             devices.insert(0, "mps")
-    except Exception:  # pragma: no cover
+    except Exception:  # pragma: no cover  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
         pass
     try:
         if torch.cuda.is_available():
             devices.insert(0, "cuda")
-    except Exception:  # pragma: no cover
+    except Exception:  # pragma: no cover  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
         pass
     return devices
 
@@ -186,7 +186,8 @@ def _compact(combo: QComboBox, chars: int = 18) -> None:
 
 def _roi_candidate(layer) -> bool:
     """A layer the ROI box may pick by itself: Labels, or Shapes with a shape; not one marked ``roi_candidate``
-    False (e.g. the domains' own labels, where every domain would become an ROI)."""
+    False (e.g. the domains' own labels, where every domain would become an ROI).
+    """
     if layer.metadata.get("roi_candidate", True) is False:
         return False
     if isinstance(layer, Shapes):
@@ -724,8 +725,8 @@ class MollifierWidget(QWidget):
             from napari.utils.theme import get_theme
 
             theme = get_theme(self.viewer.theme)
-            bg, fg, text = theme.background.as_hex(), theme.foreground.as_hex(), theme.text.as_hex()
-        except Exception:  # pragma: no cover - unknown theme
+            bg, text = theme.background.as_hex(), theme.text.as_hex()
+        except Exception:  # pragma: no cover - unknown theme  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
             return
         self.figure.set_facecolor(bg)
         ax.set_facecolor(bg)
@@ -1234,7 +1235,7 @@ class MollifierWidget(QWidget):
                 step = int(round(1000 * frac)) - int(pbar.n)
                 if step > 0:
                     pbar.update(step)
-            except Exception:  # pragma: no cover - the activity dock is cosmetic
+            except Exception:  # pragma: no cover - the activity dock is cosmetic  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
                 pass
 
     def _on_returned(self, outcome: _Outcome) -> None:
@@ -1643,7 +1644,7 @@ def _no_activation(layers):
         if isinstance(previous, bool):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                try:
+                try:  # noqa: SIM105 - explicit
                     layers._activate_on_insert = previous
                 except Exception:  # noqa: BLE001
                     pass

@@ -18,7 +18,8 @@ __all__ = ["nucleus_mask", "edge_distance_nm"]
 
 def nucleus_mask(counts, pixel_size_nm: float, *, smoothing_nm: float = 200.0) -> tuple[np.ndarray, float]:
     """``(mask, threshold)``: the nucleus (bool image) from a localisation count image on a ``pixel_size_nm``
-    grid, and the Otsu threshold used on the smoothed counts (localisations per pixel)."""
+    grid, and the Otsu threshold used on the smoothed counts (localisations per pixel).
+    """
     from scipy import ndimage
     from skimage.filters import threshold_otsu
 
@@ -39,7 +40,8 @@ def nucleus_mask(counts, pixel_size_nm: float, *, smoothing_nm: float = 200.0) -
 
 def edge_distance_nm(mask, pixel_size_nm: float) -> np.ndarray:
     """Distance (nm) from every pixel inside ``mask`` to the nearest pixel outside it (0 outside); the mask's
-    edge is taken half a pixel beyond the last inside pixel centre."""
+    edge is taken half a pixel beyond the last inside pixel centre.
+    """
     from scipy import ndimage
 
     padded = np.pad(np.asarray(mask, bool), 1)

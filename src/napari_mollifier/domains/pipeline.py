@@ -227,7 +227,8 @@ def analyse_table(path, *, unit: str = "nm", camera_pixel_nm: float | None = Non
                   **params) -> DomainResult:
     """:func:`analyse_localisations` of a localisation table file (ThunderSTORM / plain ``x, y`` CSV, read by
     :func:`napari_mollifier.io.smlm.read_localisations`; a table without x / y columns or with text in them is
-    refused with :class:`~napari_mollifier.errors.MollifierInputError`)."""
+    refused with :class:`~napari_mollifier.errors.MollifierInputError`).
+    """
     from ..io.smlm import read_localisations
 
     locs = read_localisations(path, unit=unit, camera_pixel_nm=camera_pixel_nm)

@@ -43,7 +43,8 @@ def geometric_rates(radius_um, spacing_um, diffusivity: float = 1.0) -> dict:
 
 def domain_spacing(cy, cx, k: int = 5) -> np.ndarray:
     """Mean distance (same unit as the centres) from each centre to its ``k`` nearest other centres (fewer when
-    there are fewer domains; NaN for a single domain)."""
+    there are fewer domains; NaN for a single domain).
+    """
     from scipy.spatial import cKDTree
 
     pts = np.column_stack([np.asarray(cy, float), np.asarray(cx, float)])

@@ -67,7 +67,7 @@ class DomainResult:
 
     @property
     def translate_um(self) -> tuple:
-        """napari translate (um) so that pixel centres sit at their physical positions."""
+        """Napari translate (um) so that pixel centres sit at their physical positions."""
         return tuple((o + self.pixel_size_nm / 2) / 1000.0 for o in self.origin_nm)
 
     def table_csv(self) -> str:
@@ -96,7 +96,8 @@ class DomainResult:
 
         The five files are one unit (:func:`napari_mollifier.io.publish.publish`): written into a staging folder
         and moved into place together, under the folder's write lock; a failure or interrupt leaves none of them
-        (and an older result of the same name as it was)."""
+        (and an older result of the same name as it was).
+        """
         from ..io._common import to_json
         from ..io.publish import publish
         from ..io.tiff import write_ome_tiff

@@ -61,7 +61,8 @@ def cluster_geometry(x, y, labels, *, precision_nm: float = 0.0) -> dict:
 
 def rasterise_labels(x, y, ids, pixel_size_nm, origin_nm, shape, *, close_px: int = 1) -> np.ndarray:
     """Label image (int32, 0 = background) of localisations with ``ids > 0``, closed by ``close_px`` pixels
-    (labels grown into the background by ``close_px`` and the grown rim that touches background removed)."""
+    (labels grown into the background by ``close_px`` and the grown rim that touches background removed).
+    """
     from scipy import ndimage
     from skimage.segmentation import expand_labels
 

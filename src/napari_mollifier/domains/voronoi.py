@@ -61,7 +61,7 @@ def _triangulate(x, y):
     centre = pts.mean(axis=0)
     try:
         return Delaunay(pts - centre), pts - centre
-    except Exception as exc:  # QhullError: all collinear, etc.
+    except Exception as exc:  # QhullError: all collinear, etc.  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
         raise MollifierInputError(f"the localisations cannot be triangulated ({exc.__class__.__name__}): "
                                   "they are collinear or too few") from None
 

@@ -176,7 +176,7 @@ class ImageData:
         return np.asarray(data, dtype=dtype)
 
     def layer_data(self, *, split_channels: bool = True) -> list:
-        """napari ``LayerDataTuple`` s: one image layer per channel (or one layer), in physical units."""
+        """Napari ``LayerDataTuple`` s: one image layer per channel (or one layer), in physical units."""
         base_meta = dict(self.metadata)
         colormaps = ["magenta", "green", "cyan", "yellow", "red", "blue"]
         if split_channels and "c" in self.axes:
@@ -291,7 +291,8 @@ _ZARR_META = (".zarray", ".zgroup", "zarr.json")
 def check_input_path(path, *, allow_store: bool = True) -> Path:
     """``path`` if it is a regular file (or, with ``allow_store``, a folder holding zarr metadata); else a
     :class:`MollifierInputError` -- before anything is read or hashed, so a device (``/dev/zero``), a FIFO or a
-    large folder that is not a store is refused at once instead of read without end."""
+    large folder that is not a store is refused at once instead of read without end.
+    """
     p = Path(path)
     try:
         st = os.stat(p)
@@ -319,7 +320,8 @@ def check_input_path(path, *, allow_store: bool = True) -> Path:
 # --------------------------------------------------------------------------- hashing
 def file_sha256(path) -> str:
     """sha256 of a file, or of a folder (zarr): every file's relative path and bytes, in sorted order.
-    Anything else (a device, a FIFO, a folder that is not a zarr store) is refused before reading."""
+    Anything else (a device, a FIFO, a folder that is not a zarr store) is refused before reading.
+    """
     path = check_input_path(path)
     h = hashlib.sha256()
     if path.is_dir():

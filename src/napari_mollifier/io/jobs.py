@@ -216,7 +216,8 @@ def load_fields(records: list[dict], load: dict, model="chromatin-balance") -> t
 def _check_field_memory(img: ImageData, n_fields: int, path) -> None:
     """Refuse, before any pixel is converted, an image whose float64 fields (and the solver's copies of them)
     cannot fit in memory: the shape is read lazily from the file's metadata (a compressed file can claim far more
-    pixels than it has bytes)."""
+    pixels than it has bytes).
+    """
     from ..validation import check_memory
 
     pixels = int(np.prod([int(n) for n in img.shape], dtype=object))
@@ -521,7 +522,8 @@ def run_job(job: dict, out_dir, *, fmt: str = "ome-tif", name: str | None = None
 
 def _write_detected_nucleus(result, out_dir, name: str):
     """A detected nucleus mask as ``NAME_nucleus.ome.tif`` in ``out_dir``, recorded as the run's ROI input (so that
-    ``mollifier rerun`` repeats the run on the same pixels); None when the ROI was not detected."""
+    ``mollifier rerun`` repeats the run on the same pixels); None when the ROI was not detected.
+    """
     if not result.provenance.get("nucleus_detection"):
         return None
     from .tiff import write_ome_tiff

@@ -55,7 +55,8 @@ def is_leftover(name: str) -> bool:
 def pause(stage: str, received=None) -> None:
     """Test hook: with ``MOLLIFIER_TEST_PAUSE_AT=stage`` the writer says so on stderr and waits there
     (``MOLLIFIER_TEST_PAUSE_S`` seconds, default 30, or until a held-back signal arrives), so that tests can send
-    a signal to a real process at each write stage. Does nothing otherwise."""
+    a signal to a real process at each write stage. Does nothing otherwise.
+    """
     if os.environ.get("MOLLIFIER_TEST_PAUSE_AT") != stage:
         return
     sys.stderr.write(f"mollifier-test: paused at {stage}\n")
@@ -206,7 +207,8 @@ def _remove_if_empty(dirs: list[Path]) -> None:
 def locked_folder(out, *, timeout: float | None = None):
     """Create ``out`` if needed, hold its lock and clear leftovers of killed writers (reported as a
     :class:`~napari_mollifier.errors.MollifierWarning`); yields the notes. Folders this call created are
-    removed again when the block fails and they are still empty."""
+    removed again when the block fails and they are still empty.
+    """
     out = Path(out)
     created = _created_dirs(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +226,8 @@ def locked_folder(out, *, timeout: float | None = None):
 @contextlib.contextmanager
 def defer_signals():
     """Hold back SIGINT and SIGTERM inside the block (main thread only) and deliver them when it ends; yields
-    the list of held-back signal numbers."""
+    the list of held-back signal numbers.
+    """
     received: list = []
     if threading.current_thread() is not threading.main_thread():
         yield received
@@ -235,7 +238,7 @@ def defer_signals():
 
     old = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+        try:  # noqa: SIM105 - explicit
             old[sig] = signal.signal(sig, hold)
         except (ValueError, OSError):
             pass

@@ -79,7 +79,8 @@ def _coordinate_columns(names: list[str]) -> dict:
 
 def is_localisation_table(path) -> bool:
     """True for a ``.csv``/``.tsv`` file whose header looks like a localisation table (an x or y column, or
-    typical SMLM columns such as ``frame`` and ``uncertainty``)."""
+    typical SMLM columns such as ``frame`` and ``uncertainty``).
+    """
     try:
         p = Path(path)
         if not p.is_file() or not p.name.lower().endswith(SMLM_SUFFIXES):

@@ -81,7 +81,7 @@ def _open(path: Path):
         return tf
     except MollifierInputError:
         raise
-    except Exception as exc:  # tifffile raises many types on corrupt files
+    except Exception as exc:  # tifffile raises many types on corrupt files  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
         detail = cap.messages[0] if cap.messages else f"{type(exc).__name__}: {exc}"
         raise MollifierInputError(f"{path} is not a readable TIFF file (truncated or corrupt: {detail})") from None
     finally:
@@ -244,7 +244,7 @@ def read_tiff(path, *, lazy: bool | None = None) -> ImageData:
         else:
             try:
                 data = series.asarray()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
                 raise MollifierInputError(
                     f"{path}: could not read the image data (truncated or corrupt TIFF: {type(exc).__name__}: {exc})"
                 ) from None
@@ -277,7 +277,7 @@ def read_ome_tiff_series(path) -> tuple[list[tuple[str, np.ndarray]], dict]:
         for s in tf.series:
             try:
                 out.append((s.name or "", s.asarray()))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
                 raise MollifierInputError(f"{path}: could not read series {s.name!r} ({exc})") from None
         info = _ome_info(tf.ome_metadata) if tf.is_ome and tf.ome_metadata else {}
     finally:
@@ -329,15 +329,14 @@ def write_ome_tiff(path, channels: dict, pixel_size=1.0, *, unit: str = "µm", d
             **spatial}
     if description is not None:
         meta["Description"] = to_json(description)
-    with atomic_path(path) as tmp:
-        with tifffile.TiffWriter(tmp, ome=True, bigtiff=stack.nbytes > 2**31) as tw:
-            tw.write(stack, metadata=meta)
-            for name, arr in extra or []:
-                arr = np.asarray(arr)
-                with_c = arr.ndim == nsp + 1
-                m = {"axes": _ome_axes(nsp, with_c), "Name": str(name), **spatial}
-                if with_c and isinstance(name, str) and ":" in name:
-                    m["Name"], labels = name.split(":", 1)
-                    m["Channel"] = {"Name": labels.split(",")}
-                tw.write(arr, metadata=m)
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, ome=True, bigtiff=stack.nbytes > 2**31) as tw:
+        tw.write(stack, metadata=meta)
+        for name, arr in extra or []:
+            arr = np.asarray(arr)
+            with_c = arr.ndim == nsp + 1
+            m = {"axes": _ome_axes(nsp, with_c), "Name": str(name), **spatial}
+            if with_c and isinstance(name, str) and ":" in name:
+                m["Name"], labels = name.split(":", 1)
+                m["Channel"] = {"Name": labels.split(",")}
+            tw.write(arr, metadata=m)
     return path

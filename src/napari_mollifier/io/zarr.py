@@ -52,7 +52,7 @@ def _open(path: Path):
         )
     try:
         return zarr.open(str(path), mode="r")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
         raise MollifierInputError(f"{path}: the zarr store cannot be opened ({type(exc).__name__}: {exc})") from None
 
 
@@ -256,7 +256,7 @@ def read_zarr_labels(path) -> dict:
             ms = _ome_attrs(dict(sub.attrs)).get("multiscales") or [{"datasets": [{"path": "0"}]}]
             out[str(name)] = _lazy(sub[ms[0]["datasets"][0]["path"]])
         return out
-    except Exception:
+    except Exception:  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
         return {}
 
 

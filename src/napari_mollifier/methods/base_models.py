@@ -33,7 +33,8 @@ BASE_MODELS = ("mlp", "cnn", "rbf")
 
 def normalised_coordinates(shape, pad: int = 0, dtype=torch.float32, device="cpu") -> torch.Tensor:
     """Pixel-centre coordinates ``(N, ndim)`` in array-axis order; the pixels of ``shape`` span ``[-1, 1]`` on
-    every axis, and ``pad`` extra pixels on each side continue the same spacing beyond it."""
+    every axis, and ``pad`` extra pixels on each side continue the same spacing beyond it.
+    """
     axes = []
     for n in shape:
         step = 2.0 / (n - 1) if n > 1 else 1.0
@@ -229,7 +230,8 @@ class RBFGrid(nn.Module):
 def make_base_model(base: str, shape, out_channels: int, *, inputs: torch.Tensor | None = None, pad: int = 0,
                     seed: int = 0, **options) -> nn.Module:
     """Build a base model by name: ``"mlp"`` (:class:`FourierMLP`), ``"cnn"`` (:class:`SmallCNN`, needs
-    ``inputs``) or ``"rbf"`` (:class:`RBFGrid`); ``forward()`` covers ``shape`` extended by ``pad`` pixels."""
+    ``inputs``) or ``"rbf"`` (:class:`RBFGrid`); ``forward()`` covers ``shape`` extended by ``pad`` pixels.
+    """
     if base == "mlp":
         return FourierMLP(shape, out_channels, pad=pad, seed=seed, **options)
     if base == "cnn":

@@ -285,7 +285,8 @@ def change_variance(ladder: DerivativeLadder, radius: float, small: float, a_big
     ``S_R (*) K_k^R`` and ``S_R (*) K_k^r`` and the coefficients taken at the output pixel (they vary slowly).
 
     Within ``R`` of a mask edge the re-solved kernels are noisier than this says, so the bias term there is
-    conservative (measured: up to 2x the bootstrap's uncertainty in that band, docs/science.md)."""
+    conservative (measured: up to 2x the bootstrap's uncertainty in that band, docs/science.md).
+    """
     keys = ladder.key_union()
     dtype, device = like.dtype, like.device
     big = ladder.plan(radius, keys).key_kernels(dtype, device)
@@ -312,7 +313,8 @@ def change_variance(ladder: DerivativeLadder, radius: float, small: float, a_big
 
 def lepski_accepts(rate_k: np.ndarray, history: list, kappa: float = LEPSKI_KAPPA) -> tuple[bool, float]:
     """Whether the map at the next radius stays within ``kappa`` standard deviations of every smaller radius's map
-    (median over the ROI of ``|lambda_k - lambda_j| / sigma_j``); also returns the largest of those medians."""
+    (median over the ROI of ``|lambda_k - lambda_j| / sigma_j``); also returns the largest of those medians.
+    """
     worst = 0.0
     stride = max(1, rate_k.size // _LEPSKI_SAMPLES)  # the median of a regular subsample is as good and cheaper
     rate_k = rate_k[::stride]

@@ -57,8 +57,8 @@ import numpy as np
 import torch
 
 from ..errors import MollifierInputError, RunCancelled
-from ..models import Model, get_model
 from ..kernels import half_width
+from ..models import Model, get_model
 from ..mollifier import Mollifier, derivatives, key_terms
 from .base_models import BASE_MODELS, make_base_model
 
@@ -73,7 +73,8 @@ _BOUNDARIES = ("extend", "mask", "reflect", "replicate", "periodic", "zeros")
 # --------------------------------------------------------------------------------------------- memory meter
 class _MemoryMeter:
     """Peak memory of a block: exact on CUDA (``torch.cuda.max_memory_allocated`` above the allocation at the
-    start), approximate on the CPU (peak resident set size above the start, sampled every 2 ms)."""
+    start), approximate on the CPU (peak resident set size above the start, sampled every 2 ms).
+    """
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -132,7 +133,8 @@ class _MemoryMeter:
 
 class _GraphMeter:
     """Bytes of the tensors autograd saves for the backward pass (distinct storages): a device-independent
-    measure of a training step's activation memory."""
+    measure of a training step's activation memory.
+    """
 
     def __init__(self):
         self.bytes = 0
@@ -159,7 +161,8 @@ def warm_up() -> None:
     """Pay the one-time cost of the first fit now: constructing the first ``torch.optim`` optimizer imports
     ``torch._dynamo`` (about 800 modules, 1-1.5 s on one core, with pauses of ~0.1 s that hold the interpreter
     lock). A GUI calls this in a background thread when it opens, so that no run pays it; idempotent and cheap
-    after the first call."""
+    after the first call.
+    """
     torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.0)
 
 
@@ -302,7 +305,8 @@ class NetworkFit:
 # --------------------------------------------------------------------------------------------- set-up
 class NetworkProblem:
     """A set-up network fit (:func:`setup_network`): the normalised data, the mollifier layers, the scales of
-    the loss from the direct closed form, the seeded base model; :meth:`evaluate` is one forward pass."""
+    the loss from the direct closed form, the seeded base model; :meth:`evaluate` is one forward pass.
+    """
 
     def __init__(self, fields, model, params, pixel_size, radius, mask, *, base, derivatives_via, iterations, lr,
                  weight_pde, device, seed, kernel, rate_head, warmup, boundary, dtype, base_options, data_on):
@@ -448,7 +452,8 @@ class NetworkProblem:
     def ramp(self, step: int) -> float:
         """PDE weight at ``step``: linear from 0 over the warm-up (the data fix the fields first; a PDE
         weight at full strength from the start can pull the fields to trivial solutions, e.g. u = const, m = 0
-        for the heat equation)."""
+        for the heat equation).
+        """
         return self.weight_pde * min(1.0, (step + 1) / self.warm) if self.warm > 0 else self.weight_pde
 
     def evaluate(self, w_pde: float | None = None):
@@ -518,7 +523,8 @@ def setup_network(fields: dict, model, params: dict | None, pixel_size, radius: 
                   data_on: str = "u") -> NetworkProblem:
     """Set-up step of :func:`fit_network`: check the inputs, normalise the data, build the mollifier layers and
     the seeded base model, and take the loss scales from the direct closed form. Same parameters as
-    :func:`fit_network` (``iterations`` sets the warm-up length)."""
+    :func:`fit_network` (``iterations`` sets the warm-up length).
+    """
     return NetworkProblem(fields, model, params, pixel_size, radius, mask, base=base,
                           derivatives_via=derivatives_via, iterations=iterations, lr=lr, weight_pde=weight_pde,
                           device=device, seed=seed, kernel=kernel, rate_head=rate_head, warmup=warmup,
@@ -529,7 +535,8 @@ def setup_network(fields: dict, model, params: dict | None, pixel_size, radius: 
 class EarlyStop:
     """Stop once the loss has not improved on its best value by more than ``rel_tol`` (relative) for
     ``patience`` consecutive steps, counted from the step ``start`` (the end of the PDE-weight warm-up: before it
-    the loss changes because its weight does). ``patience=None`` or 0 never stops."""
+    the loss changes because its weight does). ``patience=None`` or 0 never stops.
+    """
 
     def __init__(self, patience: int | None, rel_tol: float, start: int = 0):
         if patience is not None and (isinstance(patience, bool) or int(patience) < 0):
@@ -567,7 +574,8 @@ def train_network(problem: NetworkProblem, *, iterations: int | None = None,
                   cancel=None, measure_graph: bool = False, monitor=None, monitor_every: int = 10) -> TrainingLog:
     """Training step of :func:`fit_network`: Adam with the learning rate cosine-decayed to a tenth over
     ``iterations`` (default: the set-up's), the PDE weight ramped up over the warm-up, and the early stop
-    (:class:`EarlyStop`). ``progress``, ``cancel``, ``measure_graph``, ``monitor``: as in :func:`fit_network`."""
+    (:class:`EarlyStop`). ``progress``, ``cancel``, ``measure_graph``, ``monitor``: as in :func:`fit_network`.
+    """
     iterations = problem.iterations if iterations is None else _check_iterations(iterations)
     net = problem.net
     optimizer = torch.optim.Adam(net.parameters(), lr=problem.lr)
@@ -614,7 +622,8 @@ def train_network(problem: NetworkProblem, *, iterations: int | None = None,
 def evaluate_network(problem: NetworkProblem) -> dict:
     """Evaluation step of :func:`fit_network`: one forward pass of the fitted model at the full PDE weight.
 
-    Returns ``{"rate", "residual", "smoothed", "final_loss"}`` in numpy (NaN outside the mask)."""
+    Returns ``{"rate", "residual", "smoothed", "final_loss"}`` in numpy (NaN outside the mask).
+    """
     if problem.autodiff:  # derivatives need the graph
         loss, data, pde, rate, resid, smoothed = problem.evaluate()
     else:

@@ -14,6 +14,8 @@ from .base import Coefficient, Model
 
 @dataclass(frozen=True)
 class ChromatinBalance(Model):
+    """Second-order chromatin balance: ``l2 lap(phi_e) = lambda phi_e - phi_h`` (docs/science.md)."""
+
     name: str = "chromatin-balance"
     summary: str = "l2 lap(phi_e) = lambda phi_e - phi_h (2nd order)"
     inputs: tuple = ("phi_h", "phi_e")

@@ -24,6 +24,8 @@ from .base import Coefficient, Model
 
 @dataclass(frozen=True)
 class ChromatinPhaseField(Model):
+    """Fourth-order phase-field form: ``0 = M lap(mu_d) + 2 (lambda phi_e - phi_h)`` (docs/science.md)."""
+
     name: str = "chromatin-phase-field"
     summary: str = "0 = M lap(mu_d) + 2 (lambda phi_e - phi_h), 4th order"
     inputs: tuple = ("phi_h", "phi_e")

@@ -13,6 +13,8 @@ from .base import Model
 
 @dataclass(frozen=True)
 class Heat(Model):
+    """Steady heat equation with a source: ``0 = lambda lap(u) + m``."""
+
     name: str = "heat"
     summary: str = "0 = lambda lap(u) + m (2nd order)"
     inputs: tuple = ("u", "m")

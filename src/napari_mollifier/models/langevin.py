@@ -15,6 +15,8 @@ from .base import Model
 
 @dataclass(frozen=True)
 class Langevin(Model):
+    """1-D relaxation in time: ``u_t = u + lambda(t)``."""
+
     name: str = "langevin"
     summary: str = "u_t = u + lambda(t) (1st order, 1-D in time)"
     inputs: tuple = ("u",)
