@@ -658,6 +658,25 @@ def infer_rates(
     return _solve(prep, progress, cancel, kernel, base)
 
 
+def prepare_call(fields, *, tiled: bool = False, **kwargs):
+    """``(prepared inputs, all arguments)`` of the call ``infer_rates(fields, **kwargs)``: its defaults applied and
+    every check of :func:`_prepare` run (for callers that pick the tiling themselves).
+    """
+    import inspect
+
+    try:
+        bound = inspect.signature(infer_rates).bind(fields, **kwargs)
+    except TypeError as exc:
+        raise MollifierInputError(f"infer_rates: {exc}") from None
+    bound.apply_defaults()
+    a = bound.arguments
+    prep = _prepare(a["fields"], a["model"], a["params"], a["pixel_size"], a["radius"], a["method"], a["roi"],
+                    a["device"], a["seed"], a["boundary"], a["roi_mode"], a["uncertainty"], a["n_bootstrap"],
+                    a["noise"], a["noise_correlation"], a["radius_rule"], a["iterations"], a["allow_constant"],
+                    a["unit"], tiled=tiled)
+    return prep, a
+
+
 @dataclass
 class Prepared:
     """Checked inputs of a solve: what :func:`_prepare` derived from the arguments of :func:`infer_rates`."""

@@ -345,8 +345,9 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
 
 def solve_prepared(prep, *, tile, memory_limit=None, progress=None, cancel=None, kernel="poly", base="mlp",
                    scheduler: str = "synchronous"):
-    """The solve of checked inputs (``napari_mollifier.solve._prepare``) in tiles of ``tile`` px, or, for
-    ``tile="auto"``, untiled when the memory estimate fits (:func:`plan_tiles`); a device out-of-memory error is
+    """The solve of checked inputs (``napari_mollifier.solve._prepare``) in tiles of ``tile`` px, untiled
+    (``tile=None``), or, for ``tile="auto"``, untiled when the memory estimate fits (:func:`plan_tiles`); a device
+    out-of-memory error is
     retried in smaller tiles (:func:`retry_tiles`, each retry a warning, listed in
     ``provenance["memory_retries"]``).
     """
@@ -360,6 +361,8 @@ def solve_prepared(prep, *, tile, memory_limit=None, progress=None, cancel=None,
         plan = plan_tiles(prep.shape, r_est, prep.m, device=str(prep.dev), boundary=prep.boundary,
                           tile=tile if prep.method == "direct" else None, memory_limit=memory_limit)
         current = None if plan.tile is None or all(n <= plan.tile for n in prep.shape) else int(plan.tile)
+    elif tile is None:  # untiled first, tiles only after an out-of-memory error
+        current = None
     else:
         current = _tile_size(tile)
     retries = []
@@ -531,43 +534,21 @@ def retry_tiles(shape, after=None) -> list:
 
 
 def infer_with_retry(fields: dict, *, tile=None, **kwargs):
-    """:func:`infer_rates` (``tile=None``) or :func:`infer_tiled` (``tile`` px), retried in smaller tiles when the
-    device runs out of memory (:class:`MollifierMemoryError`).
+    """:func:`infer_rates` untiled (``tile=None``) or in ``tile`` px tiles, retried in smaller tiles when the
+    device runs out of memory (:class:`MollifierMemoryError`; :func:`solve_prepared`).
 
     ``method="direct"`` only is retried (network methods are not tiled). Each retry emits a
     :class:`~napari_mollifier.errors.MollifierWarning`; returns ``(result, tile used or None, retries)`` where
     ``retries`` lists ``{"tile", "error"}`` of the failed attempts. When even :data:`MIN_TILE` px tiles do not
     fit, the last :class:`MollifierMemoryError` is raised with the fix.
     """
-    import warnings
+    from .solve import prepare_call
 
-    from .errors import MollifierMemoryError, MollifierWarning
-    from .solve import infer_rates
-
-    shape = tuple(np.shape(next(iter(fields.values()))))
-    retries = []
-    current = tile
-    while True:
-        try:
-            if current is None:
-                plain = {k: (v.compute() if hasattr(v, "compute") else np.asarray(v)) for k, v in fields.items()}
-                roi = kwargs.get("roi")
-                args = dict(kwargs, roi=roi.compute() if hasattr(roi, "compute") else roi)
-                return infer_rates(plain, **args), None, retries
-            return infer_tiled(fields, tile=int(current), **tiled_kwargs(kwargs)), int(current), retries
-        except MollifierMemoryError as exc:
-            options = retry_tiles(shape, current) if kwargs.get("method", "direct") == "direct" else []
-            retries.append({"tile": current, "error": str(exc)})
-            if not options:
-                raise MollifierMemoryError(
-                    f"{exc}" + (f" (tiles down to {current} px were tried)" if current is not None else "")
-                ) from None
-            nxt = options[0]
-            warnings.warn(
-                f"out of memory on {kwargs.get('device', 'auto')} with "
-                f"{'the untiled run' if current is None else f'{current} px tiles'}: retrying in {nxt} px tiles "
-                "(same rate map; the uncertainty is then a bootstrap per tile)", MollifierWarning, stacklevel=2)
-            current = nxt
+    prep, args = prepare_call(fields, tiled=tile is not None, **kwargs)
+    result = solve_prepared(prep, tile=tile, progress=args["progress"], cancel=args["cancel"], kernel=args["kernel"],
+                            base=args["base"])
+    used = result.provenance.get("tiling", {}).get("tile")
+    return result, used, list(result.provenance.get("memory_retries", []))
 
 
 def infer_auto(fields: dict, *, tile="auto", memory_limit: int | None = None, **kwargs):
