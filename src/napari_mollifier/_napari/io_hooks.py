@@ -60,7 +60,8 @@ def read_tiff_layers(path) -> list:
 
 
 def _restore_display(layers: list) -> list:
-    """Colormap and contrast limits saved by the writers (``"display"`` of the file's description), per layer."""
+    """Colormap, contrast limits and colour-bar title saved by the writers (``"display"`` of the file's
+    description), per layer."""
     for _data, kwargs, _kind in layers:
         meta = kwargs.get("metadata") or {}
         display = (meta.get("mollifier") or {}).get("display") if isinstance(meta.get("mollifier"), dict) else None
@@ -76,6 +77,9 @@ def _restore_display(layers: list) -> list:
         limits = entry.get("contrast_limits")
         if isinstance(limits, (list, tuple)) and len(limits) == 2:
             kwargs["contrast_limits"] = [float(v) for v in limits]
+        label = entry.get("colorbar_label")
+        if isinstance(label, str) and label:  # shown by layer_style.restyle_on_insert (the Rate maps dock)
+            kwargs["metadata"] = {**meta, "colorbar_label": label[:200]}
     return layers
 
 
@@ -191,6 +195,9 @@ def _display(layer_data: list, names: list) -> dict:
         limits = meta.get("contrast_limits")
         if limits is not None and len(limits) == 2:
             entry["contrast_limits"] = [float(v) for v in limits]
+        label = (meta.get("metadata") or {}).get("colorbar_label")
+        if isinstance(label, str) and label:
+            entry["colorbar_label"] = label[:200]
         out[name] = entry
     return out
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["LABEL_KEY", "quantity_label", "rate_unit", "show_colorbar", "style_output"]
+__all__ = ["LABEL_KEY", "quantity_label", "rate_unit", "restyle_on_insert", "show_colorbar", "style_output"]
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +124,20 @@ def style_output(layer, kind: str, provenance: dict, unit: str) -> None:
     """The colour bar of a rate, uncertainty or residual output layer (other kinds unchanged)."""
     if kind in ("rate", "uncertainty", "residual"):
         show_colorbar(layer, quantity_label(kind, provenance, unit), CORNER[kind])
+
+
+def restyle_on_insert(viewer) -> None:
+    """Show the colour bar of every layer added to ``viewer`` that carries a saved title
+    (``metadata["colorbar_label"]``: maps reopened through the plugin's readers), at the corner of its kind."""
+
+    def _on_inserted(event) -> None:
+        layer = event.value
+        label = (getattr(layer, "metadata", None) or {}).get(LABEL_KEY)
+        if not isinstance(label, str) or not label or getattr(layer, "colorbar", None) is None:
+            return
+        lower = label.lower()
+        kind = "uncertainty" if lower.startswith("uncertainty") else "residual" if "residual" in lower else "rate"
+        show_colorbar(layer, label, CORNER[kind])
+
+    viewer.layers.events.inserted.connect(_on_inserted)
+
