@@ -61,7 +61,8 @@ def read_tiff_layers(path) -> list:
 
 def _restore_display(layers: list) -> list:
     """Colormap, contrast limits and colour-bar title saved by the writers (``"display"`` of the file's
-    description), per layer."""
+    description), per layer.
+    """
     for _data, kwargs, _kind in layers:
         meta = kwargs.get("metadata") or {}
         display = (meta.get("mollifier") or {}).get("display") if isinstance(meta.get("mollifier"), dict) else None

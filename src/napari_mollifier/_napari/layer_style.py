@@ -128,7 +128,8 @@ def style_output(layer, kind: str, provenance: dict, unit: str) -> None:
 
 def restyle_on_insert(viewer) -> None:
     """Show the colour bar of every layer added to ``viewer`` that carries a saved title
-    (``metadata["colorbar_label"]``: maps reopened through the plugin's readers), at the corner of its kind."""
+    (``metadata["colorbar_label"]``: maps reopened through the plugin's readers), at the corner of its kind.
+    """
 
     def _on_inserted(event) -> None:
         layer = event.value
