@@ -19,7 +19,18 @@ import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QFileDialog, QTableWidgetItem
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QPushButton,
+    QSizePolicy,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+)
 
 from ._qt_layout import alive as _alive
 from .eta import format_seconds as _format_seconds
@@ -99,6 +110,34 @@ def _no_activation(layers):
 
 class ResultsDisplay:
     """Output layers, table and histogram of the Rate maps widget (mixin; uses its viewer and result controls)."""
+
+    def _build_results(self) -> QGroupBox:
+        """The "Per-ROI rate" box: the table, Export CSV / Save maps, and the histogram (hidden until a run)."""
+        self.results_box = res_box = QGroupBox("Per-ROI rate")
+        res_layout = QVBoxLayout(res_box)
+        self.table = QTableWidget(0, 5)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.setMinimumHeight(90)
+        self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.table.setToolTip("Rate statistics per ROI (area in the layer's unit squared).")
+        res_layout.addWidget(self.table)
+        buttons = QHBoxLayout()
+        self.export_button = QPushButton("Export CSV...")
+        self.export_button.setToolTip("Write the per-ROI table (all statistics) to a CSV file.")
+        self.export_button.setEnabled(False)
+        self.save_button = QPushButton("Save maps...")
+        self.save_button.setToolTip("Save the rate (and uncertainty) maps as OME-TIFF with pixel size, colormap, "
+                                    "contrast limits and provenance (reopen with File > Open).")
+        self.save_button.setEnabled(False)
+        buttons.addWidget(self.export_button)
+        buttons.addWidget(self.save_button)
+        res_layout.addLayout(buttons)
+        self._build_histogram(res_layout)
+        self.export_button.clicked.connect(self._export_dialog)
+        self.save_button.clicked.connect(self._save_dialog)
+        return res_box
 
     def _build_histogram(self, layout) -> None:
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -202,7 +241,6 @@ class ResultsDisplay:
         self.canvas.setEnabled(not stale)
 
     # ------------------------------------------------------------------ outputs
-
     def _publish_steps(self, job: _Job, results: list) -> list:
         """The main-thread steps that create or update the output layers, then the table and histogram."""
         lead = job.out_lead_shape
@@ -398,7 +436,6 @@ class ResultsDisplay:
         self.canvas.draw_idle()
 
     # ------------------------------------------------------------------ CSV
-
     def export_csv(self, path) -> Path:
         """Write the per-ROI table of the last run (all statistics, one row per ROI and slice) to ``path``."""
         if not self._rows or self._last_job is None:

@@ -10,6 +10,11 @@ or updated only on the main thread in the worker's ``returned`` handler, and onl
 (cancel or error -> nothing is added). One run at a time: Run is disabled while a run is in flight. Cancel sets a
 flag read by the ``cancel`` callback of ``infer_rates``, which stops within one solver step.
 
+The widget is composed of small modules (issue #14): this one lays out the controls and follows the viewer's
+layers; :mod:`.collect` reads the inputs into a job, :mod:`.job` (Qt-free) holds the job, the ``infer_rates``
+keywords and the worker's generator, :mod:`.runner` the worker lifecycle (start, cancel, close, ready again), and
+:mod:`.results` the output layers, table, histogram and exports.
+
 Module-level imports: numpy, qtpy and napari only. The solver, the models, torch and matplotlib are imported
 when the widget is built or run.
 """
@@ -27,21 +32,17 @@ from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
     QSpinBox,
-    QTableWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -88,9 +89,7 @@ METHODS = ("direct", "network")
 UNCERTAINTY_CHOICES = ("propagate", "bootstrap", "none")
 
 
-# --------------------------------------------------------------------------- helpers (no Qt)
-
-
+# --------------------------------------------------------------------------- helpers
 def available_devices() -> list[str]:
     """Devices torch can use here: always ``cpu``, plus ``cuda`` / ``mps`` when available (best first)."""
     devices = ["cpu"]
@@ -130,8 +129,6 @@ def _roi_candidate(layer) -> bool:
 
 
 # --------------------------------------------------------------------------- the widget
-
-
 class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
     """Dock widget "Rate maps" (npe2 command ``napari-mollifier.make_widget``).
 
@@ -175,7 +172,6 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
         start_warm_up()
 
     # ------------------------------------------------------------------ UI
-
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         """Once the controls hold their real text: the dock as wide as they need (see ``fit_width``)."""
         from ._qt_layout import fit_width
@@ -338,30 +334,7 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
         self.device_label = QLabel("Ran on: -")
         outer.addWidget(self.device_label)
 
-        # results
-        self.results_box = res_box = QGroupBox("Per-ROI rate")
-        res_layout = QVBoxLayout(res_box)
-        self.table = QTableWidget(0, 5)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.table.setMinimumHeight(90)
-        self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.table.setToolTip("Rate statistics per ROI (area in the layer's unit squared).")
-        res_layout.addWidget(self.table)
-        buttons = QHBoxLayout()
-        self.export_button = QPushButton("Export CSV...")
-        self.export_button.setToolTip("Write the per-ROI table (all statistics) to a CSV file.")
-        self.export_button.setEnabled(False)
-        self.save_button = QPushButton("Save maps...")
-        self.save_button.setToolTip("Save the rate (and uncertainty) maps as OME-TIFF with pixel size, colormap, "
-                                    "contrast limits and provenance (reopen with File > Open).")
-        self.save_button.setEnabled(False)
-        buttons.addWidget(self.export_button)
-        buttons.addWidget(self.save_button)
-        res_layout.addLayout(buttons)
-        self._build_histogram(res_layout)
-        outer.addWidget(res_box)
+        outer.addWidget(self._build_results())  # table, buttons, histogram: results.py
         outer.addStretch(1)
         self._set_table_headers("px")
 
@@ -371,12 +344,9 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
         self.method_combo.currentTextChanged.connect(self._on_method_changed)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
-        self.export_button.clicked.connect(self._export_dialog)
-        self.save_button.clicked.connect(self._save_dialog)
         self._on_method_changed(self.method_combo.currentText())
 
     # ------------------------------------------------------------------ layers in the combos
-
     def _connect_viewer(self) -> None:
         ev = self.viewer.layers.events
         ev.inserted.connect(self._refresh_layers)
@@ -466,7 +436,6 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
         return None
 
     # ------------------------------------------------------------------ model controls
-
     def _on_model_changed(self, *_args) -> None:
         model = self._models.get(self.model_combo.currentText())
         if model is None:
@@ -580,7 +549,6 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
         self.all_slices.setEnabled(ref is not None and ref.ndim > 2)
 
     # ------------------------------------------------------------------ run
-
     def run(self) -> None:
         """Start a run with the current settings (refused while one is running)."""
         if self.is_running:
@@ -622,7 +590,6 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
         self.worker.start()
 
     # ------------------------------------------------------------------ worker signals (main thread)
-
     def _on_progress(self, item) -> None:
         if not item:
             return
