@@ -90,6 +90,7 @@ class RunLifecycle:
 
     @property
     def is_running(self) -> bool:
+        """True from Run until the widget is ready again (worker finished, solver stopped, layers in)."""
         return self.worker is not None
 
     def _watch_window(self) -> None:
