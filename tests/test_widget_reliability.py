@@ -381,12 +381,12 @@ def test_network_method_is_warmed_up_off_the_viewer_thread(sample_viewer, qtbot)
     (benchmarks/bench_widget_stall.py)."""
     import sys
 
-    from napari_mollifier._napari import widget as widget_module
+    from napari_mollifier._napari import job as job_module
 
-    qtbot.waitUntil(widget_module._WARM_DONE.is_set, timeout=120_000)
+    qtbot.waitUntil(job_module._WARM_DONE.is_set, timeout=120_000)
     assert "torch._dynamo" in sys.modules
-    assert widget_module._warm_thread is not None and widget_module._warm_thread is not threading.main_thread()
-    assert not widget_module._warm_thread.is_alive()
+    assert job_module._warm_thread is not None and job_module._warm_thread is not threading.main_thread()
+    assert not job_module._warm_thread.is_alive()
 
 
 def test_finished_run_is_not_reported_cancelled_while_its_thread_exits(monkeypatch):
@@ -394,19 +394,19 @@ def test_finished_run_is_not_reported_cancelled_while_its_thread_exits(monkeypat
     worker checks it; a complete result must be published, not turned into "cancelled"."""
     import queue as queue_module
 
-    from napari_mollifier._napari import widget as widget_module
+    from napari_mollifier._napari import job as job_module
 
     class LingeringQueue(queue_module.SimpleQueue):
         def put(self, item, *args, **kwargs):
             super().put(item, *args, **kwargs)
-            if item is widget_module._DONE:
+            if item is job_module._DONE:
                 time.sleep(0.5)  # the solver thread is still alive when the worker reads "done"
 
-    monkeypatch.setattr(widget_module.queue, "SimpleQueue", LingeringQueue)
-    monkeypatch.setattr(widget_module, "_solve", lambda job, report: ["result"])
-    job = widget_module._Job(source_name="s", input_names={}, slices=[], out_lead_shape=(), geometry={},
+    monkeypatch.setattr(job_module.queue, "SimpleQueue", LingeringQueue)
+    monkeypatch.setattr(job_module, "_solve", lambda job, report: ["result"])
+    job = job_module._Job(source_name="s", input_names={}, slices=[], out_lead_shape=(), geometry={},
                              kwargs={"method": "direct"}, unit="px", roi_name=None)
-    gen = widget_module._run_job(job)
+    gen = job_module._run_job(job)
     with pytest.raises(StopIteration) as stop:
         while True:
             next(gen)

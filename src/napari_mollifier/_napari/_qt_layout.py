@@ -9,7 +9,7 @@ from __future__ import annotations
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout, QWidget
 
-__all__ = ["scrolling_body", "fit_width", "Collapsible"]
+__all__ = ["scrolling_body", "fit_width", "Collapsible", "alive"]
 
 
 def scrolling_body(widget: QWidget) -> QVBoxLayout:
@@ -75,3 +75,13 @@ class Collapsible(QWidget):
     def is_expanded(self) -> bool:
         """True when the section is open."""
         return self.toggle.isChecked()
+
+
+def alive(widget) -> bool:
+    """False once the C++ object of ``widget`` is gone (deleted with its layout row)."""
+    try:
+        widget.objectName()
+    except RuntimeError:  # the C++ object was deleted with its layout row
+        return False
+    return True
+

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
@@ -428,12 +427,11 @@ class DomainsWidget(QWidget):
         self.summary_label.setText("(running: the table and summary will show the new result)")
         self.details.setVisible(False)
         self.export_button.setEnabled(False)
-        worker = thread_worker(_work, start_thread=False)(x, y, params, self._cancel)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        self.worker = worker
-        worker.start()
+        from .runner import start_worker  # the worker lifecycle shared with the Rate maps widget
+
+        self.worker = start_worker(_work, x, y, params, self._cancel, start=False, yielded=self._on_progress,
+                                   returned=self._on_returned, errored=self._on_errored)
+        self.worker.start()
 
     def cancel(self) -> None:
         """Stop the running analysis at its next step; nothing is added."""

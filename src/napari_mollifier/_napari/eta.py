@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["EtaEstimate"]
+__all__ = ["EtaEstimate", "format_seconds"]
 
 
 class EtaEstimate:
@@ -53,3 +53,13 @@ class EtaEstimate:
         self._last = (elapsed, fraction)
         pace = self.pace
         return None if pace is None else max(0.0, pace * (1.0 - fraction))
+
+
+def format_seconds(seconds: float) -> str:
+    """``"42 s"`` or ``"3 min 05 s"``."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {sec:02d} s"
+

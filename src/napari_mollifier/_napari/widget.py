@@ -10,55 +10,67 @@ or updated only on the main thread in the worker's ``returned`` handler, and onl
 (cancel or error -> nothing is added). One run at a time: Run is disabled while a run is in flight. Cancel sets a
 flag read by the ``cancel`` callback of ``infer_rates``, which stops within one solver step.
 
+The widget is composed of small modules (issue #14): this one lays out the controls and follows the viewer's
+layers; :mod:`.collect` reads the inputs into a job, :mod:`.job` (Qt-free) holds the job, the ``infer_rates``
+keywords and the worker's generator, :mod:`.runner` the worker lifecycle (start, cancel, close, ready again), and
+:mod:`.results` the output layers, table, histogram and exports.
+
 Module-level imports: numpy, qtpy and napari only. The solver, the models, torch and matplotlib are imported
 when the widget is built or run.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import logging
 import math
-import queue
-import sys
-import threading
 import time
-import traceback
-import warnings
 import weakref
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.layers import Image, Labels, Shapes
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, Qt, QTimer, Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
     QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
+from ._qt_layout import alive as _alive
+from .collect import (  # noqa: F401  (re-exported: used by the panels and tests)
+    INPUT_LABELS,
+    WHOLE_IMAGE,
+    JobCollector,
+    _full_resolution,
+    _geometry,
+    _unit_name,
+    _unit_power,
+)
 from .eta import EtaEstimate  # noqa: F401  (re-exported: the widget's ETA, tested headless in tests/test_eta.py)
+from .eta import format_seconds as _format_seconds
+from .job import (  # noqa: F401  (the job of a run, Qt-free; re-exported for scripts and benchmarks)
+    _DONE,
+    _WARM_DONE,
+    _Job,
+    _Outcome,
+    _run_job,
+    _solver_default,
+    solver_kwargs,
+    start_warm_up,
+)
+from .results import _META_KEY, OUTPUT_STYLE, ResultsDisplay, output_name, robust_limits  # noqa: F401  (re-exported)
+from .runner import RunLifecycle, advance_task_bar, start_worker
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -67,63 +79,17 @@ __all__ = ["MollifierWidget", "robust_limits", "output_name"]
 
 log = logging.getLogger(__name__)
 
-WHOLE_IMAGE = "(whole image)"
-#: Friendly labels of the model inputs (any other input is shown by its key).
-INPUT_LABELS = {
-    "phi_h": "Heterochromatin (phi_h)",
-    "phi_e": "Euchromatin (phi_e)",
-    "density": "Density",
-    "u": "Field u",
-    "m": "Source m",
-}
 #: Name fragments used to pre-select an input layer for a model input.
 INPUT_HINTS = {
     "phi_h": ("phi_h", "hetero"),
     "phi_e": ("phi_e", "euchro"),
     "density": ("density", "dna", "chromatin"),
 }
-#: Output layers: kind -> (colormap, visible, symmetric contrast limits).
-OUTPUT_STYLE = {
-    "rate": ("viridis", True, False),
-    "uncertainty": ("magma", False, False),  # hidden under the rate map: switch it on in the layer list
-    # the residual stays shown: hidden, software OpenGL (swrast) crashed when the rate layer above it was
-    # deleted during a later run (test_widget_reliability::test_layer_deleted_while_running), cause not found
-    "residual": ("PiYG", True, True),
-    "smoothed": ("gray", False, False),
-}
 METHODS = ("direct", "network")
 UNCERTAINTY_CHOICES = ("propagate", "bootstrap", "none")
-_META_KEY = "mollifier_output"
-#: Pause between two output-layer additions: lets the viewer repaint and handle input in between.
-_PUBLISH_GAP_MS = 25
 
 
-# --------------------------------------------------------------------------- helpers (no Qt)
-def output_name(kind: str, source_name: str, field_name: str | None = None) -> str:
-    """Name of an output layer: ``"rate [<image>]"``, ``"phi_e smoothed [<phi_e's own image>]"``..."""
-    prefix = f"{field_name} smoothed" if kind == "smoothed" else kind
-    return f"{prefix} [{source_name}]"
-
-
-def robust_limits(values: np.ndarray, symmetric: bool = False) -> tuple[float, float]:
-    """Contrast limits from the 2nd-98th percentiles of the finite values (symmetric about 0 if asked)."""
-    finite = np.asarray(values)[np.isfinite(values)]
-    if finite.size == 0:
-        return (-1.0, 1.0) if symmetric else (0.0, 1.0)
-    if symmetric:
-        half = float(np.percentile(np.abs(finite), 98))
-        if not half > 0:
-            half = float(np.max(np.abs(finite))) or 1.0
-        return (-half, half)
-    lo, hi = (float(v) for v in np.percentile(finite, [2, 98]))
-    if not hi > lo:
-        lo, hi = float(finite.min()), float(finite.max())
-    if not hi > lo:
-        pad = abs(lo) * 1e-3 or 1e-3
-        lo, hi = lo - pad, hi + pad
-    return (lo, hi)
-
-
+# --------------------------------------------------------------------------- helpers
 def available_devices() -> list[str]:
     """Devices torch can use here: always ``cpu``, plus ``cuda`` / ``mps`` when available (best first)."""
     devices = ["cpu"]
@@ -145,39 +111,6 @@ def available_devices() -> list[str]:
     return devices
 
 
-def _unit_name(layer) -> str:
-    units = getattr(layer, "units", None)
-    if not units:
-        return "px"
-    text = str(units[-1])
-    short = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "pixel": "px", "meter": "m"}
-    return short.get(text, text)
-
-
-def _unit_power(unit: str, power: int) -> str:
-    """``"µm²"``, ``"µm"``, ``"px²"``... ('' for a dimensionless coefficient)."""
-    if not power:
-        return ""
-    sup = {1: "", 2: "²", 3: "³"}.get(int(power), f"^{int(power)}")
-    return f"{unit}{sup}"
-
-
-def _geometry(layer) -> dict:
-    """Keyword arguments that put a new layer exactly on ``layer``'s grid (scale, translate, units...)."""
-    kw: dict[str, Any] = {
-        "scale": tuple(float(s) for s in layer.scale),
-        "translate": tuple(float(t) for t in layer.translate),
-        "rotate": np.array(layer.rotate, dtype=float),
-        "shear": np.array(layer.shear, dtype=float),
-        "affine": np.array(layer.affine.affine_matrix, dtype=float),
-    }
-    if hasattr(layer, "axis_labels"):
-        kw["axis_labels"] = tuple(layer.axis_labels)
-    if hasattr(layer, "units"):
-        kw["units"] = tuple(str(u) for u in layer.units)
-    return kw
-
-
 def _compact(combo: QComboBox, chars: int = 18) -> None:
     """A layer-name combo that does not widen the dock for a long name (the full name is in its list)."""
     combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -195,270 +128,8 @@ def _roi_candidate(layer) -> bool:
     return isinstance(layer, Labels)
 
 
-def _layer_units(layer) -> tuple[str, ...]:
-    """The (y, x) units of a layer as text (``("pixel", "pixel")`` where napari has none)."""
-    units = getattr(layer, "units", None)
-    if not units:
-        return ("pixel", "pixel")
-    return tuple(str(u) for u in units)[-2:]
-
-
-def _check_units(layers: dict) -> None:
-    """Refuse inputs whose units disagree, or a hand-off layer that lost its physical unit (names layer and fix)."""
-    from napari_mollifier.errors import MollifierInputError
-
-    items = list(layers.values())
-    ref = items[0]
-    for layer in items:
-        scale = tuple(float(v) for v in np.asarray(layer.scale, dtype=float)[-2:])
-        if layer.metadata.get("mollifier_domains") and set(_layer_units(layer)) == {"pixel"} and scale != (1.0, 1.0):
-            raise MollifierInputError(
-                f"layer {layer.name!r} (from Heterochromatin domains) has pixels of {scale[-1]:g} but no unit: the "
-                "coefficients and the radius would be read in the wrong unit. Fix: set its units to micrometres "
-                "(layer.units = ('um', 'um') in the console) or rerun Heterochromatin domains"
-            )
-        if _layer_units(layer) != _layer_units(ref):
-            raise MollifierInputError(
-                f"layers {ref.name!r} ({'/'.join(_layer_units(ref))}) and {layer.name!r} "
-                f"({'/'.join(_layer_units(layer))}) have different units: the fields must be on the same grid. "
-                f"Fix: set the units of {layer.name!r} to those of {ref.name!r}, or open both with the "
-                "napari-mollifier reader"
-            )
-
-
-def _background_fraction(fields: dict) -> float:
-    """Share of the pixels where every field is below 5 % of its 99th percentile (no chromatin: background)."""
-    low = None
-    for arr in fields.values():
-        finite = arr[np.isfinite(arr)]
-        if finite.size == 0:
-            continue
-        top = float(np.percentile(finite, 99))
-        if not top > 0:
-            continue
-        here = ~(arr > 0.05 * top)
-        low = here if low is None else (low & here)
-    return float(low.mean()) if low is not None else 0.0
-
-
-def _physical_shift(layer, shift) -> np.ndarray:
-    """``rotate @ shear @ scale @ shift``: how far ``shift`` data pixels move ``layer``'s translate.
-
-    From the public transforms: world = affine(linear @ x + translate), so the shift in translate units is
-    ``inv(affine.linear) @ (world(shift) - world(0))``.
-    """
-    shift = np.asarray(shift, dtype=float)
-    w1 = np.asarray(layer.data_to_world(shift), dtype=float)
-    w0 = np.asarray(layer.data_to_world(np.zeros_like(shift)), dtype=float)
-    lin = np.asarray(layer.affine.linear_matrix, dtype=float)
-    return np.linalg.solve(lin, w1 - w0)
-
-
-@dataclass
-class _Job:
-    """Everything a run needs, captured on the main thread (arrays are private copies)."""
-
-    source_name: str
-    input_names: dict
-    slices: list  # [(leading index tuple, {field: 2-D array}, roi or None)]
-    out_lead_shape: tuple  # leading shape of the output stack (() for 2-D images)
-    geometry: dict
-    kwargs: dict  # for infer_rates (no fields / roi / progress / cancel)
-    unit: str
-    roi_name: str | None
-    notes: list = field(default_factory=list)
-    run_warnings: list = field(default_factory=list)  # [(category, message)] issued during the run (run_warnings)
-    threads: int | None = None  # torch intra-op threads for this run (None: torch's own)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-
-
-@dataclass
-class _Outcome:
-    status: str  # "ok", "cancelled", "error"
-    results: list = field(default_factory=list)
-    message: str = ""
-    details: str = ""
-
-
-_DONE = object()
-
-
-def _explain(exc: BaseException) -> tuple[str, str]:
-    """``(status, message)`` for an exception raised by a run: what happened and how to fix it."""
-    from napari_mollifier.errors import MollifierInputError, RunCancelled
-
-    if isinstance(exc, RunCancelled):
-        return "cancelled", "Rate maps: run cancelled. No layer was added and the inputs are unchanged."
-    if isinstance(exc, MollifierInputError):
-        return "error", f"Rate maps: {exc}"
-    text = str(exc)
-    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
-        return "error", (
-            f"Rate maps ran out of memory ({type(exc).__name__}: {text[:200]}). Fix: draw an ROI around the "
-            "nucleus, run the current slice instead of all slices, use a smaller kernel radius or fewer "
-            "uncertainty samples, or choose the 'cpu' device."
-        )
-    return "error", f"Rate maps failed: {type(exc).__name__}: {text}"
-
-
-_WARM_LOCK = threading.Lock()
-_WARM_DONE = threading.Event()
-_warm_thread: threading.Thread | None = None
-
-
-def start_warm_up() -> None:
-    """Import the network method's lazy dependencies in a background thread, once per process.
-
-    The first ``torch.optim`` optimizer imports ``torch._dynamo`` (~1.3 s, with ~0.1 s pauses holding the
-    interpreter lock): done when the widget opens, a network run does not stall the viewer with it
-    (``benchmarks/bench_widget_stall.py``).
-    """
-    global _warm_thread
-    with _WARM_LOCK:
-        if _warm_thread is not None:
-            return
-
-        def target():
-            _background_priority()
-            try:
-                from napari_mollifier.methods.network import warm_up
-
-                warm_up()
-            except Exception:  # noqa: BLE001 - a failed warm-up only means the first run pays the import
-                log.debug("napari-mollifier: warm-up failed", exc_info=True)
-            finally:
-                _WARM_DONE.set()
-
-        _warm_thread = threading.Thread(target=target, name="napari-mollifier-warm-up", daemon=True)
-        _warm_thread.start()
-
-
-def _wait_for_warm_up(cancel: threading.Event) -> None:
-    """Worker thread: wait for :func:`start_warm_up` (never the viewer's thread); cancel still works."""
-    from napari_mollifier.errors import RunCancelled
-
-    start_warm_up()
-    while not _WARM_DONE.wait(0.05):
-        if cancel.is_set():
-            raise RunCancelled("cancelled while the network method was loading")
-
-
-def _solve(job: _Job, report) -> list:
-    """Run ``infer_rates`` on every slice of ``job`` (worker thread). ``report(fraction, info)``."""
-    from napari_mollifier import infer_rates
-
-    if job.kwargs.get("method", "direct") != "direct":
-        report(0.0, {"stage": "loading the network method"})
-        _wait_for_warm_up(job.cancel)
-    results = []
-    n = len(job.slices)
-    for i, (lead, fields, roi) in enumerate(job.slices):
-
-        def progress(step, total, info, _i=i):
-            frac = (_i + (step / total if total else 0.0)) / n
-            report(frac, dict(info or {}, slice=_i + 1, n_slices=n))
-
-        res = infer_rates(fields, roi=roi, progress=progress, cancel=job.cancel.is_set, **job.kwargs)
-        finite = np.isfinite(res.rate)
-        if not finite.any():
-            from napari_mollifier.errors import MollifierInputError
-
-            raise MollifierInputError(
-                "the rate is undefined at every pixel of the ROI"
-                + (f" in slice {lead}" if lead else "")
-                + ": the model divides by the euchromatin signal, which is zero or constant there. Check that "
-                "the heterochromatin and euchromatin layers hold the chromatin images (volume fractions)."
-            )
-        results.append(res)
-    return results
-
-
-def _run_job(job: _Job):
-    """Generator run by napari's ``thread_worker``: yields ``(fraction, info)`` and returns an :class:`_Outcome`.
-
-    ``infer_rates`` reports progress through a callback, which cannot ``yield``; it runs in a helper thread and
-    this generator relays its reports (at most every 50 ms, latest wins), so the worker yields regularly.
-    """
-    reports: queue.SimpleQueue = queue.SimpleQueue()
-    box: dict[str, Any] = {}
-
-    def target():
-        from .run_warnings import capture
-        from .solver_threads import solver_threads
-
-        _background_priority()
-        try:
-            with solver_threads(job.threads), capture(job.run_warnings):
-                box["results"] = _solve(job, lambda frac, info: reports.put((frac, info)))
-        except BaseException as exc:  # noqa: BLE001 - every failure is reported to the user
-            box["error"] = exc
-            box["details"] = traceback.format_exc()
-        finally:
-            reports.put(_DONE)
-
-    job.thread = threading.Thread(target=target, name="napari-mollifier-solve", daemon=True)
-    job.thread.start()
-    try:
-        done = False
-        while not done:
-            try:
-                item = reports.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            latest = None
-            while True:
-                if item is _DONE:
-                    done = True
-                    break
-                latest = item
-                try:
-                    item = reports.get_nowait()
-                except queue.Empty:
-                    break
-            if latest is not None:
-                yield latest
-    finally:  # closed early (napari task cancel): stop the solver too. Not after _DONE: the solver thread
-        # may still be returning from its target then (is_alive() is True for a moment under load), and its
-        # results are complete
-        if not done and job.thread.is_alive():
-            job.cancel.set()
-    job.thread.join()
-    if "error" in box:
-        status, message = _explain(box["error"])
-        return _Outcome(status, message=message, details=box.get("details", ""))
-    if job.cancel.is_set():
-        return _Outcome("cancelled", message=_explain_cancel())
-    return _Outcome("ok", results=box["results"])
-
-
-def _background_priority() -> None:
-    """Lower the calling (solver) thread's CPU priority a little, so that the viewer's thread wins the CPU.
-
-    Linux applies ``setpriority`` to one thread (and to the threads it starts: torch's pool, when it is created
-    here); elsewhere this does nothing. Set ``NAPARI_MOLLIFIER_NICE=0`` to keep the normal priority.
-    """
-    import os
-
-    try:
-        step = int(os.environ.get("NAPARI_MOLLIFIER_NICE", "5"))
-    except ValueError:
-        step = 5
-    if step <= 0 or not sys.platform.startswith("linux"):
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
-    except (AttributeError, OSError):  # pragma: no cover - not permitted: keep the priority
-        pass
-
-
-def _explain_cancel() -> str:
-    return "Rate maps: run cancelled. No layer was added and the inputs are unchanged."
-
-
 # --------------------------------------------------------------------------- the widget
-class MollifierWidget(QWidget):
+class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
     """Dock widget "Rate maps" (npe2 command ``napari-mollifier.make_widget``).
 
     Public, for scripts and tests: :meth:`run`, :meth:`cancel`, :meth:`export_csv`, :attr:`worker` (the
@@ -663,30 +334,7 @@ class MollifierWidget(QWidget):
         self.device_label = QLabel("Ran on: -")
         outer.addWidget(self.device_label)
 
-        # results
-        self.results_box = res_box = QGroupBox("Per-ROI rate")
-        res_layout = QVBoxLayout(res_box)
-        self.table = QTableWidget(0, 5)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.table.setMinimumHeight(90)
-        self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.table.setToolTip("Rate statistics per ROI (area in the layer's unit squared).")
-        res_layout.addWidget(self.table)
-        buttons = QHBoxLayout()
-        self.export_button = QPushButton("Export CSV...")
-        self.export_button.setToolTip("Write the per-ROI table (all statistics) to a CSV file.")
-        self.export_button.setEnabled(False)
-        self.save_button = QPushButton("Save maps...")
-        self.save_button.setToolTip("Save the rate (and uncertainty) maps as OME-TIFF with pixel size, colormap, "
-                                    "contrast limits and provenance (reopen with File > Open).")
-        self.save_button.setEnabled(False)
-        buttons.addWidget(self.export_button)
-        buttons.addWidget(self.save_button)
-        res_layout.addLayout(buttons)
-        self._build_histogram(res_layout)
-        outer.addWidget(res_box)
+        outer.addWidget(self._build_results())  # table, buttons, histogram: results.py
         outer.addStretch(1)
         self._set_table_headers("px")
 
@@ -696,46 +344,7 @@ class MollifierWidget(QWidget):
         self.method_combo.currentTextChanged.connect(self._on_method_changed)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
-        self.export_button.clicked.connect(self._export_dialog)
-        self.save_button.clicked.connect(self._save_dialog)
         self._on_method_changed(self.method_combo.currentText())
-
-    def _build_histogram(self, layout) -> None:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        self.figure = Figure(figsize=(3.2, 2.2), dpi=90, layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(170)
-        self.axes = self.figure.add_subplot(111)
-        self._style_axes()
-        self.canvas.setToolTip("Histogram of the rate in each ROI (0.5-99.5 % range).")
-        self.canvas.setVisible(False)  # no empty axes before the first run
-        layout.addWidget(self.canvas)
-
-    def _style_axes(self) -> None:
-        """Axis labels, in the colours of napari's theme (falls back to matplotlib's defaults)."""
-        ax = self.axes
-        ax.set_xlabel(getattr(self, "_rate_title", "rate"))  # "relative rate (λ / median)": relative.py
-        ax.set_ylabel("pixels")
-        ax.tick_params(labelsize=7)
-        ax.xaxis.label.set_size(8)
-        ax.yaxis.label.set_size(8)
-        try:
-            from napari.utils.theme import get_theme
-
-            theme = get_theme(self.viewer.theme)
-            bg, text = theme.background.as_hex(), theme.text.as_hex()
-        except Exception:  # pragma: no cover - unknown theme  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
-            return
-        self.figure.set_facecolor(bg)
-        ax.set_facecolor(bg)
-        for spine in ax.spines.values():
-            spine.set_color(text)
-        ax.tick_params(colors=text, which="both")
-        ax.xaxis.label.set_color(text)
-        ax.yaxis.label.set_color(text)
-        ax.title.set_color(text)
 
     # ------------------------------------------------------------------ layers in the combos
     def _connect_viewer(self) -> None:
@@ -916,9 +525,6 @@ class MollifierWidget(QWidget):
         self.uncertainty_combo.setEnabled(method == "direct")
         self.bootstrap_spin.setEnabled(method == "direct" and self.uncertainty_combo.currentText() == "bootstrap")
 
-    def _pixel_size(self, layer) -> tuple[float, float]:
-        return tuple(float(s) for s in np.asarray(layer.scale, dtype=float)[-2:])
-
     def _update_unit(self) -> None:
         ref = self._reference_layer()
         unit = _unit_name(ref) if ref is not None else "px"
@@ -943,10 +549,6 @@ class MollifierWidget(QWidget):
         self.all_slices.setEnabled(ref is not None and ref.ndim > 2)
 
     # ------------------------------------------------------------------ run
-    @property
-    def is_running(self) -> bool:
-        return self.worker is not None
-
     def run(self) -> None:
         """Start a run with the current settings (refused while one is running)."""
         if self.is_running:
@@ -966,37 +568,6 @@ class MollifierWidget(QWidget):
         self._watch_window()
         self._start(job)
 
-    def _watch_window(self) -> None:
-        """Watch the viewer's window: the dock widget gets no close event of its own when the viewer closes.
-
-        Held by weak reference: the widget must not keep a closed viewer alive.
-        """
-        top = self.window()
-        watched = self._watched_window() if self._watched_window is not None else None
-        if top is not self and top is not watched:
-            if watched is not None:
-                watched.removeEventFilter(self)
-            top.installEventFilter(self)
-            self._watched_window = weakref.ref(top)
-        self._window_closed = self._close_seen = False
-
-    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt override
-        """The viewer's window is hidden by a close (not a minimise): stop the run, publish nothing."""
-        ref = getattr(self, "_watched_window", None)  # Qt may call this during __init__
-        if ref is None or obj is not ref():
-            return super().eventFilter(obj, event)
-        if event.type() == QEvent.Type.Close:
-            self._close_seen = True  # accepted or not: a Hide follows only if it was accepted
-        elif (event.type() == QEvent.Type.Hide and getattr(self, "_close_seen", False) and not event.spontaneous()
-              and not obj.isMinimized()):
-            self._window_closed = True
-            if self._job is not None:
-                self._job.cancel.set()
-            self._pending = []
-        elif event.type() == QEvent.Type.Show:
-            self._window_closed = self._close_seen = False
-        return super().eventFilter(obj, event)
-
     def _start(self, job: _Job) -> None:
         self._job = job
         self._outcome = None
@@ -1012,200 +583,11 @@ class MollifierWidget(QWidget):
         self.progress_bar.setValue(0)
         n = len(job.slices)
         self.status_label.setText(f"Running {job.kwargs['method']} on {n} slice{'s' if n > 1 else ''}...")
-        worker = thread_worker(
-            _run_job, progress={"total": 0, "desc": f"Rate maps [{job.source_name}]"}, start_thread=False
-        )(job)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        worker.start()
-
-    def cancel(self) -> None:
-        """Ask the running job to stop (it stops within one solver step; nothing is added)."""
-        if self._job is not None:
-            self._job.cancel.set()
-            self.cancel_button.setEnabled(False)
-            self.status_label.setText("Cancelling...")
-
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        """Closing the widget stops a running job (nothing is added afterwards)."""
-        if self._job is not None:
-            self._job.cancel.set()
-        super().closeEvent(event)
-
-    def _collect_job(self) -> _Job:
-        """Snapshot the inputs (main thread). Raises MollifierInputError with a fix for bad settings."""
-        from napari_mollifier.errors import MollifierInputError
-
-        model = self._models.get(self.model_combo.currentText())
-        if model is None:
-            raise MollifierInputError("choose a model")
-        layers = {}
-        for key, combo in self.input_combos.items():
-            layer = self._layer(combo.currentText())
-            if layer is None:
-                raise MollifierInputError(
-                    f"choose an image layer for {INPUT_LABELS.get(key, key)} (open one, e.g. File > Open Sample > "
-                    "napari-mollifier > Synthetic nucleus)"
-                )
-            layers[key] = layer
-        if len({id(ly) for ly in layers.values()}) < len(layers):
-            raise MollifierInputError("the input layers must be different images (one per field)")
-        ref = next(iter(layers.values()))
-        data = {key: _full_resolution(layer) for key, layer in layers.items()}
-        shape = tuple(int(n) for n in next(iter(data.values())).shape)
-        for key, layer in layers.items():
-            if layer.ndim < 2:
-                raise MollifierInputError(f"layer {layer.name!r} is {layer.ndim}-D: a 2-D image (or a stack) is needed")
-            if tuple(data[key].shape) != shape:
-                raise MollifierInputError(
-                    f"layers {ref.name!r} {shape} and {layer.name!r} {tuple(data[key].shape)} "
-                    "differ in shape: the fields must be on the same pixel grid"
-                )
-            if not (np.allclose(layer.scale, ref.scale) and np.allclose(layer.translate, ref.translate)):
-                raise MollifierInputError(
-                    f"layers {ref.name!r} and {layer.name!r} have different scale/translate: the fields must be on "
-                    f"the same pixel grid. Fix: give {layer.name!r} the scale and translate of {ref.name!r} (layer "
-                    "properties), or resample it onto that grid"
-                )
-        _check_units(layers)
-        lead_shape, shape2d = shape[:-2], shape[-2:]
-        if lead_shape and self.all_slices.isEnabled() and self.all_slices.isChecked():
-            leads = [tuple(int(i) for i in idx) for idx in np.ndindex(*lead_shape)]
-            out_lead = lead_shape
-        elif lead_shape:
-            point = np.asarray(ref.world_to_data(self.viewer.dims.point), dtype=float)[: len(lead_shape)]
-            idx = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point, lead_shape))
-            leads = [idx]
-            out_lead = (1,) * len(lead_shape)
-        else:
-            leads = [()]
-            out_lead = ()
-
-        from .relative import with_record
-        from .rois import roi_labels
-        from .solver_threads import widget_solver_threads
-
-        # ROI (main thread: it reads layers)
-        roi_layer = self._layer(self.roi_combo.currentText()) if self.roi_combo.currentText() != WHOLE_IMAGE else None
-        notes: list[str] = []
-        roi_cache = None
-        slices = []
-        for lead in leads:
-            fields = {}
-            for key, layer in layers.items():
-                arr = np.array(data[key][lead] if lead else data[key], dtype=np.float64, copy=True)
-                finite = arr[np.isfinite(arr)]
-                if finite.size and float(finite.max()) == float(finite.min()):
-                    raise MollifierInputError(
-                        f"layer {layer.name!r} is constant (every pixel = {float(finite[0]):g})"
-                        + (f" in slice {lead}" if lead else "")
-                        + ": it carries no information on the rate; choose the layer with the chromatin image"
-                    )
-                bad = int(arr.size - finite.size)
-                if bad:
-                    notes.append(
-                        f"layer {layer.name!r} has {bad} NaN/inf pixel{'s' if bad > 1 else ''}"
-                        + (f" in slice {lead}" if lead else "")
-                        + ": they are treated as missing data (no rate there, and the kernel does not use them)"
-                    )
-                fields[key] = arr
-            fields = with_record(fields, layers, "mollifier_fractions")  # converted layers: relative (issue 13)
-            roi = None
-            if roi_layer is not None:
-                if isinstance(roi_layer, Shapes) and roi_cache is not None:
-                    roi = roi_cache
-                else:
-                    roi, roi_notes = roi_labels(roi_layer, ref, shape2d, leading=lead)
-                    notes.extend(roi_notes)
-                    roi_cache = roi
-            slices.append((lead, fields, roi))
-        if roi_layer is None and slices:
-            share = _background_fraction(slices[0][1])
-            if share > 0.2:
-                notes.append(
-                    f"whole-image run: about {100 * share:.0f} % of {ref.name!r} looks like background (no "
-                    "chromatin signal), where the rates are noise. Draw a Shapes ROI around the nucleus (or choose "
-                    "a Labels layer as ROI) to map the nucleus only"
-                )
-
-        params = {}
-        for key, edit in self.coef_edits.items():
-            if edit.text().strip().lower() == "auto":  # estimated by the run (issue 13 units policy)
-                continue
-            if not edit.text().strip():
-                dim = _unit_power(_unit_name(ref), model.coefficients[key].length_power) or "its unit"
-                raise MollifierInputError(
-                    f"enter the coefficient {key!r} (in {dim}): "
-                    "its default is in the reference data's box units, which do not apply to a layer in "
-                    f"{_unit_name(ref)}. Use a value calibrated for your cells.")
-            try:
-                params[key] = float(edit.text())
-            except ValueError:
-                raise MollifierInputError(f"coefficient {key!r} must be a number, got {edit.text()!r}") from None
-        pixel_size = self._pixel_size(ref)
-        if _unit_name(ref) == "px" and all(v == 1.0 for v in pixel_size):
-            notes.append(
-                f"layer {ref.name!r} has no physical pixel size (scale 1, no unit), so 1 px is used: the kernel "
-                "radius and the coefficients with a length (e.g. l2) are in pixels. To work in micrometres, open "
-                "the file with the napari-mollifier reader (it reads the pixel size) or set the layer's scale."
-            )
-        if self.radius_auto.isChecked():
-            radius: Any = "auto"
-        else:
-            radius = float(self.radius_value.value())
-            if self.radius_unit.currentIndex() == 1:
-                radius = radius / math.sqrt(np.prod(pixel_size))
-        method = self.method_combo.currentText()
-        kwargs: dict[str, Any] = {
-            "model": model.name,
-            "params": params,
-            "pixel_size": pixel_size,
-            "radius": radius,
-            "method": method,
-            "device": self.device_combo.currentText(),
-            "seed": int(self.seed_spin.value()),
-            "kernel": self.kernel_combo.currentText(),
-            "boundary": self.boundary_combo.currentText(),
-        }
-        if _unit_name(ref) != "px" and _accepts("unit"):
-            kwargs["unit"] = _unit_name(ref)  # the units policy of infer_rates (issue 13)
-        if method != "direct":
-            kwargs["iterations"] = int(self.iterations_spin.value())
-        elif _accepts("n_bootstrap"):
-            kwargs["n_bootstrap"] = int(self.bootstrap_spin.value())
-            if _accepts("uncertainty"):
-                kwargs["uncertainty"] = self.uncertainty_combo.currentText()
-        from napari_mollifier.validation import run_time_note  # estimate before starting (issue 17)
-
-        from .coefficients_panel import plausibility_notes  # issue 13
-
-        counts = {k: kwargs[k] for k in ("radius", "n_bootstrap", "method", "iterations") if k in kwargs}
-        if kwargs.get("uncertainty", "bootstrap") != "bootstrap":
-            counts["n_bootstrap"] = 0  # the propagated uncertainty costs about one more solve
-        estimate = run_time_note(next(iter(slices[0][1].values())).shape, n_runs=len(slices), **counts)
-        notes += [estimate] if estimate else []
-        notes.extend(plausibility_notes(slices, pixel_size, _unit_name(ref)))
-        geometry = _geometry(ref)
-        if out_lead and lead_shape and out_lead != lead_shape:  # current slice: put the output on that slice
-            shift = np.zeros(ref.ndim)
-            shift[: len(leads[0])] = leads[0]
-            geometry["translate"] = tuple(np.asarray(geometry["translate"]) + _physical_shift(ref, shift))
-        return _Job(
-            source_name=ref.name,
-            input_names={k: ly.name for k, ly in layers.items()},
-            slices=slices,
-            out_lead_shape=out_lead,
-            geometry=geometry,
-            kwargs=kwargs,
-            unit=_unit_name(ref),
-            roi_name=roi_layer.name if roi_layer is not None else None,
-            notes=notes,
-            threads=widget_solver_threads(),
+        self.worker = start_worker(
+            _run_job, job, desc=f"Rate maps [{job.source_name}]", start=False, yielded=self._on_progress,
+            returned=self._on_returned, errored=self._on_errored, aborted=self._on_aborted, finished=self._on_finished,
         )
+        self.worker.start()
 
     # ------------------------------------------------------------------ worker signals (main thread)
     def _on_progress(self, item) -> None:
@@ -1227,465 +609,5 @@ class MollifierWidget(QWidget):
         if "radius" in info:
             parts.append(f"radius {float(info['radius']):g} px")
         self.status_label.setText(" | ".join(parts))
-        pbar = getattr(self.worker, "pbar", None)
-        if pbar is not None:
-            try:
-                if pbar.total != 1000:
-                    pbar.total = 1000
-                step = int(round(1000 * frac)) - int(pbar.n)
-                if step > 0:
-                    pbar.update(step)
-            except Exception:  # pragma: no cover - the activity dock is cosmetic  # noqa: BLE001 - reported to the user, never raised into the viewer/caller
-                pass
+        advance_task_bar(self.worker, frac)
 
-    def _on_returned(self, outcome: _Outcome) -> None:
-        if self._window_closed:  # the viewer closed during the run: nothing is published into it
-            outcome = _Outcome("cancelled", message=_explain_cancel())
-        self._outcome = outcome
-        if outcome.status == "ok" and self._job is not None:
-            # add/update the layers one per event-loop turn, so the viewer repaints in between (short stalls)
-            try:
-                self._pending = self._publish_steps(self._job, outcome.results)
-            except Exception as exc:  # noqa: BLE001 - report, keep the viewer usable
-                self._publish_failed(exc)
-                return
-            self._publishing = True
-            QTimer.singleShot(_PUBLISH_GAP_MS, self._publish_next)
-            return
-        self._report(outcome)
-
-    def _report(self, outcome: _Outcome) -> None:
-        if outcome.status == "cancelled":
-            show_info(outcome.message)
-            self.status_label.setText("Cancelled: nothing was added.")
-        elif outcome.status == "error":
-            if outcome.details:
-                log.error("napari-mollifier run failed:\n%s", outcome.details)
-            show_error(outcome.message)
-            self.status_label.setText(outcome.message)
-
-    def _publish_next(self) -> None:
-        if self._window_closed:
-            self._pending = []
-        if self._pending:
-            step = self._pending.pop(0)
-            try:
-                follow_up = step()
-            except Exception as exc:  # noqa: BLE001
-                self._publish_failed(exc)
-                return
-            if callable(follow_up):  # e.g. show a layer added hidden: in a turn of its own
-                self._pending.insert(0, follow_up)
-            if self._pending:
-                QTimer.singleShot(_PUBLISH_GAP_MS, self._publish_next)
-                return
-        self._publishing = False
-        self._maybe_done()
-
-    def _publish_failed(self, exc: Exception) -> None:
-        log.exception("napari-mollifier: adding the result layers failed")
-        for layer in self._added:  # no partial result: take back the layers this run added
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-        self._pending, self._added, self._publishing = [], [], False
-        self._outcome = _Outcome("error", message=f"Rate maps: could not add the result layers: {exc}")
-        self._report(self._outcome)
-        self._maybe_done()
-
-    def _on_errored(self, exc) -> None:  # a bug in the widget's own generator
-        self._outcome = _Outcome("error", message=f"Rate maps failed: {exc}")
-        self.status_label.setText(f"Failed: {exc}")
-
-    def _on_aborted(self) -> None:  # napari task list "cancel" (worker.quit)
-        if self._job is not None:
-            self._job.cancel.set()
-        self._outcome = _Outcome("cancelled", message=_explain_cancel())
-        self._report(self._outcome)
-
-    def _on_finished(self) -> None:
-        self._worker_finished = True
-        self._maybe_done()
-
-    def _mark_results_stale(self, stale: bool) -> None:
-        """During a run the table and histogram still show the previous run: say so, and grey them out."""
-        if not _alive(self.results_box):
-            return
-        has_rows = bool(self._rows)
-        title = f"Per-ROI {getattr(self, '_rate_title', 'rate')}"
-        self.results_box.setTitle(f"{title} (previous run)" if stale and has_rows else title)
-        self.table.setEnabled(not stale)
-        self.canvas.setEnabled(not stale)
-
-    def _maybe_done(self) -> None:
-        """Back to ready once the worker has finished, the solver thread has stopped and the layers are in."""
-        if self.worker is None or not self._worker_finished or self._publishing:
-            return
-        job = self._job
-        if job is not None and job.thread is not None and job.thread.is_alive():
-            # aborted from the task list: keep Run disabled until the solver thread has stopped
-            QTimer.singleShot(100, self._maybe_done)
-            return
-        status = self._outcome.status if self._outcome is not None else "error"
-        self.worker = None
-        self._job = None
-        self._pending, self._added = [], []
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self._mark_results_stale(False)
-        if status != "ok":
-            self.progress_bar.setValue(0)
-        self.run_done.emit(status)
-
-    # ------------------------------------------------------------------ outputs
-    def _publish_steps(self, job: _Job, results: list) -> list:
-        """The main-thread steps that create or update the output layers, then the table and histogram."""
-        lead = job.out_lead_shape
-
-        def stack(arrays):
-            arr = np.stack(arrays) if len(arrays) > 1 or lead else arrays[0]
-            return arr.reshape(lead + arr.shape[-2:]) if lead else arr
-
-        prov = dict(results[0].provenance)
-        widget_info = {
-            "source_layers": dict(job.input_names),
-            "roi_layer": job.roi_name,
-            "slices": [list(s[0]) for s in job.slices] if lead else None,
-        }
-        meta_prov = {**prov, "widget": widget_info}
-        if len(results) > 1:
-            meta_prov["per_slice"] = [r.provenance for r in results]
-        keys = [k for k in results[0].fields if all(k in r.fields for r in results)]
-        # bottom to top: the smoothed fields (hidden), residual, uncertainty, and the rate on top
-        outputs = [("smoothed", k, stack([r.fields[k] for r in results])) for k in keys]
-        from .relative import shown_maps  # the relative map where the level is relative (issue 13)
-
-        shown = [shown_maps(r) for r in results]
-        outputs += [
-            ("residual", None, stack([r.residual for r in results])),
-            ("uncertainty", None, stack([u for _, u in shown])),
-            ("rate", None, stack([m for m, _ in shown])),
-        ]
-        steps = []
-        for kind, field_name, data in outputs:
-            own = job.input_names.get(field_name, job.source_name) if kind == "smoothed" else job.source_name
-            name = output_name(kind, own, field_name)
-            if kind == "uncertainty" and not np.isfinite(data).any():
-                steps.append(lambda n=name, k=kind: self._remove_output(n, k))  # network: no uncertainty map
-                continue
-            steps.append(lambda n=name, k=kind, d=data, f=field_name: self._set_output(n, k, d, job, meta_prov, f))
-
-        def select_rate():
-            rate_name = output_name("rate", job.source_name)
-            rate_layer = self._find_output(rate_name, "rate")
-            if rate_layer is not None and self.viewer.layers.selection.active is not rate_layer:
-                self.viewer.layers.selection.active = rate_layer
-
-        def finish():
-            self.last_results = results
-            self._last_job = job
-            self._fill_table(job, results)
-            self._draw_histogram(results)
-            self.device_label.setText(f"Ran on: {prov.get('device', '?')}")
-            radii = sorted({round(float(r.radius), 3) for r in results})
-            px = math.sqrt(np.prod(job.kwargs["pixel_size"]))
-            radius_txt = ", ".join(f"{r:g} px ({r * px:.3g} {job.unit})" for r in radii[:3])
-            self.progress_bar.setValue(1000)
-            self.status_label.setText(
-                f"Done in {_format_seconds(time.perf_counter() - self._started)}: {job.kwargs['method']}, "
-                f"radius {radius_txt}."
-            )
-            from .fractions_panel import report_run  # negative rates, relative level
-
-            report_run(self, job, results)
-            from .run_warnings import announce  # the warnings the solver issued (issue 13)
-
-            announce(self, job, results)
-
-        steps += [select_rate, finish]
-        return steps
-
-    def _find_output(self, name: str, kind: str):
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            if isinstance(layer, Image) and layer.metadata.get(_META_KEY) == kind:
-                return layer
-        return None
-
-    def _remove_output(self, name: str, kind: str) -> None:
-        layer = self._find_output(name, kind)
-        if layer is not None:
-            self.viewer.layers.remove(layer)
-
-    def _set_output(self, name, kind, data, job: _Job, provenance, field_name) -> None:
-        from .layer_style import style_output
-
-        colormap, visible, symmetric = OUTPUT_STYLE[kind]
-        limits = robust_limits(data, symmetric=symmetric)
-        metadata = {
-            _META_KEY: kind,
-            "source": job.source_name,
-            "field": field_name or kind,
-            "provenance": provenance,
-        }
-        layer = self._find_output(name, kind)
-        if layer is not None and layer.ndim != data.ndim:
-            index = self.viewer.layers.index(layer)
-            self.viewer.layers.remove(layer)
-            layer = None
-        else:
-            index = None
-        if layer is None:
-            # A new layer is inserted hidden and shown in the next event-loop turn: napari's insert (layer
-            # controls, vispy node, selection) and the first draw of the new layer then fall into separate turns,
-            # so that neither stalls the viewer for long (benchmarks/bench_widget_stall.py). The rate layer is
-            # made the active layer at the end (select_rate).
-            kwargs = dict(job.geometry)
-            new = Image(data, name=name, colormap=colormap, contrast_limits=limits, visible=False,
-                        metadata=metadata, **kwargs)
-            style_output(new, kind, provenance, job.unit)  # colour bar with quantity and unit (issue 13)
-            with _no_activation(self.viewer.layers):
-                self.viewer.layers.insert(len(self.viewer.layers) if index is None else index, new)
-            self._added.append(new)
-            if visible:
-                return lambda: setattr(new, "visible", True)
-            return None
-        # update in place: same layer, new data and grid; setters only where something changed (each one
-        # refreshes the layer, and a refresh is a repaint)
-        geom = job.geometry
-        for attr in ("scale", "translate", "rotate", "shear"):
-            if not np.allclose(np.asarray(getattr(layer, attr), dtype=float), np.asarray(geom[attr], dtype=float)):
-                setattr(layer, attr, geom[attr])
-        if not np.allclose(layer.affine.affine_matrix, geom["affine"]):
-            layer.affine = geom["affine"]
-        if "units" in geom and hasattr(layer, "units") and tuple(str(u) for u in layer.units) != geom["units"]:
-            layer.units = geom["units"]
-        if "axis_labels" in geom and hasattr(layer, "axis_labels") and tuple(layer.axis_labels) != geom["axis_labels"]:
-            layer.axis_labels = geom["axis_labels"]
-        layer.metadata = metadata
-        layer.data = data
-        layer.contrast_limits_range = limits
-        layer.contrast_limits = limits
-        style_output(layer, kind, provenance, job.unit)
-
-    def _set_table_headers(self, unit: str) -> None:
-        self._headers = ["ROI", f"area ({unit}²)", "mean", "median", "IQR"]
-        self.table.setColumnCount(len(self._headers))
-        self.table.setHorizontalHeaderLabels(self._headers)
-
-    def _fill_table(self, job: _Job, results: list) -> None:
-        stacked = len(results) > 1
-        rows = []
-        for (lead, _, _), res in zip(job.slices, results):
-            for stats in res.table():
-                row = {}
-                if lead:
-                    row["slice"] = "/".join(str(i) for i in lead)
-                row.update(stats)
-                rows.append(row)
-        self._rows = rows
-        headers = (["slice"] if stacked else []) + ["ROI", f"area ({job.unit}²)", "mean", "median", "IQR"]
-        self._headers = headers
-        self.table.clear()
-        self.table.setColumnCount(len(headers))
-        self.table.setHorizontalHeaderLabels(headers)
-        self.table.setRowCount(len(rows))
-        from .relative import label_results, table_values
-
-        label_results(self, results)
-        for r, row in enumerate(rows):
-            values = ([row.get("slice", "")] if stacked else []) + [
-                str(row["label"]), f"{row['area']:.4g}", *(f"{v:.4g}" for v in table_values(row))]
-            for c, text in enumerate(values):
-                item = QTableWidgetItem(text)
-                item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
-                self.table.setItem(r, c, item)
-        self.export_button.setEnabled(bool(rows))
-        self.save_button.setEnabled(bool(rows))
-
-    def _draw_histogram(self, results: list) -> None:
-        ax = self.axes
-        ax.clear()
-        by_label: dict[int, list] = {}
-        for res in results:
-            labels = res.labels if res.labels is not None else np.isfinite(res.rate).astype(int)
-            for lab in np.unique(labels):
-                if lab <= 0:
-                    continue
-                shown = res.display_rate
-                values = shown[(labels == lab) & np.isfinite(shown)]
-                by_label.setdefault(int(lab), []).append(values)
-        pooled = {lab: np.concatenate(v) for lab, v in by_label.items() if v}
-        everything = np.concatenate(list(pooled.values())) if pooled else np.array([])
-        if everything.size:
-            lo, hi = (float(v) for v in np.percentile(everything, [0.5, 99.5]))
-            if not hi > lo:
-                lo, hi = lo - 0.5, hi + 0.5
-            bins = np.linspace(lo, hi, 41)  # the 0.5-99.5 % range: a few outliers do not squash the plot
-            for lab, values in sorted(pooled.items()):
-                ax.hist(values, bins=bins, histtype="stepfilled", alpha=0.55, label=f"ROI {lab}")
-            if 1 < len(pooled) <= 10:
-                legend = ax.legend(fontsize=7, frameon=False)
-                for t in legend.get_texts():
-                    t.set_color(ax.xaxis.label.get_color())
-        self._style_axes()
-        self.canvas.setVisible(True)
-        self.canvas.draw_idle()
-
-    # ------------------------------------------------------------------ CSV
-    def export_csv(self, path) -> Path:
-        """Write the per-ROI table of the last run (all statistics, one row per ROI and slice) to ``path``."""
-        if not self._rows or self._last_job is None:
-            raise RuntimeError("no results to export: run the widget first")
-        job = self._last_job
-        path = Path(path)
-        columns = (["slice"] if any("slice" in r for r in self._rows) else []) + [
-            "label", "n_pixels", "area", "area_unit", "mean", "median", "q25", "q75", "iqr", "radius",
-            "mean_uncertainty", "source", "roi_layer", "model", "method", "device",
-        ]
-        prov = self.last_results[0].provenance if self.last_results else {}
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            for row in self._rows:
-                writer.writerow({
-                    **row,
-                    "area_unit": f"{job.unit}^2",
-                    "source": job.source_name,
-                    "roi_layer": job.roi_name or "",
-                    "model": prov.get("model", job.kwargs["model"]),
-                    "method": prov.get("method", job.kwargs["method"]),
-                    "device": prov.get("device", ""),
-                })
-        return path
-
-    def output_layers(self) -> list:
-        """The rate and uncertainty layers of the last run (those present in the viewer), rate first."""
-        if self._last_job is None:
-            return []
-        out = []
-        for kind in ("rate", "uncertainty"):
-            layer = self._find_output(output_name(kind, self._last_job.source_name), kind)
-            if layer is not None:
-                out.append(layer)
-        return out
-
-    def save_maps(self, path) -> Path:
-        """Write the last run's rate (and uncertainty) maps to one OME-TIFF with the plugin's writer.
-
-        The file keeps the pixel size, the provenance, and each map's colormap and contrast limits: napari's
-        File > Open (the napari-mollifier reader) restores them.
-        """
-        from .io_hooks import write_ome_tiff_layers
-
-        layers = self.output_layers()
-        if not layers:
-            raise RuntimeError("no rate map to save: run the widget first")
-        path = str(path)
-        if not path.lower().endswith((".ome.tif", ".ome.tiff")):
-            path = path.rsplit(".tif", 1)[0] + ".ome.tif" if path.lower().endswith((".tif", ".tiff")) else (
-                path + ".ome.tif")
-        data = [ly.as_layer_data_tuple() for ly in layers]
-        return Path(write_ome_tiff_layers(path, data)[0])
-
-    def _save_dialog(self) -> None:
-        layers = self.output_layers()
-        if not layers:
-            return
-        default = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in f"rates_{self._last_job.source_name}")
-        path, _ = QFileDialog.getSaveFileName(self, "Save rate maps", default + ".ome.tif",
-                                              "OME-TIFF with provenance (*.ome.tif *.ome.tiff)")
-        if path:
-            try:
-                written = self.save_maps(path)
-            except (OSError, ValueError) as exc:
-                show_error(f"Rate maps: could not write {path}: {exc}")
-                return
-            show_info(f"Rate maps: wrote {written}")
-
-    def _export_dialog(self) -> None:
-        default = f"rates_{self._last_job.source_name if self._last_job else 'roi'}.csv"
-        default = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in default)
-        path, _ = QFileDialog.getSaveFileName(self, "Export per-ROI rates", default, "CSV files (*.csv)")
-        if path:
-            try:
-                self.export_csv(path)
-            except OSError as exc:
-                show_error(f"Rate maps: could not write {path}: {exc}")
-                return
-            show_info(f"Rate maps: wrote {path}")
-
-
-# --------------------------------------------------------------------------- small utilities
-def _full_resolution(layer):
-    """The layer's array (level 0 of a multiscale layer)."""
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-
-
-@contextlib.contextmanager
-def _no_activation(layers):
-    """Insert into napari's layer list without making the new layer the active one.
-
-    Activating a layer shows its (new) controls panel: 20-40 ms per layer under software OpenGL, enough to push
-    each insert past a 100 ms stall (benchmarks/bench_widget_stall.py). napari has no public switch for this;
-    its list has the private flag ``_activate_on_insert``. Where the flag is gone or refused (napari warns that
-    private access from plugins ends no earlier than 0.10), the plain insert is used: only slower, not wrong.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        try:
-            previous = getattr(layers, "_activate_on_insert", None)
-            if isinstance(previous, bool):
-                layers._activate_on_insert = False
-        except Exception:  # noqa: BLE001 - any refusal: keep napari's default
-            previous = None
-    try:
-        yield
-    finally:
-        if isinstance(previous, bool):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                try:  # noqa: SIM105 - explicit
-                    layers._activate_on_insert = previous
-                except Exception:  # noqa: BLE001
-                    pass
-
-
-def _alive(widget) -> bool:
-    try:
-        widget.objectName()
-    except RuntimeError:  # the C++ object was deleted with its layout row
-        return False
-    return True
-
-
-def _solver_default(name: str, fallback):
-    """Default of ``infer_rates``'s keyword ``name`` (the widget starts with the solver's defaults)."""
-    import inspect
-
-    from napari_mollifier import infer_rates
-
-    try:
-        default = inspect.signature(infer_rates).parameters[name].default
-    except (KeyError, TypeError, ValueError):
-        return fallback
-    return fallback if default is inspect.Parameter.empty else default
-
-
-def _accepts(name: str) -> bool:
-    """True when ``infer_rates`` takes the keyword ``name`` (options beyond the documented contract)."""
-    import inspect
-
-    from napari_mollifier import infer_rates
-
-    try:
-        return name in inspect.signature(infer_rates).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return False
-
-
-def _format_seconds(seconds: float) -> str:
-    seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes, sec = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {sec:02d} s"

@@ -1,0 +1,346 @@
+"""The job of a "Rate maps" run, without Qt: what it is, the ``infer_rates`` keywords, and the worker's generator.
+
+:class:`_Job` holds everything a run needs, captured on the main thread (private array copies);
+:func:`solver_kwargs` turns the widget's settings into the keyword arguments of
+:func:`napari_mollifier.infer_rates`; :func:`_run_job` is the generator napari's ``thread_worker`` runs (it yields
+``(fraction, info)`` and returns an :class:`_Outcome`); :func:`run_to_end` runs it in the calling thread (scripts,
+tests). Module-level imports: the standard library and numpy only, so that this module is importable and tested
+without a display (tests/test_widget_job.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["solver_kwargs", "run_to_end", "start_warm_up"]
+
+log = logging.getLogger(__name__)
+
+def _background_fraction(fields: dict) -> float:
+    """Share of the pixels where every field is below 5 % of its 99th percentile (no chromatin: background)."""
+    low = None
+    for arr in fields.values():
+        finite = arr[np.isfinite(arr)]
+        if finite.size == 0:
+            continue
+        top = float(np.percentile(finite, 99))
+        if not top > 0:
+            continue
+        here = ~(arr > 0.05 * top)
+        low = here if low is None else (low & here)
+    return float(low.mean()) if low is not None else 0.0
+
+
+
+@dataclass
+class _Job:
+    """Everything a run needs, captured on the main thread (arrays are private copies)."""
+
+    source_name: str
+    input_names: dict
+    slices: list  # [(leading index tuple, {field: 2-D array}, roi or None)]
+    out_lead_shape: tuple  # leading shape of the output stack (() for 2-D images)
+    geometry: dict
+    kwargs: dict  # for infer_rates (no fields / roi / progress / cancel)
+    unit: str
+    roi_name: str | None
+    notes: list = field(default_factory=list)
+    run_warnings: list = field(default_factory=list)  # [(category, message)] issued during the run (run_warnings)
+    threads: int | None = None  # torch intra-op threads for this run (None: torch's own)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+
+@dataclass
+class _Outcome:
+    status: str  # "ok", "cancelled", "error"
+    results: list = field(default_factory=list)
+    message: str = ""
+    details: str = ""
+
+
+_DONE = object()
+
+
+def _explain(exc: BaseException) -> tuple[str, str]:
+    """``(status, message)`` for an exception raised by a run: what happened and how to fix it."""
+    from napari_mollifier.errors import MollifierInputError, RunCancelled
+
+    if isinstance(exc, RunCancelled):
+        return "cancelled", "Rate maps: run cancelled. No layer was added and the inputs are unchanged."
+    if isinstance(exc, MollifierInputError):
+        return "error", f"Rate maps: {exc}"
+    text = str(exc)
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return "error", (
+            f"Rate maps ran out of memory ({type(exc).__name__}: {text[:200]}). Fix: draw an ROI around the "
+            "nucleus, run the current slice instead of all slices, use a smaller kernel radius or fewer "
+            "uncertainty samples, or choose the 'cpu' device."
+        )
+    return "error", f"Rate maps failed: {type(exc).__name__}: {text}"
+
+
+_WARM_LOCK = threading.Lock()
+_WARM_DONE = threading.Event()
+_warm_thread: threading.Thread | None = None
+
+
+def start_warm_up() -> None:
+    """Import the network method's lazy dependencies in a background thread, once per process.
+
+    The first ``torch.optim`` optimizer imports ``torch._dynamo`` (~1.3 s, with ~0.1 s pauses holding the
+    interpreter lock): done when the widget opens, a network run does not stall the viewer with it
+    (``benchmarks/bench_widget_stall.py``).
+    """
+    global _warm_thread
+    with _WARM_LOCK:
+        if _warm_thread is not None:
+            return
+
+        def target():
+            _background_priority()
+            try:
+                from napari_mollifier.methods.network import warm_up
+
+                warm_up()
+            except Exception:  # noqa: BLE001 - a failed warm-up only means the first run pays the import
+                log.debug("napari-mollifier: warm-up failed", exc_info=True)
+            finally:
+                _WARM_DONE.set()
+
+        _warm_thread = threading.Thread(target=target, name="napari-mollifier-warm-up", daemon=True)
+        _warm_thread.start()
+
+
+def _wait_for_warm_up(cancel: threading.Event) -> None:
+    """Worker thread: wait for :func:`start_warm_up` (never the viewer's thread); cancel still works."""
+    from napari_mollifier.errors import RunCancelled
+
+    start_warm_up()
+    while not _WARM_DONE.wait(0.05):
+        if cancel.is_set():
+            raise RunCancelled("cancelled while the network method was loading")
+
+
+def _solve(job: _Job, report) -> list:
+    """Run ``infer_rates`` on every slice of ``job`` (worker thread). ``report(fraction, info)``."""
+    from napari_mollifier import infer_rates
+
+    if job.kwargs.get("method", "direct") != "direct":
+        report(0.0, {"stage": "loading the network method"})
+        _wait_for_warm_up(job.cancel)
+    results = []
+    n = len(job.slices)
+    for i, (lead, fields, roi) in enumerate(job.slices):
+
+        def progress(step, total, info, _i=i):
+            frac = (_i + (step / total if total else 0.0)) / n
+            report(frac, dict(info or {}, slice=_i + 1, n_slices=n))
+
+        res = infer_rates(fields, roi=roi, progress=progress, cancel=job.cancel.is_set, **job.kwargs)
+        finite = np.isfinite(res.rate)
+        if not finite.any():
+            from napari_mollifier.errors import MollifierInputError
+
+            raise MollifierInputError(
+                "the rate is undefined at every pixel of the ROI"
+                + (f" in slice {lead}" if lead else "")
+                + ": the model divides by the euchromatin signal, which is zero or constant there. Check that "
+                "the heterochromatin and euchromatin layers hold the chromatin images (volume fractions)."
+            )
+        results.append(res)
+    return results
+
+
+def _run_job(job: _Job):
+    """Generator run by napari's ``thread_worker``: yields ``(fraction, info)`` and returns an :class:`_Outcome`.
+
+    ``infer_rates`` reports progress through a callback, which cannot ``yield``; it runs in a helper thread and
+    this generator relays its reports (at most every 50 ms, latest wins), so the worker yields regularly.
+    """
+    reports: queue.SimpleQueue = queue.SimpleQueue()
+    box: dict[str, Any] = {}
+
+    def target():
+        from .run_warnings import capture
+        from .solver_threads import solver_threads
+
+        _background_priority()
+        try:
+            with solver_threads(job.threads), capture(job.run_warnings):
+                box["results"] = _solve(job, lambda frac, info: reports.put((frac, info)))
+        except BaseException as exc:  # noqa: BLE001 - every failure is reported to the user
+            box["error"] = exc
+            box["details"] = traceback.format_exc()
+        finally:
+            reports.put(_DONE)
+
+    job.thread = threading.Thread(target=target, name="napari-mollifier-solve", daemon=True)
+    job.thread.start()
+    try:
+        done = False
+        while not done:
+            try:
+                item = reports.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            latest = None
+            while True:
+                if item is _DONE:
+                    done = True
+                    break
+                latest = item
+                try:
+                    item = reports.get_nowait()
+                except queue.Empty:
+                    break
+            if latest is not None:
+                yield latest
+    finally:  # closed early (napari task cancel): stop the solver too. Not after _DONE: the solver thread
+        # may still be returning from its target then (is_alive() is True for a moment under load), and its
+        # results are complete
+        if not done and job.thread.is_alive():
+            job.cancel.set()
+    job.thread.join()
+    if "error" in box:
+        status, message = _explain(box["error"])
+        return _Outcome(status, message=message, details=box.get("details", ""))
+    if job.cancel.is_set():
+        return _Outcome("cancelled", message=_explain_cancel())
+    return _Outcome("ok", results=box["results"])
+
+
+def _background_priority() -> None:
+    """Lower the calling (solver) thread's CPU priority a little, so that the viewer's thread wins the CPU.
+
+    Linux applies ``setpriority`` to one thread (and to the threads it starts: torch's pool, when it is created
+    here); elsewhere this does nothing. Set ``NAPARI_MOLLIFIER_NICE=0`` to keep the normal priority.
+    """
+    import os
+
+    try:
+        step = int(os.environ.get("NAPARI_MOLLIFIER_NICE", "5"))
+    except ValueError:
+        step = 5
+    if step <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
+    except (AttributeError, OSError):  # pragma: no cover - not permitted: keep the priority
+        pass
+
+
+def _explain_cancel() -> str:
+    return "Rate maps: run cancelled. No layer was added and the inputs are unchanged."
+
+
+def _solver_default(name: str, fallback):
+    """Default of ``infer_rates``'s keyword ``name`` (the widget starts with the solver's defaults)."""
+    import inspect
+
+    from napari_mollifier import infer_rates
+
+    try:
+        default = inspect.signature(infer_rates).parameters[name].default
+    except (KeyError, TypeError, ValueError):
+        return fallback
+    return fallback if default is inspect.Parameter.empty else default
+
+
+def _accepts(name: str) -> bool:
+    """True when ``infer_rates`` takes the keyword ``name`` (options beyond the documented contract)."""
+    import inspect
+
+    from napari_mollifier import infer_rates
+
+    try:
+        return name in inspect.signature(infer_rates).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+
+
+
+def solver_kwargs(
+    *,
+    model: str,
+    params: dict,
+    pixel_size: tuple[float, float],
+    radius: Any,
+    method: str,
+    device: str,
+    seed: int,
+    kernel: str,
+    boundary: str,
+    unit: str = "px",
+    iterations: int | None = None,
+    n_bootstrap: int | None = None,
+    uncertainty: str | None = None,
+) -> dict:
+    """Keyword arguments of :func:`napari_mollifier.infer_rates` for the widget's settings.
+
+    Parameters
+    ----------
+    model, params, pixel_size, radius, method, device, seed, kernel, boundary
+        Passed through (``radius`` in pixels, or ``"auto"``).
+    unit : str
+        The layers' unit; passed as ``unit`` (the units policy of ``infer_rates``) unless it is ``"px"``.
+    iterations : int, optional
+        Network method only.
+    n_bootstrap, uncertainty : optional
+        Direct method only.
+
+    Returns
+    -------
+    dict
+        The keywords (no fields, ROI, progress or cancel: :func:`_solve` adds those per slice).
+    """
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "params": params,
+        "pixel_size": pixel_size,
+        "radius": radius,
+        "method": method,
+        "device": device,
+        "seed": seed,
+        "kernel": kernel,
+        "boundary": boundary,
+    }
+    if unit != "px" and _accepts("unit"):
+        kwargs["unit"] = unit  # the units policy of infer_rates (issue 13)
+    if method != "direct":
+        kwargs["iterations"] = int(iterations)
+    elif _accepts("n_bootstrap"):
+        kwargs["n_bootstrap"] = int(n_bootstrap)
+        if _accepts("uncertainty"):
+            kwargs["uncertainty"] = uncertainty
+    return kwargs
+
+
+def run_to_end(job: _Job) -> _Outcome:
+    """Run ``job`` in the calling thread through :func:`_run_job` (progress reports dropped); its outcome.
+
+    Parameters
+    ----------
+    job : _Job
+        The job, e.g. ``_Job(..., slices=[((), fields, None)], kwargs=solver_kwargs(...))``.
+
+    Returns
+    -------
+    _Outcome
+        ``status`` ``"ok"`` with one result per slice, or ``"cancelled"`` / ``"error"`` with a message.
+    """
+    gen = _run_job(job)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value

@@ -1,0 +1,64 @@
+"""The Rate maps widget's job, without Qt or a viewer: the keywords it builds and the call it makes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from napari_mollifier import infer_rates
+from napari_mollifier._napari.job import _Job, run_to_end, solver_kwargs
+from napari_mollifier.simulate import synthetic_nucleus
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _settings(**over):
+    base = dict(model="chromatin-balance", params={}, pixel_size=(0.05, 0.05), radius=5.0, method="direct",
+                device="cpu", seed=0, kernel="poly", boundary="mask", unit="px", iterations=7, n_bootstrap=0,
+                uncertainty="none")
+    base.update(over)
+    return base
+
+
+def test_solver_kwargs_keep_only_the_method_s_options():
+    direct = solver_kwargs(**_settings())
+    assert "iterations" not in direct and "unit" not in direct
+    assert direct["n_bootstrap"] == 0 and direct["uncertainty"] == "none" and direct["radius"] == 5.0
+    network = solver_kwargs(**_settings(method="network", unit="µm"))
+    assert network["iterations"] == 7 and network["unit"] == "µm"
+    assert "n_bootstrap" not in network and "uncertainty" not in network
+
+
+def test_job_calls_infer_rates_with_its_keywords():
+    """A job built from plain arrays gives the rate map of ``infer_rates`` called directly, near the truth."""
+    s = synthetic_nucleus(shape=(80, 80), pixel_size=0.05, seed=3)
+    fields = {"phi_h": s["phi_h"].copy(), "phi_e": s["phi_e"].copy()}
+    kwargs = solver_kwargs(**_settings(params=dict(s["params"]), unit="um"))
+    job = _Job(source_name="phi_h", input_names={"phi_h": "phi_h", "phi_e": "phi_e"},
+               slices=[((), fields, None)], out_lead_shape=(), geometry={}, kwargs=kwargs, unit="um", roi_name=None)
+    outcome = run_to_end(job)
+    assert outcome.status == "ok", outcome.message
+    (res,) = outcome.results
+    direct = infer_rates({"phi_h": s["phi_h"], "phi_e": s["phi_e"]}, **kwargs)
+    np.testing.assert_array_equal(res.rate, direct.rate)
+    assert float(res.radius) == 5.0
+    inner = np.isfinite(res.rate) & np.isfinite(s["rate"])
+    assert inner.mean() > 0.5
+    corr = np.corrcoef(res.rate[inner], s["rate"][inner])[0, 1]
+    assert corr > 0.8, corr  # the noise-free steady state: the map follows the true rate
+
+
+def test_job_module_needs_no_qt():
+    """The job module imports without Qt or napari (no display needed)."""
+    code = ("import sys, napari_mollifier._napari.job\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('qtpy', 'PyQt5', 'PyQt6', 'PySide2', "
+            "'PySide6', 'napari')))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
