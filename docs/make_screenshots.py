@@ -131,12 +131,7 @@ def main(argv=None) -> int:
 
         # the hand-off: Rate maps picked the domains' fields and nucleus; bring its dock to the front
         rates.bootstrap_spin.setValue(0)
-        # a fixed radius of 0.87 µm, what the automatic rule chose here before the propagated uncertainty: the
-        # automatic rule (lepski on propagated variances) now grows the process past 22 GB on these fields
-        # (methods/direct.py _correlate_same; reported with issue 13)
-        rates.radius_auto.setChecked(False)
-        rates.radius_unit.setCurrentIndex(1)
-        rates.radius_value.setValue(0.87)
+        rates.radius_auto.setChecked(True)  # the automatic radius, as a user leaves it
         _run(app, rates, "ok")
         viewer.layers["lambda [cell]"].visible = False
         viewer.layers["domains [cell]"].visible = False

@@ -30,7 +30,7 @@ import napari_mollifier as nm  # noqa: E402
 from napari_mollifier.errors import MollifierInputError  # noqa: E402
 from napari_mollifier.kernels import half_width  # noqa: E402
 
-FUZZ = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+FUZZ = settings(deadline=None, max_examples=80, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 DTYPES = ["float64", "float32", "int16", "uint8", "bool"]
 
 
@@ -118,7 +118,7 @@ def _chromatin(rng, shape):
     return smooth(0.1, 0.4), smooth(0.3, 0.6)
 
 
-@settings(deadline=None, max_examples=80, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(
     ny=st.integers(2, 40).filter(lambda n: n != 3),
     nx=st.integers(6, 40),

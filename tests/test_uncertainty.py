@@ -210,3 +210,26 @@ def test_small_labels_share_the_radius_chosen_on_their_union():
     np.testing.assert_allclose(many.rate[m], one.rate[m], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(many.uncertainty[m], one.uncertainty[m], rtol=1e-6)
     assert len(many.roi_stats) == k and many.roi_stats[5]["n_pixels"] == 45
+
+
+def test_correlated_noise_kernel_smoothing_is_separable_and_exact():
+    """``rho (*) K`` by one 1-D pass per axis for the Gaussian autocorrelation equals the full 2-D correlation; a
+    non-separable rho takes the full correlation."""
+    import torch
+    import torch.nn.functional as F
+
+    from napari_mollifier.methods.direct import _correlate_same, _separable_factors
+    from napari_mollifier.noise import gaussian_autocorrelation
+
+    kernels = torch.as_tensor(np.random.default_rng(0).standard_normal((5, 17, 17)))
+    for c in (0.7, 2.5):
+        rho = torch.as_tensor(gaussian_autocorrelation(c, 2), dtype=torch.float64)
+        assert _separable_factors(rho) is not None
+        h = (rho.shape[0] - 1) // 2
+        full = F.conv2d(kernels[:, None], rho[None, None], padding=h)[:, 0]
+        np.testing.assert_allclose(_correlate_same(kernels, rho).numpy(), full.numpy(), rtol=0, atol=1e-12)
+    cross = torch.zeros((5, 5), dtype=torch.float64)
+    cross[2, :] = cross[:, 2] = 1.0  # a plus sign: not an outer product
+    assert _separable_factors(cross) is None
+    full = F.conv2d(kernels[:, None], cross[None, None], padding=2)[:, 0]
+    np.testing.assert_allclose(_correlate_same(kernels, cross).numpy(), full.numpy(), atol=1e-12)

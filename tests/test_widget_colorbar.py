@@ -76,3 +76,19 @@ def test_the_colorbar_is_drawn(run_viewer, qtbot):
     changed = np.any(on != off, axis=-1)
     assert changed[: h // 3, w // 2:].mean() > 0.02  # the bar and its title, top right
     assert not changed[h // 2:, :].any()  # nothing else moved
+
+
+def test_saved_and_reopened_maps_keep_their_titled_colorbar(run_viewer, qtbot, tmp_path):
+    """The plugin's OME-TIFF writer keeps each map's colour-bar title; reopening through the plugin's reader in a
+    viewer with the Rate maps dock shows the bar and its title again (docs/images/journey_5)."""
+    from napari_mollifier._napari.io_hooks import read_tiff_layers, write_ome_tiff_layers
+
+    viewer, _widget = run_viewer
+    name = f"rate [{PHI_H}]"
+    written = write_ome_tiff_layers(str(tmp_path / "rate.ome.tif"), [viewer.layers[name].as_layer_data_tuple()])
+    viewer.layers.remove(name)
+    for data, kwargs, _kind in read_tiff_layers(written[0]):
+        layer = viewer.add_image(data, **kwargs)
+    qtbot.wait(50)
+    assert layer.metadata["colorbar_label"] == LABELS[name]
+    assert layer.colorbar.visible and _label(layer) == LABELS[name]

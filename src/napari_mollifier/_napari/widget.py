@@ -352,6 +352,9 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
         ev.inserted.connect(self._refresh_layers)
         ev.removed.connect(self._refresh_layers)
         ev.moved.connect(self._refresh_layers)
+        from .layer_style import restyle_on_insert
+
+        restyle_on_insert(self.viewer)  # maps reopened from the plugin's files show their titled colour bar
 
     def _watch(self, layer) -> None:
         if id(layer) not in self._connected_layers:

@@ -192,7 +192,36 @@ def _correlate_same(kernels: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
         return kernels * rho.reshape(())
     h = (rho.shape[0] - 1) // 2
     conv = (F.conv1d, F.conv2d, F.conv3d)[rho.dim() - 1]
-    return conv(kernels[:, None], rho[None, None], padding=h)[:, 0]
+    factors = _separable_factors(rho)
+    if factors is None:
+        return conv(kernels[:, None], rho[None, None], padding=h)[:, 0]
+    out = kernels[:, None]
+    for axis, f in enumerate(factors):  # a Gaussian autocorrelation is a product of 1-D ones: one pass per axis
+        shape = [1] * rho.dim()
+        shape[axis] = f.numel()
+        pad = [0] * rho.dim()
+        pad[axis] = h
+        out = conv(out, f.reshape(1, 1, *shape), padding=tuple(pad))
+    return out[:, 0]
+
+
+def _separable_factors(rho: torch.Tensor):
+    """1-D factors ``f_0, f_1, ...`` with ``rho = f_0 (x) f_1 (x) ...`` (outer product) when ``rho`` is one, else
+    None: the white and Gaussian noise models of :mod:`napari_mollifier.noise` are."""
+    centre = tuple((n - 1) // 2 for n in rho.shape)
+    peak = rho[centre]
+    if not bool(peak > 0):
+        return None
+    factors = []
+    for axis in range(rho.dim()):
+        index = list(centre)
+        index[axis] = slice(None)
+        factors.append(rho[tuple(index)] / peak ** ((rho.dim() - 1) / rho.dim()))
+    outer = factors[0]
+    for f in factors[1:]:
+        outer = outer[..., None] * f
+    scale = float(rho.abs().max())
+    return factors if float((outer - rho).abs().max()) <= 1e-9 * scale else None
 
 
 def _gram(kernels: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
