@@ -9,7 +9,7 @@ The steps of docs/getting-started.md and docs/domains.md, in one napari window t
    plain summary, table);
 4. ``journey_4_handoff.png``: Rate maps on the domains' phi_h / phi_e, l2 from the domains, nucleus as ROI;
 5. ``journey_5_reopened.png``: the hand-off's rate map saved as OME-TIFF and opened again (colormap and
-   contrast limits restored).
+   contrast limits and the titled colour bar restored).
 
 Run from the repository root, with a display (``xvfb-run`` when headless)::
 
