@@ -207,7 +207,8 @@ def _correlate_same(kernels: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
 
 def _separable_factors(rho: torch.Tensor):
     """1-D factors ``f_0, f_1, ...`` with ``rho = f_0 (x) f_1 (x) ...`` (outer product) when ``rho`` is one, else
-    None: the white and Gaussian noise models of :mod:`napari_mollifier.noise` are."""
+    None: the white and Gaussian noise models of :mod:`napari_mollifier.noise` are.
+    """
     centre = tuple((n - 1) // 2 for n in rho.shape)
     peak = rho[centre]
     if not bool(peak > 0):
