@@ -221,8 +221,8 @@ def _choose_radii(ladder: DerivativeLadder, ctx: _Context, regions: dict, ladder
                   noise: NoiseModel) -> dict:
     """``{label: {"radius", "ladder": table}}`` (:func:`_choose_radii_each`), with the labels of fewer than
     ``OWN_RADIUS_MIN_PIXELS`` pixels pooled: the median over a few dozen pixels is too noisy to choose a radius on
-    (docs/science.md "Choosing the radius"), so they share the radius chosen on their union (``"pooled"``: their
-    number). 1000 small labels then cost what one label of the same pixels costs.
+    (docs/science.md "How to pick the kernel radius"), so they share the radius chosen on their union
+    (``"pooled"``: their number). 1000 small labels then cost what one label of the same pixels costs.
     """
     small = [lab for lab, region in regions.items() if int(region.sum()) < OWN_RADIUS_MIN_PIXELS]
     if len(small) < 2 or len({tuple(ladders[lab]) for lab in small}) != 1:
