@@ -40,7 +40,9 @@ from .kernels import (
     multi_indices,
 )
 
-__all__ = ["MaskOperator", "mask_operator", "apply_masked", "FieldSpectrum", "edge_kernels", "correlate"]
+__all__ = [
+    "MaskOperator", "mask_operator", "apply_masked", "FieldSpectrum", "edge_kernels", "correlate",
+]
 
 _RCOND = 1e-12  # smallest eigenvalue ratio of a local moment matrix accepted
 _CHUNK_ELEMENTS = 2**23  # window values per chunk of edge pixels (64 MiB in float64)
@@ -140,10 +142,11 @@ class FieldSpectrum:
 
     def _centred_spectrum(self, weight: torch.Tensor) -> torch.Tensor:
         def make():
+            # the kernel centred on index 0 with wrap-around: tap x goes to x mod size (no roll of the full array)
             h = (weight.shape[1] - 1) // 2
             rolled = torch.zeros((weight.shape[0],) + self.size, dtype=weight.dtype, device=weight.device)
-            rolled[(slice(None),) + tuple(slice(0, 2 * h + 1) for _ in range(self.ndim))] = weight
-            rolled = torch.roll(rolled, shifts=(-h,) * self.ndim, dims=self.dims)
+            index = [torch.as_tensor(np.arange(-h, h + 1) % n, device=weight.device) for n in self.size]
+            rolled[(slice(None),) + tuple(torch.meshgrid(*index, indexing="ij"))] = weight
             return torch.fft.rfftn(rolled, dim=self.dims).conj()
 
         if weight.requires_grad:

@@ -33,6 +33,7 @@ import torch
 from . import __version__
 from .errors import MollifierInputError, MollifierMemoryError, RunCancelled
 from .methods.direct import (
+    _LEPSKI_SAMPLES,
     LADDER_STEP,
     LEPSKI_KAPPA,
     DerivativeLadder,
@@ -182,13 +183,14 @@ class _Context:
     def rate(self, fields: dict, radius: float, mask: np.ndarray) -> torch.Tensor:
         return self.closed_form(self.mollify(fields, radius, mask))
 
-    def closed_form(self, d: dict) -> torch.Tensor:
-        """The model's closed form, NaN where its divisor is ~0 (below 1e-3 of its median magnitude in the ROI)
-        or, for a physical fraction such as phi_e, not positive.
+    def closed_form(self, d: dict, region: np.ndarray | None = None) -> torch.Tensor:
+        """The model's closed form, NaN where its divisor is ~0 (below 1e-3 of its median magnitude in the ROI,
+        or in ``region`` when given, e.g. a pixel sample) or, for a physical fraction such as phi_e, not positive.
         """
         rate = self.model.rate(d, self.params)
         den = self.model.denominator(d, self.params)
-        region = torch.as_tensor(self.region, device=den.device) if self.region is not None else None
+        region = self.region if region is None else region
+        region = torch.as_tensor(region, device=den.device) if region is not None else None
         magnitude = den.abs()[..., region] if region is not None else den.abs()
         finite = magnitude[torch.isfinite(magnitude)].detach()
         floor = 1e-3 * float(finite.median()) if finite.numel() else 0.0
@@ -257,12 +259,26 @@ def _choose_radii_each(ladder: DerivativeLadder, ctx: _Context, regions: dict, l
     jac = _jacobian(ladder)
     union = np.any(list(regions.values()), axis=0)
     flat = {lab: np.flatnonzero(region) for lab, region in regions.items()}  # cheap per-label reads (many labels)
+    sample = _lepski_sample(flat, int(union.sum())) if rule == "lepski" else None
+    if sample is not None:  # the rungs are needed only at the pixels the medians read
+        pixels, flat = sample
+        pixels_t = torch.as_tensor(pixels, device=ctx.device)
+        everywhere = np.ones(pixels.size, bool)
+
+        def sample_form(dd):
+            return ctx.closed_form(dd, region=everywhere)
+
     for k, r in enumerate(radii):
-        d = ladder.at(r)
-        if rule == "lepski":
+        if sample is not None:
+            d = ladder.at_pixels(r, pixels_t)
+            rate, var, _ = propagate(ladder, r, d, sample_form, noise, everywhere, jac, pixels=pixels_t)
+            sd = var.sqrt().cpu().numpy()
+        elif rule == "lepski":
+            d = ladder.at(r)
             rate, var, _ = propagate(ladder, r, d, ctx.closed_form, noise, union, jac)
             sd = var.sqrt().cpu().numpy()
         else:
+            d = ladder.at(r)
             rate, sd = ctx.closed_form({n: {kk: v[None] for kk, v in keys.items()} for n, keys in d.items()})[0], None
         rate_np = rate.detach().cpu().numpy().reshape(-1)
         sd = None if sd is None else sd.reshape(-1)
@@ -290,6 +306,18 @@ def _choose_radii_each(ladder: DerivativeLadder, ctx: _Context, regions: dict, l
         for lab in regions:
             chosen[lab] = _quasi_optimal(maps[lab], ladders[lab])
     return chosen
+
+
+def _lepski_sample(flat: dict, n_union: int):
+    """The pixels Lepski's medians read (:func:`lepski_accepts`: a regular subsample of about
+    ``_LEPSKI_SAMPLES`` pixels per label) as ``(sorted flat indices, {label: positions in them})``, or None when
+    they are more than half of the ROI (then the full maps cost about as much).
+    """
+    strided = {lab: f[:: max(1, f.size // _LEPSKI_SAMPLES)] for lab, f in flat.items()}
+    pixels = np.unique(np.concatenate(list(strided.values()))) if strided else np.zeros(0, np.int64)
+    if pixels.size == 0 or pixels.size > 0.5 * n_union:
+        return None
+    return pixels, {lab: np.searchsorted(pixels, s) for lab, s in strided.items()}
 
 
 def _lepski_labels(ladder: DerivativeLadder, ctx: _Context, regions: dict, rungs: list, noise: NoiseModel) -> dict:

@@ -37,7 +37,14 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import half_width
-from ..masked import FieldSpectrum, _chunks, apply_masked, correlate, edge_kernels, mask_operator
+from ..masked import (
+    FieldSpectrum,
+    _chunks,
+    apply_masked,
+    correlate,
+    edge_kernels,
+    mask_operator,
+)
 from ..mollifier import _apply, _make_plan, _pad
 from ..noise import NoiseModel
 
@@ -131,6 +138,29 @@ class DerivativeLadder:
                 self._recent.pop(next(iter(self._recent)))
         return out
 
+    def at_pixels(self, radius: float, pixels: torch.Tensor) -> dict:
+        """:meth:`at` read at the flat pixel indices ``pixels`` (sorted): ``{derived field: {key: tensor (n,)}}``.
+
+        In mask mode only the edge pixels among ``pixels`` get their own kernels (their moment systems are solved
+        and applied), which is what the radius rule needs on a large ROI (a pixel sample per label): the per-pixel
+        work of a rung then scales with the sample, not the image.
+        """
+        if self.mask is None or radius in self._recent:
+            full = self.at(radius)
+            return {name: {k: v.reshape(-1)[pixels] for k, v in keys.items()} for name, keys in full.items()}
+        where = _sample_where(self, pixels)
+        out = {}
+        for name, keys in self.needs.items():
+            plan = self.plan(radius, keys)
+            spectrum = self.spectra.get(name)
+            if spectrum is not None and (plan.half > spectrum.max_half or not self._fft_pays(plan.half)):
+                spectrum = None
+            values = apply_masked(self.derived[name][None, None], plan, mask_operator(plan, self.mask, where),
+                                  spectrum)
+            values = values[0].reshape(len(keys), -1)[:, pixels]
+            out[name] = {key: values[i] for i, key in enumerate(keys)}
+        return out
+
     def smooth(self, value: torch.Tensor, radius: float, mask: np.ndarray) -> torch.Tensor:
         """``value`` smoothed by the kernel at ``radius`` (mask-normalised inside ``mask``; NaN outside)."""
         plan = self.plan(radius, ("u",))
@@ -169,7 +199,9 @@ def _coefficients(ladder: DerivativeLadder, d: dict, closed_form, jac: dict) -> 
     dd = {n: {k: leaves[(n, k)] for k in keys} for n, keys in d.items()}
     with torch.enable_grad():
         raw = ladder.model.rate(dd, ladder.params)
-        grads = torch.autograd.grad(raw, list(leaves.values()), grad_outputs=torch.ones_like(raw), allow_unused=True)
+        # the closed form is pointwise, so d(sum raw)/d leaf is the per-pixel derivative; a scalar output also
+        # keeps torch from importing its symbolic-shape machinery (sympy, ~1 s) on the first call of a process
+        grads = torch.autograd.grad(raw.sum(), list(leaves.values()), allow_unused=True)
     rate = closed_form({n: {k: v[None] for k, v in keys.items()} for n, keys in d.items()})[0]
     g = {key: (gr if gr is not None else torch.zeros_like(rate)) for key, gr in zip(leaves, grads)}
     a: dict = {f: {} for f in ladder.inputs}
@@ -180,6 +212,20 @@ def _coefficients(ladder: DerivativeLadder, d: dict, closed_form, jac: dict) -> 
                 continue
             a[f][key] = a[f].get(key, 0) + gv * j
     return rate.detach(), a
+
+
+def _sample_where(ladder: DerivativeLadder, pixels: torch.Tensor) -> torch.Tensor:
+    """The ladder's ``where`` restricted to the flat pixel indices ``pixels`` ``(1, 1, *S)``."""
+    where = torch.zeros(math.prod(ladder.shape), dtype=torch.bool, device=ladder.device)
+    where[pixels] = True
+    where = where.reshape((1, 1) + ladder.shape)
+    return where if ladder.where is None else where & ladder.where
+
+
+def _digest(t: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha1(t.detach().cpu().numpy().tobytes()).hexdigest()
 
 
 def _rho_tensor(noise: NoiseModel, ndim: int, dtype, device) -> torch.Tensor:
@@ -250,27 +296,32 @@ def _quadratic(vec: torch.Tensor, cov: np.ndarray, gram: torch.Tensor) -> torch.
 
 
 def propagate(ladder: DerivativeLadder, radius: float, d: dict, closed_form, noise: NoiseModel, region: np.ndarray,
-              jac: dict | None = None):
+              jac: dict | None = None, pixels: torch.Tensor | None = None):
     """The rate at ``radius`` and its propagated noise variance (module docstring), NaN outside ``region``.
 
     Returns ``(rate, variance, a)`` with ``a`` the linearisation coefficients (for :func:`change_variance`).
     The variance does not depend on ``region`` (only its NaN fill does), so it is computed once per radius and
     noise model and kept on the ladder (float32): the radius rule's rungs are reused by the final solve.
+    ``pixels``: ``d`` holds the derivatives at these flat pixel indices only (:meth:`DerivativeLadder.at_pixels`);
+    ``region`` is then a bool array over them.
     """
     jac = _jacobian(ladder) if jac is None else jac
     rate, a = _coefficients(ladder, d, closed_form, jac)
-    key = (float(radius), repr(noise.as_dict()))
+    key = (float(radius), repr(noise.as_dict()), None if pixels is None else _digest(pixels))
     cached = ladder.variances.get(key)
     if cached is None:
-        cached = ladder.variances[key] = _variance(ladder, radius, rate, a, noise).to(torch.float32)
+        cached = ladder.variances[key] = _variance(ladder, radius, rate, a, noise, pixels).to(torch.float32)
     var = cached.to(rate.dtype)
     inside = torch.as_tensor(np.asarray(region, bool), device=rate.device)
     var = torch.where(inside & torch.isfinite(rate), var.clamp_min(0), torch.full_like(var, float("nan")))
     return rate, var, a
 
 
-def _variance(ladder: DerivativeLadder, radius: float, rate: torch.Tensor, a: dict, noise: NoiseModel):
-    """The propagated variance at every pixel (interior quadratic form, then the edge pixels' own kernels)."""
+def _variance(ladder: DerivativeLadder, radius: float, rate: torch.Tensor, a: dict, noise: NoiseModel,
+              pixels: torch.Tensor | None = None):
+    """The propagated variance at every pixel (interior quadratic form, then the edge pixels' own kernels), or at
+    the flat indices ``pixels`` when ``rate`` and ``a`` hold those pixels only.
+    """
     keys = ladder.key_union()
     names = ladder.inputs
     cov = noise.covariance(names)
@@ -280,7 +331,8 @@ def _variance(ladder: DerivativeLadder, radius: float, rate: torch.Tensor, a: di
     kernels = plan.key_kernels(dtype, device)
     var = _quadratic(_stack(a, keys, names, rate), cov, _gram(kernels, rho)).reshape(rate.shape)
     if ladder.mask is not None:
-        op = mask_operator(plan, ladder.mask, ladder.where)
+        where = ladder.where if pixels is None else _sample_where(ladder, pixels)
+        op = mask_operator(plan, ladder.mask, where)
         comb = plan.key_combination(dtype, device)  # (n_keys, n_alpha)
         pos, _ = op.edges[0]
         flat_var = var.reshape(-1)
@@ -290,6 +342,8 @@ def _variance(ladder: DerivativeLadder, radius: float, rate: torch.Tensor, a: di
         per_row = (len(plan.alphas) + len(keys) + 2 * len(names) + 2) * w**ladder.ndim
         for rows in _chunks(pos.numel(), per_row):
             p, kern = edge_kernels(plan, op, 0, rows, dtype)  # (c, n_alpha, P)
+            if pixels is not None:
+                p = torch.searchsorted(pixels.contiguous(), p)  # image positions -> positions in the sample
             key_k = torch.einsum("ka,cap->ckp", comb, kern)
             v = {}
             for f in names:
