@@ -241,14 +241,16 @@ def _correlate_same(kernels: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
     factors = _separable_factors(rho)
     if factors is None:
         return conv(kernels[:, None], rho[None, None], padding=h)[:, 0]
-    out = kernels[:, None]
+    out = kernels
     for axis, f in enumerate(factors):  # a Gaussian autocorrelation is a product of 1-D ones: one pass per axis
-        shape = [1] * rho.dim()
-        shape[axis] = f.numel()
-        pad = [0] * rho.dim()
-        pad[axis] = h
-        out = conv(out, f.reshape(1, 1, *shape), padding=tuple(pad))
-    return out[:, 0]
+        # the zero-padded 1-D correlation as a product with its banded Toeplitz matrix T_ij = f[j - i + h]
+        # (a matrix product is ~10x faster than a float64 convolution on the CPU)
+        n = out.shape[1 + axis]
+        lag = torch.arange(n, device=out.device)[None, :] - torch.arange(n, device=out.device)[:, None] + h
+        inside = (lag >= 0) & (lag <= 2 * h)
+        toeplitz = torch.where(inside, f[lag.clamp(0, 2 * h)], torch.zeros((), dtype=f.dtype, device=f.device))
+        out = torch.movedim(torch.movedim(out, 1 + axis, -1) @ toeplitz.T, -1, 1 + axis)
+    return out
 
 
 def _separable_factors(rho: torch.Tensor):
