@@ -41,9 +41,11 @@ from ..masked import (
     FieldSpectrum,
     _chunks,
     apply_masked,
+    apply_masked_at,
     correlate,
     edge_kernels,
     mask_operator,
+    windows_pay,
 )
 from ..mollifier import _apply, _make_plan, _pad
 from ..noise import NoiseModel
@@ -152,12 +154,15 @@ class DerivativeLadder:
         out = {}
         for name, keys in self.needs.items():
             plan = self.plan(radius, keys)
-            spectrum = self.spectra.get(name)
-            if spectrum is not None and (plan.half > spectrum.max_half or not self._fft_pays(plan.half)):
-                spectrum = None
-            values = apply_masked(self.derived[name][None, None], plan, mask_operator(plan, self.mask, where),
-                                  spectrum)
-            values = values[0].reshape(len(keys), -1)[:, pixels]
+            op = mask_operator(plan, self.mask, where)
+            x = self.derived[name][None, None]
+            if windows_pay(pixels.numel(), plan, math.prod(self.shape)):
+                values = apply_masked_at(x, plan, op, pixels)
+            else:
+                spectrum = self.spectra.get(name)
+                if spectrum is not None and (plan.half > spectrum.max_half or not self._fft_pays(plan.half)):
+                    spectrum = None
+                values = apply_masked(x, plan, op, spectrum)[0].reshape(len(keys), -1)[:, pixels]
             out[name] = {key: values[i] for i, key in enumerate(keys)}
         return out
 
