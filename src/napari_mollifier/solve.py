@@ -675,9 +675,8 @@ def infer_rates(
     RunCancelled
         ``cancel()`` returned True.
     """
-    prep = _prepare(fields, model, params, pixel_size, radius, method, roi, device, seed, boundary, roi_mode,
-                    uncertainty, n_bootstrap, noise, noise_correlation, radius_rule, iterations, allow_constant, unit,
-                    tiled=tile is not None)
+    given = locals()
+    prep = _prepare(**{k: given[k] for k in _PREPARE_ARGS}, tiled=tile is not None)
     if tile is not None:
         from .tiling import solve_prepared
 
@@ -698,10 +697,7 @@ def prepare_call(fields, *, tiled: bool = False, **kwargs):
         raise MollifierInputError(f"infer_rates: {exc}") from None
     bound.apply_defaults()
     a = bound.arguments
-    prep = _prepare(a["fields"], a["model"], a["params"], a["pixel_size"], a["radius"], a["method"], a["roi"],
-                    a["device"], a["seed"], a["boundary"], a["roi_mode"], a["uncertainty"], a["n_bootstrap"],
-                    a["noise"], a["noise_correlation"], a["radius_rule"], a["iterations"], a["allow_constant"],
-                    a["unit"], tiled=tiled)
+    prep = _prepare(**{k: a[k] for k in _PREPARE_ARGS}, tiled=tiled)
     return prep, a
 
 
@@ -743,8 +739,15 @@ class Prepared:
     roi_given: bool
 
 
-def _prepare(fields, model, params, pixel_size, radius, method, roi, device, seed, boundary, roi_mode, uncertainty,
-             n_bootstrap, noise, noise_correlation, radius_rule, iterations, allow_constant, unit, tiled=False) -> Prepared:
+#: the arguments of :func:`infer_rates` that :func:`_prepare` checks (the others steer the run, not the inputs)
+_PREPARE_ARGS = ("fields", "model", "params", "pixel_size", "radius", "method", "roi", "device", "seed", "boundary",
+                 "roi_mode", "uncertainty", "n_bootstrap", "noise", "noise_correlation", "radius_rule", "iterations",
+                 "allow_constant", "unit")
+
+
+def _prepare(fields, *, model, params, pixel_size, radius, method, roi, device, seed, boundary, roi_mode, uncertainty,
+             n_bootstrap, noise, noise_correlation, radius_rule, iterations, allow_constant, unit,
+             tiled=False) -> Prepared:
     """Every check and input step of a solve, shared by the untiled and the tiled path (:func:`infer_rates`)."""
     from . import validation
 

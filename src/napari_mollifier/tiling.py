@@ -335,11 +335,10 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
     inputs and outputs are held in memory as float64 (8 bytes per pixel each), the convolution buffers (1-2 kB
     per pixel) only per tile.
     """
-    from .solve import _prepare
+    from .solve import _PREPARE_ARGS, _prepare
 
-    prep = _prepare(fields, model, params, pixel_size, radius, method, roi, device, seed, boundary, roi_mode,
-                    uncertainty, n_bootstrap, noise, noise_correlation, radius_rule, iterations, allow_constant, unit,
-                    tiled=True)
+    given = locals()
+    prep = _prepare(**{k: given[k] for k in _PREPARE_ARGS}, tiled=True)
     return _infer_tiled_prepared(prep, int(tile), progress, cancel, kernel, scheduler)
 
 

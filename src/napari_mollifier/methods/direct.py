@@ -313,6 +313,8 @@ def propagate(ladder: DerivativeLadder, radius: float, d: dict, closed_form, noi
     ``region`` is then a bool array over them.
     """
     jac = _jacobian(ladder) if jac is None else jac
+    if pixels is not None:  # per-pixel Jacobians of derived fields, read at the sample
+        jac = {k: v.reshape(-1)[pixels] if torch.is_tensor(v) else v for k, v in jac.items()}
     rate, a = _coefficients(ladder, d, closed_form, jac)
     key = (float(radius), repr(noise.as_dict()), None if pixels is None else _digest(pixels))
     cached = ladder.variances.get(key)
