@@ -253,12 +253,22 @@ def _offsets(half: int, padded_shape: tuple, device) -> torch.Tensor:
 
 def _padded_index(pos: torch.Tensor, shape: tuple, half: int) -> torch.Tensor:
     """Flat indices ``pos`` of the unpadded grid -> flat indices of the same pixels in the array padded by half."""
-    coords = torch.unravel_index(pos, shape)
     padded = tuple(n + 2 * half for n in shape)
     out = torch.zeros_like(pos)
-    for c, n in zip(coords, padded):
+    for c, n in zip(_unravel(pos, shape), padded):
         out = out * n + (c + half)
     return out
+
+
+def _unravel(pos: torch.Tensor, shape: tuple) -> list[torch.Tensor]:
+    """Coordinates of flat C-order indices (by hand: ``torch.unravel_index`` imports torch's symbolic-shape
+    machinery, sympy, ~1.5 s, on its first call in a process).
+    """
+    coords, rest = [], pos
+    for n in reversed(shape):
+        coords.append(rest % n)
+        rest = torch.div(rest, n, rounding_mode="floor")
+    return coords[::-1]
 
 
 def _chunks(n: int, per_row: int):
@@ -399,16 +409,25 @@ def apply_masked(x: torch.Tensor, plan, op: MaskOperator, spectrum: FieldSpectru
     shape = tuple(x.shape[2:])
     half = plan.half
     xm = torch.where(op.mask, x, torch.zeros((), dtype=dtype, device=device))
+    comb = plan.key_combination(dtype, device)  # (n_keys, n_alpha): pixel-unit alphas -> physical keys
+    separable = spectrum is None and use_separable(plan.kernel, plan.method, half, dtype)
+    kernels = None if separable else alpha_kernels(plan, dtype, device)
+    # by FFT each kernel costs an inverse transform: correlate with the keys' kernels (e.g. u and lap, not u, xx
+    # and yy) when there are fewer keys than derivatives; the edge pixels' values are combined the same way
+    by_key = not separable and comb.shape[0] < comb.shape[1] and (
+        spectrum is not None or use_fft(plan.method, kernels, tuple(n + 2 * half for n in shape)))
+    if by_key:
+        kernels = torch.einsum("ka,a...->k...", comb, kernels)
     if spectrum is not None:
-        out_alpha = spectrum.correlate(alpha_kernels(plan, dtype, device))
-    elif use_separable(plan.kernel, plan.method, half, dtype):
-        out_alpha = separable_correlate(_pad_zeros(xm, half), plan.kernel, plan.radius, plan.alphas)
+        out = spectrum.correlate(kernels)
+    elif separable:
+        out = separable_correlate(_pad_zeros(xm, half), plan.kernel, plan.radius, plan.alphas)
     else:
-        out_alpha = correlate(_pad_zeros(xm, half), alpha_kernels(plan, dtype, device), plan.method)
+        out = correlate(_pad_zeros(xm, half), kernels, plan.method)
     A, EB, *_ = _basis_arrays(plan.kernel, plan.radius, tuple(plan.alphas), plan.ndim, plan.order, half)
     if any(pos.numel() for pos, _ in op.edges):
-        out_alpha = out_alpha.clone()
-        flat_out = out_alpha.reshape(out_alpha.shape[0], out_alpha.shape[1], -1)
+        out = out.clone()
+        flat_out = out.reshape(out.shape[0], out.shape[1], -1)
         basis = torch.as_tensor(np.concatenate([A, EB]).T, dtype=dtype, device=device)  # (P, n_alpha + nb)
         n_alpha = A.shape[0]
         for bm, (pos, coef) in enumerate(op.edges):
@@ -416,9 +435,12 @@ def apply_masked(x: torch.Tensor, plan, op: MaskOperator, spectrum: FieldSpectru
                 continue
             batch = slice(None) if op.mask.shape[0] == 1 else slice(bm, bm + 1)
             vals = _edge_values(xm[batch], basis, pos, shape, half, plan.method)  # (b, E, n_alpha + nb)
-            edge_alpha = vals[..., :n_alpha] + torch.einsum("eab,neb->nea", coef.to(dtype), vals[..., n_alpha:])
-            flat_out[batch, :, pos] = edge_alpha.transpose(1, 2)
-    out = torch.einsum("ka,na...->nk...", plan.key_combination(dtype, device), out_alpha)
+            edge = vals[..., :n_alpha] + torch.einsum("eab,neb->nea", coef.to(dtype), vals[..., n_alpha:])
+            if by_key:
+                edge = torch.einsum("ka,nea->nek", comb, edge)
+            flat_out[batch, :, pos] = edge.transpose(1, 2)
+    if not by_key:
+        out = torch.einsum("ka,na...->nk...", comb, out)
     return out.masked_fill(~op.valid.unsqueeze(1), float("nan"))
 
 
@@ -427,11 +449,13 @@ def _window_products(padded: torch.Tensor, basis: torch.Tensor, pos: torch.Tenso
     """``sum_x f(p + x) basis_j(x)`` at flat positions ``pos`` of one padded field ``(*(S + 2 half))`` ->
     ``(E, n_basis)``, by gathering each pixel's window (in chunks bounded by memory).
     """
-    flat = padded.reshape(-1)
-    offsets = _offsets(half, tuple(padded.shape), padded.device)
-    centre = _padded_index(pos, shape, half)
-    parts = [flat[centre[sl, None] + offsets[None]] @ basis for sl in _chunks(pos.numel(), basis.shape[0])]
-    return torch.cat(parts) if parts else flat.new_zeros((0, basis.shape[1]))
+    windows = padded
+    for axis in range(len(shape)):  # a view (*S, *window) of every pixel's window: no index tensor is built
+        windows = windows.unfold(axis, 2 * half + 1, 1)
+    coords = _unravel(pos, shape)
+    parts = [windows[tuple(c[sl] for c in coords)].reshape(sl.stop - sl.start, -1) @ basis
+             for sl in _chunks(pos.numel(), basis.shape[0])]
+    return torch.cat(parts) if parts else padded.new_zeros((0, basis.shape[1]))
 
 
 def windows_pay(n_samples: int, plan, n_pixels: int) -> bool:
