@@ -112,7 +112,9 @@ def detect_nucleus_layer(widget):
     ref = widget._reference_layer()
     geometry = {k: v for k, v in _geometry(ref).items() if k in ("scale", "translate", "units")}
     geometry = {k: tuple(v)[-2:] for k, v in geometry.items()}
-    name = "nucleus (detected)"
+    from .job import DETECTED_NUCLEUS
+
+    name = DETECTED_NUCLEUS
     if name in widget.viewer.layers:
         widget.viewer.layers.remove(name)
     layer = widget.viewer.add_labels(mask.astype(np.uint8), name=name, opacity=0.3,

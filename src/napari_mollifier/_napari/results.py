@@ -255,6 +255,9 @@ class ResultsDisplay:
             "roi_layer": job.roi_name,
             "slices": [list(s[0]) for s in job.slices] if lead else None,
         }
+        detected = job.detections is not None
+        if detected:  # "(whole image)" on an image with background: solved in the detected nucleus (issue 15)
+            widget_info.update(roi_source="detected", nucleus_detection=list(job.detections))
         meta_prov = {**prov, "widget": widget_info}
         if len(results) > 1:
             meta_prov["per_slice"] = [r.provenance for r in results]
@@ -278,6 +281,10 @@ class ResultsDisplay:
                 continue
             steps.append(lambda n=name, k=kind, d=data, f=field_name: self._set_output(n, k, d, job, meta_prov, f))
 
+        if detected:
+            nucleus = stack([np.asarray(s[2] > 0, dtype=np.uint8) for s in job.slices])
+            steps.append(lambda: self._set_detected_nucleus(nucleus, job))
+
         def select_rate():
             rate_name = output_name("rate", job.source_name)
             rate_layer = self._find_output(rate_name, "rate")
@@ -294,10 +301,15 @@ class ResultsDisplay:
             px = math.sqrt(np.prod(job.kwargs["pixel_size"]))
             radius_txt = ", ".join(f"{r:g} px ({r * px:.3g} {job.unit})" for r in radii[:3])
             self.progress_bar.setValue(1000)
-            self.status_label.setText(
-                f"Done in {_format_seconds(time.perf_counter() - self._started)}: {job.kwargs['method']}, "
-                f"radius {radius_txt}."
-            )
+            done = (f"Done in {_format_seconds(time.perf_counter() - self._started)}: {job.kwargs['method']}, "
+                    f"radius {radius_txt}.")
+            if detected:
+                from .job import detected_nucleus_note
+
+                note = detected_nucleus_note(int(sum(int(np.count_nonzero(s[2])) for s in job.slices)))
+                done += f" {note[0].upper()}{note[1:]}."
+                show_info(f"Rate maps: {note}")
+            self.status_label.setText(done)
             from .fractions_panel import report_run  # negative rates, relative level
 
             report_run(self, job, results)
@@ -307,6 +319,41 @@ class ResultsDisplay:
 
         steps += [select_rate, finish]
         return steps
+
+    def _set_detected_nucleus(self, mask: np.ndarray, job: _Job) -> None:
+        """Add or update the Labels layer of the detected nucleus: what a "(whole image)" run solved (issue 15).
+
+        Parameters
+        ----------
+        mask : numpy.ndarray of uint8
+            1 inside the nucleus, on the grid of the output maps (a stack for a stack run).
+        job : _Job
+            The run: its geometry (scale, translate, units...) and the detection info.
+        """
+        from napari.layers import Labels
+
+        from .job import DETECTED_NUCLEUS
+
+        metadata = {"nucleus_detection": job.detections[0] if len(job.detections) == 1 else list(job.detections),
+                    "roi_candidate": False, "source": job.source_name}
+        layer = next((ly for ly in self.viewer.layers if ly.name == DETECTED_NUCLEUS), None)
+        if layer is not None and isinstance(layer, Labels) and layer.ndim == mask.ndim:
+            geom = job.geometry
+            for attr in ("scale", "translate"):
+                if attr in geom and not np.allclose(np.asarray(getattr(layer, attr), float), np.asarray(geom[attr])):
+                    setattr(layer, attr, geom[attr])
+            if "units" in geom and tuple(str(u) for u in layer.units) != tuple(geom["units"]):
+                layer.units = geom["units"]
+            layer.metadata = {**layer.metadata, **metadata}
+            layer.data = mask
+            return
+        if layer is not None:  # another kind of layer, or another dimensionality: replaced
+            self.viewer.layers.remove(layer)
+        new = Labels(mask, name=DETECTED_NUCLEUS, opacity=0.8, metadata=metadata, **job.geometry)
+        new.contour = 1  # the outline only: the rate map under it stays readable
+        with _no_activation(self.viewer.layers):
+            self.viewer.layers.append(new)
+        self._added.append(new)
 
     def _find_output(self, name: str, kind: str):
         if name in self.viewer.layers:

@@ -50,7 +50,9 @@ from qtpy.QtWidgets import (
 from ._qt_layout import alive as _alive
 from .collect import (  # noqa: F401  (re-exported: used by the panels and tests)
     INPUT_LABELS,
+    WHOLE_CHOICES,
     WHOLE_IMAGE,
+    WHOLE_IMAGE_ALL,
     JobCollector,
     _full_resolution,
     _geometry,
@@ -62,6 +64,7 @@ from .eta import format_seconds as _format_seconds
 from .job import (  # noqa: F401  (the job of a run, Qt-free; re-exported for scripts and benchmarks)
     _DONE,
     _WARM_DONE,
+    DETECTED_NUCLEUS,
     _Job,
     _Outcome,
     _run_job,
@@ -200,7 +203,9 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
         self.roi_combo.setToolTip(
             "Where to compute the rates. Shapes layer: each shape is one ROI. Labels layer: each label is one ROI. "
             "ROIs are mapped through world coordinates, so another scale/translate is fine. The newest Shapes or "
-            "Labels layer is picked when it appears."
+            f"Labels layer is picked when it appears. {WHOLE_IMAGE}: the nucleus is detected (as by the command "
+            f"line without --roi) and shown as the Labels layer '{DETECTED_NUCLEUS}'; the whole image is solved "
+            f"only where no background is found. {WHOLE_IMAGE_ALL}: every pixel, on purpose."
         )
         self.all_slices = QCheckBox("all slices (one job)")
         self.all_slices.setToolTip("For 3-D/4-D layers: run every 2-D slice (a stack of rate maps) "
@@ -382,7 +387,7 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
                 if tagged and combo.currentText() != tagged[-1]:
                     combo.setCurrentText(tagged[-1])
         roi_layers = [ly for ly in self.viewer.layers if isinstance(ly, (Shapes, Labels))]
-        rois = [WHOLE_IMAGE] + [ly.name for ly in roi_layers]
+        rois = [WHOLE_IMAGE, WHOLE_IMAGE_ALL] + [ly.name for ly in roi_layers]
         known = getattr(self, "_known_rois", set())
         self._known_rois = {id(ly) for ly in roi_layers}
         fresh = [ly for ly in roi_layers if id(ly) not in known and _roi_candidate(ly)]
@@ -397,7 +402,7 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
 
     def _on_shapes_drawn(self, layer) -> None:
         """A shape drawn in a Shapes layer while the ROI is the whole image: that layer becomes the ROI."""
-        if self.roi_combo.currentText() == WHOLE_IMAGE and layer in self.viewer.layers and _roi_candidate(layer):
+        if self.roi_combo.currentText() in WHOLE_CHOICES and layer in self.viewer.layers and _roi_candidate(layer):
             self._select_roi(layer.name)
 
     @staticmethod
