@@ -58,13 +58,41 @@ _PUBLISH_GAP_MS = 25
 
 
 def output_name(kind: str, source_name: str, field_name: str | None = None) -> str:
-    """Name of an output layer: ``"rate [<image>]"``, ``"phi_e smoothed [<phi_e's own image>]"``..."""
+    """Name of an output layer: ``"rate [<image>]"``, ``"phi_e smoothed [<phi_e's own image>]"``...
+
+    Parameters
+    ----------
+    kind : str
+        ``"rate"``, ``"uncertainty"``, ``"residual"`` or ``"smoothed"``.
+    source_name : str
+        The input layer it comes from.
+    field_name : str, optional
+        The smoothed field's key (``"phi_e"``), for ``kind="smoothed"``.
+
+    Returns
+    -------
+    str
+        The layer name.
+    """
     prefix = f"{field_name} smoothed" if kind == "smoothed" else kind
     return f"{prefix} [{source_name}]"
 
 
 def robust_limits(values: np.ndarray, symmetric: bool = False) -> tuple[float, float]:
-    """Contrast limits from the 2nd-98th percentiles of the finite values (symmetric about 0 if asked)."""
+    """Contrast limits from the 2nd-98th percentiles of the finite values (symmetric about 0 if asked).
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        The map (NaN allowed).
+    symmetric : bool
+        Limits ``(-h, h)`` with ``h`` the 98th percentile of ``|values|``.
+
+    Returns
+    -------
+    tuple of float
+        ``(low, high)`` with ``low < high``.
+    """
     finite = np.asarray(values)[np.isfinite(values)]
     if finite.size == 0:
         return (-1.0, 1.0) if symmetric else (0.0, 1.0)
@@ -486,8 +514,24 @@ class ResultsDisplay:
         self.canvas.draw_idle()
 
     # ------------------------------------------------------------------ CSV
-    def export_csv(self, path) -> Path:
-        """Write the per-ROI table of the last run (all statistics, one row per ROI and slice) to ``path``."""
+    def export_csv(self, path: str | Path) -> Path:
+        """Write the per-ROI table of the last run (all statistics, one row per ROI and slice) to ``path``.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The CSV file to write.
+
+        Returns
+        -------
+        pathlib.Path
+            The file written.
+
+        Raises
+        ------
+        RuntimeError
+            No run yet.
+        """
         if not self._rows or self._last_job is None:
             raise RuntimeError("no results to export: run the widget first")
         job = self._last_job
@@ -513,7 +557,13 @@ class ResultsDisplay:
         return path
 
     def output_layers(self) -> list:
-        """The rate and uncertainty layers of the last run (those present in the viewer), rate first."""
+        """The rate and uncertainty layers of the last run (those present in the viewer), rate first.
+
+        Returns
+        -------
+        list of napari.layers.Image
+            Empty before a run.
+        """
         if self._last_job is None:
             return []
         out = []
@@ -523,11 +573,26 @@ class ResultsDisplay:
                 out.append(layer)
         return out
 
-    def save_maps(self, path) -> Path:
+    def save_maps(self, path: str | Path) -> Path:
         """Write the last run's rate (and uncertainty) maps to one OME-TIFF with the plugin's writer.
 
         The file keeps the pixel size, the provenance, and each map's colormap and contrast limits: napari's
         File > Open (the napari-mollifier reader) restores them.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The file; ``.ome.tif`` is added or replaces ``.tif``.
+
+        Returns
+        -------
+        pathlib.Path
+            The file written.
+
+        Raises
+        ------
+        RuntimeError
+            No rate map to save (no run yet, or its layers were deleted).
         """
         from .io_hooks import write_ome_tiff_layers
 

@@ -77,6 +77,7 @@ from .runner import RunLifecycle, advance_task_bar, start_worker
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
+    from qtpy.QtGui import QShowEvent
 
 __all__ = ["MollifierWidget", "robust_limits", "output_name"]
 
@@ -94,7 +95,13 @@ UNCERTAINTY_CHOICES = ("propagate", "bootstrap", "none")
 
 # --------------------------------------------------------------------------- helpers
 def available_devices() -> list[str]:
-    """Devices torch can use here: always ``cpu``, plus ``cuda`` / ``mps`` when available (best first)."""
+    """Devices torch can use here: always ``cpu``, plus ``cuda`` / ``mps`` when available (best first).
+
+    Returns
+    -------
+    list of str
+        E.g. ``["cuda", "cpu"]``.
+    """
     devices = ["cpu"]
     try:
         import torch
@@ -135,14 +142,21 @@ def _roi_candidate(layer) -> bool:
 class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
     """Dock widget "Rate maps" (npe2 command ``napari-mollifier.make_widget``).
 
-    Public, for scripts and tests: :meth:`run`, :meth:`cancel`, :meth:`export_csv`, :attr:`worker` (the
-    running napari worker or None), :attr:`last_results` and the signal :attr:`run_done` (emitted with
-    ``"ok"``, ``"cancelled"`` or ``"error"`` when a run is over and the widget is ready again).
+    Public, for scripts and tests: :meth:`run`, :meth:`cancel`, :meth:`export_csv`, :meth:`save_maps`,
+    :attr:`worker` (the running napari worker or None), :attr:`last_results` and the signal :attr:`run_done`
+    (emitted with ``"ok"``, ``"cancelled"`` or ``"error"`` when a run is over and the widget is ready again).
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer whose layers are read and to which the result layers are added.
+    parent : QWidget, optional
+        The Qt parent.
     """
 
     run_done = Signal(str)
 
-    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         from napari_mollifier.models import MODELS
 
@@ -175,8 +189,14 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
         start_warm_up()
 
     # ------------------------------------------------------------------ UI
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
-        """Once the controls hold their real text: the dock as wide as they need (see ``fit_width``)."""
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt override
+        """Once the controls hold their real text: the dock as wide as they need (see ``fit_width``).
+
+        Parameters
+        ----------
+        event : QShowEvent
+            The show event (passed on to Qt).
+        """
         from ._qt_layout import fit_width
 
         fit_width(self)
