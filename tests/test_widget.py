@@ -250,6 +250,58 @@ def test_labels_roi_with_other_scale_gives_two_rows(sample_viewer, qtbot):
     np.testing.assert_allclose(areas, [900 * px * px] * 2, rtol=1e-3)
 
 
+def test_whole_image_run_uses_the_detected_nucleus(sample_viewer, qtbot):
+    """Issue 15: "(whole image)" on the sample (a nucleus with surroundings) solves inside the nucleus the CLI
+    detects, shows that mask as a Labels layer on the image's grid and says so; the whole image stays a choice."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_mollifier import infer_rates
+    from napari_mollifier._napari.widget import DETECTED_NUCLEUS, WHOLE_IMAGE, WHOLE_IMAGE_ALL
+    from napari_mollifier.nucleus import detect_nucleus
+
+    viewer, widget = sample_viewer
+    image = viewer.layers[PHI_H]
+    truth_mask = viewer.layers[TRUTH].metadata["nucleus_mask"]
+    assert widget.roi_combo.currentText() == WHOLE_IMAGE and widget.roi_combo.findText(WHOLE_IMAGE_ALL) >= 0
+    _fast(widget, radius_px=8.0)
+    n = _n_records()
+    assert _run(qtbot, widget) == "ok", widget.status_label.text()
+
+    fields = {k: np.asarray(viewer.layers[name].data, dtype=np.float64) for k, name in (("phi_h", PHI_H),
+                                                                                       ("phi_e", PHI_E))}
+    mask, info = detect_nucleus(fields)
+    expected = infer_rates(fields, roi=mask.astype(np.int32), **widget._last_job.kwargs)
+    rate = np.asarray(viewer.layers[RATE].data)
+    np.testing.assert_array_equal(rate, expected.rate)
+    solved = np.isfinite(rate)
+    assert solved.sum() > 0.9 * mask.sum() and not np.any(solved & ~truth_mask)  # no background pixel solved
+    truth = np.asarray(viewer.layers[TRUTH].data)
+    assert np.median(np.abs(rate[solved] - truth[solved]) / truth[solved]) < 0.1
+
+    shown = viewer.layers[DETECTED_NUCLEUS]
+    np.testing.assert_array_equal(np.asarray(shown.data) > 0, mask)
+    np.testing.assert_allclose(shown.scale, image.scale)
+    np.testing.assert_allclose(shown.translate, image.translate)
+    assert tuple(str(u) for u in shown.units) == tuple(str(u) for u in image.units)
+    assert shown.metadata["nucleus_detection"]["threshold"] == pytest.approx(info["threshold"])
+    told = f"solved inside the detected nucleus ({int(mask.sum())} px)"
+    assert told in widget.status_label.text().lower(), widget.status_label.text()
+    assert any(told in str(r.message) for r in notification_manager.records[n:])
+    prov = viewer.layers[RATE].metadata["provenance"]["widget"]
+    assert prov["roi_source"] == "detected" and prov["roi_layer"] == DETECTED_NUCLEUS
+    assert widget.roi_combo.currentText() == WHOLE_IMAGE  # not switched to the mask: decided again every run
+
+    # a second run updates the same layer; the whole image on purpose solves the background too
+    assert _run(qtbot, widget) == "ok"
+    assert [ly.name for ly in viewer.layers].count(DETECTED_NUCLEUS) == 1
+    widget.roi_combo.setCurrentText(WHOLE_IMAGE_ALL)
+    assert _run(qtbot, widget) == "ok"
+    everything = infer_rates(fields, roi=None, **widget._last_job.kwargs)
+    np.testing.assert_array_equal(np.asarray(viewer.layers[RATE].data), everything.rate)
+    assert np.isfinite(everything.rate[~truth_mask]).mean() > 0.9
+    assert "detected nucleus" not in widget.status_label.text()
+
+
 def test_shapes_roi_other_scale_translate_lands_in_place(make_napari_viewer, _plugin_registered):
     """ROI rasterisation through world coordinates (no solver run)."""
     from napari_mollifier._napari.rois import roi_labels
@@ -312,8 +364,18 @@ def test_stack_all_slices_and_current_slice(make_napari_viewer, _plugin_register
     assert widget.table.rowCount() == 3 and widget.table.horizontalHeaderItem(0).text() == "slice"
     assert len(rate.metadata["provenance"]["per_slice"]) == 3
     stack = np.array(rate.data, copy=True)
+    from napari_mollifier._napari.widget import DETECTED_NUCLEUS
+    from napari_mollifier.nucleus import detect_nucleus
+
+    nucleus = viewer.layers[DETECTED_NUCLEUS]  # "(whole image)": each slice in its own detected nucleus
+    assert nucleus.data.shape == (3, 64, 64)
+    np.testing.assert_allclose(nucleus.scale, kw["scale"])
+    np.testing.assert_allclose(nucleus.translate, kw["translate"])
     for k in range(3):  # each slice is its own image's map
-        assert np.isfinite(stack[k]).mean() > 0.9
+        mask = detect_nucleus({"phi_h": sims[k]["phi_h"], "phi_e": sims[k]["phi_e"]})[0]
+        np.testing.assert_array_equal(np.asarray(nucleus.data[k]) > 0, mask)
+        finite = np.isfinite(stack[k])
+        assert finite.sum() > 0.9 * mask.sum() and not np.any(finite & ~sims[k]["nucleus"])
     assert not np.allclose(np.nan_to_num(stack[0]), np.nan_to_num(stack[1]))
 
     # current slice only: slice 1 of the viewer -> one slice, placed at slice 1
@@ -324,6 +386,8 @@ def test_stack_all_slices_and_current_slice(make_napari_viewer, _plugin_register
     assert rate.data.shape == (1, 64, 64)
     np.testing.assert_allclose(rate.translate, (2.5, 0.0, 0.0))
     np.testing.assert_allclose(rate.data[0], stack[1], equal_nan=True)
+    assert nucleus.data.shape == (1, 64, 64)  # the same layer, now on the slice solved
+    np.testing.assert_allclose(nucleus.translate, (2.5, 0.0, 0.0))
 
 
 def test_errors_notify_and_add_nothing(sample_viewer, qtbot):

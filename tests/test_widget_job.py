@@ -62,3 +62,53 @@ def test_job_module_needs_no_qt():
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_whole_image_run_solves_inside_the_detected_nucleus():
+    """Issue 15: "(whole image)" on an image with background solves in the nucleus the CLI would detect.
+
+    On the plugin's sample (a nucleus with surroundings), the job's ROI is ``detect_nucleus``'s mask, the map equals
+    ``infer_rates(..., roi=<that mask>)``, no pixel outside the true nucleus is solved, and the map follows the truth.
+    """
+    from napari_mollifier._napari.job import whole_image_roi
+    from napari_mollifier._napari.sample_data import SAMPLE_KWARGS
+    from napari_mollifier.nucleus import detect_nucleus
+
+    s = synthetic_nucleus(**SAMPLE_KWARGS)
+    fields = {"phi_h": s["phi_h"].copy(), "phi_e": s["phi_e"].copy()}
+    roi, info, note = whole_image_roi(fields)
+    mask, expected = detect_nucleus(fields)
+    assert note is None and info == expected
+    np.testing.assert_array_equal(roi, mask.astype(np.int32))
+    assert not np.any(mask & ~s["nucleus"])  # no background pixel
+    assert 2 * np.sum(mask & s["nucleus"]) / (mask.sum() + s["nucleus"].sum()) >= 0.9  # most of the nucleus
+    kwargs = solver_kwargs(**_settings(params=dict(s["params"]), unit="um", pixel_size=(0.02, 0.02), radius=8.0))
+    job = _Job(source_name="phi_h", input_names={"phi_h": "phi_h", "phi_e": "phi_e"},
+               slices=[((), fields, roi)], out_lead_shape=(), geometry={}, kwargs=kwargs, unit="um", roi_name=None,
+               detections=[info])
+    outcome = run_to_end(job)
+    assert outcome.status == "ok", outcome.message
+    (res,) = outcome.results
+    direct = infer_rates({"phi_h": s["phi_h"], "phi_e": s["phi_e"]}, roi=mask.astype(np.int32), **kwargs)
+    np.testing.assert_array_equal(res.rate, direct.rate)
+    solved = np.isfinite(res.rate)
+    assert solved.sum() > 0.9 * mask.sum() and not np.any(solved & ~mask)
+    rel = np.abs(res.rate[solved] - s["rate"][solved]) / s["rate"][solved]
+    assert np.median(rel) < 0.1, np.median(rel)
+
+
+def test_whole_image_run_without_background_solves_every_pixel():
+    """A crop inside the nucleus (no background): no mask, and the user is told why the whole image is solved."""
+    from napari_mollifier._napari.job import whole_image_roi
+
+    s = synthetic_nucleus(shape=(128, 128), pixel_size=0.02, seed=1)
+    crop = {k: s[k][44:84, 44:84].copy() for k in ("phi_h", "phi_e")}
+    assert s["nucleus"][44:84, 44:84].all()
+    from napari_mollifier.nucleus import detect_nucleus
+
+    assert detect_nucleus(crop)[1]["fraction"] < 0.1  # Otsu splits the crop: a heterochromatin domain, not a nucleus
+    roi, info, note = whole_image_roi(crop)
+    assert roi is None and info is None, info
+    assert "no single nucleus detected" in note and "whole image is solved" in note
+    roi, info, note = whole_image_roi({"phi_h": np.full((32, 32), 0.3), "phi_e": np.full((32, 32), 0.2)})
+    assert roi is None and "constant" in note

@@ -32,10 +32,10 @@ def make(make_napari_viewer, _plugin_registered, sample):  # noqa: F811
         widget.model_combo.setCurrentText("chromatin-balance")
         widget.input_combos["phi_h"].setCurrentText(PHI_H)
         widget.input_combos["phi_e"].setCurrentText(PHI_E)
-        from napari_mollifier._napari.widget import WHOLE_IMAGE
+        from napari_mollifier._napari.widget import WHOLE_IMAGE_ALL  # every pixel: "(whole image)" detects
 
-        widget.roi_combo.setCurrentText("nucleus" if roi else WHOLE_IMAGE)
-        assert widget.roi_combo.currentText() == ("nucleus" if roi else WHOLE_IMAGE)
+        widget.roi_combo.setCurrentText("nucleus" if roi else WHOLE_IMAGE_ALL)
+        assert widget.roi_combo.currentText() == ("nucleus" if roi else WHOLE_IMAGE_ALL)
         widget.coef_edits["l2"].setText("auto" if l2 is None else str(l2))
         _fast(widget, radius_px=4)
         return viewer, widget

@@ -48,7 +48,7 @@ def detect_nucleus(image, sigma: float = 2.0, method: str = "otsu") -> tuple[np.
     mask : bool array
     info : dict
         ``method``, ``sigma``, ``threshold``, ``margin`` (px the mask was shrunk by, undoing the smoothing), ``fraction`` (of the image inside), ``components`` (before keeping
-        the largest), ``description``.
+        the largest), ``largest_share`` (of the above-threshold pixels in the kept component), ``description``.
 
     Raises
     ------
@@ -90,6 +90,9 @@ def detect_nucleus(image, sigma: float = 2.0, method: str = "otsu") -> tuple[np.
             "pass an ROI")
     info = {"method": method, "sigma": float(sigma), "threshold": threshold, "fraction": round(fraction, 4),
             "components": int(n), "margin": margin,
+            # share of the above-threshold pixels in the kept component: ~1 for one nucleus on background; small
+            # for a crop inside a nucleus (bright domains in pieces) or for several nuclei
+            "largest_share": round(float(sizes.max() / sizes.sum()), 4),
             "description": f"largest component of the total chromatin smoothed over {sigma:g} px above the "
                            f"{method} threshold {threshold:.4g}, holes filled, shrunk by {margin} px ({fraction:.0%} of the image)"}
     return mask, info

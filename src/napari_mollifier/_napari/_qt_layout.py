@@ -13,7 +13,18 @@ __all__ = ["scrolling_body", "fit_width", "Collapsible", "alive"]
 
 
 def scrolling_body(widget: QWidget) -> QVBoxLayout:
-    """Give ``widget`` a vertical scroll area; returns the layout of the (scrolled) body to put controls in."""
+    """Give ``widget`` a vertical scroll area and return the layout of the (scrolled) body to put controls in.
+
+    Parameters
+    ----------
+    widget : QWidget
+        The dock widget; it gets the attribute ``scroll_area``.
+
+    Returns
+    -------
+    QVBoxLayout
+        The layout of the scrolled body.
+    """
     outer = QVBoxLayout(widget)
     outer.setContentsMargins(0, 0, 0, 0)
     scroll = QScrollArea(widget)
@@ -35,6 +46,11 @@ def scrolling_body(widget: QWidget) -> QVBoxLayout:
 def fit_width(widget: QWidget) -> None:
     """After the controls are built: the dock is at least as wide as its body needs (no control cut off at the
     right; only the height scrolls).
+
+    Parameters
+    ----------
+    widget : QWidget
+        A widget set up by :func:`scrolling_body` (at most 560 px wide).
     """
     scroll = widget.scroll_area
     bar = scroll.verticalScrollBar().sizeHint().width()
@@ -46,7 +62,17 @@ def fit_width(widget: QWidget) -> None:
 
 
 class Collapsible(QWidget):
-    """A titled section that opens and closes with a click on its title (closed at first)."""
+    """A titled section that opens and closes with a click on its title (closed at first).
+
+    Parameters
+    ----------
+    title : str
+        The text of the title button.
+    parent : QWidget, optional
+        The Qt parent.
+    expanded : bool
+        Open at first (default False). Put the section's controls in :attr:`body`.
+    """
 
     def __init__(self, title: str, parent: QWidget | None = None, *, expanded: bool = False):
         super().__init__(parent)
@@ -65,7 +91,13 @@ class Collapsible(QWidget):
         self.set_expanded(expanded)
 
     def set_expanded(self, on: bool) -> None:
-        """Open (True) or close the section."""
+        """Open (True) or close the section.
+
+        Parameters
+        ----------
+        on : bool
+            True: open.
+        """
         if self.toggle.isChecked() != bool(on):
             self.toggle.setChecked(bool(on))  # re-enters through toggled
             return
@@ -73,12 +105,29 @@ class Collapsible(QWidget):
         self.body.setVisible(bool(on))
 
     def is_expanded(self) -> bool:
-        """True when the section is open."""
+        """Whether the section is open.
+
+        Returns
+        -------
+        bool
+            True when the section is open.
+        """
         return self.toggle.isChecked()
 
 
-def alive(widget) -> bool:
-    """False once the C++ object of ``widget`` is gone (deleted with its layout row)."""
+def alive(widget: QWidget) -> bool:
+    """False once the C++ object of ``widget`` is gone (deleted with its layout row).
+
+    Parameters
+    ----------
+    widget : QWidget
+        Any Qt widget (or wrapper) that may have been deleted on the C++ side.
+
+    Returns
+    -------
+    bool
+        True while it can still be used.
+    """
     try:
         widget.objectName()
     except RuntimeError:  # the C++ object was deleted with its layout row

@@ -12,10 +12,17 @@ in ``_build_ui``, ``apply_units_policy`` in ``_fill_coefficients``, ``AUTO`` in 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QApplication, QPushButton
+from qtpy.QtWidgets import QApplication, QFormLayout, QPushButton
 
 from napari_mollifier.coefficients import is_physical
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari.layers import Labels
+
+    from .widget import MollifierWidget
 
 __all__ = ["AUTO", "apply_units_policy", "add_estimate_button", "estimate_from_image"]
 
@@ -23,8 +30,20 @@ __all__ = ["AUTO", "apply_units_policy", "add_estimate_button", "estimate_from_i
 AUTO = "auto"
 
 
-def apply_units_policy(widget, model, unit: str, from_defaults: bool) -> None:
-    """Set the length coefficients to ``auto`` when they would be box-unit defaults on a physical-unit layer."""
+def apply_units_policy(widget: MollifierWidget, model: Any, unit: str, from_defaults: bool) -> None:
+    """Set the length coefficients to ``auto`` when they would be box-unit defaults on a physical-unit layer.
+
+    Parameters
+    ----------
+    widget : MollifierWidget
+        The Rate maps widget (its coefficient fields and note).
+    model : napari_mollifier.models.Model
+        The chosen model.
+    unit : str
+        The reference layer's unit (``"µm"``, ``"px"``...).
+    from_defaults : bool
+        True when the fields hold the model's defaults (not values from a layer's metadata).
+    """
     if not from_defaults or not is_physical(unit):
         return
     lengths = [k for k, c in model.coefficients.items() if getattr(c, "length_power", 0) and k in widget.coef_edits]
@@ -39,8 +58,25 @@ def apply_units_policy(widget, model, unit: str, from_defaults: bool) -> None:
         "coefficients: model defaults.")
 
 
-def estimate_from_image(widget) -> dict:
-    """Estimate ``l2`` from the chosen input layers (and ROI), fill the field, and explain it in the note."""
+def estimate_from_image(widget: MollifierWidget) -> dict:
+    """Estimate ``l2`` from the chosen input layers (and ROI), fill the field, and explain it in the note.
+
+    Parameters
+    ----------
+    widget : MollifierWidget
+        The Rate maps widget; its inputs are read as for a run (first slice).
+
+    Returns
+    -------
+    dict
+        :func:`napari_mollifier.estimate_coefficients`'s result (``l2``, ``stderr``, ``diagnostics``,
+        ``description``).
+
+    Raises
+    ------
+    MollifierInputError
+        The inputs cannot be read (as for a run).
+    """
     from napari_mollifier import estimate_coefficients
 
     job = widget._collect_job()
@@ -58,8 +94,21 @@ def estimate_from_image(widget) -> dict:
     return est
 
 
-def add_estimate_button(widget, form) -> QPushButton:
-    """An "Estimate from image" button under the coefficients (enabled for chromatin-balance only)."""
+def add_estimate_button(widget: MollifierWidget, form: QFormLayout) -> QPushButton:
+    """An "Estimate from image" button under the coefficients (enabled for chromatin-balance only).
+
+    Parameters
+    ----------
+    widget : MollifierWidget
+        The Rate maps widget; it gets the attribute ``estimate_button``.
+    form : QFormLayout
+        The layout the button is added to.
+
+    Returns
+    -------
+    QPushButton
+        The button.
+    """
     button = QPushButton("Estimate from image")
     button.setToolTip("Estimate l2 = D / G_ac from the input layers (self-consistency: the l2 that leaves the rate "
                       "map least correlated with lap(phi_e) at the domain scale; docs/science.md)")
@@ -86,8 +135,23 @@ def add_estimate_button(widget, form) -> QPushButton:
     return button
 
 
-def plausibility_notes(slices, pixel_size, unit: str) -> list[str]:
-    """The plausibility warnings of the job's first slice (napari_mollifier.plausibility), for the widget's notes."""
+def plausibility_notes(slices: list, pixel_size: tuple[float, float], unit: str) -> list[str]:
+    """The plausibility warnings of the job's first slice (napari_mollifier.plausibility), for the widget's notes.
+
+    Parameters
+    ----------
+    slices : list
+        The job's slices, ``[(leading index, {field: 2-D array}, roi or None)]``.
+    pixel_size : tuple of float
+        (y, x) pixel size in ``unit``.
+    unit : str
+        The layers' unit; a non-physical one (``"px"``) skips the checks that need a length.
+
+    Returns
+    -------
+    list of str
+        One message per warning (empty when the input looks plausible).
+    """
     from napari_mollifier.plausibility import check_plausibility
 
     if not slices:
@@ -96,9 +160,26 @@ def plausibility_notes(slices, pixel_size, unit: str) -> list[str]:
     return check_plausibility(fields, pixel_size, unit if is_physical(unit) else None, roi)
 
 
-def detect_nucleus_layer(widget):
-    """Detect the nucleus in the chosen input layers (the slice shown) and add it as a Labels layer, chosen as the
-    ROI; returns the layer. Its metadata records how it was obtained.
+def detect_nucleus_layer(widget: MollifierWidget) -> Labels:
+    """Detect the nucleus in the chosen input layers (the slice shown) and add it as a Labels layer, chosen as the ROI.
+
+    The detection is :func:`napari_mollifier.nucleus.detect_nucleus`; the layer's metadata records how it was
+    obtained.
+
+    Parameters
+    ----------
+    widget : MollifierWidget
+        The Rate maps widget.
+
+    Returns
+    -------
+    napari.layers.Labels
+        The layer ``nucleus (detected)`` (an earlier one of that name is replaced).
+
+    Raises
+    ------
+    MollifierInputError
+        The inputs cannot be read, or no nucleus is found.
     """
     import numpy as np
 
@@ -112,7 +193,9 @@ def detect_nucleus_layer(widget):
     ref = widget._reference_layer()
     geometry = {k: v for k, v in _geometry(ref).items() if k in ("scale", "translate", "units")}
     geometry = {k: tuple(v)[-2:] for k, v in geometry.items()}
-    name = "nucleus (detected)"
+    from .job import DETECTED_NUCLEUS
+
+    name = DETECTED_NUCLEUS
     if name in widget.viewer.layers:
         widget.viewer.layers.remove(name)
     layer = widget.viewer.add_labels(mask.astype(np.uint8), name=name, opacity=0.3,
@@ -123,8 +206,19 @@ def detect_nucleus_layer(widget):
     return layer
 
 
-def add_nucleus_button(widget) -> QPushButton:
-    """A "Detect nucleus" button under the ROI choice: a Labels layer from the total chromatin (Otsu)."""
+def add_nucleus_button(widget: MollifierWidget) -> QPushButton:
+    """A "Detect nucleus" button under the ROI choice: a Labels layer from the total chromatin (Otsu).
+
+    Parameters
+    ----------
+    widget : MollifierWidget
+        The Rate maps widget; it gets the attribute ``nucleus_button``.
+
+    Returns
+    -------
+    QPushButton
+        The button.
+    """
     button = QPushButton("Detect nucleus")
     button.setToolTip("Add a Labels layer with the nucleus (smoothed total chromatin, Otsu threshold, largest "
                       "component, holes filled) and use it as the ROI, so that no background pixel is solved")

@@ -13,11 +13,15 @@ from typing import Any
 import numpy as np
 from napari.layers import Shapes
 
-from .job import _background_fraction, _Job, solver_kwargs
+from .job import DETECTED_NUCLEUS, _background_fraction, _Job, solver_kwargs, whole_image_roi
 
-__all__ = ["JobCollector", "WHOLE_IMAGE", "INPUT_LABELS"]
+__all__ = ["JobCollector", "WHOLE_IMAGE", "WHOLE_IMAGE_ALL", "WHOLE_CHOICES", "INPUT_LABELS"]
 
+#: ROI choice without a layer: the detected nucleus where the image has background, else the whole image.
 WHOLE_IMAGE = "(whole image)"
+#: ROI choice that solves every pixel, background included, on purpose.
+WHOLE_IMAGE_ALL = "(whole image, including background)"
+WHOLE_CHOICES = (WHOLE_IMAGE, WHOLE_IMAGE_ALL)
 #: Friendly labels of the model inputs (any other input is shown by its key).
 INPUT_LABELS = {
     "phi_h": "Heterochromatin (phi_h)",
@@ -171,7 +175,10 @@ class JobCollector:
         from .solver_threads import widget_solver_threads
 
         # ROI (main thread: it reads layers)
-        roi_layer = self._layer(self.roi_combo.currentText()) if self.roi_combo.currentText() != WHOLE_IMAGE else None
+        choice = self.roi_combo.currentText()
+        roi_layer = self._layer(choice) if choice not in WHOLE_CHOICES else None
+        detect = roi_layer is None and choice != WHOLE_IMAGE_ALL  # issue 15: the CLI's default, no --roi
+        detections: list = []
         notes: list[str] = []
         roi_cache = None
         slices = []
@@ -203,8 +210,16 @@ class JobCollector:
                     roi, roi_notes = roi_labels(roi_layer, ref, shape2d, leading=lead)
                     notes.extend(roi_notes)
                     roi_cache = roi
+            elif detect:
+                roi, info, note = whole_image_roi(fields)
+                if roi is None:
+                    detect = False  # one slice without a nucleus: the whole image for every slice, as asked
+                    notes.append(note + (f" (slice {lead})" if lead else ""))
+                detections.append(info)
             slices.append((lead, fields, roi))
-        if roi_layer is None and slices:
+        if roi_layer is None and not detect and detections:  # back to the whole image in every slice
+            slices = [(lead, fields, None) for lead, fields, _roi in slices]
+        if roi_layer is None and not detect and slices:
             share = _background_fraction(slices[0][1])
             if share > 0.2:
                 notes.append(
@@ -278,8 +293,9 @@ class JobCollector:
             geometry=geometry,
             kwargs=kwargs,
             unit=_unit_name(ref),
-            roi_name=roi_layer.name if roi_layer is not None else None,
+            roi_name=roi_layer.name if roi_layer is not None else (DETECTED_NUCLEUS if detect else None),
             notes=notes,
             threads=widget_solver_threads(),
+            detections=detections if detect else None,
         )
 

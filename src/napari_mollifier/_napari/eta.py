@@ -34,11 +34,30 @@ class EtaEstimate:
 
     @property
     def pace(self) -> float | None:
-        """Smoothed seconds per unit of the fraction done (None before the first estimate)."""
+        """Smoothed seconds per unit of the fraction done.
+
+        Returns
+        -------
+        float or None
+            None before the first estimate.
+        """
         return self._seconds / self._done if self._done > 0 else None
 
     def update(self, elapsed: float, fraction: float) -> float | None:
-        """Seconds left, or None while too early to tell."""
+        """Add one progress report; the seconds left.
+
+        Parameters
+        ----------
+        elapsed : float
+            Seconds since the run started.
+        fraction : float
+            Fraction of the run done (0-1).
+
+        Returns
+        -------
+        float or None
+            Seconds left, or None while too early to tell (before 2 % and 1 s).
+        """
         elapsed, fraction = float(elapsed), min(float(fraction), 1.0)
         if fraction <= 0.02 or elapsed < 1.0:
             return None
@@ -56,7 +75,18 @@ class EtaEstimate:
 
 
 def format_seconds(seconds: float) -> str:
-    """``"42 s"`` or ``"3 min 05 s"``."""
+    """``"42 s"`` or ``"3 min 05 s"``.
+
+    Parameters
+    ----------
+    seconds : float
+        A duration (negative: 0).
+
+    Returns
+    -------
+    str
+        The duration in words.
+    """
     seconds = max(0.0, float(seconds))
     if seconds < 60:
         return f"{seconds:.0f} s"

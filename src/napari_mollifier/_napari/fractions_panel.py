@@ -10,19 +10,31 @@ relative (its provenance and the status line say so).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QLineEdit, QPushButton
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .job import _Job
+    from .widget import MollifierWidget
 
 META = "mollifier_fractions"
 SAME_AS_ROI = "(the ROI)"
 
 
 class FractionsPanel(QGroupBox):
-    """The "Raw intensities -> volume fractions" box of the Rate maps widget (``widget.fractions_panel``)."""
+    """The "Raw intensities -> volume fractions" box of the Rate maps widget (``widget.fractions_panel``).
 
-    def __init__(self, widget):
+    Parameters
+    ----------
+    widget : MollifierWidget
+        The Rate maps widget whose input layers are converted.
+    """
+
+    def __init__(self, widget: MollifierWidget) -> None:
         super().__init__("Raw intensities -> volume fractions")
         from napari_mollifier.fractions import DEFAULT_TOTAL_FRACTION, TOTAL_FRACTION_RANGE
 
@@ -81,7 +93,18 @@ class FractionsPanel(QGroupBox):
             self.widget.status_label.setText(f"Not converted: {exc}")
 
     def convert(self) -> tuple[Image, Image]:
-        """Convert the current input layers; returns the new (or updated) phi_h and phi_e layers."""
+        """Convert the current input layers with :func:`napari_mollifier.fractions.intensities_to_fractions`.
+
+        Returns
+        -------
+        tuple of napari.layers.Image
+            The new (or updated) phi_h and phi_e layers.
+
+        Raises
+        ------
+        MollifierInputError
+            The inputs or the nucleus cannot be used (the message says how to fix it).
+        """
         from napari_mollifier.errors import MollifierInputError
         from napari_mollifier.fractions import intensities_to_fractions
 
@@ -159,9 +182,23 @@ class FractionsPanel(QGroupBox):
         return out[0], out[1]
 
 
-def report_run(widget, job, results) -> str | None:
+def report_run(widget: MollifierWidget, job: _Job, results: list) -> str | None:
     """After a run (main thread): warn of negative rates, and label the level relative where the inputs were
-    converted intensities or do not look like volume fractions. Returns the level note added to the status.
+    converted intensities or do not look like volume fractions.
+
+    Parameters
+    ----------
+    widget : MollifierWidget
+        The Rate maps widget (status line, notifications).
+    job : _Job
+        The run.
+    results : list of RateResult
+        Its results, one per slice.
+
+    Returns
+    -------
+    str or None
+        The level note added to the status line, or None.
     """
     from napari_mollifier.fractions import mark_relative
 

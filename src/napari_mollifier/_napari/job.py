@@ -20,9 +20,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["solver_kwargs", "run_to_end", "start_warm_up"]
+__all__ = ["solver_kwargs", "run_to_end", "start_warm_up", "whole_image_roi", "detected_nucleus_note",
+           "DETECTED_NUCLEUS"]
 
 log = logging.getLogger(__name__)
+
+#: Name of the Labels layer holding the detected nucleus (the "Detect nucleus" button and whole-image runs).
+DETECTED_NUCLEUS = "nucleus (detected)"
+
 
 def _background_fraction(fields: dict) -> float:
     """Share of the pixels where every field is below 5 % of its 99th percentile (no chromatin: background)."""
@@ -40,6 +45,67 @@ def _background_fraction(fields: dict) -> float:
 
 
 
+#: A detected "nucleus" is used only when its component holds at least this share of the above-threshold pixels:
+#: 0.94-0.99 for the synthetic nuclei on their background, 0.10-0.43 for crops inside them (Otsu then splits the
+#: heterochromatin domains off the rest and keeps the largest domain).
+MIN_LARGEST_SHARE = 0.6
+
+
+def whole_image_roi(fields: dict) -> tuple[np.ndarray | None, dict | None, str | None]:
+    """The ROI of a "(whole image)" run: the detected nucleus where the image has background (issue 15).
+
+    The detection is the CLI's when no ``--roi`` is given (:func:`napari_mollifier.nucleus.detect_nucleus` on the
+    fields), so that the widget and the CLI solve the same pixels. An image without background (the nucleus
+    would cover > 98 % of it), a constant one, fields without a chromatin total, or bright pixels in many pieces
+    (a crop inside a nucleus, several nuclei: :data:`MIN_LARGEST_SHARE`): the whole image is solved.
+
+    Parameters
+    ----------
+    fields : dict of str to numpy.ndarray
+        The 2-D input fields of one slice (``{"phi_h": ..., "phi_e": ...}``, or ``{"density": ...}``).
+
+    Returns
+    -------
+    roi : numpy.ndarray of int32 or None
+        Label image (1 inside the nucleus, 0 outside), or None to solve the whole image.
+    info : dict or None
+        How the nucleus was found (``detect_nucleus``'s info), or None.
+    note : str or None
+        Why the whole image is solved (no nucleus found), or None.
+    """
+    from napari_mollifier.errors import MollifierInputError
+    from napari_mollifier.nucleus import detect_nucleus
+
+    try:
+        mask, info = detect_nucleus(dict(fields))
+    except MollifierInputError as exc:
+        return None, None, f"whole-image run: no nucleus detected ({exc}); the whole image is solved"
+    share = float(info.get("largest_share", 1.0))
+    if share < MIN_LARGEST_SHARE:
+        return None, None, (
+            f"whole-image run: no single nucleus detected (the bright pixels fall into {info['components']} pieces, "
+            f"the largest holding {share:.0%} of them: the image looks cropped inside a nucleus, or holds several); "
+            "the whole image is solved. Draw a Shapes ROI (or choose a Labels layer) to map one nucleus only")
+    return mask.astype(np.int32), info, None
+
+
+def detected_nucleus_note(n_pixels: int) -> str:
+    """What the user is told after a whole-image run solved inside the detected nucleus.
+
+    Parameters
+    ----------
+    n_pixels : int
+        Pixels inside the detected nucleus (all slices).
+
+    Returns
+    -------
+    str
+        One sentence for the status line and the notification.
+    """
+    return (f"solved inside the detected nucleus ({n_pixels} px); draw a Shapes ROI or pick a Labels layer to "
+            "choose another region (or '(whole image, including background)' for every pixel)")
+
+
 @dataclass
 class _Job:
     """Everything a run needs, captured on the main thread (arrays are private copies)."""
@@ -55,6 +121,7 @@ class _Job:
     notes: list = field(default_factory=list)
     run_warnings: list = field(default_factory=list)  # [(category, message)] issued during the run (run_warnings)
     threads: int | None = None  # torch intra-op threads for this run (None: torch's own)
+    detections: list | None = None  # "(whole image)" run solved in the detected nucleus: its info, one per slice
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
 

@@ -13,6 +13,11 @@ missing (another napari version) the colour bar is still shown and only the on-c
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari import Viewer
+    from napari.layers import Image
 
 __all__ = ["LABEL_KEY", "quantity_label", "rate_unit", "restyle_on_insert", "show_colorbar", "style_output"]
 
@@ -31,7 +36,20 @@ def _power(unit: str, power: int) -> str:
 
 
 def rate_unit(model: str, unit: str) -> str:
-    """The unit of the rate of ``model`` for an image in ``unit`` (``"µm"``, ``"px"``...)."""
+    """The unit of the rate of ``model`` for an image in ``unit``.
+
+    Parameters
+    ----------
+    model : str
+        Model name (``"chromatin-balance"``, ``"heat"``...).
+    unit : str
+        The image's length unit (``"µm"``, ``"px"``...).
+
+    Returns
+    -------
+    str
+        E.g. ``"no unit"`` (a ratio of two rates) or ``"µm² per time unit of m"``.
+    """
     if model.startswith("chromatin"):
         return "no unit"  # lambda = Gamma_me / Gamma_ac, a ratio of two rates
     if model == "heat":
@@ -42,7 +60,22 @@ def rate_unit(model: str, unit: str) -> str:
 
 
 def quantity_label(kind: str, provenance: dict, unit: str) -> str:
-    """The colour-bar label of an output layer: the quantity and its unit."""
+    """The colour-bar label of an output layer: the quantity and its unit.
+
+    Parameters
+    ----------
+    kind : str
+        ``"rate"``, ``"uncertainty"`` or ``"residual"`` (others: returned as is).
+    provenance : dict
+        The result's provenance (model, relative level).
+    unit : str
+        The image's length unit.
+
+    Returns
+    -------
+    str
+        E.g. ``"rate λ = Γ_me/Γ_ac (no unit)"``.
+    """
     model = str(provenance.get("model", ""))
     relative = provenance.get("rate_level") == "relative" and bool(provenance.get("relative_map"))
     symbol = "λ = Γ_me/Γ_ac" if model.startswith("chromatin") else "λ"
@@ -93,9 +126,18 @@ _LabelOverlay = None
 CORNER = {"rate": "top_right", "residual": "bottom_right", "uncertainty": "bottom_left"}
 
 
-def show_colorbar(layer, label: str, corner: str = "top_right") -> None:
+def show_colorbar(layer: Image, label: str, corner: str = "top_right") -> None:
     """Show ``layer``'s colour bar at ``corner``, titled ``label`` (set again on every run: the label follows the
     result).
+
+    Parameters
+    ----------
+    layer : napari.layers.Image
+        The layer (napari < 0.9 has no colour bar: only the metadata is set).
+    label : str
+        The title, kept in ``layer.metadata["colorbar_label"]``.
+    corner : str
+        A napari canvas position (``"top_right"``...).
     """
     layer.metadata = {**layer.metadata, LABEL_KEY: label}
     colorbar = getattr(layer, "colorbar", None)
@@ -120,15 +162,32 @@ def show_colorbar(layer, label: str, corner: str = "top_right") -> None:
         log.debug("napari-mollifier: colour-bar label overlay unavailable", exc_info=True)
 
 
-def style_output(layer, kind: str, provenance: dict, unit: str) -> None:
-    """The colour bar of a rate, uncertainty or residual output layer (other kinds unchanged)."""
+def style_output(layer: Image, kind: str, provenance: dict, unit: str) -> None:
+    """The colour bar of a rate, uncertainty or residual output layer (other kinds unchanged).
+
+    Parameters
+    ----------
+    layer : napari.layers.Image
+        The output layer.
+    kind : str
+        Its kind (``"rate"``, ``"uncertainty"``, ``"residual"``, ``"smoothed"``).
+    provenance : dict
+        The result's provenance.
+    unit : str
+        The image's length unit.
+    """
     if kind in ("rate", "uncertainty", "residual"):
         show_colorbar(layer, quantity_label(kind, provenance, unit), CORNER[kind])
 
 
-def restyle_on_insert(viewer) -> None:
+def restyle_on_insert(viewer: Viewer) -> None:
     """Show the colour bar of every layer added to ``viewer`` that carries a saved title
     (``metadata["colorbar_label"]``: maps reopened through the plugin's readers), at the corner of its kind.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer whose layer insertions are watched.
     """
 
     def _on_inserted(event) -> None:

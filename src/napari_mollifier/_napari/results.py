@@ -44,8 +44,11 @@ log = logging.getLogger("napari_mollifier._napari.widget")
 OUTPUT_STYLE = {
     "rate": ("viridis", True, False),
     "uncertainty": ("magma", False, False),  # hidden under the rate map: switch it on in the layer list
-    # the residual stays shown: hidden, software OpenGL (swrast) crashed when the rate layer above it was
-    # deleted during a later run (test_widget_reliability::test_layer_deleted_while_running), cause not found
+    # the residual stays shown. Hidden, test_widget_reliability::test_layer_deleted_while_running segfaults under
+    # Mesa's software GL (swrast_dri.so, in glDrawArrays): the cause is in napari 0.9.2 + Mesa, not in this plugin.
+    # Three plain images, a colour bar shown on the top one; remove it, then the bottom one (one image left on the
+    # canvas): the next draw crashes; without the colour bar, or removing the bottom image first, it does not.
+    # With the residual shown, deleting the rate and an input leaves two images and does not reach that state.
     "residual": ("PiYG", True, True),
     "smoothed": ("gray", False, False),
 }
@@ -55,13 +58,41 @@ _PUBLISH_GAP_MS = 25
 
 
 def output_name(kind: str, source_name: str, field_name: str | None = None) -> str:
-    """Name of an output layer: ``"rate [<image>]"``, ``"phi_e smoothed [<phi_e's own image>]"``..."""
+    """Name of an output layer: ``"rate [<image>]"``, ``"phi_e smoothed [<phi_e's own image>]"``...
+
+    Parameters
+    ----------
+    kind : str
+        ``"rate"``, ``"uncertainty"``, ``"residual"`` or ``"smoothed"``.
+    source_name : str
+        The input layer it comes from.
+    field_name : str, optional
+        The smoothed field's key (``"phi_e"``), for ``kind="smoothed"``.
+
+    Returns
+    -------
+    str
+        The layer name.
+    """
     prefix = f"{field_name} smoothed" if kind == "smoothed" else kind
     return f"{prefix} [{source_name}]"
 
 
 def robust_limits(values: np.ndarray, symmetric: bool = False) -> tuple[float, float]:
-    """Contrast limits from the 2nd-98th percentiles of the finite values (symmetric about 0 if asked)."""
+    """Contrast limits from the 2nd-98th percentiles of the finite values (symmetric about 0 if asked).
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        The map (NaN allowed).
+    symmetric : bool
+        Limits ``(-h, h)`` with ``h`` the 98th percentile of ``|values|``.
+
+    Returns
+    -------
+    tuple of float
+        ``(low, high)`` with ``low < high``.
+    """
     finite = np.asarray(values)[np.isfinite(values)]
     if finite.size == 0:
         return (-1.0, 1.0) if symmetric else (0.0, 1.0)
@@ -255,6 +286,9 @@ class ResultsDisplay:
             "roi_layer": job.roi_name,
             "slices": [list(s[0]) for s in job.slices] if lead else None,
         }
+        detected = job.detections is not None
+        if detected:  # "(whole image)" on an image with background: solved in the detected nucleus (issue 15)
+            widget_info.update(roi_source="detected", nucleus_detection=list(job.detections))
         meta_prov = {**prov, "widget": widget_info}
         if len(results) > 1:
             meta_prov["per_slice"] = [r.provenance for r in results]
@@ -278,6 +312,10 @@ class ResultsDisplay:
                 continue
             steps.append(lambda n=name, k=kind, d=data, f=field_name: self._set_output(n, k, d, job, meta_prov, f))
 
+        if detected:
+            nucleus = stack([np.asarray(s[2] > 0, dtype=np.uint8) for s in job.slices])
+            steps.append(lambda: self._set_detected_nucleus(nucleus, job))
+
         def select_rate():
             rate_name = output_name("rate", job.source_name)
             rate_layer = self._find_output(rate_name, "rate")
@@ -294,10 +332,15 @@ class ResultsDisplay:
             px = math.sqrt(np.prod(job.kwargs["pixel_size"]))
             radius_txt = ", ".join(f"{r:g} px ({r * px:.3g} {job.unit})" for r in radii[:3])
             self.progress_bar.setValue(1000)
-            self.status_label.setText(
-                f"Done in {_format_seconds(time.perf_counter() - self._started)}: {job.kwargs['method']}, "
-                f"radius {radius_txt}."
-            )
+            done = (f"Done in {_format_seconds(time.perf_counter() - self._started)}: {job.kwargs['method']}, "
+                    f"radius {radius_txt}.")
+            if detected:
+                from .job import detected_nucleus_note
+
+                note = detected_nucleus_note(int(sum(int(np.count_nonzero(s[2])) for s in job.slices)))
+                done += f" {note[0].upper()}{note[1:]}."
+                show_info(f"Rate maps: {note}")
+            self.status_label.setText(done)
             from .fractions_panel import report_run  # negative rates, relative level
 
             report_run(self, job, results)
@@ -307,6 +350,41 @@ class ResultsDisplay:
 
         steps += [select_rate, finish]
         return steps
+
+    def _set_detected_nucleus(self, mask: np.ndarray, job: _Job) -> None:
+        """Add or update the Labels layer of the detected nucleus: what a "(whole image)" run solved (issue 15).
+
+        Parameters
+        ----------
+        mask : numpy.ndarray of uint8
+            1 inside the nucleus, on the grid of the output maps (a stack for a stack run).
+        job : _Job
+            The run: its geometry (scale, translate, units...) and the detection info.
+        """
+        from napari.layers import Labels
+
+        from .job import DETECTED_NUCLEUS
+
+        metadata = {"nucleus_detection": job.detections[0] if len(job.detections) == 1 else list(job.detections),
+                    "roi_candidate": False, "source": job.source_name}
+        layer = next((ly for ly in self.viewer.layers if ly.name == DETECTED_NUCLEUS), None)
+        if layer is not None and isinstance(layer, Labels) and layer.ndim == mask.ndim:
+            geom = job.geometry
+            for attr in ("scale", "translate"):
+                if attr in geom and not np.allclose(np.asarray(getattr(layer, attr), float), np.asarray(geom[attr])):
+                    setattr(layer, attr, geom[attr])
+            if "units" in geom and tuple(str(u) for u in layer.units) != tuple(geom["units"]):
+                layer.units = geom["units"]
+            layer.metadata = {**layer.metadata, **metadata}
+            layer.data = mask
+            return
+        if layer is not None:  # another kind of layer, or another dimensionality: replaced
+            self.viewer.layers.remove(layer)
+        new = Labels(mask, name=DETECTED_NUCLEUS, opacity=0.8, metadata=metadata, **job.geometry)
+        new.contour = 1  # the outline only: the rate map under it stays readable
+        with _no_activation(self.viewer.layers):
+            self.viewer.layers.append(new)
+        self._added.append(new)
 
     def _find_output(self, name: str, kind: str):
         if name in self.viewer.layers:
@@ -436,8 +514,24 @@ class ResultsDisplay:
         self.canvas.draw_idle()
 
     # ------------------------------------------------------------------ CSV
-    def export_csv(self, path) -> Path:
-        """Write the per-ROI table of the last run (all statistics, one row per ROI and slice) to ``path``."""
+    def export_csv(self, path: str | Path) -> Path:
+        """Write the per-ROI table of the last run (all statistics, one row per ROI and slice) to ``path``.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The CSV file to write.
+
+        Returns
+        -------
+        pathlib.Path
+            The file written.
+
+        Raises
+        ------
+        RuntimeError
+            No run yet.
+        """
         if not self._rows or self._last_job is None:
             raise RuntimeError("no results to export: run the widget first")
         job = self._last_job
@@ -463,7 +557,13 @@ class ResultsDisplay:
         return path
 
     def output_layers(self) -> list:
-        """The rate and uncertainty layers of the last run (those present in the viewer), rate first."""
+        """The rate and uncertainty layers of the last run (those present in the viewer), rate first.
+
+        Returns
+        -------
+        list of napari.layers.Image
+            Empty before a run.
+        """
         if self._last_job is None:
             return []
         out = []
@@ -473,11 +573,26 @@ class ResultsDisplay:
                 out.append(layer)
         return out
 
-    def save_maps(self, path) -> Path:
+    def save_maps(self, path: str | Path) -> Path:
         """Write the last run's rate (and uncertainty) maps to one OME-TIFF with the plugin's writer.
 
         The file keeps the pixel size, the provenance, and each map's colormap and contrast limits: napari's
         File > Open (the napari-mollifier reader) restores them.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The file; ``.ome.tif`` is added or replaces ``.tif``.
+
+        Returns
+        -------
+        pathlib.Path
+            The file written.
+
+        Raises
+        ------
+        RuntimeError
+            No rate map to save (no run yet, or its layers were deleted).
         """
         from .io_hooks import write_ome_tiff_layers
 

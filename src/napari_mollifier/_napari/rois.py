@@ -11,6 +11,9 @@ Imports numpy, scipy and scikit-image only; the layers are duck-typed (anything 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from napari_mollifier.errors import MollifierInputError
@@ -43,12 +46,29 @@ def _image_point(image_layer, yx, leading) -> np.ndarray:
     return np.array(lead + list(yx), dtype=float)
 
 
-def image_to_layer_affine(image_layer, other_layer, leading=None) -> tuple[np.ndarray, np.ndarray]:
+def image_to_layer_affine(
+    image_layer: Any, other_layer: Any, leading: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Affine map from the image's (y, x) data coordinates to ``other_layer``'s data coordinates.
 
-    Returns ``(matrix, offset)`` with ``other = matrix @ (y, x) + offset`` where ``other`` has
-    ``other_layer.ndim`` entries (its leading entries say which slice of ``other_layer`` an image pixel of slice
-    ``leading`` falls in). Built by probing the layers' public world transforms (they are affine).
+    Built by probing the layers' public world transforms (they are affine).
+
+    Parameters
+    ----------
+    image_layer : napari.layers.Image
+        The image (duck-typed: ``ndim``, ``data_to_world``).
+    other_layer : napari.layers.Layer
+        The ROI layer (duck-typed: ``world_to_data``).
+    leading : sequence of int, optional
+        The image slice (leading indices); None: the first.
+
+    Returns
+    -------
+    matrix : numpy.ndarray
+        ``(other_layer.ndim, 2)``.
+    offset : numpy.ndarray
+        ``(other_layer.ndim,)``; ``other = matrix @ (y, x) + offset``, whose leading entries say which slice of
+        ``other_layer`` an image pixel of slice ``leading`` falls in.
     """
     probes = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]
     world = _to_world(image_layer, [_image_point(image_layer, p, leading) for p in probes])
@@ -81,16 +101,29 @@ def _rasterise_polygon(yx: np.ndarray, shape2d) -> np.ndarray:
     return mask
 
 
-def shapes_to_roi_labels(shapes_layer, image_layer, shape2d) -> tuple[np.ndarray, list[str]]:
+def shapes_to_roi_labels(
+    shapes_layer: Any, image_layer: Any, shape2d: Sequence[int]
+) -> tuple[np.ndarray, list[str]]:
     """One label per shape (1, 2, ... in the layer's order) on the image's (y, x) grid.
 
     Vertices go data -> world (shapes layer) -> data (image layer); pixels whose centres lie inside the polygon
     belong to it (a later shape wins where shapes overlap). Lines and paths have no area and are skipped.
 
+    Parameters
+    ----------
+    shapes_layer : napari.layers.Shapes
+        The ROI layer (duck-typed: ``data``, ``shape_type``, ``data_to_world``).
+    image_layer : napari.layers.Image
+        The image whose grid is used.
+    shape2d : tuple of int
+        The image's (Y, X) shape.
+
     Returns
     -------
-    labels : (Y, X) int32 array, 0 outside every shape
-    warnings : list of str (skipped shapes, shapes that cover no pixel, overlaps)
+    labels : numpy.ndarray
+        (Y, X) int32, 0 outside every shape.
+    warnings : list of str
+        Skipped shapes, shapes that cover no pixel, overlaps.
     """
     shape2d = tuple(int(n) for n in shape2d)
     labels = np.zeros(shape2d, dtype=np.int32)
@@ -114,11 +147,34 @@ def shapes_to_roi_labels(shapes_layer, image_layer, shape2d) -> tuple[np.ndarray
     return labels, notes
 
 
-def labels_to_roi_labels(labels_layer, image_layer, shape2d, leading=None) -> np.ndarray:
+def labels_to_roi_labels(
+    labels_layer: Any, image_layer: Any, shape2d: Sequence[int], leading: Sequence[int] | None = None
+) -> np.ndarray:
     """The Labels layer resampled (nearest neighbour) onto the image's (y, x) grid of slice ``leading``.
 
     Image pixels map through world coordinates into the labels' data; pixels that fall outside the labels
     array are 0. Where both layers share one grid this is an exact copy of the (current) labels slice.
+
+    Parameters
+    ----------
+    labels_layer : napari.layers.Labels
+        The ROI layer (duck-typed: ``data``, ``world_to_data``; multiscale: level 0).
+    image_layer : napari.layers.Image
+        The image whose grid is used.
+    shape2d : tuple of int
+        The image's (Y, X) shape.
+    leading : sequence of int, optional
+        The image slice (leading indices).
+
+    Returns
+    -------
+    numpy.ndarray
+        (Y, X) int32 labels.
+
+    Raises
+    ------
+    MollifierInputError
+        The labels are rotated out of the image plane.
     """
     shape2d = tuple(int(n) for n in shape2d)
     data = labels_layer.data
@@ -150,10 +206,33 @@ def labels_to_roi_labels(labels_layer, image_layer, shape2d, leading=None) -> np
     return out
 
 
-def roi_labels(roi_layer, image_layer, shape2d, leading=None) -> tuple[np.ndarray, list[str]]:
+def roi_labels(
+    roi_layer: Any, image_layer: Any, shape2d: Sequence[int], leading: Sequence[int] | None = None
+) -> tuple[np.ndarray, list[str]]:
     """ROI label image for the image slice ``leading``: from a Shapes or a Labels layer (duck-typed by type name).
 
-    Raises :class:`MollifierInputError` when the ROI covers no pixel of the image.
+    Parameters
+    ----------
+    roi_layer : napari.layers.Shapes or napari.layers.Labels
+        The ROI layer.
+    image_layer : napari.layers.Image
+        The image whose grid is used.
+    shape2d : tuple of int
+        The image's (Y, X) shape.
+    leading : sequence of int, optional
+        The image slice (leading indices).
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        (Y, X) int32, 0 outside the ROI.
+    notes : list of str
+        Warnings for the user (skipped shapes...).
+
+    Raises
+    ------
+    MollifierInputError
+        An empty Shapes layer, or an ROI that covers no pixel of the image.
     """
     kind = type(roi_layer).__name__
     notes: list[str] = []

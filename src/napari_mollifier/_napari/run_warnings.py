@@ -16,13 +16,32 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .job import _Job
+    from .widget import MollifierWidget
 
 __all__ = ["announce", "capture", "short"]
 
 
 @contextlib.contextmanager
-def capture(sink: list):
-    """Record the run's ``MollifierWarning`` messages into ``sink`` (``[(category name, message)]``, no repeats)."""
+def capture(sink: list) -> Iterator[list]:
+    """Record the run's ``MollifierWarning`` messages into ``sink`` (solver thread).
+
+    Any other warning is passed on to ``warnings.showwarning`` unchanged when the block ends.
+
+    Parameters
+    ----------
+    sink : list
+        Receives ``(category name, message)`` tuples, without repeats.
+
+    Yields
+    ------
+    list
+        ``sink``.
+    """
     from napari_mollifier.errors import MollifierWarning
 
     with warnings.catch_warnings(record=True) as caught:
@@ -43,13 +62,40 @@ def capture(sink: list):
 
 
 def short(message: str) -> str:
-    """The first clause of a warning (before its explanation), for the status line."""
+    """The first clause of a warning (before its explanation), for the status line.
+
+    Parameters
+    ----------
+    message : str
+        The full warning.
+
+    Returns
+    -------
+    str
+        At most 160 characters.
+    """
     head = message.split(": ", 1)[0] if ": " in message[:160] else message
     return head if len(head) <= 160 else head[:157] + "..."
 
 
-def announce(widget, job, results) -> list[str]:
-    """Show the run's warnings (main thread, after a run). Returns the plausibility warnings of the run."""
+def announce(widget: MollifierWidget, job: _Job, results: list) -> list[str]:
+    """Show the run's warnings (main thread, after a run): notifications, and the plausibility warnings in the
+    status line (full texts in its tooltip).
+
+    Parameters
+    ----------
+    widget : MollifierWidget
+        The Rate maps widget.
+    job : _Job
+        The run (its notes and captured warnings).
+    results : list of RateResult
+        Its results.
+
+    Returns
+    -------
+    list of str
+        The plausibility warnings of the run.
+    """
     from napari.utils.notifications import show_warning
 
     shown = set(job.notes)  # notified when the run started (widget.run)

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QEvent, QTimer
 
 from .job import _explain_cancel, _Outcome
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari.qt.threading import GeneratorWorker
+    from qtpy.QtCore import QObject
+    from qtpy.QtGui import QCloseEvent
 
 __all__ = ["start_worker", "advance_task_bar", "RunLifecycle"]
 
@@ -31,7 +36,7 @@ def start_worker(
     aborted: Callable | None = None,
     finished: Callable | None = None,
     start: bool = True,
-):
+) -> GeneratorWorker:
     """Run ``function(*args)`` (a generator) in a napari ``thread_worker`` with these handlers connected.
 
     Parameters
@@ -65,8 +70,16 @@ def start_worker(
     return worker
 
 
-def advance_task_bar(worker, frac: float) -> None:
-    """Move the bar of ``worker`` in napari's task list to ``frac`` (cosmetic: any failure is ignored)."""
+def advance_task_bar(worker: Any, frac: float) -> None:
+    """Move the bar of ``worker`` in napari's task list to ``frac`` (cosmetic: any failure is ignored).
+
+    Parameters
+    ----------
+    worker : napari.qt.threading.GeneratorWorker
+        The worker (its ``pbar``, when napari made one).
+    frac : float
+        Fraction done (0-1).
+    """
     pbar = getattr(worker, "pbar", None)
     if pbar is not None:
         try:
@@ -90,7 +103,13 @@ class RunLifecycle:
 
     @property
     def is_running(self) -> bool:
-        """True from Run until the widget is ready again (worker finished, solver stopped, layers in)."""
+        """Whether a run is in flight.
+
+        Returns
+        -------
+        bool
+            True from Run until the widget is ready again (worker finished, solver stopped, layers in).
+        """
         return self.worker is not None
 
     def _watch_window(self) -> None:
@@ -107,8 +126,21 @@ class RunLifecycle:
             self._watched_window = weakref.ref(top)
         self._window_closed = self._close_seen = False
 
-    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt override
-        """The viewer's window is hidden by a close (not a minimise): stop the run, publish nothing."""
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
+        """The viewer's window is hidden by a close (not a minimise): stop the run, publish nothing.
+
+        Parameters
+        ----------
+        obj : QObject
+            The watched object (the viewer's window).
+        event : QEvent
+            The event.
+
+        Returns
+        -------
+        bool
+            What ``QWidget.eventFilter`` says (False: the event goes on to the window).
+        """
         ref = getattr(self, "_watched_window", None)  # Qt may call this during __init__
         if ref is None or obj is not ref():
             return super().eventFilter(obj, event)
@@ -131,8 +163,14 @@ class RunLifecycle:
             self.cancel_button.setEnabled(False)
             self.status_label.setText("Cancelling...")
 
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        """Closing the widget stops a running job (nothing is added afterwards)."""
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        """Closing the widget stops a running job (nothing is added afterwards).
+
+        Parameters
+        ----------
+        event : QCloseEvent
+            The close event (accepted by Qt's handler).
+        """
         if self._job is not None:
             self._job.cancel.set()
         super().closeEvent(event)

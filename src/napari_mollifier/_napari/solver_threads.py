@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 
 __all__ = ["widget_solver_threads", "solver_threads"]
 
@@ -24,7 +25,14 @@ def _usable_cores() -> int:
 
 
 def widget_solver_threads() -> int | None:
-    """Threads for a solve started from the widget, or None to keep torch's setting."""
+    """Threads for a solve started from the widget (module docstring).
+
+    Returns
+    -------
+    int or None
+        ``NAPARI_MOLLIFIER_THREADS`` when set to N > 0, None (torch's own setting) when set to 0, else one core
+        fewer than the usable cores (at least 1).
+    """
     text = os.environ.get("NAPARI_MOLLIFIER_THREADS", "").strip()
     if text:
         try:
@@ -39,9 +47,18 @@ def widget_solver_threads() -> int | None:
 
 
 @contextlib.contextmanager
-def solver_threads(n: int | None):
+def solver_threads(n: int | None) -> Iterator[None]:
     """Torch's intra-op thread count set to ``n`` for the block (process-wide; the widget runs one job at a
-    time), and restored afterwards. ``None``: unchanged.
+    time), and restored afterwards.
+
+    Parameters
+    ----------
+    n : int or None
+        Threads; None: unchanged.
+
+    Yields
+    ------
+    None
     """
     if n is None:
         yield

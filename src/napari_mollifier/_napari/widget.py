@@ -50,7 +50,9 @@ from qtpy.QtWidgets import (
 from ._qt_layout import alive as _alive
 from .collect import (  # noqa: F401  (re-exported: used by the panels and tests)
     INPUT_LABELS,
+    WHOLE_CHOICES,
     WHOLE_IMAGE,
+    WHOLE_IMAGE_ALL,
     JobCollector,
     _full_resolution,
     _geometry,
@@ -62,6 +64,7 @@ from .eta import format_seconds as _format_seconds
 from .job import (  # noqa: F401  (the job of a run, Qt-free; re-exported for scripts and benchmarks)
     _DONE,
     _WARM_DONE,
+    DETECTED_NUCLEUS,
     _Job,
     _Outcome,
     _run_job,
@@ -74,6 +77,7 @@ from .runner import RunLifecycle, advance_task_bar, start_worker
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
+    from qtpy.QtGui import QShowEvent
 
 __all__ = ["MollifierWidget", "robust_limits", "output_name"]
 
@@ -91,7 +95,13 @@ UNCERTAINTY_CHOICES = ("propagate", "bootstrap", "none")
 
 # --------------------------------------------------------------------------- helpers
 def available_devices() -> list[str]:
-    """Devices torch can use here: always ``cpu``, plus ``cuda`` / ``mps`` when available (best first)."""
+    """Devices torch can use here: always ``cpu``, plus ``cuda`` / ``mps`` when available (best first).
+
+    Returns
+    -------
+    list of str
+        E.g. ``["cuda", "cpu"]``.
+    """
     devices = ["cpu"]
     try:
         import torch
@@ -132,14 +142,21 @@ def _roi_candidate(layer) -> bool:
 class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
     """Dock widget "Rate maps" (npe2 command ``napari-mollifier.make_widget``).
 
-    Public, for scripts and tests: :meth:`run`, :meth:`cancel`, :meth:`export_csv`, :attr:`worker` (the
-    running napari worker or None), :attr:`last_results` and the signal :attr:`run_done` (emitted with
-    ``"ok"``, ``"cancelled"`` or ``"error"`` when a run is over and the widget is ready again).
+    Public, for scripts and tests: :meth:`run`, :meth:`cancel`, :meth:`export_csv`, :meth:`save_maps`,
+    :attr:`worker` (the running napari worker or None), :attr:`last_results` and the signal :attr:`run_done`
+    (emitted with ``"ok"``, ``"cancelled"`` or ``"error"`` when a run is over and the widget is ready again).
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer whose layers are read and to which the result layers are added.
+    parent : QWidget, optional
+        The Qt parent.
     """
 
     run_done = Signal(str)
 
-    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         from napari_mollifier.models import MODELS
 
@@ -172,8 +189,14 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
         start_warm_up()
 
     # ------------------------------------------------------------------ UI
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
-        """Once the controls hold their real text: the dock as wide as they need (see ``fit_width``)."""
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt override
+        """Once the controls hold their real text: the dock as wide as they need (see ``fit_width``).
+
+        Parameters
+        ----------
+        event : QShowEvent
+            The show event (passed on to Qt).
+        """
         from ._qt_layout import fit_width
 
         fit_width(self)
@@ -200,7 +223,9 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
         self.roi_combo.setToolTip(
             "Where to compute the rates. Shapes layer: each shape is one ROI. Labels layer: each label is one ROI. "
             "ROIs are mapped through world coordinates, so another scale/translate is fine. The newest Shapes or "
-            "Labels layer is picked when it appears."
+            f"Labels layer is picked when it appears. {WHOLE_IMAGE}: the nucleus is detected (as by the command "
+            f"line without --roi) and shown as the Labels layer '{DETECTED_NUCLEUS}'; the whole image is solved "
+            f"only where no background is found. {WHOLE_IMAGE_ALL}: every pixel, on purpose."
         )
         self.all_slices = QCheckBox("all slices (one job)")
         self.all_slices.setToolTip("For 3-D/4-D layers: run every 2-D slice (a stack of rate maps) "
@@ -382,7 +407,7 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
                 if tagged and combo.currentText() != tagged[-1]:
                     combo.setCurrentText(tagged[-1])
         roi_layers = [ly for ly in self.viewer.layers if isinstance(ly, (Shapes, Labels))]
-        rois = [WHOLE_IMAGE] + [ly.name for ly in roi_layers]
+        rois = [WHOLE_IMAGE, WHOLE_IMAGE_ALL] + [ly.name for ly in roi_layers]
         known = getattr(self, "_known_rois", set())
         self._known_rois = {id(ly) for ly in roi_layers}
         fresh = [ly for ly in roi_layers if id(ly) not in known and _roi_candidate(ly)]
@@ -397,7 +422,7 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
 
     def _on_shapes_drawn(self, layer) -> None:
         """A shape drawn in a Shapes layer while the ROI is the whole image: that layer becomes the ROI."""
-        if self.roi_combo.currentText() == WHOLE_IMAGE and layer in self.viewer.layers and _roi_candidate(layer):
+        if self.roi_combo.currentText() in WHOLE_CHOICES and layer in self.viewer.layers and _roi_candidate(layer):
             self._select_roi(layer.name)
 
     @staticmethod
