@@ -151,7 +151,7 @@ def _eval_poly(poly: dict, coords: list[np.ndarray]) -> np.ndarray:
     total = np.zeros_like(coords[0])
     for exps, coef in poly.items():
         term = np.full_like(coords[0], coef)
-        for c, e in zip(coords, exps):
+        for c, e in zip(coords, exps, strict=True):
             if e:
                 term = term * c**e
         total = total + term
@@ -210,7 +210,8 @@ def moment_targets(alpha: tuple[int, ...], betas: list[tuple[int, ...]], radius:
 def monomials(coords: list[np.ndarray], betas: list[tuple[int, ...]], radius: float) -> np.ndarray:
     """Stack of scaled monomials ``(x / R)^beta`` for each ``beta``, shape ``(len(betas), *grid)``."""
     scaled = [c / float(radius) for c in coords]
-    return np.stack([math.prod((y**e for y, e in zip(scaled, b)), start=np.ones_like(scaled[0])) for b in betas])
+    return np.stack([math.prod((y**e for y, e in zip(scaled, b, strict=True)), start=np.ones_like(scaled[0]))
+                     for b in betas])
 
 
 @lru_cache(maxsize=256)

@@ -98,7 +98,7 @@ def _fft_correlate(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     size = tuple(next_fast_len(n, real=True) for n in shape)  # zero-padding past n keeps the valid part exact
     spec_x = torch.fft.rfftn(x, s=size, dim=dims)
     out = torch.fft.irfftn(spec_x * _kernel_spectrum(weight, size).unsqueeze(0), s=size, dim=dims)
-    valid = tuple(slice(0, n - k + 1) for n, k in zip(shape, weight.shape[1:]))
+    valid = tuple(slice(0, n - k + 1) for n, k in zip(shape, weight.shape[1:], strict=True))
     return out[(Ellipsis,) + valid]
 
 
@@ -248,7 +248,7 @@ def _offsets(half: int, padded_shape: tuple, device) -> torch.Tensor:
     """Flat offsets of a window's pixels in a C-ordered padded array, relative to the window's centre."""
     strides = np.cumprod((1,) + tuple(reversed(padded_shape[1:])))[::-1]
     grids = np.meshgrid(*([np.arange(-half, half + 1)] * len(padded_shape)), indexing="ij")
-    return torch.as_tensor(sum(g * s for g, s in zip(grids, strides)).ravel(), device=device)
+    return torch.as_tensor(sum(g * s for g, s in zip(grids, strides, strict=True)).ravel(), device=device)
 
 
 def _padded_index(pos: torch.Tensor, shape: tuple, half: int) -> torch.Tensor:
@@ -256,7 +256,7 @@ def _padded_index(pos: torch.Tensor, shape: tuple, half: int) -> torch.Tensor:
     coords = torch.unravel_index(pos, shape)
     padded = tuple(n + 2 * half for n in shape)
     out = torch.zeros_like(pos)
-    for c, n in zip(coords, padded):
+    for c, n in zip(coords, padded, strict=True):
         out = out * n + (c + half)
     return out
 
@@ -343,7 +343,8 @@ def mask_operator(plan, mask: torch.Tensor, where: torch.Tensor | None = None) -
                                                                    half)
     basis = torch.as_tensor(np.concatenate([gram_basis, moment_basis], axis=1), dtype=torch.float64, device=device)
     index = {d: i for i, d in enumerate(deltas)}
-    gram_index = torch.tensor([[index[tuple(g + b for g, b in zip(gi, bi))] for bi in betas] for gi in betas],
+    gram_index = torch.tensor([[index[tuple(g + b for g, b in zip(gi, bi, strict=True))] for bi in betas]
+                               for gi in betas],
                               device=device)
     nb = len(betas)
     mask_np = mask[:, 0].detach().cpu().numpy()

@@ -222,7 +222,7 @@ def estimate_noise_model(fields: dict, mask: np.ndarray | None = None, *, correl
         variances, c = _fit_noise(steps, ndim)
     else:
         variances, c = [v1[k] / 6.0**ndim for k in names], 0.0
-    sigma = {k: float(np.sqrt(max(var, 0.0))) for k, var in zip(names, variances)}
+    sigma = {k: float(np.sqrt(max(var, 0.0))) for k, var in zip(names, variances, strict=True)}
     cross = {}
     for i, a in enumerate(names):
         for b in names[i + 1 :]:

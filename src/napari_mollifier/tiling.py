@@ -248,7 +248,7 @@ def _stack(arrays: list, chunks: tuple, channels: int):
 
 def _linear(location, numblocks) -> int:
     index = 0
-    for loc, n in zip(location[1:], numblocks[1:]):
+    for loc, n in zip(location[1:], numblocks[1:], strict=True):
         index = index * n + loc
     return index
 

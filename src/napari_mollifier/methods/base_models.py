@@ -194,7 +194,7 @@ class RBFGrid(nn.Module):
             nodes = [max(2, min(int(m), n)) for n in self.shape]
             grids.append(nn.Parameter((torch.randn((features,) + tuple(nodes), generator=gen,
                                                    dtype=torch.float64) * 0.1).float()))
-            for a, (n, k) in enumerate(zip(self.shape, nodes)):
+            for a, (n, k) in enumerate(zip(self.shape, nodes, strict=True)):
                 self.register_buffer(f"w{li}_{a}", self._weights(n, k, rbf_width), persistent=False)
             weights.append(len(nodes))
         self.grids = nn.ParameterList(grids)

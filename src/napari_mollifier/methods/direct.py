@@ -193,7 +193,7 @@ def _jacobian(ladder: DerivativeLadder) -> dict:
                 jac[(name, f)] = 1.0 if f == name else 0.0
             continue
         grads = torch.autograd.grad(value.sum(), list(inputs.values()), allow_unused=True)
-        for f, g in zip(inputs, grads):
+        for f, g in zip(inputs, grads, strict=True):
             jac[(name, f)] = 0.0 if g is None else g.detach()
     return jac
 
@@ -208,7 +208,7 @@ def _coefficients(ladder: DerivativeLadder, d: dict, closed_form, jac: dict) -> 
         # keeps torch from importing its symbolic-shape machinery (sympy, ~1 s) on the first call of a process
         grads = torch.autograd.grad(raw.sum(), list(leaves.values()), allow_unused=True)
     rate = closed_form({n: {k: v[None] for k, v in keys.items()} for n, keys in d.items()})[0]
-    g = {key: (gr if gr is not None else torch.zeros_like(rate)) for key, gr in zip(leaves, grads)}
+    g = {key: (gr if gr is not None else torch.zeros_like(rate)) for key, gr in zip(leaves, grads, strict=True)}
     a: dict = {f: {} for f in ladder.inputs}
     for (name, key), gv in g.items():
         for f in ladder.inputs:

@@ -413,7 +413,7 @@ class NetworkProblem:
             self.flat_idx = torch.nonzero(flat_mask, as_tuple=False)[:, 0]
             self.coords_in = self.net.coords.to(dtype)[self.flat_idx].clone()
             # d/dx_phys = scale * d/dx_norm
-            self.scale = [2.0 / (max(n - 1, 1) * h) for n, h in zip(shape, spacing)]
+            self.scale = [2.0 / (max(n - 1, 1) * h) for n, h in zip(shape, spacing, strict=True)]
             self.obs_in = self.obs_n.reshape(n_in, -1)[:, self.flat_idx]  # (C, N)
         self.settings = {"base": base, "derivatives_via": derivatives_via, "radius": radius, "kernel": kernel,
                          "boundary": boundary, "rate_head": bool(rate_head), "lr": lr, "weight_pde": self.weight_pde,
