@@ -7,20 +7,25 @@ finite-element states this reproduces ``l2 = 1.04`` (box units) for the balance 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from scipy.optimize import least_squares
 
 from .errors import MollifierInputError
-from .models import get_model
+from .models import Model, get_model
 from .mollifier import derivatives
 
 __all__ = ["calibrate"]
 
 
-def calibrate(fields: dict, known_rate, model="chromatin-balance", fit=None, params=None, pixel_size=1.0,
-              radius: float = 8.0, roi=None, boundary: str = "mask", kernel: str = "poly") -> dict:
-    """Fitted coefficients of ``model`` for fields with a known rate.
+def calibrate(fields: dict, known_rate: float | ArrayLike, model: str | Model = "chromatin-balance",
+              fit: Sequence[str] | None = None, params: dict | None = None,
+              pixel_size: float | Sequence[float] = 1.0, radius: float = 8.0, roi: ArrayLike | None = None,
+              boundary: str = "mask", kernel: str = "poly") -> dict:
+    """Fit coefficients of ``model`` on fields with a known rate (least squares on the PDE residual).
 
     Parameters
     ----------
@@ -28,9 +33,13 @@ def calibrate(fields: dict, known_rate, model="chromatin-balance", fit=None, par
         The model's inputs (``phi_h``, ``phi_e``...).
     known_rate : float or array
         The true rate (uniform or a map of the image's shape).
+    model : str or Model
+        The PDE model (a name of :data:`napari_mollifier.models.MODELS`).
     fit : sequence of str, optional
         Coefficients to fit (default: the model's first coefficient, ``l2`` or ``a``); the others stay at
         ``params`` or their defaults.
+    params : dict, optional
+        Coefficient values that override the model's defaults (the start values of the fitted ones).
     pixel_size, radius, roi, boundary, kernel
         As in :func:`napari_mollifier.infer_rates` (radius in pixels, fixed).
 
@@ -39,6 +48,11 @@ def calibrate(fields: dict, known_rate, model="chromatin-balance", fit=None, par
     dict
         ``params`` (all coefficients, fitted ones replaced), ``fitted`` (just those), ``stderr`` (their standard
         errors from the Jacobian), ``relative_residual`` (RMS residual / RMS reaction term).
+
+    Raises
+    ------
+    MollifierInputError
+        If ``fit`` is empty or names a coefficient the model does not have.
     """
     m = get_model(model)
     base = m.params(params)
@@ -64,12 +78,12 @@ def calibrate(fields: dict, known_rate, model="chromatin-balance", fit=None, par
     rate_t = torch.as_tensor(np.ascontiguousarray(rate))
 
     def residual(values):
-        p = dict(base, **dict(zip(names, values)))
+        p = dict(base, **dict(zip(names, values, strict=True)))
         r = m.residual(mollified(p), rate_t, p).numpy()
         return r[region & np.isfinite(r)]
 
     fit_result = least_squares(residual, [base[n] for n in names], x_scale="jac")
-    p = dict(base, **dict(zip(names, map(float, fit_result.x))))
+    p = dict(base, **dict(zip(names, map(float, fit_result.x), strict=True)))
     res = fit_result.fun
     dof = max(res.size - len(names), 1)
     cov = np.linalg.pinv(fit_result.jac.T @ fit_result.jac) * (res @ res) / dof

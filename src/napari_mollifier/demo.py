@@ -10,15 +10,39 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .simulate import synthetic_nucleus
 from .solve import infer_rates
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .result import RateResult
+
 
 def run(noise: float = 0.01, seed: int = 0, out: str | None = None, n_bootstrap: int = 40) -> dict:
-    """Simulate, infer, and score; returns the scores."""
+    """Simulate the synthetic nucleus, infer its rate map and score it against the truth.
+
+    Parameters
+    ----------
+    noise : float
+        Standard deviation of the Gaussian noise added to the volume fractions.
+    seed : int
+        Seed of the synthetic nucleus, its noise and the solve.
+    out : str, optional
+        Folder for the maps (``rate``, ``uncertainty``, ``residual``, ``ground_truth_rate`` as ``.npy``).
+    n_bootstrap : int
+        Bootstrap samples of the solve.
+
+    Returns
+    -------
+    dict
+        ``scores`` (``radius_px``, ``pearson_r``, ``relative_l2_error``, ``coverage_2sigma`` inside the nucleus,
+        ``seconds``, ``device``) and ``result`` (the :class:`~napari_mollifier.RateResult`).
+    """
     sample = synthetic_nucleus(shape=(256, 256), pixel_size=0.02, seed=seed, noise=noise)
     start = time.perf_counter()
     res = infer_rates(
@@ -50,12 +74,28 @@ def run(noise: float = 0.01, seed: int = 0, out: str | None = None, n_bootstrap:
 MASKED_COLOUR = "#808080"
 
 
-def figure(sample: dict, result, scores: dict, title: str | None = None):
-    """The demo figure (a matplotlib ``Figure``): inputs, true and inferred rate, uncertainty, residual.
+def figure(sample: dict, result: RateResult, scores: dict, title: str | None = None) -> Figure:
+    """Draw the demo figure: inputs, true and inferred rate, uncertainty, residual.
 
     Every panel has a scale bar (1 um) and a colour bar labelled with the quantity and its unit; pixels outside
     the nucleus are :data:`MASKED_COLOUR`. A result whose level is relative (``result.relative``) is shown as
     "relative rate (lambda / median)", its truth divided by the truth's median in the same way.
+
+    Parameters
+    ----------
+    sample : dict
+        The synthetic nucleus (:func:`napari_mollifier.simulate.synthetic_nucleus`).
+    result : RateResult
+        The solve of ``sample``.
+    scores : dict
+        The scores of :func:`run`.
+    title : str, optional
+        Figure title (default: the correlation, error and coverage of ``scores`` in words).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure, 2 x 3 panels.
     """
     import matplotlib
 
@@ -92,7 +132,7 @@ def figure(sample: dict, result, scores: dict, title: str | None = None):
     ]
     px = float(np.atleast_1d(result.provenance.get("pixel_size", sample.get("pixel_size", 1.0)))[0])
     fig, axes = plt.subplots(2, 3, figsize=(11, 7.6), constrained_layout=True)
-    for ax, (name, data, cmap_name, lim, label) in zip(axes.ravel(), panels):
+    for ax, (name, data, cmap_name, lim, label) in zip(axes.ravel(), panels, strict=True):
         cmap = colormaps[cmap_name].with_extremes(bad=MASKED_COLOUR)
         kw = {}
         if isinstance(lim, str):  # "symmetric"
@@ -118,8 +158,16 @@ def figure(sample: dict, result, scores: dict, title: str | None = None):
     return fig
 
 
-def save_figure(path, sample: dict, result, scores: dict) -> None:
-    """:func:`figure` written to ``path`` (PNG, atomically)."""
+def save_figure(path: str | Path, sample: dict, result: RateResult, scores: dict) -> None:
+    """Write :func:`figure` to ``path`` (PNG, atomically).
+
+    Parameters
+    ----------
+    path : str or Path
+        The PNG file.
+    sample, result, scores
+        As in :func:`figure`.
+    """
     import matplotlib.pyplot as plt
 
     from .io import atomic_path
@@ -130,8 +178,19 @@ def save_figure(path, sample: dict, result, scores: dict) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    """Run the demo from the command line (``python -m napari_mollifier.demo``); returns the exit status."""
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo from the command line (``python -m napari_mollifier.demo``).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status, 0.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--noise", type=float, default=0.01, help="Gaussian noise std added to the fractions")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic nucleus and its noise (default 0)")

@@ -17,6 +17,7 @@ The assumption's name and numbers are returned (and recorded in the provenance o
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import MollifierInputError
 
@@ -25,8 +26,8 @@ __all__ = ["split_density", "DEFAULT_SPLIT"]
 DEFAULT_SPLIT = {"method": "linear", "percentiles": (1.0, 99.0), "chromatin": (0.2, 0.8), "hetero_share": (0.1, 0.9)}
 
 
-def split_density(density, nucleus=None, **options) -> tuple[dict, dict]:
-    """``({"phi_h", "phi_e", "phi_w"}, assumption)`` from a density image (module docstring for the formulas).
+def split_density(density: ArrayLike, nucleus: ArrayLike | None = None, **options: object) -> tuple[dict, dict]:
+    """Split a chromatin-density image into volume fractions (formulas in the module docstring).
 
     Parameters
     ----------
@@ -36,6 +37,18 @@ def split_density(density, nucleus=None, **options) -> tuple[dict, dict]:
         Pixels used for the percentiles (default: all finite pixels).
     **options
         Overrides of :data:`DEFAULT_SPLIT` (``percentiles``, ``chromatin``, ``hetero_share``).
+
+    Returns
+    -------
+    fields : dict
+        ``{"phi_h", "phi_e", "phi_w"}`` (float64 images of the density's shape).
+    assumption : dict
+        The split's options, the percentile values and a one-line ``summary`` (for the provenance).
+
+    Raises
+    ------
+    MollifierInputError
+        On unknown options or split method, no finite pixel in the nucleus, or a constant image.
     """
     unknown = set(options) - set(DEFAULT_SPLIT)
     if unknown:

@@ -21,12 +21,26 @@ import numpy as np
 __all__ = ["raw_intensities", "write_sample_nucleus", "write_localisation_table", "write_all"]
 
 
-def raw_intensities(sample: dict, *, brightness=(2400.0, 800.0), offset=(180.0, 95.0), noise: float = 4.0,
-                    seed: int = 0) -> dict:
-    """``{"h", "e"}``: counts ``offset + brightness * phi`` inside the nucleus, ``offset`` outside, plus Gaussian
-    camera noise of std ``noise`` -- channel H3K9me3 (heterochromatin) and H3K27ac (euchromatin) of a sample of
-    :func:`napari_mollifier.simulate.synthetic_nucleus`. Also returns the ``offset``, ``brightness`` and
-    ``noise`` used.
+def raw_intensities(sample: dict, *, brightness: tuple[float, float] = (2400.0, 800.0),
+                    offset: tuple[float, float] = (180.0, 95.0), noise: float = 4.0, seed: int = 0) -> dict:
+    """Simulate raw microscope counts ``offset + brightness * phi`` of the two marks of a synthetic nucleus.
+
+    Parameters
+    ----------
+    sample : dict
+        A sample of :func:`napari_mollifier.simulate.synthetic_nucleus` (``phi_h``, ``phi_e``, ``nucleus``).
+    brightness, offset : tuple of float
+        Counts per unit volume fraction and background counts of channel ``h`` and ``e``.
+    noise : float
+        Standard deviation of the Gaussian camera noise, counts.
+    seed : int
+        Seed of the noise.
+
+    Returns
+    -------
+    dict
+        ``h`` (H3K9me3, heterochromatin) and ``e`` (H3K27ac, euchromatin): ``offset + brightness * phi`` inside
+        the nucleus, ``offset`` outside, plus the noise; and the ``offset``, ``brightness`` and ``noise`` used.
     """
     rng = np.random.default_rng(seed)
     inside = sample["nucleus"]
@@ -37,14 +51,37 @@ def raw_intensities(sample: dict, *, brightness=(2400.0, 800.0), offset=(180.0, 
     return out
 
 
-def write_sample_nucleus(folder, *, shape=(128, 128), pixel_size: float = 0.02, seed: int = 0,
-                         raw: bool = True, name: str = "cell", roi_margin_px: int = 6) -> dict:
-    """Write the synthetic nucleus to ``folder``: ``NAME.ome.tif`` (channels H3K9me3, H3K27ac as raw intensities,
-    or phi_h, phi_e with ``raw=False``; pixel size in um), ``NAME_nucleus.ome.tif`` (the nucleus mask),
-    ``NAME_roi.ome.tif`` (the nucleus shrunk by ``roi_margin_px``, 1 inside: an ROI drawn about one kernel radius
-    inside the nuclear edge) and ``NAME_true_rate.ome.tif``. Returns ``{"image", "roi", "nucleus", "truth",
-    "params", "pixel_size"}`` (paths as str, the
-    sample's coefficients in um).
+def write_sample_nucleus(folder: str | Path, *, shape: tuple[int, int] = (128, 128), pixel_size: float = 0.02,
+                         seed: int = 0, raw: bool = True, name: str = "cell", roi_margin_px: int = 6) -> dict:
+    """Write the synthetic nucleus, its ROI, nucleus mask and true rate map to ``folder`` as OME-TIFFs.
+
+    The files are ``NAME.ome.tif`` (channels H3K9me3, H3K27ac as raw intensities, or phi_h, phi_e with
+    ``raw=False``; pixel size in um), ``NAME_nucleus.ome.tif`` (the nucleus mask), ``NAME_roi.ome.tif`` (the
+    nucleus shrunk by ``roi_margin_px``, 1 inside: an ROI drawn about one kernel radius inside the nuclear edge)
+    and ``NAME_true_rate.ome.tif``.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Output folder (created if missing).
+    shape : tuple of int
+        Image shape, pixels.
+    pixel_size : float
+        Pixel size, um.
+    seed : int
+        Seed of the synthetic nucleus and of the camera noise.
+    raw : bool
+        Write raw intensities (:func:`raw_intensities`) rather than the true volume fractions.
+    name : str
+        Stem ``NAME`` of the file names.
+    roi_margin_px : int
+        Pixels the ROI is shrunk by from the nucleus.
+
+    Returns
+    -------
+    dict
+        ``{"image", "roi", "nucleus", "truth"}`` (paths as str), ``params`` (the sample's coefficients in um)
+        and ``pixel_size``.
     """
     from scipy import ndimage as ndi
 
@@ -71,10 +108,28 @@ def write_sample_nucleus(folder, *, shape=(128, 128), pixel_size: float = 0.02, 
             "pixel_size": float(pixel_size)}
 
 
-def write_localisation_table(path, *, semi_axes_nm=(1500.0, 1200.0), spacing_nm=300.0, radius_nm=80.0,
-                             seed: int = 0) -> str:
-    """A small localisation table (``x [nm], y [nm]``, ~40 000 rows) of a nucleus with a hexagonal lattice of
-    heterochromatin domains and a lamina band (:func:`napari_mollifier.domains.synthetic.lattice_nucleus`).
+def write_localisation_table(path: str | Path, *, semi_axes_nm: tuple[float, float] = (1500.0, 1200.0),
+                             spacing_nm: float = 300.0, radius_nm: float = 80.0, seed: int = 0) -> str:
+    """Write a small localisation table (``x [nm], y [nm]``, ~40 000 rows) of a nucleus with domains.
+
+    The nucleus has a hexagonal lattice of heterochromatin domains and a lamina band
+    (:func:`napari_mollifier.domains.synthetic.lattice_nucleus`).
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file to write (atomically; its folder is created if missing).
+    semi_axes_nm : tuple of float
+        Semi-axes of the elliptic nucleus, nm.
+    spacing_nm, radius_nm : float
+        Lattice spacing and radius of the domains, nm.
+    seed : int
+        Seed of the localisations.
+
+    Returns
+    -------
+    str
+        ``path``.
     """
     from .domains.synthetic import lattice_nucleus
     from .io import atomic_path
@@ -89,11 +144,23 @@ def write_localisation_table(path, *, semi_axes_nm=(1500.0, 1200.0), spacing_nm=
     return str(path)
 
 
-def write_all(folder) -> dict:
-    """Every example input of the documentation in ``folder``: ``cell.ome.tif`` (raw intensities) with
-    ``cell_roi.ome.tif``, ``cell_nucleus.ome.tif`` and ``cell_true_rate.ome.tif``, ``fractions.ome.tif`` (true volume fractions) with
-    ``fractions_roi.ome.tif``, its two channels as ``phi_h.ome.tif`` and ``phi_e.ome.tif``, and ``cell1.csv``
-    (localisations).
+def write_all(folder: str | Path) -> dict:
+    """Write every example input of the documentation to ``folder``.
+
+    The files are ``cell.ome.tif`` (raw intensities) with ``cell_roi.ome.tif``, ``cell_nucleus.ome.tif`` and
+    ``cell_true_rate.ome.tif``, ``fractions.ome.tif`` (true volume fractions) with ``fractions_roi.ome.tif``, its
+    two channels as ``phi_h.ome.tif`` and ``phi_e.ome.tif``, and ``cell1.csv`` (localisations).
+
+    Parameters
+    ----------
+    folder : str or Path
+        Output folder (created if missing).
+
+    Returns
+    -------
+    dict
+        ``raw`` and ``fractions`` (as from :func:`write_sample_nucleus`), ``table``, ``phi_h`` and ``phi_e``
+        (paths as str).
     """
     folder = Path(folder)
     from .io import read_image, write_ome_tiff
@@ -108,7 +175,19 @@ def write_all(folder) -> dict:
     return out
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Write the examples from the command line (``python -m napari_mollifier.examples DIR``).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status, 0.
+    """
     parser = argparse.ArgumentParser(prog="python -m napari_mollifier.examples",
                                      description="Write the documentation's example inputs to a folder.")
     parser.add_argument("folder", nargs="?", default=".")

@@ -37,10 +37,15 @@ map keeps the value, so nothing is hidden), ``roi_stats[i]["negative_fraction"]`
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import MollifierInputError, MollifierWarning
+
+if TYPE_CHECKING:
+    from .models import Model
 
 __all__ = [
     "intensities_to_fractions",
@@ -78,7 +83,16 @@ class Fractions(dict):
 
     record: dict
 
-    def __init__(self, *args, record: dict | None = None, **kwargs):
+    def __init__(self, *args: object, record: dict | None = None, **kwargs: object) -> None:
+        """Build the dict from ``args`` and ``kwargs`` as :class:`dict` does, with ``record`` (copied) attached.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            As for :class:`dict`.
+        record : dict, optional
+            The conversion's record.
+        """
         super().__init__(*args, **kwargs)
         self.record = dict(record or {})
 
@@ -105,11 +119,13 @@ def _nucleus_mask(nucleus, shape) -> np.ndarray | None:
     return mask.astype(bool) if mask.dtype == bool else mask > 0
 
 
-def intensities_to_fractions(h, e, nucleus=None, total_fraction: float = DEFAULT_TOTAL_FRACTION,
-                             percentile: float = DEFAULT_PERCENTILE, background=None,
-                             outside: str = "nan", mark_ratio=1.0, l2: float | None = None,
-                             pixel_size=None) -> tuple[Fractions, dict]:
-    """Volume fractions ``phi_h``, ``phi_e`` from raw intensities of a heterochromatin and a euchromatin mark.
+def intensities_to_fractions(h: ArrayLike, e: ArrayLike, nucleus: ArrayLike | None = None,
+                             total_fraction: float = DEFAULT_TOTAL_FRACTION,
+                             percentile: float = DEFAULT_PERCENTILE,
+                             background: tuple[float, float] | None = None,
+                             outside: str = "nan", mark_ratio: float | str = 1.0, l2: float | None = None,
+                             pixel_size: float | ArrayLike | None = None) -> tuple[Fractions, dict]:
+    """Convert raw intensities of a heterochromatin and a euchromatin mark to volume fractions ``phi_h``, ``phi_e``.
 
     The steps and what the result means are in the module docstring: background outside the nucleus, each mark
     scaled by a robust high percentile inside it, one common factor so that the mean chromatin fraction inside
@@ -266,9 +282,9 @@ def intensities_to_fractions(h, e, nucleus=None, total_fraction: float = DEFAULT
     return Fractions(out, record=record), record
 
 
-def estimate_mark_ratio(fractions: dict, l2: float, pixel_size, nucleus=None, radius: float | None = None,
-                        ) -> tuple[float, dict]:
-    """The factor on ``phi_h`` that makes the chromatin-balance rate smoothest at the scale of the domains.
+def estimate_mark_ratio(fractions: dict, l2: float, pixel_size: float | ArrayLike,
+                        nucleus: ArrayLike | None = None, radius: float | None = None) -> tuple[float, dict]:
+    """Estimate the factor on ``phi_h`` that makes the chromatin-balance rate smoothest at the domain scale.
 
     For the balance model ``lambda = (phi_h + l2 lap(phi_e)) / phi_e = c A + B`` with ``A = phi_h / phi_e`` and
     ``B = l2 lap(phi_e) / phi_e`` (mollified at ``radius``). A wrong ratio ``c`` adds ``(c - 1) A``, which carries
@@ -278,7 +294,30 @@ def estimate_mark_ratio(fractions: dict, l2: float, pixel_size, nucleus=None, ra
     itself changes at the scale of the domains the estimate is biased: compare with a calibration when you have
     one. On the synthetic nucleus (tests/test_fractions.py) it recovers the ratio to about 10 % low.
 
-    Returns ``(c, info)``; ``info`` holds the radius, the pixels used and a summary.
+    Parameters
+    ----------
+    fractions : dict
+        ``{"phi_h", "phi_e"}`` converted with ratio 1.
+    l2 : float
+        The balance model's ``l2``, in the length unit of ``pixel_size`` squared.
+    pixel_size : float or array_like
+        Pixel size, one value or one per axis.
+    nucleus : array_like, optional
+        The nucleus (``> 0`` inside); default: the finite pixels.
+    radius : float, optional
+        Mollifier radius, pixels; default ``max(4, 0.8 sqrt(l2) / pixel_size)``.
+
+    Returns
+    -------
+    ratio : float
+        ``c``, the factor on ``phi_h``.
+    info : dict
+        ``radius_px``, ``pixels`` used, ``high_pass_sigma_px``, ``ratio`` and a ``summary``.
+
+    Raises
+    ------
+    MollifierInputError
+        If fewer than 100 pixels lie one radius inside the nucleus, or the estimate is not a positive number.
     """
     from scipy import ndimage as ndi
 
@@ -324,10 +363,32 @@ def estimate_mark_ratio(fractions: dict, l2: float, pixel_size, nucleus=None, ra
     return ratio, info
 
 
-def fractions_from_loaded(fields: dict, roi, options: dict | None, pixel_size=None) -> tuple[Fractions, dict]:
-    """The conversion of two loaded intensity channels (``{"phi_h", "phi_e"}`` as read from the file), with the
-    nucleus from ``options["nucleus_file"]`` or else the ROI; used by the command line (``--intensities``,
-    ``--nucleus``) and :func:`napari_mollifier.rerun`.
+def fractions_from_loaded(fields: dict, roi: ArrayLike | None, options: dict | None,
+                          pixel_size: ArrayLike | None = None) -> tuple[Fractions, dict]:
+    """Convert two loaded intensity channels to volume fractions (:func:`intensities_to_fractions`).
+
+    Used by the command line (``--intensities``, ``--nucleus``) and :func:`napari_mollifier.rerun`.
+
+    Parameters
+    ----------
+    fields : dict
+        ``{"phi_h", "phi_e"}`` as read from the file (raw intensities of the two marks).
+    roi : array_like, optional
+        The nucleus when ``options`` names no ``nucleus_file`` (``> 0`` inside).
+    options : dict, optional
+        Keyword arguments of :func:`intensities_to_fractions`, plus ``nucleus_file`` (a labels image).
+    pixel_size : array_like, optional
+        Pixel size per axis, for ``mark_ratio="estimate"``.
+
+    Returns
+    -------
+    tuple of (Fractions, dict)
+        As :func:`intensities_to_fractions`.
+
+    Raises
+    ------
+    MollifierInputError
+        If ``fields`` is not exactly the two channels ``phi_h`` and ``phi_e``, or the conversion refuses.
     """
     if set(fields) != {"phi_h", "phi_e"}:
         raise MollifierInputError(
@@ -351,11 +412,25 @@ def fractions_from_loaded(fields: dict, roi, options: dict | None, pixel_size=No
 RELATIVE_RATE_LABEL = "relative rate (lambda / median)"
 
 
-def relative_map(rate, labels=None) -> tuple[np.ndarray, dict]:
-    """``(rate / median, {label: median})``: each pixel's rate divided by the median rate of its ROI.
+def relative_map(rate: ArrayLike, labels: ArrayLike | None = None) -> tuple[np.ndarray, dict]:
+    """Divide each pixel's rate by the median rate of its ROI.
 
     ``labels`` (int, 0 = outside) gives the ROIs; without it the finite pixels are one ROI. An ROI whose median is
     not a positive finite number gets NaN (a ratio of rates with a median <= 0 has no relative level).
+
+    Parameters
+    ----------
+    rate : array_like
+        The rate map.
+    labels : array_like of int, optional
+        ROI labels (0 = outside).
+
+    Returns
+    -------
+    relative : numpy.ndarray
+        ``rate / median`` (no unit), NaN outside the ROIs.
+    medians : dict
+        ``{str(label): median rate}``.
     """
     rate = np.asarray(rate, dtype=np.float64)
     labels = np.isfinite(rate).astype(int) if labels is None else np.asarray(labels)
@@ -372,11 +447,28 @@ def relative_map(rate, labels=None) -> tuple[np.ndarray, dict]:
     return out, medians
 
 
-def label_relative(provenance: dict, rate, labels, stats) -> dict | None:
-    """Where ``provenance["rate_level"]`` is ``"relative"``: record the relative map in
-    ``provenance["relative_map"]`` (the ROI medians it divides by) and add, to each per-ROI row, ``quantity`` and
-    the relative map's ``relative_mean``, ``relative_q25``, ``relative_q75``, ``relative_iqr`` (its median is 1).
-    The absolute map is unchanged (``RateResult.rate``). Returns the record, or None for an absolute level.
+def label_relative(provenance: dict, rate: ArrayLike, labels: ArrayLike | None, stats: list[dict]) -> dict | None:
+    """Record the relative map of a run whose ``provenance["rate_level"]`` is ``"relative"`` (in place).
+
+    The record goes to ``provenance["relative_map"]`` (the ROI medians it divides by); each per-ROI row gets
+    ``quantity`` and the relative map's ``relative_mean``, ``relative_q25``, ``relative_q75``, ``relative_iqr``
+    (its median is 1). The absolute map is unchanged (``RateResult.rate``).
+
+    Parameters
+    ----------
+    provenance : dict
+        The run's provenance (updated).
+    rate : array_like
+        The rate map.
+    labels : array_like of int, optional
+        ROI labels (0 = outside); default: the finite pixels are one ROI.
+    stats : list of dict
+        Per-ROI rows with a ``label`` key (updated).
+
+    Returns
+    -------
+    dict or None
+        The record, or None for an absolute level.
     """
     if provenance.get("rate_level") != "relative":
         provenance.pop("relative_map", None)
@@ -397,7 +489,15 @@ def label_relative(provenance: dict, rate, labels, stats) -> dict | None:
 
 
 def mark_relative(provenance: dict, record: dict) -> None:
-    """Record the conversion in ``provenance["fractions"]`` and label the rate's level relative."""
+    """Record the conversion in ``provenance["fractions"]`` and label the rate's level relative.
+
+    Parameters
+    ----------
+    provenance : dict
+        The run's provenance (updated in place).
+    record : dict
+        The conversion's record (``"calibrated"`` true labels the level ``"calibrated"`` instead).
+    """
     provenance["fractions"] = dict(record)
     provenance["rate_level"] = "relative" if not record.get("calibrated") else "calibrated"
     provenance["rate_level_note"] = _RELATIVE
@@ -409,7 +509,8 @@ def _is_ratio_of_rates(model) -> bool:
     return "phi_e" in getattr(model, "inputs", ())
 
 
-def flag_result(model, fields, split, rate, uncertainty, labels, stats, provenance, *, stacklevel: int = 3):
+def flag_result(model: Model, fields: dict, split: dict | None, rate: np.ndarray, uncertainty: np.ndarray,
+                labels: np.ndarray, stats: list[dict], provenance: dict, *, stacklevel: int = 3) -> dict | None:
     """Label the level of a finished run and flag its negative rates (in place; called by ``infer_rates``).
 
     * ``provenance["fractions"]``: the conversion record when ``fields`` came from
@@ -419,6 +520,30 @@ def flag_result(model, fields, split, rate, uncertainty, labels, stats, provenan
     * chromatin models: ``provenance["negative_rate"]`` (share of the ROI with ``rate < 0``, per label),
       ``roi_stats[i]["negative_fraction"]``, ``uncertainty = +inf`` where ``rate < 0``, and a
       :class:`MollifierWarning` when the share exceeds :data:`NEGATIVE_RATE_LIMIT` in any ROI.
+
+    Parameters
+    ----------
+    model : Model
+        The run's model.
+    fields : dict
+        The run's fields (a :class:`Fractions` carries its conversion record).
+    split : dict or None
+        The density split's assumption (:func:`napari_mollifier.density.split_density`), None when none was made.
+    rate, uncertainty : numpy.ndarray
+        The rate map and its uncertainty (``uncertainty`` is updated).
+    labels : numpy.ndarray of int
+        ROI labels (0 = outside).
+    stats : list of dict
+        Per-ROI rows (updated).
+    provenance : dict
+        The run's provenance (updated).
+    stacklevel : int
+        Passed to :func:`warnings.warn`.
+
+    Returns
+    -------
+    dict or None
+        ``provenance["negative_rate"]`` for a chromatin model, else None.
     """
     record = getattr(fields, "record", None)
     if record:
@@ -456,8 +581,23 @@ def flag_result(model, fields, split, rate, uncertainty, labels, stats, provenan
     return provenance["negative_rate"]
 
 
-def negative_rate_message(share: float, label=None, n_rois: int = 1) -> str:
-    """The warning text for a run with ``share`` of an ROI below zero (likely causes and the fix)."""
+def negative_rate_message(share: float, label: int | None = None, n_rois: int = 1) -> str:
+    """Compose the warning for a run with ``share`` of an ROI below zero (likely causes and the fix).
+
+    Parameters
+    ----------
+    share : float
+        Share of the ROI with ``rate < 0``.
+    label : int, optional
+        The ROI's label (named when there are several ROIs).
+    n_rois : int
+        Number of ROIs of the run.
+
+    Returns
+    -------
+    str
+        The warning text.
+    """
     where = f"ROI {label}" if n_rois > 1 and label is not None else "the ROI"
     return (
         f"the rate lambda = Gamma_me / Gamma_ac is negative in {share:.0%} of {where}: a ratio of two rates cannot "

@@ -62,8 +62,23 @@ _DEFAULT_POWER = 8
 
 
 def parse_kernel(name: str) -> tuple[str, int]:
-    """Split a kernel name into ``(family, power)``: ``"poly"`` -> ``("poly", 8)``, ``"poly12"``,
-    ``"bump"`` -> ``("bump", 0)``.
+    """Split a kernel name into ``(family, power)``.
+
+    Parameters
+    ----------
+    name : str
+        ``"poly"`` (= ``"poly8"``), ``"poly<k>"``, ``"sep"`` (= ``"sep8"``), ``"sep<k>"`` (``k >= 5``) or ``"bump"``.
+
+    Returns
+    -------
+    tuple of (str, int)
+        The family and the power: ``"poly"`` -> ``("poly", 8)``, ``"poly12"`` -> ``("poly", 12)``,
+        ``"bump"`` -> ``("bump", 0)``.
+
+    Raises
+    ------
+    MollifierInputError
+        If ``name`` is not a string, not a known family, or ``k < 5`` (not smooth enough for 4th derivatives).
     """
     if not isinstance(name, str):
         raise MollifierInputError(f"kernel must be a string such as 'poly', 'poly12' or 'bump', got {name!r}")
@@ -83,27 +98,78 @@ def parse_kernel(name: str) -> tuple[str, int]:
 
 
 def is_separable(kernel: str) -> bool:
-    """True for the tensor-product family (``"sep"``), whose kernels are products of 1-D kernels."""
+    """Tell whether ``kernel`` is of the tensor-product family ``"sep"`` (products of 1-D kernels).
+
+    Parameters
+    ----------
+    kernel : str
+        Kernel name, as for :func:`parse_kernel`.
+
+    Returns
+    -------
+    bool
+        True for ``"sep"`` and ``"sep<k>"``.
+    """
     return parse_kernel(kernel)[0] == "sep"
 
 
 def half_width(radius: float) -> int:
-    """Largest integer offset strictly inside the support ``|x| < radius`` (pixels)."""
+    """Return the largest integer offset strictly inside the support ``|x| < radius``.
+
+    Parameters
+    ----------
+    radius : float
+        Support radius, pixels.
+
+    Returns
+    -------
+    int
+        ``ceil(radius) - 1``, pixels.
+    """
     return int(math.ceil(float(radius))) - 1
 
 
 def multi_indices(ndim: int, max_degree: int) -> list[tuple[int, ...]]:
-    """All multi-indices ``beta`` in ``ndim`` dimensions with ``|beta| <= max_degree``, by degree."""
+    """List all multi-indices ``beta`` in ``ndim`` dimensions with ``|beta| <= max_degree``.
+
+    Parameters
+    ----------
+    ndim : int
+        Number of dimensions.
+    max_degree : int
+        Largest total degree ``|beta|``.
+
+    Returns
+    -------
+    list of tuple of int
+        The multi-indices, by increasing degree.
+    """
     out = [b for b in product(range(max_degree + 1), repeat=ndim) if sum(b) <= max_degree]
     return sorted(out, key=lambda b: (sum(b), tuple(-v for v in b)))
 
 
 def radial_profile_derivatives(family: str, power: int, s: np.ndarray, max_order: int) -> list[np.ndarray]:
-    """``[f(s), f'(s), ..., f^(max_order)(s)]`` of the radial profile, zero for ``s >= 1``.
+    """Evaluate ``[f(s), f'(s), ..., f^(max_order)(s)]`` of the radial profile, zero for ``s >= 1``.
 
     ``poly``: ``f^(j)(s) = (-1)^j k! / (k - j)! (1 - s)^(k - j)``.
     ``bump``: with ``t = 1 / (1 - s)``, ``f^(j) = exp(-t) Q_j(t)`` where ``Q_0 = 1`` and
     ``Q_{j+1}(t) = t^2 (Q_j'(t) - Q_j(t))``.
+
+    Parameters
+    ----------
+    family : str
+        ``"poly"`` or ``"bump"``.
+    power : int
+        Power ``k`` of the ``"poly"`` profile (unused for ``"bump"``).
+    s : numpy.ndarray
+        ``|x|^2 / R^2``.
+    max_order : int
+        Highest derivative.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        ``max_order + 1`` arrays of the shape of ``s``.
     """
     inside = s < 1.0
     one_minus = np.where(inside, 1.0 - s, 1.0)
@@ -151,7 +217,7 @@ def _eval_poly(poly: dict, coords: list[np.ndarray]) -> np.ndarray:
     total = np.zeros_like(coords[0])
     for exps, coef in poly.items():
         term = np.full_like(coords[0], coef)
-        for c, e in zip(coords, exps):
+        for c, e in zip(coords, exps, strict=True):
             if e:
                 term = term * c**e
         total = total + term
@@ -160,11 +226,25 @@ def _eval_poly(poly: dict, coords: list[np.ndarray]) -> np.ndarray:
 
 @lru_cache(maxsize=256)
 def analytic_kernel(kernel: str, radius: float, alpha: tuple[int, ...]) -> np.ndarray:
-    """Sampled ``(-1)^|alpha| d^alpha eta`` on the integer grid ``|x_i| <= half_width(radius)`` (float64).
+    """Sample ``(-1)^|alpha| d^alpha eta`` on the integer grid ``|x_i| <= half_width(radius)`` (float64).
 
     The derivative of ``f(|x|^2 / R^2)`` is expanded as ``sum_k f^(k)(s) P_k(x)`` with polynomials ``P_k``
     built by ``d_i [f^(k) P] = f^(k+1) (2 x_i / R^2) P + f^(k) d_i P``. ``eta`` is normalised so that its
     samples sum to one. Returned read-only (it is cached).
+
+    Parameters
+    ----------
+    kernel : str
+        Kernel name (``"poly"``, ``"poly<k>"``, ``"sep"``, ``"sep<k>"`` or ``"bump"``).
+    radius : float
+        Support radius ``R``, pixels.
+    alpha : tuple of int
+        Derivative orders per axis, in array-axis order.
+
+    Returns
+    -------
+    numpy.ndarray
+        The sampled kernel, ``2 half_width(R) + 1`` samples per axis (read-only).
     """
     family, power = parse_kernel(kernel)
     ndim = len(alpha)
@@ -198,8 +278,23 @@ def analytic_kernel(kernel: str, radius: float, alpha: tuple[int, ...]) -> np.nd
 
 
 def moment_targets(alpha: tuple[int, ...], betas: list[tuple[int, ...]], radius: float) -> np.ndarray:
-    """Right-hand side of the moment conditions in scaled coordinates ``y = x / R``:
-    ``sum_x (x/R)^beta K_alpha(x) = alpha! / R^|alpha| delta_{alpha beta}``.
+    """Return the right-hand side of the moment conditions in scaled coordinates ``y = x / R``.
+
+    The conditions are ``sum_x (x/R)^beta K_alpha(x) = alpha! / R^|alpha| delta_{alpha beta}``.
+
+    Parameters
+    ----------
+    alpha : tuple of int
+        Derivative orders per axis.
+    betas : list of tuple of int
+        Multi-indices of the moments (as from :func:`multi_indices`).
+    radius : float
+        Support radius ``R``, pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        One target per ``beta``, shape ``(len(betas),)``.
     """
     target = np.zeros(len(betas))
     if alpha in betas:
@@ -208,17 +303,52 @@ def moment_targets(alpha: tuple[int, ...], betas: list[tuple[int, ...]], radius:
 
 
 def monomials(coords: list[np.ndarray], betas: list[tuple[int, ...]], radius: float) -> np.ndarray:
-    """Stack of scaled monomials ``(x / R)^beta`` for each ``beta``, shape ``(len(betas), *grid)``."""
+    """Stack the scaled monomials ``(x / R)^beta`` for each ``beta``.
+
+    Parameters
+    ----------
+    coords : list of numpy.ndarray
+        Grid coordinates ``x`` per axis, pixels.
+    betas : list of tuple of int
+        Multi-indices.
+    radius : float
+        Support radius ``R``, pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(len(betas), *grid)``.
+    """
     scaled = [c / float(radius) for c in coords]
-    return np.stack([math.prod((y**e for y, e in zip(scaled, b)), start=np.ones_like(scaled[0])) for b in betas])
+    return np.stack([math.prod((y**e for y, e in zip(scaled, b, strict=True)), start=np.ones_like(scaled[0]))
+                     for b in betas])
 
 
 @lru_cache(maxsize=256)
 def correction_coefficients(kernel: str, radius: float, alpha: tuple[int, ...]) -> np.ndarray:
-    """Coefficients ``c_beta`` (``|beta| <= |alpha| + 1``, order of :func:`multi_indices`) of the moment correction.
+    """Solve for the coefficients ``c_beta`` of the moment correction (order of :func:`multi_indices`).
 
     They solve ``G c = t - a`` with ``G_gb = sum_x eta (x/R)^(g+b)`` (symmetric positive definite), ``t`` the
     target moments and ``a_g = sum_x (x/R)^g A_alpha(x)`` the moments of the sampled analytic kernel.
+
+    Parameters
+    ----------
+    kernel : str
+        Kernel name (``"poly"``, ``"poly<k>"``, ``"sep"``, ``"sep<k>"`` or ``"bump"``).
+    radius : float
+        Support radius ``R``, pixels.
+    alpha : tuple of int
+        Derivative orders per axis, in array-axis order.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``c_beta`` for ``|beta| <= |alpha| + 1`` (read-only).
+
+    Raises
+    ------
+    MollifierInputError
+        If ``radius < |alpha| + 1``.
     """
     ndim = len(alpha)
     order = sum(alpha)
@@ -242,18 +372,47 @@ def _outer(factors: list) -> np.ndarray:
 
 
 def separable_factors(kernel: str, radius: float, alpha: tuple[int, ...]) -> list[np.ndarray]:
-    """The 1-D moment-corrected kernels ``k_{alpha_i}`` whose outer product is the ``"sep"`` kernel ``K_alpha``."""
+    """Return the 1-D moment-corrected kernels ``k_{alpha_i}`` whose outer product is the ``"sep"`` ``K_alpha``.
+
+    Parameters
+    ----------
+    kernel : str
+        Kernel name (``"poly"``, ``"poly<k>"``, ``"sep"``, ``"sep<k>"`` or ``"bump"``).
+    radius : float
+        Support radius ``R``, pixels.
+    alpha : tuple of int
+        Derivative orders per axis, in array-axis order.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One 1-D kernel per axis, pixel units.
+    """
     _, power = parse_kernel(kernel)
     return [corrected_kernel(f"poly{power}", radius, (a,)) for a in alpha]
 
 
 @lru_cache(maxsize=256)
 def corrected_kernel(kernel: str, radius: float, alpha: tuple[int, ...]) -> np.ndarray:
-    """Moment-corrected correlation kernel for ``d^alpha`` (float64, pixel units, read-only).
+    """Build the moment-corrected correlation kernel for ``d^alpha`` (float64, pixel units, read-only).
 
     ``K = A + eta * sum_beta c_beta (x/R)^beta`` with ``A`` the sampled analytic kernel and ``c`` from
     :func:`correction_coefficients`, so that ``sum_x x^beta K(x) = alpha! delta`` for ``|beta| <= |alpha| + 1``;
     for the ``"sep"`` family the product of the 1-D corrected kernels (module docstring).
+
+    Parameters
+    ----------
+    kernel : str
+        Kernel name (``"poly"``, ``"poly<k>"``, ``"sep"``, ``"sep<k>"`` or ``"bump"``).
+    radius : float
+        Support radius ``R``, pixels.
+    alpha : tuple of int
+        Derivative orders per axis, in array-axis order.
+
+    Returns
+    -------
+    numpy.ndarray
+        The kernel, ``2 half_width(R) + 1`` samples per axis (read-only).
     """
     ndim = len(alpha)
     if ndim > 1 and is_separable(kernel):
@@ -277,7 +436,7 @@ def derivative_kernel(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """The correlation kernel for the derivative ``d^alpha`` as a tensor of the requested dtype and device.
+    """Return the correlation kernel for the derivative ``d^alpha`` as a tensor.
 
     Parameters
     ----------
@@ -289,6 +448,15 @@ def derivative_kernel(
         Derivative orders per axis, in array-axis order (``(a_y, a_x)`` in 2-D).
     corrected : bool
         Apply the discrete moment correction (default). ``False`` gives the raw sampled derivative.
+    dtype : torch.dtype
+        Dtype of the tensor.
+    device : torch.device or str, optional
+        Device of the tensor (default: the CPU).
+
+    Returns
+    -------
+    torch.Tensor
+        The kernel in pixel units (divide by ``prod(h_i ** alpha_i)`` for a physical spacing ``h``).
 
     Examples
     --------

@@ -91,20 +91,36 @@ def _kernel_spectrum(weight: torch.Tensor, size: tuple) -> torch.Tensor:
 
 
 def _fft_correlate(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Same as :func:`_conv`, by ``irfft(rfft(x) * conj(rfft(weight)))`` (circular, cropped to the valid part)."""
+    """Compute :func:`_conv` by ``irfft(rfft(x) * conj(rfft(weight)))`` (circular, cropped to the valid part)."""
     d = weight.dim() - 1
     dims = tuple(range(-d, 0))
     shape = tuple(x.shape[-d:])
     size = tuple(next_fast_len(n, real=True) for n in shape)  # zero-padding past n keeps the valid part exact
     spec_x = torch.fft.rfftn(x, s=size, dim=dims)
     out = torch.fft.irfftn(spec_x * _kernel_spectrum(weight, size).unsqueeze(0), s=size, dim=dims)
-    valid = tuple(slice(0, n - k + 1) for n, k in zip(shape, weight.shape[1:]))
+    valid = tuple(slice(0, n - k + 1) for n, k in zip(shape, weight.shape[1:], strict=True))
     return out[(Ellipsis,) + valid]
 
 
-def use_fft(method: str, weight: torch.Tensor, padded_shape) -> bool:
-    """FFT when ``taps > 4 min(K, 8) log2(N)``: fitted on CPU timings for K <= 8 kernels (benchmarks/RESULTS.md,
-    crossover table), where direct cost grows far less than linearly with K.
+def use_fft(method: str, weight: torch.Tensor, padded_shape: tuple[int, ...]) -> bool:
+    """Choose the FFT over direct correlation: for ``"auto"``, when ``taps > 4 min(K, 8) log2(N)``.
+
+    The rule is fitted on CPU timings for K <= 8 kernels (benchmarks/RESULTS.md, crossover table), where direct
+    cost grows far less than linearly with K; float64 uses the FFT from ``4^d`` taps.
+
+    Parameters
+    ----------
+    method : {"auto", "fft", "direct"}
+        The requested method.
+    weight : torch.Tensor
+        ``(K, *window)`` kernels.
+    padded_shape : tuple of int
+        Shape of the padded field, ``N = prod(padded_shape)``.
+
+    Returns
+    -------
+    bool
+        True for the FFT.
     """
     if method != "auto":
         return method == "fft"
@@ -117,7 +133,22 @@ def use_fft(method: str, weight: torch.Tensor, padded_shape) -> bool:
 
 
 def correlate(x: torch.Tensor, weight: torch.Tensor, method: str) -> torch.Tensor:
-    """Valid-mode correlation, directly or by FFT (:func:`use_fft`)."""
+    """Correlate in valid mode, directly or by FFT (:func:`use_fft`).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, 1, *P)`` padded field.
+    weight : torch.Tensor
+        ``(K, *window)`` kernels.
+    method : {"auto", "fft", "direct"}
+        See :func:`use_fft`.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, K, *(P - window + 1))``.
+    """
     if use_fft(method, weight, x.shape[2:]):
         return _fft_correlate(x, weight)
     return _conv(x, weight)
@@ -130,9 +161,16 @@ class FieldSpectrum:
     linear correlation a zero-padded direct convolution gives): the FFT length is at least ``n + max_half`` per
     axis, so nothing wraps around. A radius ladder then costs one forward FFT per field and one inverse FFT per
     kernel and radius.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, 1, *S)`` zero-filled field.
+    max_half : int
+        Largest kernel half-width that will be applied, pixels.
     """
 
-    def __init__(self, x: torch.Tensor, max_half: int):
+    def __init__(self, x: torch.Tensor, max_half: int) -> None:
         self.ndim = x.dim() - 2
         self.shape = tuple(x.shape[2:])
         self.size = tuple(next_fast_len(n + max_half, real=True) for n in self.shape)
@@ -155,6 +193,23 @@ class FieldSpectrum:
         return _cached_spectrum(key, make)
 
     def correlate(self, weight: torch.Tensor) -> torch.Tensor:
+        """Correlate the field with ``weight``: ``sum_x f(p + x) K(x)`` on the image grid, zeros outside it.
+
+        Parameters
+        ----------
+        weight : torch.Tensor
+            ``(K, *window)`` kernels of half-width at most ``max_half``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, K, *S)``.
+
+        Raises
+        ------
+        ValueError
+            If the kernel is wider than ``max_half``.
+        """
         h = (weight.shape[1] - 1) // 2
         if h > self.max_half:
             raise ValueError(f"kernel half-width {h} exceeds the spectrum's {self.max_half}")
@@ -162,10 +217,29 @@ class FieldSpectrum:
         return out[(Ellipsis,) + tuple(slice(0, n) for n in self.shape)]
 
 
-def separable_correlate(x: torch.Tensor, kernel: str, radius: float, alphas: list, dtype=None) -> torch.Tensor:
-    """Valid-mode correlation of ``x`` ``(B, 1, *P)`` with the ``"sep"`` kernels of ``alphas`` by 1-D passes,
-    last axis first: ``(B, n_alpha, *(P - w + 1))`` (pixel units). Partial products shared between derivatives
-    are computed once (the full 2-D stack needs 4 + 9 passes).
+def separable_correlate(x: torch.Tensor, kernel: str, radius: float, alphas: list,
+                        dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Correlate ``x`` in valid mode with the ``"sep"`` kernels of ``alphas`` by 1-D passes, last axis first.
+
+    Partial products shared between derivatives are computed once (the full 2-D stack needs 4 + 9 passes).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, 1, *P)`` padded field.
+    kernel : str
+        A ``"sep"`` kernel name.
+    radius : float
+        Kernel radius, pixels.
+    alphas : list of tuple of int
+        Derivative multi-indices.
+    dtype : torch.dtype, optional
+        Dtype of the 1-D kernels (default: that of ``x``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, n_alpha, *(P - w + 1))``, pixel units.
     """
     from .kernels import separable_factors
 
@@ -190,8 +264,25 @@ def separable_correlate(x: torch.Tensor, kernel: str, radius: float, alphas: lis
     return current[:, [suffixes.index(a) for a in alphas]]
 
 
-def use_separable(kernel: str, method: str, half: int, dtype) -> bool:
-    """Direct 1-D passes for the ``"sep"`` family unless FFT is asked for or the window is very wide."""
+def use_separable(kernel: str, method: str, half: int, dtype: torch.dtype) -> bool:
+    """Choose direct 1-D passes for the ``"sep"`` family unless FFT is asked for or the window is very wide.
+
+    Parameters
+    ----------
+    kernel : str
+        Kernel name.
+    method : {"auto", "fft", "direct"}
+        The requested method.
+    half : int
+        Kernel half-width, pixels.
+    dtype : torch.dtype
+        Dtype of the computation (float64 switches to the FFT at a narrower window).
+
+    Returns
+    -------
+    bool
+        True for 1-D passes.
+    """
     from .kernels import is_separable
 
     if not is_separable(kernel) or method == "fft":
@@ -220,6 +311,13 @@ class MaskOperator:
     edges: list
 
     def nbytes(self) -> int:
+        """Return the operator's approximate memory, bytes (edge coefficients and the masks).
+
+        Returns
+        -------
+        int
+            Bytes.
+        """
         return sum(p.numel() * 8 + c.numel() * c.element_size() for p, c in self.edges) + 3 * self.mask.numel()
 
 
@@ -230,7 +328,7 @@ def _window(half: int, ndim: int) -> list[np.ndarray]:
 
 @lru_cache(maxsize=64)
 def _basis_arrays(kernel: str, radius: float, alphas: tuple, ndim: int, order: int, half: int):
-    """``(A (n_alpha, P), EB (n_basis, P), gram_basis (P, n_delta), moment_basis (P, n_alpha * n_basis))``."""
+    """Return ``(A (n_alpha, P), EB (n_basis, P), gram_basis (P, n_delta), moment_basis (P, n_alpha * n_basis))``."""
     coords = _window(half, ndim)
     eta = analytic_kernel(kernel, radius, (0,) * ndim)
     betas = multi_indices(ndim, order + 1)
@@ -248,21 +346,23 @@ def _offsets(half: int, padded_shape: tuple, device) -> torch.Tensor:
     """Flat offsets of a window's pixels in a C-ordered padded array, relative to the window's centre."""
     strides = np.cumprod((1,) + tuple(reversed(padded_shape[1:])))[::-1]
     grids = np.meshgrid(*([np.arange(-half, half + 1)] * len(padded_shape)), indexing="ij")
-    return torch.as_tensor(sum(g * s for g, s in zip(grids, strides)).ravel(), device=device)
+    return torch.as_tensor(sum(g * s for g, s in zip(grids, strides, strict=True)).ravel(), device=device)
 
 
 def _padded_index(pos: torch.Tensor, shape: tuple, half: int) -> torch.Tensor:
     """Flat indices ``pos`` of the unpadded grid -> flat indices of the same pixels in the array padded by half."""
     padded = tuple(n + 2 * half for n in shape)
     out = torch.zeros_like(pos)
-    for c, n in zip(_unravel(pos, shape), padded):
+    for c, n in zip(_unravel(pos, shape), padded, strict=True):
         out = out * n + (c + half)
     return out
 
 
 def _unravel(pos: torch.Tensor, shape: tuple) -> list[torch.Tensor]:
-    """Coordinates of flat C-order indices (by hand: ``torch.unravel_index`` imports torch's symbolic-shape
-    machinery, sympy, ~1.5 s, on its first call in a process).
+    """Return the coordinates of flat C-order indices.
+
+    By hand: ``torch.unravel_index`` imports torch's symbolic-shape machinery (sympy, ~1.5 s) on its first call
+    in a process.
     """
     coords, rest = [], pos
     for n in reversed(shape):
@@ -284,8 +384,9 @@ def _use_windows(n_edge: int, window: int, n_kernels: int, n_pixels: int) -> boo
 
 def _edge_values(src: torch.Tensor, basis: torch.Tensor, pos: torch.Tensor, shape: tuple, half: int,
                  method: str) -> torch.Tensor:
-    """``sum_x src(p + x) basis_j(x)`` at flat positions ``pos`` -> ``(B, E, n_basis)``; ``src`` ``(B, 1, *S)``
-    is zero outside the mask, ``basis`` ``(P, n_basis)``.
+    """Compute ``sum_x src(p + x) basis_j(x)`` at flat positions ``pos``: ``(B, E, n_basis)``.
+
+    ``src`` ``(B, 1, *S)`` is zero outside the mask, ``basis`` ``(P, n_basis)``.
     """
     ndim = len(shape)
     padded = _pad_zeros(src, half)
@@ -308,8 +409,9 @@ _DISTANCE_CACHE: OrderedDict = OrderedDict()
 
 
 def _interior(mask_np: np.ndarray, radius: float, square: bool = False) -> np.ndarray:
-    """Pixels whose distance to the nearest pixel outside the mask (or the image) is at least ``radius``
-    (Euclidean; chessboard for the square support of the separable family; one transform per mask, cached).
+    """Find the pixels at least ``radius`` from the nearest pixel outside the mask (or the image).
+
+    Euclidean distance; chessboard for the square support of the separable family; one transform per mask, cached.
     """
     key = (mask_np.shape, square, hashlib.sha1(np.packbits(mask_np).tobytes()).hexdigest())
     if key in _DISTANCE_CACHE:
@@ -338,7 +440,22 @@ def _safe_solve(gram: torch.Tensor, rhs: torch.Tensor):
 
 
 def mask_operator(plan, mask: torch.Tensor, where: torch.Tensor | None = None) -> MaskOperator:
-    """The cached :class:`MaskOperator` for ``plan`` (radius, kernel, derivatives) on ``mask`` ``(Bm, 1, *S)``."""
+    """Build (or take from the cache) the :class:`MaskOperator` for ``plan`` on ``mask``.
+
+    Parameters
+    ----------
+    plan
+        The mollifier plan (radius, kernel, derivatives ``alphas``; :func:`napari_mollifier.mollifier._make_plan`).
+    mask : torch.Tensor
+        ``(Bm, 1, *S)`` bool.
+    where : torch.Tensor, optional
+        Pixels whose edge kernels are needed (default: every valid pixel).
+
+    Returns
+    -------
+    MaskOperator
+        The operator (cached by plan, mask, ``where`` and device).
+    """
     device = mask.device
     digest = hashlib.sha1(mask.detach().cpu().numpy().tobytes()).hexdigest()
     if where is not None:
@@ -353,7 +470,8 @@ def mask_operator(plan, mask: torch.Tensor, where: torch.Tensor | None = None) -
                                                                    half)
     basis = torch.as_tensor(np.concatenate([gram_basis, moment_basis], axis=1), dtype=torch.float64, device=device)
     index = {d: i for i, d in enumerate(deltas)}
-    gram_index = torch.tensor([[index[tuple(g + b for g, b in zip(gi, bi))] for bi in betas] for gi in betas],
+    gram_index = torch.tensor([[index[tuple(g + b for g, b in zip(gi, bi, strict=True))] for bi in betas]
+                               for gi in betas],
                               device=device)
     nb = len(betas)
     mask_np = mask[:, 0].detach().cpu().numpy()
@@ -394,16 +512,45 @@ def mask_operator(plan, mask: torch.Tensor, where: torch.Tensor | None = None) -
     return op
 
 
-def alpha_kernels(plan, dtype, device) -> torch.Tensor:
-    """The fixed moment-corrected kernels of ``plan.alphas`` in pixel units, ``(n_alpha, *window)``."""
+def alpha_kernels(plan, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """Return the fixed moment-corrected kernels of ``plan.alphas`` in pixel units.
+
+    Parameters
+    ----------
+    plan
+        The mollifier plan (radius, kernel, derivatives ``alphas``; :func:`napari_mollifier.mollifier._make_plan`).
+    dtype : torch.dtype
+        Dtype of the result.
+    device : torch.device or str
+        Device of the result.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n_alpha, *window)``.
+    """
     return torch.as_tensor(np.stack([corrected_kernel(plan.kernel, plan.radius, a) for a in plan.alphas]),
                            dtype=dtype, device=device)
 
 
 def apply_masked(x: torch.Tensor, plan, op: MaskOperator, spectrum: FieldSpectrum | None = None) -> torch.Tensor:
-    """Mask-mode derivatives: ``x`` ``(B, 1, *S)`` -> ``(B, n_keys, *S)`` in physical units, NaN where not valid.
+    """Compute mask-mode derivatives of ``x`` in physical units, NaN where not valid.
 
-    ``spectrum``: the :class:`FieldSpectrum` of ``x`` zero-filled outside the mask (shared across radii).
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, 1, *S)`` field.
+    plan
+        The mollifier plan (radius, kernel, derivatives ``alphas``; :func:`napari_mollifier.mollifier._make_plan`).
+    op : MaskOperator
+        From :func:`mask_operator`.
+    spectrum : FieldSpectrum, optional
+        The spectrum of ``x`` zero-filled outside the mask (shared across radii).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, n_keys, *S)``.
     """
     dtype, device = x.dtype, x.device
     shape = tuple(x.shape[2:])
@@ -446,8 +593,9 @@ def apply_masked(x: torch.Tensor, plan, op: MaskOperator, spectrum: FieldSpectru
 
 def _window_products(padded: torch.Tensor, basis: torch.Tensor, pos: torch.Tensor, shape: tuple,
                      half: int) -> torch.Tensor:
-    """``sum_x f(p + x) basis_j(x)`` at flat positions ``pos`` of one padded field ``(*(S + 2 half))`` ->
-    ``(E, n_basis)``, by gathering each pixel's window (in chunks bounded by memory).
+    """Compute ``sum_x f(p + x) basis_j(x)`` at flat positions ``pos`` of one padded field: ``(E, n_basis)``.
+
+    The field is ``(*(S + 2 half))``; each pixel's window is gathered (in chunks bounded by memory).
     """
     windows = padded
     for axis in range(len(shape)):  # a view (*S, *window) of every pixel's window: no index tensor is built
@@ -459,20 +607,51 @@ def _window_products(padded: torch.Tensor, basis: torch.Tensor, pos: torch.Tenso
 
 
 def windows_pay(n_samples: int, plan, n_pixels: int) -> bool:
-    """Whether :func:`apply_masked_at` (``n P`` gathered window values) costs less than the full image (one FFT
-    pass per derivative, ``~N log2 N``): measured on the CPU, a gathered value costs about as much as 1.6 units
-    of ``N log2 N`` per derivative, so windows pay for small radii on a pixel sample.
+    """Tell whether :func:`apply_masked_at` (``n P`` gathered window values) costs less than the full image.
+
+    The full image costs one FFT pass per derivative, ``~N log2 N``; measured on the CPU, a gathered value costs
+    about as much as 1.6 units of ``N log2 N`` per derivative, so windows pay for small radii on a pixel sample.
+
+    Parameters
+    ----------
+    n_samples : int
+        Pixels to compute, ``n``.
+    plan
+        The mollifier plan (radius, kernel, derivatives ``alphas``; :func:`napari_mollifier.mollifier._make_plan`).
+    n_pixels : int
+        Pixels of the image, ``N``.
+
+    Returns
+    -------
+    bool
+        True when the windows are cheaper.
     """
     window = (2 * plan.half + 1) ** plan.ndim
     return n_samples * window <= 0.6 * n_pixels * math.log2(max(n_pixels, 2))
 
 
 def apply_masked_at(x: torch.Tensor, plan, op: MaskOperator, pixels: torch.Tensor) -> torch.Tensor:
-    """:func:`apply_masked` at the flat positions ``pixels`` (sorted) only: ``(n_keys, n)``, NaN where not valid.
+    """Compute :func:`apply_masked` at the flat positions ``pixels`` (sorted) only, NaN where not valid.
 
     Interior pixels use the fixed moment-corrected kernels, edge pixels their own (``op`` should be built with
     ``where`` covering ``pixels``, so that only their moment systems are solved). Each pixel costs its window
     (:func:`windows_pay`).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(1, 1, *S)`` field.
+    plan
+        The mollifier plan (radius, kernel, derivatives ``alphas``; :func:`napari_mollifier.mollifier._make_plan`).
+    op : MaskOperator
+        From :func:`mask_operator`.
+    pixels : torch.Tensor
+        Sorted flat pixel indices ``(n,)``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n_keys, n)``, physical units.
     """
     dtype, device = x.dtype, x.device
     shape = tuple(x.shape[2:])
@@ -500,9 +679,31 @@ def apply_masked_at(x: torch.Tensor, plan, op: MaskOperator, pixels: torch.Tenso
     return out.masked_fill(~valid[None], float("nan"))
 
 
-def edge_kernels(plan, op: MaskOperator, bm: int, rows: slice, dtype=torch.float64):
-    """Per-pixel kernels ``(c, n_alpha, P)`` (pixel units, mask applied) of edge pixels ``rows`` of mask ``bm``,
-    and the mask's window values ``(c, P)``: what the propagated uncertainty needs at edge pixels.
+def edge_kernels(plan, op: MaskOperator, bm: int, rows: slice,
+                 dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the per-pixel kernels (mask applied) of edge pixels ``rows`` of mask ``bm``, and their positions.
+
+    What the propagated uncertainty needs at edge pixels.
+
+    Parameters
+    ----------
+    plan
+        The mollifier plan (radius, kernel, derivatives ``alphas``; :func:`napari_mollifier.mollifier._make_plan`).
+    op : MaskOperator
+        From :func:`mask_operator`.
+    bm : int
+        Index of the mask.
+    rows : slice
+        Edge pixels (rows of ``op.edges[bm]``).
+    dtype : torch.dtype
+        Dtype of the result.
+
+    Returns
+    -------
+    positions : torch.Tensor
+        ``(c,)`` flat indices of the pixels.
+    kernels : torch.Tensor
+        ``(c, n_alpha, P)``, pixel units, times the mask's window values.
     """
     pos, coef = op.edges[bm]
     pos, coef = pos[rows], coef[rows].to(dtype)
@@ -519,7 +720,18 @@ def edge_kernels(plan, op: MaskOperator, bm: int, rows: slice, dtype=torch.float
 
 
 def interior_coefficients(plan) -> np.ndarray:
-    """Fixed correction coefficients ``(n_alpha, n_basis)`` of the interior kernels (zero-padded)."""
+    """Return the fixed correction coefficients of the interior kernels (zero-padded).
+
+    Parameters
+    ----------
+    plan
+        The mollifier plan (radius, kernel, derivatives ``alphas``; :func:`napari_mollifier.mollifier._make_plan`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_alpha, n_basis)``.
+    """
     betas = multi_indices(plan.ndim, plan.order + 1)
     out = np.zeros((len(plan.alphas), len(betas)))
     for i, a in enumerate(plan.alphas):

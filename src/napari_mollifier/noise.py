@@ -16,6 +16,7 @@ model above the response has variance ``sigma^2 phi_s(c)^d`` with ``phi_s(c) = 6
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,7 +47,20 @@ def _rho_1d(c: float) -> np.ndarray:
 
 
 def gaussian_autocorrelation(c: float, ndim: int) -> np.ndarray:
-    """``rho(delta)`` on a centred ``(2h+1)^ndim`` grid for correlation length ``c`` px (``[[1]]`` when white)."""
+    """Return the noise autocorrelation ``rho(delta)`` of the model on a centred ``(2h+1)^ndim`` grid.
+
+    Parameters
+    ----------
+    c : float
+        Correlation length (standard deviation of ``g_c``), pixels; ``c <= 0`` is white noise.
+    ndim : int
+        Number of dimensions.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``rho(delta) = (g_c (*) g_c)(delta) / sum g_c^2``, ``rho(0) = 1`` (a single 1 when white).
+    """
     r = _rho_1d(c)
     out = r
     for _ in range(ndim - 1):
@@ -65,7 +79,20 @@ def _phi(step: int, c: float) -> float:
 
 
 def blur_white_noise(white: np.ndarray, c: float) -> np.ndarray:
-    """``(g_c * e) / ||g_c||_2``: white noise of unit variance -> the model's correlated noise, unit variance."""
+    """Turn white noise ``e`` of unit variance into the model's correlated noise ``(g_c * e) / ||g_c||_2``.
+
+    Parameters
+    ----------
+    white : numpy.ndarray
+        White noise of unit variance (any number of dimensions).
+    c : float
+        Correlation length, pixels; ``c <= 0`` returns ``white`` unchanged.
+
+    Returns
+    -------
+    numpy.ndarray
+        Correlated noise of unit variance (periodic boundary), the shape of ``white``.
+    """
     if c <= 0:
         return white
     g = _gaussian_1d(c)
@@ -77,8 +104,18 @@ def blur_white_noise(white: np.ndarray, c: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class NoiseModel:
-    """Noise standard deviation per field (units of the field), correlation length (px), correlations between
-    fields; ``source`` says whether it was estimated or given.
+    """Noise of the input fields: standard deviation per field, correlation length, cross-correlations.
+
+    Attributes
+    ----------
+    sigma : dict
+        ``{field: standard deviation}``, units of the field.
+    correlation_length : float
+        ``c``, pixels (0: white noise).
+    cross : dict
+        ``{"f|g": r_fg}``, correlations between fields (0 when absent).
+    source : str
+        ``"estimated"`` or ``"given"``.
     """
 
     sigma: dict
@@ -86,8 +123,19 @@ class NoiseModel:
     cross: dict = field(default_factory=dict)  # {"f|g": r_fg}
     source: str = "given"
 
-    def covariance(self, names) -> np.ndarray:
-        """``C_fg = sigma_f sigma_g r_fg`` for the fields ``names`` (r_ff = 1)."""
+    def covariance(self, names: Sequence[str]) -> np.ndarray:
+        """Return the covariance ``C_fg = sigma_f sigma_g r_fg`` of the fields ``names`` (``r_ff = 1``).
+
+        Parameters
+        ----------
+        names : sequence of str
+            Field names, keys of :attr:`sigma`.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(len(names), len(names))`` covariance matrix.
+        """
         s = np.array([self.sigma[n] for n in names], dtype=np.float64)
         r = np.eye(len(names))
         for i, a in enumerate(names):
@@ -97,9 +145,28 @@ class NoiseModel:
         return r * np.outer(s, s)
 
     def autocorrelation(self, ndim: int) -> np.ndarray:
+        """Return :func:`gaussian_autocorrelation` at :attr:`correlation_length`.
+
+        Parameters
+        ----------
+        ndim : int
+            Number of dimensions.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``rho(delta)`` on a centred grid.
+        """
         return gaussian_autocorrelation(self.correlation_length, ndim)
 
     def as_dict(self) -> dict:
+        """Return the model as a plain dict (for the provenance).
+
+        Returns
+        -------
+        dict
+            ``sigma``, ``correlation_length_px``, ``cross_correlation``, ``source``.
+        """
         return {"sigma": dict(self.sigma), "correlation_length_px": self.correlation_length,
                 "cross_correlation": dict(self.cross), "source": self.source}
 
@@ -124,8 +191,9 @@ def _robust_var(values: np.ndarray) -> float:
 
 
 def estimate_noise(image: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Standard deviation of additive white noise in ``image`` (same units as the image): Immerkaer's estimator
-    ``1.4826 MAD(I (*) D_1^d) / sqrt(6^d)`` (module docstring).
+    """Estimate the standard deviation of additive white noise in ``image`` (units of the image).
+
+    Immerkaer's estimator ``1.4826 MAD(I (*) D_1^d) / sqrt(6^d)`` (module docstring).
 
     Parameters
     ----------
@@ -133,6 +201,11 @@ def estimate_noise(image: np.ndarray, mask: np.ndarray | None = None) -> float:
         1-D, 2-D or 3-D image.
     mask : ndarray of bool, optional
         Only filter responses whose whole 3^d neighbourhood lies inside the mask are used.
+
+    Returns
+    -------
+    float
+        The noise standard deviation (0 when no response is available).
     """
     image = np.asarray(image, dtype=np.float64)
     r = _responses(image, mask, 1)
@@ -142,8 +215,9 @@ def estimate_noise(image: np.ndarray, mask: np.ndarray | None = None) -> float:
 
 
 def _fit_field(v: np.ndarray, noise: np.ndarray, signals: list) -> tuple[float, float]:
-    """Non-negative least squares on relative errors of ``v = s2 noise + sum_j A_j signal_j``:
-    ``(error, s2)`` (all subsets of the terms are tried; there are at most three).
+    """Fit ``v = s2 noise + sum_j A_j signal_j`` by non-negative least squares on relative errors.
+
+    Returns ``(error, s2)`` (all subsets of the terms are tried; there are at most three).
     """
     columns = [noise] + list(signals)
     design_all = np.stack(columns, axis=1) / v[:, None]
@@ -163,8 +237,9 @@ def _fit_field(v: np.ndarray, noise: np.ndarray, signals: list) -> tuple[float, 
 
 
 def _fit_noise(variances: list, ndim: int) -> tuple[list, float]:
-    """Fit the robust response variances ``v_s`` of steps ``s = 1, 2, 3`` of every field with one ``c`` for all
-    fields: ``([sigma_f^2], c)``.
+    """Fit the robust response variances ``v_s`` (steps ``s = 1, 2, 3``) of every field with one shared ``c``.
+
+    Returns ``([sigma_f^2], c)``.
 
     ``v_s = sigma^2 phi_s(c)^d + A s^(4d)``: the noise and the leak of a smooth signal (its second differences grow
     like ``s^(2d)``). ``c`` on a 0.05 px grid up to
@@ -190,6 +265,22 @@ def estimate_noise_model(fields: dict, mask: np.ndarray | None = None, *, correl
 
     ``allow_zero``: a field without pixel-to-pixel variation gets noise 0 instead of an error (exact, uniform
     simulated states).
+
+    Parameters
+    ----------
+    fields : dict
+        ``{name: image}``, all of one shape.
+    mask : numpy.ndarray of bool, optional
+        Pixels to estimate from (filter windows must lie inside it).
+    correlated : bool
+        Estimate the correlation length ``c``; False assumes white noise.
+    allow_zero : bool
+        See above.
+
+    Returns
+    -------
+    NoiseModel
+        ``source="estimated"``.
 
     Raises
     ------
@@ -222,7 +313,7 @@ def estimate_noise_model(fields: dict, mask: np.ndarray | None = None, *, correl
         variances, c = _fit_noise(steps, ndim)
     else:
         variances, c = [v1[k] / 6.0**ndim for k in names], 0.0
-    sigma = {k: float(np.sqrt(max(var, 0.0))) for k, var in zip(names, variances)}
+    sigma = {k: float(np.sqrt(max(var, 0.0))) for k, var in zip(names, variances, strict=True)}
     cross = {}
     for i, a in enumerate(names):
         for b in names[i + 1 :]:

@@ -10,6 +10,7 @@ and recorded in the provenance.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import ndimage as ndi
 
 from .errors import MollifierInputError
@@ -20,7 +21,23 @@ METHODS = ("otsu", "triangle")
 
 
 def total_chromatin(fields: dict) -> np.ndarray:
-    """``phi_h + phi_e`` (or the ``density`` channel, or the one field given) as a float image."""
+    """Return the total chromatin ``phi_h + phi_e`` of the fields as a float image.
+
+    Parameters
+    ----------
+    fields : dict
+        ``{"phi_h", "phi_e"}``, or a ``density`` channel, or any one field.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``phi_h + phi_e``, else the ``density`` channel, else the one field given (float64).
+
+    Raises
+    ------
+    MollifierInputError
+        If ``fields`` is not a non-empty dict, or holds several fields of which none is the total.
+    """
     if not isinstance(fields, dict) or not fields:
         raise MollifierInputError("fields must be a dict of images, e.g. {'phi_h': ..., 'phi_e': ...}")
     if "phi_h" in fields and "phi_e" in fields:
@@ -32,8 +49,8 @@ def total_chromatin(fields: dict) -> np.ndarray:
     raise MollifierInputError(f"cannot tell the total chromatin from the fields {sorted(fields)}: pass an roi")
 
 
-def detect_nucleus(image, sigma: float = 2.0, method: str = "otsu") -> tuple[np.ndarray, dict]:
-    """``(mask, info)``: the nucleus of a chromatin image (module docstring).
+def detect_nucleus(image: ArrayLike | dict, sigma: float = 2.0, method: str = "otsu") -> tuple[np.ndarray, dict]:
+    """Detect the nucleus of a chromatin image (recipe in the module docstring).
 
     Parameters
     ----------
@@ -42,10 +59,12 @@ def detect_nucleus(image, sigma: float = 2.0, method: str = "otsu") -> tuple[np.
     sigma : float
         Gaussian smoothing, pixels.
     method : {"otsu", "triangle"}
+        Global threshold of the smoothed image.
 
     Returns
     -------
-    mask : bool array
+    mask : numpy.ndarray of bool
+        The nucleus, of the image's shape.
     info : dict
         ``method``, ``sigma``, ``threshold``, ``margin`` (px the mask was shrunk by, undoing the smoothing), ``fraction`` (of the image inside), ``components`` (before keeping
         the largest), ``largest_share`` (of the above-threshold pixels in the kept component), ``description``.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import MollifierWarning
 
@@ -36,8 +37,27 @@ def _um(unit):
     return UNIT_TO_UM.get(str(unit).strip().lower().replace("micrometers", "micrometer"))
 
 
-def check_plausibility(fields: dict, pixel_size, unit=None, roi=None) -> list[str]:
-    """The plausibility problems of an input, as sentences (empty when none)."""
+def check_plausibility(fields: dict, pixel_size: float | ArrayLike, unit: str | None = None,
+                       roi: ArrayLike | None = None) -> list[str]:
+    """List the plausibility problems of an input (the checks of the module docstring).
+
+    Parameters
+    ----------
+    fields : dict
+        ``{name: image}``; the volume-fraction checks need ``phi_h`` and ``phi_e``.
+    pixel_size : float or array_like
+        Pixel size, one value or one per axis, in ``unit``.
+    unit : str, optional
+        Unit of ``pixel_size`` (a key of :data:`UNIT_TO_UM`, e.g. ``"um"``, ``"nm"``); without it the pixel size
+        and nucleus width are not checked.
+    roi : array_like, optional
+        The nucleus (``> 0`` inside); default: the whole image.
+
+    Returns
+    -------
+    list of str
+        One sentence per problem (what looks wrong and what to check); empty when none.
+    """
     notes = []
     spacing = np.atleast_1d(np.asarray(pixel_size, dtype=np.float64))
     scale = _um(unit)
@@ -78,8 +98,22 @@ def check_plausibility(fields: dict, pixel_size, unit=None, roi=None) -> list[st
     return notes
 
 
-def warn_implausible(fields: dict, pixel_size, unit=None, roi=None, stacklevel: int = 3) -> list[str]:
-    """:func:`check_plausibility`, each problem issued as a :class:`PlausibilityWarning`; returns the notes."""
+def warn_implausible(fields: dict, pixel_size: float | ArrayLike, unit: str | None = None,
+                     roi: ArrayLike | None = None, stacklevel: int = 3) -> list[str]:
+    """Run :func:`check_plausibility` and issue each problem as a :class:`PlausibilityWarning`.
+
+    Parameters
+    ----------
+    fields, pixel_size, unit, roi
+        As in :func:`check_plausibility`.
+    stacklevel : int
+        Passed to :func:`warnings.warn` (3: the caller of the function that called this one).
+
+    Returns
+    -------
+    list of str
+        The notes of :func:`check_plausibility`.
+    """
     notes = check_plausibility(fields, pixel_size, unit, roi)
     for note in notes:
         warnings.warn(note, PlausibilityWarning, stacklevel=stacklevel)

@@ -21,6 +21,7 @@ heterochromatin domain size, and sqrt(l2) = 0.153 um = 7.6 px at 20 nm pixels.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import fft as _fft
 from scipy import ndimage as _ndi
 
@@ -97,7 +98,8 @@ def _pcg(apply_a, b, precond, x, tol, max_iter):
 
 
 # --------------------------------------------------------------------------- random fields
-def smooth_random_field(shape, scale, low, high, seed=0):
+def smooth_random_field(shape: tuple[int, ...], scale: float, low: float, high: float,
+                        seed: int = 0) -> np.ndarray:
     """Periodic Gaussian random field with correlation length ``scale`` pixels, rescaled to [low, high].
 
     White noise is filtered in Fourier space by exp(-k^2 scale^2 / 4) (k in rad/pixel), giving the
@@ -106,15 +108,18 @@ def smooth_random_field(shape, scale, low, high, seed=0):
     Parameters
     ----------
     shape : tuple of int
+        Grid shape, pixels.
     scale : float
         Correlation length in pixels (0 gives white noise). Features are ~2-3 ``scale`` across.
     low, high : float
         Range of the output (dimensionless, or the unit of the quantity it stands for).
     seed : int
+        Seed of the white noise.
 
     Returns
     -------
-    numpy.ndarray, float64, ``shape``
+    numpy.ndarray
+        float64, ``shape``.
     """
     noise = np.random.default_rng(seed).standard_normal(shape)
     sp = _Spectral(shape, 1.0)
@@ -192,8 +197,9 @@ def _solve_phase_field(phi_w, rate, sp, p, tol, max_iter):
     return phi_d, float(np.max(np.abs(res))), it
 
 
-def chromatin_steady_state(phi_w, rate, pixel_size=1.0, model="chromatin-balance", params=None,
-                           tol=1e-10, max_iter=500):
+def chromatin_steady_state(phi_w: ArrayLike, rate: float | ArrayLike, pixel_size: float = 1.0,
+                           model: str = "chromatin-balance", params: dict | None = None,
+                           tol: float = 1e-10, max_iter: int = 500) -> dict:
     """Steady state of the chromatin model for a fixed nucleoplasm field and rate map (periodic grid).
 
     ``"chromatin-balance"`` (unknown phi_e, with phi_h = 1 - phi_w - phi_e)::
@@ -218,6 +224,7 @@ def chromatin_steady_state(phi_w, rate, pixel_size=1.0, model="chromatin-balance
     pixel_size : float
         Grid spacing in the length unit of the coefficients (box units for the defaults).
     model : {"chromatin-balance", "chromatin-phase-field"}
+        The chromatin model.
     params : dict, optional
         Overrides: ``{"l2"}`` [length^2] or ``{"a", "phi_max", "l_int" [length], "mobility" [length^2]}``.
         Unknown keys raise ``ValueError``.
@@ -234,6 +241,8 @@ def chromatin_steady_state(phi_w, rate, pixel_size=1.0, model="chromatin-balance
 
     Raises
     ------
+    ValueError
+        On an unknown model or coefficient, or a rate <= -1 (balance model).
     RuntimeError
         If the residual is still above ``tol`` after ``max_iter`` iterations.
     """
@@ -255,8 +264,8 @@ def chromatin_steady_state(phi_w, rate, pixel_size=1.0, model="chromatin-balance
 
 
 # --------------------------------------------------------------------------- heat and ODE
-def heat_steady_state(rate, source, pixel_size=1.0):
-    """Steady heat equation 0 = rate lap(u) + m on a periodic grid, i.e. lap(u) = -m / rate.
+def heat_steady_state(rate: ArrayLike, source: float | ArrayLike, pixel_size: float = 1.0) -> dict:
+    """Solve the steady heat equation 0 = rate lap(u) + m on a periodic grid, i.e. lap(u) = -m / rate.
 
     Periodicity requires mean(m / rate) = 0; the source is made compatible by
     m <- m - rate * mean(m / rate) (the returned ``m``). ``u`` has zero mean.
@@ -274,6 +283,11 @@ def heat_steady_state(rate, source, pixel_size=1.0):
     -------
     dict
         ``u``, ``m`` (compatible source), ``rate`` as float64 arrays.
+
+    Raises
+    ------
+    ValueError
+        If the diffusivity is not > 0 everywhere.
     """
     rate = np.array(rate, dtype=np.float64)
     if np.any(rate <= 0):
@@ -288,7 +302,7 @@ def heat_steady_state(rate, source, pixel_size=1.0):
     return {"u": sp.inv(u_hat), "m": m, "rate": rate}
 
 
-def langevin_series(rate_t, dt, u0=0.0):
+def langevin_series(rate_t: ArrayLike, dt: float, u0: float = 0.0) -> dict:
     """Integrate du/dt = u + rate(t) with rate piecewise linear between samples (exact integrator).
 
     With h = dt and r_n = rate(t_n)::
@@ -336,8 +350,9 @@ def _nucleus_geometry(shape, rng):
     return (rho - 1) * np.sqrt(ax * ay)
 
 
-def synthetic_nucleus(shape=(256, 256), pixel_size=0.02, seed=0, noise=0.0, model="chromatin-balance"):
-    """Synthetic nucleus whose chromatin fields are the exact steady state for a known rate map.
+def synthetic_nucleus(shape: tuple[int, int] = (256, 256), pixel_size: float = 0.02, seed: int = 0,
+                      noise: float = 0.0, model: str = "chromatin-balance") -> dict:
+    """Simulate a nucleus whose chromatin fields are the exact steady state for a known rate map.
 
     phi_w: an elliptical nucleus (nucleoplasm phi_w = 0.6) with heterochromatin domains ~100 nm
     across (~25 % of its area) and a ~100 nm dense peripheral band (phi_w -> 0.2), and phi_w = 0.7
@@ -358,9 +373,11 @@ def synthetic_nucleus(shape=(256, 256), pixel_size=0.02, seed=0, noise=0.0, mode
     pixel_size : float
         um per pixel.
     seed : int
+        Seed of the geometry, the rate map and the noise.
     noise : float
         Noise std (volume fraction), 0 for exact fields.
     model : {"chromatin-balance", "chromatin-phase-field"}
+        The chromatin model whose steady state the fields are.
 
     Returns
     -------

@@ -66,7 +66,23 @@ _UNCERTAINTY_TEXT = {
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> cuda if available, then mps, then cpu; anything else is checked to exist."""
+    """Resolve a device name: ``"auto"`` -> cuda if available, then mps, then cpu; anything else must exist.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``...
+
+    Returns
+    -------
+    torch.device
+        The device.
+
+    Raises
+    ------
+    MollifierInputError
+        If a CUDA or MPS device is asked for but not available.
+    """
     if str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -168,7 +184,8 @@ class _Context:
             self._progress(self.step, self.total, dict(info or {}))
 
     def mollify(self, fields: dict, radius: float, mask: np.ndarray) -> dict:
-        """``{derived field: {key: tensor}}`` for the model's needs; ``fields`` values are (B, *S) tensors.
+        """Return ``{derived field: {key: tensor}}`` for the model's needs; ``fields`` values are (B, *S) tensors.
+
         With ``boundary="mask"`` only pixels of ``self.region`` (the ROI being solved) are computed.
         """
         derived = self.model.derived(fields, self.params)
@@ -184,8 +201,10 @@ class _Context:
         return self.closed_form(self.mollify(fields, radius, mask))
 
     def closed_form(self, d: dict, region: np.ndarray | None = None) -> torch.Tensor:
-        """The model's closed form, NaN where its divisor is ~0 (below 1e-3 of its median magnitude in the ROI,
-        or in ``region`` when given, e.g. a pixel sample) or, for a physical fraction such as phi_e, not positive.
+        """Evaluate the model's closed form, NaN where its divisor is ~0 or, for a physical fraction, not positive.
+
+        ~0: below 1e-3 of its median magnitude in the ROI, or in ``region`` when given (e.g. a pixel sample);
+        a physical fraction is e.g. phi_e.
         """
         rate = self.model.rate(d, self.params)
         den = self.model.denominator(d, self.params)
@@ -221,10 +240,11 @@ _POOLED = -1
 
 def _choose_radii(ladder: DerivativeLadder, ctx: _Context, regions: dict, ladders: dict, rule: str,
                   noise: NoiseModel) -> dict:
-    """``{label: {"radius", "ladder": table}}`` (:func:`_choose_radii_each`), with the labels of fewer than
-    ``OWN_RADIUS_MIN_PIXELS`` pixels pooled: the median over a few dozen pixels is too noisy to choose a radius on
-    (docs/science.md "How to pick the kernel radius"), so they share the radius chosen on their union
-    (``"pooled"``: their number). 1000 small labels then cost what one label of the same pixels costs.
+    """Choose ``{label: {"radius", "ladder": table}}`` (:func:`_choose_radii_each`), pooling small labels.
+
+    Labels of fewer than ``OWN_RADIUS_MIN_PIXELS`` pixels are pooled: the median over a few dozen pixels is too
+    noisy to choose a radius on (docs/science.md "How to pick the kernel radius"), so they share the radius chosen
+    on their union (``"pooled"``: their number). 1000 small labels then cost what one label of the same pixels costs.
     """
     small = [lab for lab, region in regions.items() if int(region.sum()) < OWN_RADIUS_MIN_PIXELS]
     if len(small) < 2 or len({tuple(ladders[lab]) for lab in small}) != 1:
@@ -309,9 +329,11 @@ def _choose_radii_each(ladder: DerivativeLadder, ctx: _Context, regions: dict, l
 
 
 def _lepski_sample(flat: dict, n_union: int):
-    """The pixels Lepski's medians read (:func:`lepski_accepts`: a regular subsample of about
-    ``_LEPSKI_SAMPLES`` pixels per label) as ``(sorted flat indices, {label: positions in them})``, or None when
-    they are more than half of the ROI (then the full maps cost about as much).
+    """Return the pixels Lepski's medians read, or None when they are more than half of the ROI.
+
+    They are a regular subsample of about ``_LEPSKI_SAMPLES`` pixels per label (:func:`lepski_accepts`), as
+    ``(sorted flat indices, {label: positions in them})``; None when they are more than half of the ROI (then the
+    full maps cost about as much).
     """
     strided = {lab: f[:: max(1, f.size // _LEPSKI_SAMPLES)] for lab, f in flat.items()}
     pixels = np.unique(np.concatenate(list(strided.values()))) if strided else np.zeros(0, np.int64)
@@ -321,8 +343,10 @@ def _lepski_sample(flat: dict, n_union: int):
 
 
 def _lepski_labels(ladder: DerivativeLadder, ctx: _Context, regions: dict, rungs: list, noise: NoiseModel) -> dict:
-    """Lepski's rule for many labels on one shared ladder: the medians of ``|lambda_k - lambda_j| / sigma_j`` of all
-    labels at once (one sort per rung pair), the same choice as :func:`lepski_accepts` label by label.
+    """Apply Lepski's rule to many labels on one shared ladder.
+
+    The medians of ``|lambda_k - lambda_j| / sigma_j`` of all labels at once (one sort per rung pair), the same
+    choice as :func:`lepski_accepts` label by label.
     """
     labs = list(regions)
     union = np.any(list(regions.values()), axis=0)
@@ -396,7 +420,7 @@ def _quasi_optimal(maps: list, ladder: list) -> dict:
 
 def _direct(ladder: DerivativeLadder, ctx: _Context, radius, out_mask, uncertainty, n_bootstrap,
             noise: NoiseModel | None, seed, arrays, rungs=()):
-    """Closed form at ``radius`` and its uncertainty ``sqrt(noise^2 + bias^2)``.
+    """Compute the closed form at ``radius`` and its uncertainty ``sqrt(noise^2 + bias^2)``.
 
     Noise: propagated (:func:`~napari_mollifier.methods.direct.propagate`) or the standard deviation over
     ``n_bootstrap`` realisations of the noise model. Bias: the change to the next-smaller radius ``R / q``
@@ -459,8 +483,10 @@ def _rate_of(d: dict, ctx: _Context) -> torch.Tensor:
 
 def _bootstrap(ladder: DerivativeLadder, ctx: _Context, radius, small, out_mask, n_bootstrap, noise: NoiseModel,
                seed, arrays):
-    """Variance of the rate and of its smoothed change to ``small`` over ``n_bootstrap`` realisations of the
-    noise model (correlated noise drawn as blurred white noise, correlated between fields by a Cholesky factor).
+    """Compute the variance of the rate and of its smoothed change to ``small`` by a bootstrap.
+
+    Over ``n_bootstrap`` realisations of the noise model (correlated noise drawn as blurred white noise, correlated
+    between fields by a Cholesky factor).
     """
     rng = np.random.default_rng(seed)
     names = list(arrays)
@@ -487,9 +513,10 @@ def _bootstrap(ladder: DerivativeLadder, ctx: _Context, radius, small, out_mask,
 
 
 def _check_derivatives_defined(d, inside, ctx: _Context, radius, out_mask) -> None:
-    """Refuse a solve whose mollified derivatives are undefined over most of the ROI: the mask-mode moment
-    systems are singular where fewer valid pixels than the kernel needs lie within the radius (an ROI smaller or
-    thinner than the kernel with ``roi_mode="isolate"``, or an image riddled with NaN pixels).
+    """Refuse a solve whose mollified derivatives are undefined over most of the ROI.
+
+    The mask-mode moment systems are singular where fewer valid pixels than the kernel needs lie within the radius
+    (an ROI smaller or thinner than the kernel with ``roi_mode="isolate"``, or an image riddled with NaN pixels).
     """
     if not bool(inside.any()):
         return
@@ -511,8 +538,9 @@ def _check_derivatives_defined(d, inside, ctx: _Context, radius, out_mask) -> No
 
 
 def _is_oom(exc: BaseException) -> bool:
-    """True for a device out-of-memory error (``torch.OutOfMemoryError``; MPS and older builds raise a
-    ``RuntimeError`` saying "out of memory").
+    """Tell whether ``exc`` is a device out-of-memory error.
+
+    ``torch.OutOfMemoryError``; MPS and older builds raise a ``RuntimeError`` saying "out of memory".
     """
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
     if oom is not None and isinstance(exc, oom):
@@ -531,8 +559,9 @@ def _release_device_memory(device: torch.device) -> None:
 
 
 def _refuse_constant(arrays: dict, where: np.ndarray, region: str) -> None:
-    """Raise MollifierInputError if a field's finite pixels in ``where`` (the ``region``: image or ROI) all have
-    one value: such a field carries no information on the rate.
+    """Raise MollifierInputError if a field's finite pixels in ``where`` all have one value.
+
+    ``region`` names ``where`` (image or ROI) in the message; such a field carries no information on the rate.
     """
     for name, arr in arrays.items():
         values = arr[where]
@@ -564,11 +593,11 @@ def infer_rates(
     fields: dict,
     model: str | Model = "chromatin-balance",
     params: dict | None = None,
-    pixel_size=1.0,
-    radius="auto",
+    pixel_size: float | tuple[float, ...] = 1.0,
+    radius: float | str = "auto",
     method: str = "direct",
-    roi=None,
-    device="auto",
+    roi: np.ndarray | None = None,
+    device: str | torch.device = "auto",
     seed: int = 0,
     progress=None,
     cancel=None,
@@ -578,8 +607,8 @@ def infer_rates(
     roi_mode: str = "image",
     uncertainty: str = "propagate",
     n_bootstrap: int = 100,
-    noise="auto",
-    noise_correlation=None,
+    noise: str | float | dict | NoiseModel = "auto",
+    noise_correlation: float | None = None,
     radius_rule: str = "lepski",
     iterations: int | None = None,
     base: str = "mlp",
@@ -646,7 +675,10 @@ def infer_rates(
         How ``radius="auto"`` picks the radius: ``"lepski"`` (default: the largest radius whose map stays within
         one propagated standard deviation of the maps at all smaller radii) or ``"quasi-optimality"`` (the radius
         whose map changes least to the next radius; the rule before version 0.3).
-    iterations, base : network options (``method="network"``/``"autodiff"``).
+    iterations : int, optional
+        Network option (``method="network"``/``"autodiff"``): the largest number of training steps.
+    base : str
+        Network option: the base model (``"mlp"``, ``"cnn"`` or ``"rbf"``).
     allow_constant : bool
         A field that is constant where the derivatives are taken (every finite pixel of the image, or of the ROI
         with ``roi_mode="isolate"``, equal: a blank, saturated or wrong channel) is refused by default: it
@@ -665,6 +697,7 @@ def infer_rates(
     Returns
     -------
     RateResult
+        The rate map, its uncertainty, the residual, per-ROI statistics and the provenance.
 
     Raises
     ------
@@ -685,9 +718,31 @@ def infer_rates(
     return _solve(prep, progress, cancel, kernel, base)
 
 
-def prepare_call(fields, *, tiled: bool = False, **kwargs):
-    """``(prepared inputs, all arguments)`` of the call ``infer_rates(fields, **kwargs)``: its defaults applied and
-    every check of :func:`_prepare` run (for callers that pick the tiling themselves).
+def prepare_call(fields: dict, *, tiled: bool = False, **kwargs: object) -> tuple[Prepared, dict]:
+    """Check the call ``infer_rates(fields, **kwargs)`` without solving (for callers that pick the tiling themselves).
+
+    Its defaults are applied and every check of :func:`_prepare` is run.
+
+    Parameters
+    ----------
+    fields : dict
+        As in :func:`infer_rates`.
+    tiled : bool
+        The run will be tiled (the tiled path's checks).
+    **kwargs
+        Further arguments of :func:`infer_rates`.
+
+    Returns
+    -------
+    prep : Prepared
+        The checked inputs.
+    arguments : dict
+        All arguments of the call, defaults applied.
+
+    Raises
+    ------
+    MollifierInputError
+        On an argument :func:`infer_rates` does not take, or bad input.
     """
     import inspect
 
@@ -839,7 +894,7 @@ def _prepare(fields, *, model, params, pixel_size, radius, method, roi, device, 
 
 
 def _solve(prep: Prepared, progress, cancel, kernel, base) -> RateResult:
-    """The untiled solve of prepared inputs (:func:`_prepare`)."""
+    """Solve prepared inputs (:func:`_prepare`) untiled."""
     m, split, p = prep.m, prep.split, prep.p
     param_sources, coefficient_estimate, plausibility = prep.param_sources, prep.coefficient_estimate, prep.plausibility
     arrays, shape, ndim = prep.arrays, prep.shape, prep.ndim
@@ -998,7 +1053,7 @@ def _maybe_split_density(fields, model: Model, roi):
 
 
 def _noise_model(noise, correlation, arrays, valid, estimate: bool, allow_zero: bool = False) -> NoiseModel | None:
-    """The :class:`NoiseModel` of the inputs: estimated (``noise="auto"``) or given (numbers, dict, model)."""
+    """Return the :class:`NoiseModel` of the inputs: estimated (``noise="auto"``) or given (numbers, dict, model)."""
     if isinstance(noise, NoiseModel):
         return noise
     if correlation is not None:

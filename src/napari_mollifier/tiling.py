@@ -61,9 +61,24 @@ MIN_TILE = 64
 
 
 def halo(radius: float, *, derivatives_only: bool = False, uncertainty: bool = False) -> int:
-    """Pixels a tile must see beyond its edge: the kernel half-width (derivatives), twice it (rate maps: the
-    residual smooths the rate again) or three times it (with an uncertainty: its bias term smooths the change of
-    the rate map, then its excess over the noise).
+    """Return the pixels a tile must see beyond its edge.
+
+    The kernel half-width (derivatives), twice it (rate maps: the residual smooths the rate again) or three times
+    it (with an uncertainty: its bias term smooths the change of the rate map, then its excess over the noise).
+
+    Parameters
+    ----------
+    radius : float
+        Kernel radius, pixels.
+    derivatives_only : bool
+        Derivatives only (one half-width).
+    uncertainty : bool
+        A rate map with an uncertainty (three half-widths rather than two).
+
+    Returns
+    -------
+    int
+        The halo, pixels.
     """
     h = half_width(float(radius))
     return h if derivatives_only else (3 if uncertainty else 2) * h
@@ -76,7 +91,7 @@ def _alphas(keys, ndim) -> set:
 
 def _per_pixel(ndim: int, radius: float, order: int, n_alpha: int, masked: bool, n_keys: int, n_pixels: int,
                dtype_bytes: int) -> tuple[float, int]:
-    """(bytes per pixel, kernels) of one derivative call."""
+    """Return ``(bytes per pixel, kernels)`` of one derivative call."""
     taps = (2 * half_width(radius) + 1) ** ndim
     if masked:
         nb = len(multi_indices(ndim, order + 1))
@@ -89,13 +104,14 @@ def _per_pixel(ndim: int, radius: float, order: int, n_alpha: int, masked: bool,
     return float(dtype_bytes * (conv + coef + 20)), kernels
 
 
-def estimate_memory(shape, radius, model="chromatin-balance", *, boundary: str = "mask", device="cpu",
-                    which=None) -> dict:
-    """Peak memory of one run on an image of ``shape`` (spatial axes only).
+def estimate_memory(shape: tuple[int, ...], radius: float, model="chromatin-balance", *, boundary: str = "mask",
+                    device: str = "cpu", which: tuple[str, ...] | None = None) -> dict:
+    """Estimate the peak memory of one run on an image of ``shape`` (spatial axes only).
 
     Parameters
     ----------
     shape : tuple of int
+        Image shape, pixels.
     radius : float
         Kernel radius in pixels (for ``radius="auto"`` pass the largest radius of the ladder, ``min(shape)/4``).
     model : str or Model, or None
@@ -104,6 +120,8 @@ def estimate_memory(shape, radius, model="chromatin-balance", *, boundary: str =
         ``"mask"`` (the solver's default: per-pixel edge corrections, the expensive case) or a padding mode.
     device : str
         ``"cpu"`` computes in float64 (8 bytes), GPUs in float32 (4 bytes).
+    which : tuple of str, optional
+        Derivative keys of a :func:`derivatives` call (with ``model=None``; default: its default keys).
 
     Returns
     -------
@@ -136,8 +154,24 @@ def estimate_memory(shape, radius, model="chromatin-balance", *, boundary: str =
             "dtype_bytes": dtype_bytes}
 
 
-def available_memory(device="cpu") -> int:
-    """Free memory of ``device`` in bytes (``MemAvailable`` for the CPU, ``cudaMemGetInfo`` for a GPU)."""
+def available_memory(device: str = "cpu") -> int:
+    """Return the free memory of ``device`` (``MemAvailable`` for the CPU, ``cudaMemGetInfo`` for a GPU).
+
+    Parameters
+    ----------
+    device : str
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+
+    Returns
+    -------
+    int
+        Bytes (8 GiB when the CPU's free memory cannot be read).
+
+    Raises
+    ------
+    MollifierInputError
+        If the device is not there.
+    """
     from .solve import resolve_device
 
     dev = str(resolve_device(device))  # a device that is not there: the library's MollifierInputError
@@ -177,16 +211,25 @@ class TilePlan:
     reason: str
 
 
-def plan_tiles(shape, radius, model="chromatin-balance", *, device="cpu", boundary: str = "mask", tile="auto",
-               memory_limit: int | None = None) -> TilePlan:
+def plan_tiles(shape: tuple[int, ...], radius: float, model="chromatin-balance", *, device: str = "cpu",
+               boundary: str = "mask", tile: str | int | None = "auto", memory_limit: int | None = None) -> TilePlan:
     """Decide whether (and how) to tile a run so that it fits in memory.
 
     Parameters
     ----------
+    shape, radius, model, device, boundary
+        As in :func:`estimate_memory`.
     tile : "auto", int or None
         ``"auto"``: untiled when the estimate fits in ``memory_limit`` (default 60 % of the free memory of
         ``device``), else the largest tile (multiple of 64 px) that fits. An int forces that tile size; None
         forces an untiled run.
+    memory_limit : int, optional
+        Memory budget, bytes.
+
+    Returns
+    -------
+    TilePlan
+        The tile (None = untiled), the halo, the estimate, the budget and the reason in words.
 
     Raises
     ------
@@ -248,7 +291,7 @@ def _stack(arrays: list, chunks: tuple, channels: int):
 
 def _linear(location, numblocks) -> int:
     index = 0
-    for loc, n in zip(location[1:], numblocks[1:]):
+    for loc, n in zip(location[1:], numblocks[1:], strict=True):
         index = index * n + loc
     return index
 
@@ -270,13 +313,38 @@ class _Ticker:
                 self.progress(self.done, self.total, dict(info))
 
 
-def derivatives_tiled(field, radius, spacing=1.0, *, tile: int = 1024, kernel: str = "poly",
-                      boundary: str = "reflect", mask=None, which=None, ndim: int | None = None,
-                      method: str = "auto", scheduler: str = "synchronous", compute: bool = True) -> dict:
-    """:func:`~napari_mollifier.derivatives` of one 2-D/3-D image, tile by tile (same keys, same values).
+def derivatives_tiled(field: np.ndarray, radius: float, spacing: float | tuple[float, ...] = 1.0, *,
+                      tile: int = 1024, kernel: str = "poly", boundary: str = "reflect",
+                      mask: np.ndarray | None = None, which: str | tuple[str, ...] | None = None,
+                      ndim: int | None = None, method: str = "auto", scheduler: str = "synchronous",
+                      compute: bool = True) -> dict:
+    """Compute :func:`~napari_mollifier.derivatives` of one 1-D to 3-D image tile by tile (same keys, same values).
 
     ``field`` (and ``mask``) may be numpy or dask arrays; with ``compute=False`` the result is a dict of lazy
     dask arrays (write them to zarr with ``dask.array.to_zarr`` for images that do not fit in memory).
+
+    Parameters
+    ----------
+    field : numpy.ndarray or dask.array.Array
+        The image.
+    radius, spacing, kernel, boundary, mask, which, ndim, method
+        As in :func:`~napari_mollifier.derivatives`.
+    tile : int
+        Tile size, pixels (each tile also reads a halo of one kernel half-width).
+    scheduler : str
+        Dask scheduler.
+    compute : bool
+        Compute the result (numpy) rather than return lazy dask arrays.
+
+    Returns
+    -------
+    dict
+        ``{key: array}``, as :func:`~napari_mollifier.derivatives`.
+
+    Raises
+    ------
+    MollifierInputError
+        If ``field`` is not one 1-D, 2-D or 3-D image.
     """
     import dask.array as da
 
@@ -325,7 +393,7 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
                 uncertainty: str = "propagate", n_bootstrap: int = 100, noise="auto", noise_correlation=None,
                 radius_rule: str = "lepski", scheduler: str = "synchronous", allow_constant: bool = False,
                 unit: str | None = None, iterations: int | None = None):
-    """:func:`~napari_mollifier.infer_rates` with ``tile=tile`` (kept for scripts and provenance; same checks).
+    """Run :func:`~napari_mollifier.infer_rates` with ``tile=tile`` (kept for scripts and provenance; same checks).
 
     The rate, residual, smoothed fields and the propagated uncertainty equal those of the untiled run (the noise
     model and the coefficients are settled once on the whole image); a bootstrap uncertainty is drawn per tile
@@ -334,6 +402,26 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
     total, info)`` is called once per tile. Inputs may be dask arrays (read lazily from zarr or a big TIFF);
     inputs and outputs are held in memory as float64 (8 bytes per pixel each), the convolution buffers (1-2 kB
     per pixel) only per tile.
+
+    Parameters
+    ----------
+    fields, model, params, pixel_size, radius, method, roi, device, seed, progress, cancel, kernel, boundary, \
+roi_mode, uncertainty, n_bootstrap, noise, noise_correlation, radius_rule, allow_constant, unit, iterations
+        As in :func:`~napari_mollifier.infer_rates`.
+    tile : int
+        Tile size, pixels.
+    scheduler : str
+        Dask scheduler.
+
+    Returns
+    -------
+    RateResult
+        As :func:`~napari_mollifier.infer_rates`, with ``provenance["tiling"]``.
+
+    Raises
+    ------
+    MollifierInputError
+        As :func:`~napari_mollifier.infer_rates`.
     """
     from .solve import _PREPARE_ARGS, _prepare
 
@@ -344,11 +432,36 @@ def infer_tiled(fields: dict, model="chromatin-balance", params=None, pixel_size
 
 def solve_prepared(prep, *, tile, memory_limit=None, progress=None, cancel=None, kernel="poly", base="mlp",
                    scheduler: str = "synchronous"):
-    """The solve of checked inputs (``napari_mollifier.solve._prepare``) in tiles of ``tile`` px, untiled
-    (``tile=None``), or, for ``tile="auto"``, untiled when the memory estimate fits (:func:`plan_tiles`); a device
-    out-of-memory error is
-    retried in smaller tiles (:func:`retry_tiles`, each retry a warning, listed in
-    ``provenance["memory_retries"]``).
+    """Solve checked inputs (``napari_mollifier.solve._prepare``) untiled or in tiles.
+
+    In tiles of ``tile`` px, untiled (``tile=None``), or, for ``tile="auto"``, untiled when the memory estimate
+    fits (:func:`plan_tiles`); a device out-of-memory error is retried in smaller tiles (:func:`retry_tiles`, each
+    retry a warning, listed in ``provenance["memory_retries"]``).
+
+    Parameters
+    ----------
+    prep
+        The prepared inputs.
+    tile : "auto", int or None
+        Tile size, pixels.
+    memory_limit : int, optional
+        Memory budget for ``tile="auto"``, bytes.
+    progress, cancel, kernel, base
+        As in :func:`~napari_mollifier.infer_rates`.
+    scheduler : str
+        Dask scheduler.
+
+    Returns
+    -------
+    RateResult
+        The result.
+
+    Raises
+    ------
+    MollifierInputError
+        On a bad ``tile``.
+    MollifierMemoryError
+        When even the smallest tiles do not fit.
     """
     from .errors import MollifierMemoryError
     from .solve import _solve
@@ -400,7 +513,7 @@ def _tile_size(tile) -> int:
 
 
 def _infer_tiled_prepared(prep, tile: int, progress, cancel, kernel, scheduler):
-    """The tiled solve of checked inputs: the radius on a central crop, then one untiled solve per tile."""
+    """Solve checked inputs in tiles: the radius on a central crop, then one untiled solve per tile."""
     from .result import RateResult
     from .solve import _hash, _roi_stats, infer_rates
 
@@ -511,15 +624,40 @@ def _infer_tiled_prepared(prep, tile: int, progress, cancel, kernel, scheduler):
 
 
 def tiled_kwargs(kwargs: dict) -> dict:
-    """``kwargs`` of :func:`infer_rates` for :func:`infer_tiled`: the network options (``iterations``, ``base``),
-    unused by ``method="direct"``, are dropped.
+    """Drop the network options (``iterations``, ``base``) from ``kwargs`` of :func:`infer_rates`.
+
+    They are unused by ``method="direct"``, the only method :func:`infer_tiled` runs.
+
+    Parameters
+    ----------
+    kwargs : dict
+        Keyword arguments of :func:`infer_rates`.
+
+    Returns
+    -------
+    dict
+        Those of :func:`infer_tiled`.
     """
     return {k: v for k, v in kwargs.items() if k not in ("iterations", "base")}
 
 
-def retry_tiles(shape, after=None) -> list:
-    """Tile sizes to try after an out-of-memory error: half the image (or half of ``after``, the tile that
-    failed), halved again down to :data:`MIN_TILE`, multiples of 64 px.
+def retry_tiles(shape: tuple[int, ...], after: int | None = None) -> list:
+    """List the tile sizes to try after an out-of-memory error.
+
+    Half the image (or half of ``after``, the tile that failed), halved again down to :data:`MIN_TILE`,
+    multiples of 64 px.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Image shape, pixels.
+    after : int, optional
+        The tile size that failed (None: the untiled run).
+
+    Returns
+    -------
+    list of int
+        Tile sizes, decreasing (empty when none is left).
     """
     start = (max(shape) // 2) if after is None else int(after) // 2
     sizes = []
@@ -532,14 +670,29 @@ def retry_tiles(shape, after=None) -> list:
     return sizes
 
 
-def infer_with_retry(fields: dict, *, tile=None, **kwargs):
-    """:func:`infer_rates` untiled (``tile=None``) or in ``tile`` px tiles, retried in smaller tiles when the
-    device runs out of memory (:class:`MollifierMemoryError`; :func:`solve_prepared`).
+def infer_with_retry(fields: dict, *, tile: int | None = None, **kwargs: object) -> tuple:
+    """Run :func:`infer_rates` untiled or in tiles, retried in smaller tiles when the device runs out of memory.
+
+    Untiled with ``tile=None``, else in ``tile`` px tiles (:class:`MollifierMemoryError`; :func:`solve_prepared`).
 
     ``method="direct"`` only is retried (network methods are not tiled). Each retry emits a
     :class:`~napari_mollifier.errors.MollifierWarning`; returns ``(result, tile used or None, retries)`` where
     ``retries`` lists ``{"tile", "error"}`` of the failed attempts. When even :data:`MIN_TILE` px tiles do not
     fit, the last :class:`MollifierMemoryError` is raised with the fix.
+
+    Parameters
+    ----------
+    fields : dict
+        As in :func:`infer_rates`.
+    tile : int, optional
+        Tile size, pixels.
+    **kwargs
+        Further arguments of :func:`infer_rates`.
+
+    Returns
+    -------
+    tuple
+        ``(result, tile used or None, retries)``.
     """
     from .solve import prepare_call
 
@@ -550,10 +703,29 @@ def infer_with_retry(fields: dict, *, tile=None, **kwargs):
     return result, used, list(result.provenance.get("memory_retries", []))
 
 
-def infer_auto(fields: dict, *, tile="auto", memory_limit: int | None = None, **kwargs):
-    """:func:`~napari_mollifier.infer_rates` with ``tile="auto"`` (kept for scripts): tiled when the memory
-    estimate does not fit (or when ``tile`` is an int), retried in smaller tiles on a device out-of-memory error
-    (``provenance["memory_retries"]``); ``provenance["tiling"]`` is present when the run was tiled.
+def infer_auto(fields: dict, *, tile: str | int | None = "auto", memory_limit: int | None = None,
+               **kwargs: object):
+    """Run :func:`~napari_mollifier.infer_rates` with ``tile="auto"`` (kept for scripts).
+
+    Tiled when the memory estimate does not fit (or when ``tile`` is an int), retried in smaller tiles on a device
+    out-of-memory error (``provenance["memory_retries"]``); ``provenance["tiling"]`` is present when the run was
+    tiled.
+
+    Parameters
+    ----------
+    fields : dict
+        As in :func:`~napari_mollifier.infer_rates`.
+    tile : "auto", int or None
+        Tile size, pixels.
+    memory_limit : int, optional
+        Memory budget, bytes.
+    **kwargs
+        Further arguments of :func:`~napari_mollifier.infer_rates`.
+
+    Returns
+    -------
+    RateResult
+        The result.
     """
     from .solve import infer_rates
 

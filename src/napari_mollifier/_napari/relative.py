@@ -53,7 +53,7 @@ def with_record(fields: dict, layers: dict, meta_key: str) -> dict:
 
 
 def shown_maps(res: RateResult) -> tuple[np.ndarray, np.ndarray]:
-    """The rate and uncertainty maps to show: the relative maps where the result is relative, else as computed.
+    """Return the rate and uncertainty maps to show: relative where the result is relative, else as computed.
 
     Parameters
     ----------

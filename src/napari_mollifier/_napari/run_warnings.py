@@ -79,8 +79,9 @@ def short(message: str) -> str:
 
 
 def announce(widget: MollifierWidget, job: _Job, results: list) -> list[str]:
-    """Show the run's warnings (main thread, after a run): notifications, and the plausibility warnings in the
-    status line (full texts in its tooltip).
+    """Show the run's warnings (main thread, after a run).
+
+    Notifications, and the plausibility warnings in the status line (full texts in its tooltip).
 
     Parameters
     ----------

@@ -22,6 +22,7 @@ then moved), so a given seed gives the same parameters on every device.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -31,9 +32,25 @@ __all__ = ["FourierMLP", "SmallCNN", "RBFGrid", "BASE_MODELS", "make_base_model"
 BASE_MODELS = ("mlp", "cnn", "rbf")
 
 
-def normalised_coordinates(shape, pad: int = 0, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    """Pixel-centre coordinates ``(N, ndim)`` in array-axis order; the pixels of ``shape`` span ``[-1, 1]`` on
-    every axis, and ``pad`` extra pixels on each side continue the same spacing beyond it.
+def normalised_coordinates(shape: Sequence[int], pad: int = 0, dtype: torch.dtype = torch.float32,
+                           device: torch.device | str = "cpu") -> torch.Tensor:
+    """Return the normalised pixel-centre coordinates of a grid, in array-axis order.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Grid shape; its pixels span ``[-1, 1]`` on every axis.
+    pad : int
+        Extra pixels on each side, continuing the same spacing beyond ``[-1, 1]``.
+    dtype : torch.dtype
+        Dtype of the result.
+    device : torch.device or str
+        Device of the result.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, ndim)`` with ``N = prod(n + 2 pad)``, C order.
     """
     axes = []
     for n in shape:
@@ -61,6 +78,7 @@ class FourierMLP(nn.Module):
     shape : tuple of int
         Image grid shape (array-axis order); its pixels span ``[-1, 1]``.
     out_channels : int
+        Number of output channels.
     pad : int
         ``forward()`` evaluates the grid extended by ``pad`` pixels on every side (coordinates beyond
         ``[-1, 1]``), so that a mollifier's valid correlation returns exactly the image grid.
@@ -74,10 +92,12 @@ class FourierMLP(nn.Module):
     width, depth : int
         Hidden width and number of hidden layers.
     seed : int
+        Seed of the frequencies and the initial weights.
     """
 
-    def __init__(self, shape, out_channels: int, *, pad: int = 0, feature_scale=4.0, n_features: int = 64,
-                 width: int = 64, depth: int = 3, seed: int = 0):
+    def __init__(self, shape: Sequence[int], out_channels: int, *, pad: int = 0,
+                 feature_scale: float | tuple[float, float] = 4.0, n_features: int = 64,
+                 width: int = 64, depth: int = 3, seed: int = 0) -> None:
         super().__init__()
         self.image_shape = tuple(int(n) for n in shape)
         self.pad = int(pad)
@@ -106,7 +126,18 @@ class FourierMLP(nn.Module):
         _init_linear(self.head, gen)
 
     def at(self, coords: torch.Tensor) -> torch.Tensor:
-        """Network output ``(N, C)`` at normalised coordinates ``(N, ndim)`` (differentiable in ``coords``)."""
+        """Evaluate the network at normalised coordinates (differentiable in ``coords``).
+
+        Parameters
+        ----------
+        coords : torch.Tensor
+            ``(N, ndim)`` normalised coordinates (as from :func:`normalised_coordinates`).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N, C)`` outputs.
+        """
         proj = 2 * math.pi * coords @ self.freqs.to(coords.dtype)
         h = torch.cat([torch.sin(proj), torch.cos(proj)], dim=1)
         for layer in self.hidden:
@@ -114,6 +145,13 @@ class FourierMLP(nn.Module):
         return self.head(h)
 
     def forward(self) -> torch.Tensor:
+        """Evaluate the model on its whole (padded) grid.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(1, out_channels, *shape)``.
+        """
         dtype = self.head.weight.dtype
         out = self.at(self.coords.to(dtype))
         return out.T.reshape((1, self.out_channels) + self.shape)
@@ -126,10 +164,23 @@ class SmallCNN(nn.Module):
     replicate-padded by ``pad`` pixels on every side (``forward()`` returns the extended grid);
     ``out_channels`` outputs; the first ``min(C_in, out_channels)`` outputs get the residual connection and the
     last layer starts at zero, so the initial ``g`` is the data itself (the "direct" estimate). 2-D and 3-D.
+
+    Parameters
+    ----------
+    inputs : torch.Tensor
+        ``(1, C_in, *shape)`` observed fields.
+    out_channels : int
+        Number of output channels.
+    pad : int
+        Replicate padding, pixels per side.
+    width, depth, kernel_size : int
+        Channels of the hidden layers, their number, and the convolution size.
+    seed : int
+        Seed of the initial weights.
     """
 
     def __init__(self, inputs: torch.Tensor, out_channels: int, *, pad: int = 0, width: int = 32, depth: int = 3,
-                 kernel_size: int = 3, seed: int = 0):
+                 kernel_size: int = 3, seed: int = 0) -> None:
         super().__init__()
         ndim = inputs.dim() - 2
         if ndim not in (1, 2, 3):
@@ -160,6 +211,13 @@ class SmallCNN(nn.Module):
             layer.bias.zero_()
 
     def forward(self) -> torch.Tensor:
+        """Evaluate the model on its whole (padded) grid.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(1, out_channels, *shape)``.
+        """
         x = self.inputs.to(self.head.weight.dtype)
         h = x
         for layer in self.hidden:
@@ -180,10 +238,30 @@ class RBFGrid(nn.Module):
     ``exp(-(x - x_j)^2 / (2 (s d_l)^2))`` normalised to sum to one along each axis (a smooth partition of unity),
     ``d_l`` the node spacing and ``s = rbf_width``. Features of all levels are concatenated and decoded by
     ``Linear -> tanh -> Linear`` to ``out_channels``.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Image grid shape.
+    out_channels : int
+        Number of output channels.
+    pad : int
+        Extra pixels on every side of the grid of ``forward()``.
+    levels : sequence of int
+        Nodes per axis of each level.
+    features : int
+        Features per node.
+    hidden : int
+        Width of the decoder.
+    rbf_width : float
+        ``s``, the Gaussian width in node spacings.
+    seed : int
+        Seed of the initial features and weights.
     """
 
-    def __init__(self, shape, out_channels: int, *, pad: int = 0, levels=(4, 8, 16, 32), features: int = 4,
-                 hidden: int = 32, rbf_width: float = 0.75, seed: int = 0):
+    def __init__(self, shape: Sequence[int], out_channels: int, *, pad: int = 0,
+                 levels: Sequence[int] = (4, 8, 16, 32), features: int = 4, hidden: int = 32,
+                 rbf_width: float = 0.75, seed: int = 0) -> None:
         super().__init__()
         self.image_shape = tuple(int(n) for n in shape)
         self.shape = tuple(n + 2 * int(pad) for n in self.image_shape)  # grid of forward()
@@ -194,7 +272,7 @@ class RBFGrid(nn.Module):
             nodes = [max(2, min(int(m), n)) for n in self.shape]
             grids.append(nn.Parameter((torch.randn((features,) + tuple(nodes), generator=gen,
                                                    dtype=torch.float64) * 0.1).float()))
-            for a, (n, k) in enumerate(zip(self.shape, nodes)):
+            for a, (n, k) in enumerate(zip(self.shape, nodes, strict=True)):
                 self.register_buffer(f"w{li}_{a}", self._weights(n, k, rbf_width), persistent=False)
             weights.append(len(nodes))
         self.grids = nn.ParameterList(grids)
@@ -220,6 +298,13 @@ class RBFGrid(nn.Module):
         return out  # (F, *shape)
 
     def forward(self) -> torch.Tensor:
+        """Evaluate the model on its whole (padded) grid.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(1, out_channels, *shape)``.
+        """
         feats = torch.cat([self._interpolate(li, g) for li, g in enumerate(self.grids)], dim=0)
         flat = feats.reshape(feats.shape[0], -1).T  # (N, F L)
         h = torch.tanh(self.decoder_in(flat))
@@ -227,10 +312,36 @@ class RBFGrid(nn.Module):
         return out.T.reshape((1, self.out_channels) + self.shape)
 
 
-def make_base_model(base: str, shape, out_channels: int, *, inputs: torch.Tensor | None = None, pad: int = 0,
-                    seed: int = 0, **options) -> nn.Module:
-    """Build a base model by name: ``"mlp"`` (:class:`FourierMLP`), ``"cnn"`` (:class:`SmallCNN`, needs
-    ``inputs``) or ``"rbf"`` (:class:`RBFGrid`); ``forward()`` covers ``shape`` extended by ``pad`` pixels.
+def make_base_model(base: str, shape: Sequence[int], out_channels: int, *, inputs: torch.Tensor | None = None,
+                    pad: int = 0, seed: int = 0, **options: object) -> nn.Module:
+    """Build a base model by name; its ``forward()`` covers ``shape`` extended by ``pad`` pixels.
+
+    Parameters
+    ----------
+    base : {"mlp", "cnn", "rbf"}
+        :class:`FourierMLP`, :class:`SmallCNN` (needs ``inputs``) or :class:`RBFGrid`.
+    shape : sequence of int
+        Image grid shape.
+    out_channels : int
+        Number of output channels.
+    inputs : torch.Tensor, optional
+        ``(1, C_in, *shape)`` observed fields, for ``"cnn"``.
+    pad : int
+        Extra pixels on every side of the grid of ``forward()``.
+    seed : int
+        Seed of the initial weights.
+    **options
+        Further keyword arguments of the model's class.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model.
+
+    Raises
+    ------
+    ValueError
+        On an unknown ``base``, or ``"cnn"`` without ``inputs``.
     """
     if base == "mlp":
         return FourierMLP(shape, out_channels, pad=pad, seed=seed, **options)

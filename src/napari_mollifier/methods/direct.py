@@ -58,7 +58,20 @@ _LEPSKI_SAMPLES = 20000
 
 
 def radius_ladder(model_order: int, extent: int) -> list[float]:
-    """``R_min 1.25^k`` from ``R_min = max(order + 1, 3)`` px up to a quarter of ``extent``."""
+    """Return the radius ladder ``R_min 1.25^k`` from ``R_min = max(order + 1, 3)`` px up to ``extent / 4``.
+
+    Parameters
+    ----------
+    model_order : int
+        Highest derivative order of the model.
+    extent : int
+        Extent of the ROI, pixels.
+
+    Returns
+    -------
+    list of float
+        The radii, pixels, increasing.
+    """
     r_min = float(max(model_order + 1, 3))
     r_max = max(r_min, extent / 4.0)
     ladder = [r_min]
@@ -72,9 +85,29 @@ class DerivativeLadder:
 
     ``fields``: ``{input: tensor (*S)}`` (NaN allowed outside ``mask``); ``mask``/``where`` as in
     :func:`napari_mollifier.derivatives` (bool arrays) for ``boundary="mask"``, else ``None``.
+
+    Parameters
+    ----------
+    model : Model
+        The PDE model.
+    params : dict
+        Its coefficients.
+    fields : dict
+        ``{input: tensor (*S)}``.
+    spacing : tuple of float
+        Pixel size per axis.
+    kernel : str
+        Kernel name.
+    boundary : str
+        Boundary handling of :func:`napari_mollifier.derivatives`.
+    mask, where : numpy.ndarray of bool or None
+        The mask and the pixels where derivatives are needed (mask mode).
+    max_radius : float
+        Largest radius that will be asked for, pixels (sizes the cached spectra).
     """
 
-    def __init__(self, model, params, fields: dict, spacing, kernel, boundary, mask, where, max_radius):
+    def __init__(self, model, params: dict, fields: dict, spacing: tuple[float, ...], kernel: str,
+                 boundary: str, mask: np.ndarray | None, where: np.ndarray | None, max_radius: float) -> None:
         self.model, self.params, self.spacing, self.kernel, self.boundary = model, params, spacing, kernel, boundary
         self.ndim = len(spacing)
         self.needs = model.needs(self.ndim)
@@ -106,12 +139,39 @@ class DerivativeLadder:
             return (2 * half + 1) ** self.ndim > 4**self.ndim
         return (2 * half + 1) ** self.ndim > 4.0 * 3 * math.log2(max(math.prod(self.shape), 2))
 
-    def plan(self, radius: float, keys) -> object:
+    def plan(self, radius: float, keys: tuple[str, ...]) -> object:
+        """Return the mollifier plan of the derivative ``keys`` at ``radius``.
+
+        Parameters
+        ----------
+        radius : float
+            Kernel radius, pixels.
+        keys : tuple of str
+            Derivative keys.
+
+        Returns
+        -------
+        object
+            The plan of :func:`napari_mollifier.mollifier._make_plan`.
+        """
         return _make_plan(radius, self.spacing, self.kernel, "reflect" if self.mask is not None else self.boundary,
                           tuple(keys), self.ndim, "auto", self.shape)
 
     def at(self, radius: float, fields: dict | None = None) -> dict:
-        """``{derived field: {key: tensor (*S)}}`` at ``radius`` (``fields``: other inputs, e.g. noise samples)."""
+        """Return the mollified derivatives of the derived fields at ``radius``.
+
+        Parameters
+        ----------
+        radius : float
+            Kernel radius, pixels.
+        fields : dict, optional
+            Other inputs to use instead of the ladder's (e.g. noise samples).
+
+        Returns
+        -------
+        dict
+            ``{derived field: {key: tensor (*S)}}``.
+        """
         if fields is None:
             if radius in self._recent:
                 return self._recent[radius]
@@ -141,11 +201,23 @@ class DerivativeLadder:
         return out
 
     def at_pixels(self, radius: float, pixels: torch.Tensor) -> dict:
-        """:meth:`at` read at the flat pixel indices ``pixels`` (sorted): ``{derived field: {key: tensor (n,)}}``.
+        """Return :meth:`at` read at the flat pixel indices ``pixels`` (sorted).
 
         In mask mode only the edge pixels among ``pixels`` get their own kernels (their moment systems are solved
         and applied), which is what the radius rule needs on a large ROI (a pixel sample per label): the per-pixel
         work of a rung then scales with the sample, not the image.
+
+        Parameters
+        ----------
+        radius : float
+            Kernel radius, pixels.
+        pixels : torch.Tensor
+            Sorted flat pixel indices ``(n,)``.
+
+        Returns
+        -------
+        dict
+            ``{derived field: {key: tensor (n,)}}``.
         """
         if self.mask is None or radius in self._recent:
             full = self.at(radius)
@@ -167,13 +239,35 @@ class DerivativeLadder:
         return out
 
     def smooth(self, value: torch.Tensor, radius: float, mask: np.ndarray) -> torch.Tensor:
-        """``value`` smoothed by the kernel at ``radius`` (mask-normalised inside ``mask``; NaN outside)."""
+        """Smooth ``value`` by the kernel at ``radius`` (mask-normalised inside ``mask``; NaN outside).
+
+        Parameters
+        ----------
+        value : torch.Tensor
+            A map ``(*S)``.
+        radius : float
+            Kernel radius, pixels.
+        mask : numpy.ndarray of bool
+            Pixels to smooth over.
+
+        Returns
+        -------
+        torch.Tensor
+            The smoothed map ``(*S)``.
+        """
         plan = self.plan(radius, ("u",))
         m = torch.as_tensor(np.asarray(mask, bool), device=self.device)[None, None]
         x = torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)[None, None]
         return apply_masked(x, plan, mask_operator(plan, m, None))[0, 0]
 
     def key_union(self) -> tuple[str, ...]:
+        """Return every derivative key the model needs, of any field, in first-seen order.
+
+        Returns
+        -------
+        tuple of str
+            The keys.
+        """
         seen: dict = {}
         for keys in self.needs.values():
             for k in keys:
@@ -182,7 +276,7 @@ class DerivativeLadder:
 
 
 def _jacobian(ladder: DerivativeLadder) -> dict:
-    """``{(derived, input): dg/df per pixel}`` of the model's pointwise derived fields (1/0 for plain inputs)."""
+    """Return ``{(derived, input): dg/df per pixel}`` of the model's pointwise derived fields (1/0 for inputs)."""
     inputs = {k: v.detach().clone().requires_grad_(True) for k, v in ladder.raw.items()}
     derived = ladder.model.derived(inputs, ladder.params)
     jac = {}
@@ -193,13 +287,13 @@ def _jacobian(ladder: DerivativeLadder) -> dict:
                 jac[(name, f)] = 1.0 if f == name else 0.0
             continue
         grads = torch.autograd.grad(value.sum(), list(inputs.values()), allow_unused=True)
-        for f, g in zip(inputs, grads):
+        for f, g in zip(inputs, grads, strict=True):
             jac[(name, f)] = 0.0 if g is None else g.detach()
     return jac
 
 
 def _coefficients(ladder: DerivativeLadder, d: dict, closed_form, jac: dict) -> tuple[torch.Tensor, dict]:
-    """The rate and ``a[f][key]`` = d rate / d (key-derivative of input f), per pixel."""
+    """Return the rate and ``a[f][key]`` = d rate / d (key-derivative of input f), per pixel."""
     leaves = {(n, k): v.detach().requires_grad_(True) for n, keys in d.items() for k, v in keys.items()}
     dd = {n: {k: leaves[(n, k)] for k in keys} for n, keys in d.items()}
     with torch.enable_grad():
@@ -208,7 +302,7 @@ def _coefficients(ladder: DerivativeLadder, d: dict, closed_form, jac: dict) -> 
         # keeps torch from importing its symbolic-shape machinery (sympy, ~1 s) on the first call of a process
         grads = torch.autograd.grad(raw.sum(), list(leaves.values()), allow_unused=True)
     rate = closed_form({n: {k: v[None] for k, v in keys.items()} for n, keys in d.items()})[0]
-    g = {key: (gr if gr is not None else torch.zeros_like(rate)) for key, gr in zip(leaves, grads)}
+    g = {key: (gr if gr is not None else torch.zeros_like(rate)) for key, gr in zip(leaves, grads, strict=True)}
     a: dict = {f: {} for f in ladder.inputs}
     for (name, key), gv in g.items():
         for f in ladder.inputs:
@@ -220,7 +314,7 @@ def _coefficients(ladder: DerivativeLadder, d: dict, closed_form, jac: dict) -> 
 
 
 def _sample_where(ladder: DerivativeLadder, pixels: torch.Tensor) -> torch.Tensor:
-    """The ladder's ``where`` restricted to the flat pixel indices ``pixels`` ``(1, 1, *S)``."""
+    """Return the ladder's ``where`` restricted to the flat pixel indices ``pixels`` ``(1, 1, *S)``."""
     where = torch.zeros(math.prod(ladder.shape), dtype=torch.bool, device=ladder.device)
     where[pixels] = True
     where = where.reshape((1, 1) + ladder.shape)
@@ -259,8 +353,9 @@ def _correlate_same(kernels: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
 
 
 def _separable_factors(rho: torch.Tensor):
-    """1-D factors ``f_0, f_1, ...`` with ``rho = f_0 (x) f_1 (x) ...`` (outer product) when ``rho`` is one, else
-    None: the white and Gaussian noise models of :mod:`napari_mollifier.noise` are.
+    """Return 1-D factors ``f_0, f_1, ...`` with ``rho = f_0 (x) f_1 (x) ...`` (outer product), or None.
+
+    None when ``rho`` is not separable; the white and Gaussian noise models of :mod:`napari_mollifier.noise` are.
     """
     centre = tuple((n - 1) // 2 for n in rho.shape)
     peak = rho[centre]
@@ -303,14 +398,41 @@ def _quadratic(vec: torch.Tensor, cov: np.ndarray, gram: torch.Tensor) -> torch.
 
 
 def propagate(ladder: DerivativeLadder, radius: float, d: dict, closed_form, noise: NoiseModel, region: np.ndarray,
-              jac: dict | None = None, pixels: torch.Tensor | None = None):
-    """The rate at ``radius`` and its propagated noise variance (module docstring), NaN outside ``region``.
+              jac: dict | None = None, pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Compute the rate at ``radius`` and its propagated noise variance (module docstring), NaN outside ``region``.
 
-    Returns ``(rate, variance, a)`` with ``a`` the linearisation coefficients (for :func:`change_variance`).
     The variance does not depend on ``region`` (only its NaN fill does), so it is computed once per radius and
     noise model and kept on the ladder (float32): the radius rule's rungs are reused by the final solve.
     ``pixels``: ``d`` holds the derivatives at these flat pixel indices only (:meth:`DerivativeLadder.at_pixels`);
     ``region`` is then a bool array over them.
+
+    Parameters
+    ----------
+    ladder : DerivativeLadder
+        The derivatives and the model.
+    radius : float
+        Kernel radius, pixels.
+    d : dict
+        ``{derived field: {key: tensor}}`` at ``radius`` (:meth:`DerivativeLadder.at`).
+    closed_form : callable
+        The model's closed form, batched: ``closed_form(d) -> rate``.
+    noise : NoiseModel
+        Noise of the inputs.
+    region : numpy.ndarray of bool
+        Pixels that get values.
+    jac : dict, optional
+        The derived fields' Jacobians (computed when not given).
+    pixels : torch.Tensor, optional
+        Flat pixel indices that ``d`` holds.
+
+    Returns
+    -------
+    rate : torch.Tensor
+        The rate.
+    variance : torch.Tensor
+        Its propagated noise variance, NaN outside ``region``.
+    a : dict
+        The linearisation coefficients (for :func:`change_variance`).
     """
     jac = _jacobian(ladder) if jac is None else jac
     if pixels is not None:  # per-pixel Jacobians of derived fields, read at the sample
@@ -328,8 +450,9 @@ def propagate(ladder: DerivativeLadder, radius: float, d: dict, closed_form, noi
 
 def _variance(ladder: DerivativeLadder, radius: float, rate: torch.Tensor, a: dict, noise: NoiseModel,
               pixels: torch.Tensor | None = None):
-    """The propagated variance at every pixel (interior quadratic form, then the edge pixels' own kernels), or at
-    the flat indices ``pixels`` when ``rate`` and ``a`` hold those pixels only.
+    """Compute the propagated variance at every pixel (interior quadratic form, then the edges' own kernels).
+
+    At the flat indices ``pixels`` only when ``rate`` and ``a`` hold those pixels only.
     """
     keys = ladder.key_union()
     names = ladder.inputs
@@ -374,11 +497,29 @@ def _variance(ladder: DerivativeLadder, radius: float, rate: torch.Tensor, a: di
 
 def change_variance(ladder: DerivativeLadder, radius: float, small: float, a_big: dict, a_small: dict,
                     noise: NoiseModel, like: torch.Tensor) -> torch.Tensor:
-    """Noise variance of ``S_R (lambda_R - lambda_r)`` (``S_R``: smoothing at ``R``), with the interior kernels
-    ``S_R (*) K_k^R`` and ``S_R (*) K_k^r`` and the coefficients taken at the output pixel (they vary slowly).
+    """Compute the noise variance of ``S_R (lambda_R - lambda_r)`` (``S_R``: smoothing at ``R``).
 
-    Within ``R`` of a mask edge the re-solved kernels are noisier than this says, so the bias term there is
-    conservative (measured: up to 2x the bootstrap's uncertainty in that band, docs/science.md).
+    With the interior kernels ``S_R (*) K_k^R`` and ``S_R (*) K_k^r`` and the coefficients taken at the output
+    pixel (they vary slowly). Within ``R`` of a mask edge the re-solved kernels are noisier than this says, so the
+    bias term there is conservative (measured: up to 2x the bootstrap's uncertainty in that band, docs/science.md).
+
+    Parameters
+    ----------
+    ladder : DerivativeLadder
+        The derivatives and the model.
+    radius, small : float
+        The radii ``R`` and ``r``, pixels.
+    a_big, a_small : dict
+        Linearisation coefficients at ``R`` and ``r`` (from :func:`propagate`).
+    noise : NoiseModel
+        Noise of the inputs.
+    like : torch.Tensor
+        A map whose shape, dtype and device the result takes.
+
+    Returns
+    -------
+    torch.Tensor
+        The variance per pixel, ``>= 0``.
     """
     keys = ladder.key_union()
     dtype, device = like.dtype, like.device
@@ -405,8 +546,25 @@ def change_variance(ladder: DerivativeLadder, radius: float, small: float, a_big
 
 
 def lepski_accepts(rate_k: np.ndarray, history: list, kappa: float = LEPSKI_KAPPA) -> tuple[bool, float]:
-    """Whether the map at the next radius stays within ``kappa`` standard deviations of every smaller radius's map
-    (median over the ROI of ``|lambda_k - lambda_j| / sigma_j``); also returns the largest of those medians.
+    """Test whether the map at the next radius stays within ``kappa`` s.d. of every smaller radius's map.
+
+    The test is ``median |lambda_k - lambda_j| / sigma_j <= kappa`` over the ROI for every ``j``.
+
+    Parameters
+    ----------
+    rate_k : numpy.ndarray
+        The map at the next radius.
+    history : list
+        ``(rate_j, sigma_j)`` of the smaller radii.
+    kappa : float
+        The threshold, standard deviations.
+
+    Returns
+    -------
+    accepted : bool
+        Whether the radius is accepted.
+    worst : float
+        The largest of the medians.
     """
     worst = 0.0
     stride = max(1, rate_k.size // _LEPSKI_SAMPLES)  # the median of a regular subsample is as good and cheaper

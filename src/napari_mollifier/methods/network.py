@@ -51,6 +51,7 @@ import os
 import resource
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,8 +73,10 @@ _BOUNDARIES = ("extend", "mask", "reflect", "replicate", "periodic", "zeros")
 
 # --------------------------------------------------------------------------------------------- memory meter
 class _MemoryMeter:
-    """Peak memory of a block: exact on CUDA (``torch.cuda.max_memory_allocated`` above the allocation at the
-    start), approximate on the CPU (peak resident set size above the start, sampled every 2 ms).
+    """Measure the peak memory of a block (a context manager).
+
+    Exact on CUDA (``torch.cuda.max_memory_allocated`` above the allocation at the start), approximate on the
+    CPU (peak resident set size above the start, sampled every 2 ms).
     """
 
     def __init__(self, device: torch.device):
@@ -132,8 +135,9 @@ class _MemoryMeter:
 
 
 class _GraphMeter:
-    """Bytes of the tensors autograd saves for the backward pass (distinct storages): a device-independent
-    measure of a training step's activation memory.
+    """Count the bytes of the tensors autograd saves for the backward pass (distinct storages).
+
+    A device-independent measure of a training step's activation memory.
     """
 
     def __init__(self):
@@ -158,10 +162,11 @@ class _GraphMeter:
 
 # --------------------------------------------------------------------------------------------- helpers
 def warm_up() -> None:
-    """Pay the one-time cost of the first fit now: constructing the first ``torch.optim`` optimizer imports
-    ``torch._dynamo`` (about 800 modules, 1-1.5 s on one core, with pauses of ~0.1 s that hold the interpreter
-    lock). A GUI calls this in a background thread when it opens, so that no run pays it; idempotent and cheap
-    after the first call.
+    """Pay the one-time cost of the first fit now.
+
+    Constructing the first ``torch.optim`` optimizer imports ``torch._dynamo`` (about 800 modules, 1-1.5 s on
+    one core, with pauses of ~0.1 s that hold the interpreter lock). A GUI calls this in a background thread when
+    it opens, so that no run pays it; idempotent and cheap after the first call.
     """
     torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.0)
 
@@ -179,8 +184,10 @@ def _as_mask(mask, shape) -> np.ndarray:
 
 
 def _autograd_keys(f: torch.Tensor, coords: torch.Tensor, keys, ndim: int, scale) -> dict:
-    """``{key: derivative}`` of the per-point function ``f`` ``(N,)`` of ``coords`` ``(N, ndim)`` by nested
-    autograd; ``scale[j]`` converts a normalised-coordinate derivative to physical units along axis ``j``.
+    """Return ``{key: derivative}`` of the per-point function ``f`` ``(N,)`` of ``coords`` by nested autograd.
+
+    ``coords`` is ``(N, ndim)``; ``scale[j]`` converts a normalised-coordinate derivative to physical units along
+    axis ``j``.
 
     Each ``autograd.grad`` of a cached derivative gives all of its first derivatives at once (the network acts
     per point, so the gradient of the sum is the pointwise gradient), cached by multi-index.
@@ -287,29 +294,69 @@ class NetworkFit:
     device: str
     settings: dict
 
-    def __getitem__(self, key: str):
-        """Dict-style access (``fit["rate"]``), kept for one release: use the attributes."""
+    def __getitem__(self, key: str) -> object:
+        """Return the attribute ``key`` (dict-style ``fit["rate"]``, kept for one release: use the attributes).
+
+        Parameters
+        ----------
+        key : str
+            An attribute name.
+
+        Returns
+        -------
+        object
+            The attribute's value.
+
+        Raises
+        ------
+        KeyError
+            If ``key`` is not an attribute.
+        """
         if key not in self.keys():
             raise KeyError(key)
         return getattr(self, key)
 
     def keys(self) -> tuple:
-        """The attribute names (dict-style access, kept for one release)."""
+        """Return the attribute names (dict-style access, kept for one release).
+
+        Returns
+        -------
+        tuple of str
+            The field names of the dataclass.
+        """
         return tuple(f.name for f in dataclasses.fields(self))
 
-    def __iter__(self):
-        """Iterates over :meth:`keys` (dict-style, kept for one release)."""
+    def __iter__(self) -> Iterator[str]:
+        """Iterate over :meth:`keys` (dict-style, kept for one release)."""
         return iter(self.keys())
 
 
 # --------------------------------------------------------------------------------------------- set-up
 class NetworkProblem:
-    """A set-up network fit (:func:`setup_network`): the normalised data, the mollifier layers, the scales of
-    the loss from the direct closed form, the seeded base model; :meth:`evaluate` is one forward pass.
+    """A set-up network fit (:func:`setup_network`), ready to train.
+
+    It holds the normalised data, the mollifier layers, the scales of the loss from the direct closed form and the
+    seeded base model; :meth:`evaluate` is one forward pass.
+
+    Parameters
+    ----------
+    fields, model, params, pixel_size, radius, mask
+        As in :func:`fit_network`.
+    base, derivatives_via, iterations, lr, weight_pde, device, seed, kernel, rate_head, warmup, boundary, dtype, \
+base_options, data_on
+        As in :func:`fit_network`.
+
+    Raises
+    ------
+    MollifierInputError
+        On an unknown option, missing or mismatched fields, an empty mask, or ``iterations < 1``.
     """
 
-    def __init__(self, fields, model, params, pixel_size, radius, mask, *, base, derivatives_via, iterations, lr,
-                 weight_pde, device, seed, kernel, rate_head, warmup, boundary, dtype, base_options, data_on):
+    def __init__(self, fields: dict, model: str | Model, params: dict | None, pixel_size: float | tuple,
+                 radius: float, mask: np.ndarray | None, *, base: str, derivatives_via: str, iterations: int,
+                 lr: float | None, weight_pde: float | None, device: str | torch.device, seed: int, kernel: str,
+                 rate_head: bool | str, warmup: float, boundary: str, dtype: torch.dtype | None,
+                 base_options: dict | None, data_on: str) -> None:
         m: Model = get_model(model)
         p = m.params(params)
         if base not in BASE_MODELS:
@@ -413,7 +460,7 @@ class NetworkProblem:
             self.flat_idx = torch.nonzero(flat_mask, as_tuple=False)[:, 0]
             self.coords_in = self.net.coords.to(dtype)[self.flat_idx].clone()
             # d/dx_phys = scale * d/dx_norm
-            self.scale = [2.0 / (max(n - 1, 1) * h) for n, h in zip(shape, spacing)]
+            self.scale = [2.0 / (max(n - 1, 1) * h) for n, h in zip(shape, spacing, strict=True)]
             self.obs_in = self.obs_n.reshape(n_in, -1)[:, self.flat_idx]  # (C, N)
         self.settings = {"base": base, "derivatives_via": derivatives_via, "radius": radius, "kernel": kernel,
                          "boundary": boundary, "rate_head": bool(rate_head), "lr": lr, "weight_pde": self.weight_pde,
@@ -422,17 +469,52 @@ class NetworkProblem:
 
     # -- layers
     def mollify(self, stack: torch.Tensor) -> dict:
-        """``(D, *S_latent)`` -> ``{key: (D, *S)}`` on the image grid."""
+        """Mollify a stack of latent fields onto the image grid.
+
+        Parameters
+        ----------
+        stack : torch.Tensor
+            ``(D, *S_latent)``.
+
+        Returns
+        -------
+        dict
+            ``{key: (D, *S)}``.
+        """
         out = self.mollifier(stack[None], mask=self.mask_t if self.boundary == "mask" else None)
         return {k: v[0][self.crop] for k, v in out.items()}
 
     def smooth(self, x: torch.Tensor) -> torch.Tensor:
-        """A rate map ``(*S)`` at the kernel scale: normalised convolution over the mask (NaN-free inside)."""
+        """Smooth a rate map ``(*S)`` to the kernel scale: normalised convolution over the mask (NaN-free inside).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            A map ``(*S)``.
+
+        Returns
+        -------
+        torch.Tensor
+            The smoothed map, 0 where undefined.
+        """
         y = self.smoother(_finite(x)[None, None], mask=self.mask_t)["u"][0, 0]
         return torch.where(torch.isfinite(y), y, torch.zeros((), dtype=y.dtype, device=y.device))
 
-    def d_from_latent(self, g: torch.Tensor):
-        """Mollified derivatives of the derived fields of the latent ``g`` ``(C, *S_latent)``, and ``u``."""
+    def d_from_latent(self, g: torch.Tensor) -> tuple[dict, dict]:
+        """Compute the mollified derivatives of the derived fields of the latent ``g``, and ``u``.
+
+        Parameters
+        ----------
+        g : torch.Tensor
+            The latent fields ``(C, *S_latent)``.
+
+        Returns
+        -------
+        d : dict
+            ``{derived field: {key: (*S)}}``.
+        u : dict
+            ``{input: mollified field (*S)}``.
+        """
         names, derived_names = self.names, self.derived_names
         gf = {k: g[i] for i, k in enumerate(names)}
         derived = self.model.derived(gf, self.p)
@@ -445,19 +527,52 @@ class NetworkProblem:
         return d, u
 
     def scatter(self, values: torch.Tensor) -> torch.Tensor:
-        """Values at the mask pixels (autodiff) -> a grid, 0 outside the mask."""
+        """Scatter values at the mask pixels (autodiff) onto a grid, 0 outside the mask.
+
+        Parameters
+        ----------
+        values : torch.Tensor
+            ``(N,)``, one per mask pixel.
+
+        Returns
+        -------
+        torch.Tensor
+            The grid ``(*S)``.
+        """
         grid = torch.zeros(math.prod(self.shape), dtype=values.dtype, device=self.dev)
         return grid.index_put((self.flat_idx,), values).reshape(self.shape)
 
     def ramp(self, step: int) -> float:
-        """PDE weight at ``step``: linear from 0 over the warm-up (the data fix the fields first; a PDE
-        weight at full strength from the start can pull the fields to trivial solutions, e.g. u = const, m = 0
-        for the heat equation).
+        """Return the PDE weight at ``step``: linear from 0 over the warm-up.
+
+        The data fix the fields first; a PDE weight at full strength from the start can pull the fields to trivial
+        solutions, e.g. u = const, m = 0 for the heat equation.
+
+        Parameters
+        ----------
+        step : int
+            The training step (from 0).
+
+        Returns
+        -------
+        float
+            The weight.
         """
         return self.weight_pde * min(1.0, (step + 1) / self.warm) if self.warm > 0 else self.weight_pde
 
-    def evaluate(self, w_pde: float | None = None):
-        """One forward pass: ``(loss, data, pde, rate, residual, smoothed)`` (tensors; grids on the image)."""
+    def evaluate(self, w_pde: float | None = None) -> tuple:
+        """Run one forward pass.
+
+        Parameters
+        ----------
+        w_pde : float, optional
+            Weight of the PDE term (default: the full weight).
+
+        Returns
+        -------
+        tuple
+            ``(loss, data, pde, rate, residual, smoothed)`` (tensors; grids on the image).
+        """
         w_pde = self.weight_pde if w_pde is None else w_pde
         m, p, names, n_in, mean, std = self.model, self.p, self.names, self.n_in, self.mean, self.std
         mask_t = self.mask_t
@@ -499,7 +614,18 @@ class NetworkProblem:
         return data + w_pde * pde, data, pde, rate, resid, smoothed
 
     def to_np(self, x: torch.Tensor) -> np.ndarray:
-        """A grid tensor -> float64 numpy, NaN outside the mask."""
+        """Convert a grid tensor to float64 numpy, NaN outside the mask.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            A grid ``(*S)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            The copy.
+        """
         a = x.detach().to("cpu", torch.float64).numpy().copy()
         a[~self.mask_np] = np.nan
         return a
@@ -515,15 +641,33 @@ def _check_iterations(iterations) -> int:
     return iterations
 
 
-def setup_network(fields: dict, model, params: dict | None, pixel_size, radius: float, mask=None, *,
-                  base: str = "mlp", derivatives_via: str = "mollifier", iterations: int = DEFAULT_ITERATIONS,
-                  lr: float | None = None, weight_pde: float | None = None, device="cpu", seed: int = 0,
-                  kernel: str = "poly", rate_head="auto", warmup: float = 0.2, boundary: str = "extend",
-                  dtype: torch.dtype | None = None, base_options: dict | None = None,
+def setup_network(fields: dict, model: str | Model, params: dict | None, pixel_size: float | tuple,
+                  radius: float, mask: np.ndarray | None = None, *, base: str = "mlp",
+                  derivatives_via: str = "mollifier", iterations: int = DEFAULT_ITERATIONS,
+                  lr: float | None = None, weight_pde: float | None = None, device: str | torch.device = "cpu",
+                  seed: int = 0, kernel: str = "poly", rate_head: bool | str = "auto", warmup: float = 0.2,
+                  boundary: str = "extend", dtype: torch.dtype | None = None, base_options: dict | None = None,
                   data_on: str = "u") -> NetworkProblem:
-    """Set-up step of :func:`fit_network`: check the inputs, normalise the data, build the mollifier layers and
-    the seeded base model, and take the loss scales from the direct closed form. Same parameters as
-    :func:`fit_network` (``iterations`` sets the warm-up length).
+    """Set up a network fit: the first step of :func:`fit_network`.
+
+    Check the inputs, normalise the data, build the mollifier layers and the seeded base model, and take the loss
+    scales from the direct closed form.
+
+    Parameters
+    ----------
+    fields, model, params, pixel_size, radius, mask, base, derivatives_via, iterations, lr, weight_pde, device, \
+seed, kernel, rate_head, warmup, boundary, dtype, base_options, data_on
+        As in :func:`fit_network` (``iterations`` sets the warm-up length).
+
+    Returns
+    -------
+    NetworkProblem
+        The problem, ready for :func:`train_network`.
+
+    Raises
+    ------
+    MollifierInputError
+        As :class:`NetworkProblem`.
     """
     return NetworkProblem(fields, model, params, pixel_size, radius, mask, base=base,
                           derivatives_via=derivatives_via, iterations=iterations, lr=lr, weight_pde=weight_pde,
@@ -533,12 +677,28 @@ def setup_network(fields: dict, model, params: dict | None, pixel_size, radius: 
 
 # --------------------------------------------------------------------------------------------- training
 class EarlyStop:
-    """Stop once the loss has not improved on its best value by more than ``rel_tol`` (relative) for
-    ``patience`` consecutive steps, counted from the step ``start`` (the end of the PDE-weight warm-up: before it
-    the loss changes because its weight does). ``patience=None`` or 0 never stops.
+    """Early stop: stop once the loss has not improved on its best value for ``patience`` steps.
+
+    Improvement means by more than ``rel_tol`` (relative); steps are counted from the step ``start`` (the end of
+    the PDE-weight warm-up: before it the loss changes because its weight does). ``patience=None`` or 0 never
+    stops.
+
+    Parameters
+    ----------
+    patience : int or None
+        Steps without improvement before stopping.
+    rel_tol : float
+        Relative improvement that counts, in ``[0, 1)``.
+    start : int
+        First step counted.
+
+    Raises
+    ------
+    MollifierInputError
+        If ``patience`` is negative or ``rel_tol`` outside ``[0, 1)``.
     """
 
-    def __init__(self, patience: int | None, rel_tol: float, start: int = 0):
+    def __init__(self, patience: int | None, rel_tol: float, start: int = 0) -> None:
         if patience is not None and (isinstance(patience, bool) or int(patience) < 0):
             raise MollifierInputError(f"patience must be None or an integer >= 0, got {patience!r}")
         rel_tol = float(rel_tol)
@@ -549,7 +709,20 @@ class EarlyStop:
         self.best, self.best_step = math.inf, None
 
     def update(self, step: int, loss: float) -> bool:
-        """Record the loss of ``step``; True when the fit should stop after it."""
+        """Record the loss of ``step``.
+
+        Parameters
+        ----------
+        step : int
+            The training step.
+        loss : float
+            Its loss.
+
+        Returns
+        -------
+        bool
+            True when the fit should stop after it.
+        """
         if not self.patience or step < self.start:
             return False
         if self.best_step is None or loss < self.best * (1.0 - self.rel_tol):
@@ -570,11 +743,33 @@ class TrainingLog:
 
 
 def train_network(problem: NetworkProblem, *, iterations: int | None = None,
-                  patience: int | None = DEFAULT_PATIENCE, rel_tol: float = DEFAULT_REL_TOL, progress=None,
-                  cancel=None, measure_graph: bool = False, monitor=None, monitor_every: int = 10) -> TrainingLog:
-    """Training step of :func:`fit_network`: Adam with the learning rate cosine-decayed to a tenth over
-    ``iterations`` (default: the set-up's), the PDE weight ramped up over the warm-up, and the early stop
-    (:class:`EarlyStop`). ``progress``, ``cancel``, ``measure_graph``, ``monitor``: as in :func:`fit_network`.
+                  patience: int | None = DEFAULT_PATIENCE, rel_tol: float = DEFAULT_REL_TOL,
+                  progress: Callable | None = None, cancel: Callable[[], bool] | None = None,
+                  measure_graph: bool = False, monitor: Callable | None = None,
+                  monitor_every: int = 10) -> TrainingLog:
+    """Train a set-up network: the second step of :func:`fit_network`.
+
+    Adam with the learning rate cosine-decayed to a tenth over ``iterations``, the PDE weight ramped up over the
+    warm-up, and the early stop (:class:`EarlyStop`).
+
+    Parameters
+    ----------
+    problem : NetworkProblem
+        From :func:`setup_network` (trained in place).
+    iterations : int, optional
+        Largest number of steps (default: the set-up's).
+    patience, rel_tol, progress, cancel, measure_graph, monitor, monitor_every
+        As in :func:`fit_network`.
+
+    Returns
+    -------
+    TrainingLog
+        The loss of every step, whether it stopped early, the training time.
+
+    Raises
+    ------
+    RunCancelled
+        When ``cancel()`` returns True.
     """
     iterations = problem.iterations if iterations is None else _check_iterations(iterations)
     net = problem.net
@@ -620,9 +815,17 @@ def train_network(problem: NetworkProblem, *, iterations: int | None = None,
 
 # --------------------------------------------------------------------------------------------- evaluation
 def evaluate_network(problem: NetworkProblem) -> dict:
-    """Evaluation step of :func:`fit_network`: one forward pass of the fitted model at the full PDE weight.
+    """Evaluate a trained network: the last step of :func:`fit_network`, one forward pass at the full PDE weight.
 
-    Returns ``{"rate", "residual", "smoothed", "final_loss"}`` in numpy (NaN outside the mask).
+    Parameters
+    ----------
+    problem : NetworkProblem
+        The trained problem.
+
+    Returns
+    -------
+    dict
+        ``{"rate", "residual", "smoothed", "final_loss"}`` in numpy (NaN outside the mask).
     """
     if problem.autodiff:  # derivatives need the graph
         loss, data, pde, rate, resid, smoothed = problem.evaluate()
@@ -640,11 +843,11 @@ def evaluate_network(problem: NetworkProblem) -> dict:
 # --------------------------------------------------------------------------------------------- main entry
 def fit_network(
     fields: dict,
-    model,
+    model: str | Model,
     params: dict | None,
-    pixel_size,
+    pixel_size: float | tuple,
     radius: float,
-    mask=None,
+    mask: np.ndarray | None = None,
     *,
     base: str = "mlp",
     derivatives_via: str = "mollifier",
@@ -653,19 +856,19 @@ def fit_network(
     rel_tol: float = DEFAULT_REL_TOL,
     lr: float | None = None,
     weight_pde: float | None = None,
-    device="cpu",
+    device: str | torch.device = "cpu",
     seed: int = 0,
-    progress=None,
-    cancel=None,
+    progress: Callable | None = None,
+    cancel: Callable[[], bool] | None = None,
     kernel: str = "poly",
-    rate_head="auto",
+    rate_head: bool | str = "auto",
     warmup: float = 0.2,
     boundary: str = "extend",
     dtype: torch.dtype | None = None,
     base_options: dict | None = None,
     data_on: str = "u",
     measure_graph: bool = False,
-    monitor=None,
+    monitor: Callable | None = None,
     monitor_every: int = 10,
 ) -> NetworkFit:
     """Fit a mollified network (or the autodiff-PINN baseline) to observed fields; return the rate map.
@@ -691,6 +894,7 @@ def fit_network(
     base : {"mlp", "cnn", "rbf"}
         Base model (:mod:`.base_models`). Autodiff allows only ``"mlp"``.
     derivatives_via : {"mollifier", "autodiff"}
+        Derivatives by the mollifier layers, or by autograd of the coordinate network (the PINN baseline).
     iterations : int
         Largest number of Adam steps (default :data:`DEFAULT_ITERATIONS`; the learning rate is cosine-decayed to
         a tenth over them). The early stop may end the fit sooner.

@@ -14,7 +14,23 @@ __all__ = ["MODELS", "Model", "Coefficient", "get_model"]
 
 
 def get_model(name: str | Model) -> Model:
-    """The registered model called ``name`` (a :class:`Model` instance is returned as is)."""
+    """Look up the registered model called ``name``.
+
+    Parameters
+    ----------
+    name : str or Model
+        A key of :data:`MODELS`; a :class:`Model` instance is returned as is.
+
+    Returns
+    -------
+    Model
+        The model.
+
+    Raises
+    ------
+    ValueError
+        If no model is registered under ``name``.
+    """
     if isinstance(name, Model):
         return name
     try:

@@ -38,7 +38,23 @@ class Model:
     positive_denominator: bool = False  # True where the divisor is a physical fraction that must be > 0
 
     def params(self, overrides: dict | None = None) -> dict:
-        """Default coefficients with ``overrides`` applied; unknown names are an error."""
+        """Return the default coefficients with ``overrides`` applied.
+
+        Parameters
+        ----------
+        overrides : dict or None
+            ``{coefficient name: value}``; values are converted to float.
+
+        Returns
+        -------
+        dict
+            ``{coefficient name: float}`` for every coefficient of the model.
+
+        Raises
+        ------
+        MollifierInputError
+            If ``overrides`` names a coefficient the model does not have.
+        """
         values = {k: c.default for k, c in self.coefficients.items()}
         for key, value in (overrides or {}).items():
             if key not in values:
@@ -49,21 +65,86 @@ class Model:
         return values
 
     def derived(self, fields: dict, params: dict) -> dict:
-        """Fields to mollify, computed pointwise from the inputs (default: the inputs themselves)."""
+        """Compute the fields to mollify pointwise from the inputs (default: the inputs themselves).
+
+        Parameters
+        ----------
+        fields : dict
+            ``{input name: tensor}`` of the model's :attr:`inputs`.
+        params : dict
+            Coefficients, as from :meth:`params`.
+
+        Returns
+        -------
+        dict
+            ``{derived field name: tensor}``, the fields whose derivatives :meth:`needs` lists.
+        """
         return dict(fields)
 
     def needs(self, ndim: int) -> dict[str, tuple[str, ...]]:
-        """``{derived field: derivative keys}`` that :meth:`rate` and :meth:`residual` read."""
+        """List the mollified derivatives that :meth:`rate` and :meth:`residual` read.
+
+        Parameters
+        ----------
+        ndim : int
+            Number of spatial dimensions of the fields.
+
+        Returns
+        -------
+        dict
+            ``{derived field: derivative keys}`` (keys such as ``"u"``, ``"lap"``, ``"x"``).
+        """
         raise NotImplementedError
 
     def rate(self, d: dict, params: dict) -> torch.Tensor:
-        """Separable closed form: the rate from mollified quantities."""
+        """Evaluate the separable closed form: the rate from mollified quantities.
+
+        Parameters
+        ----------
+        d : dict
+            ``d[name][key]``: mollified derivative ``key`` of derived field ``name``, in physical units.
+        params : dict
+            Coefficients, as from :meth:`params`.
+
+        Returns
+        -------
+        torch.Tensor
+            The rate field, in the units stated in the model's module docstring.
+        """
         raise NotImplementedError
 
     def residual(self, d: dict, rate: torch.Tensor, params: dict) -> torch.Tensor:
-        """PDE residual for a given rate field (zero where the model holds)."""
+        """Evaluate the PDE residual for a given rate field (zero where the model holds).
+
+        Parameters
+        ----------
+        d : dict
+            ``d[name][key]``: mollified derivative ``key`` of derived field ``name``, in physical units.
+        rate : torch.Tensor
+            The rate field.
+        params : dict
+            Coefficients, as from :meth:`params`.
+
+        Returns
+        -------
+        torch.Tensor
+            The residual, in the units of the PDE's terms.
+        """
         raise NotImplementedError
 
     def denominator(self, d: dict, params: dict) -> torch.Tensor:
-        """The quantity the closed form divides by (the rate is undefined where it is ~0)."""
+        """Return the quantity the closed form divides by (the rate is undefined where it is ~0).
+
+        Parameters
+        ----------
+        d : dict
+            ``d[name][key]``: mollified derivative ``key`` of derived field ``name``, in physical units.
+        params : dict
+            Coefficients, as from :meth:`params`.
+
+        Returns
+        -------
+        torch.Tensor
+            The denominator field.
+        """
         raise NotImplementedError

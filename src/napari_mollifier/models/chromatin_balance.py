@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from .base import Coefficient, Model
 
 
@@ -24,14 +26,18 @@ class ChromatinBalance(Model):
         default_factory=lambda: {"l2": Coefficient(1.04, 2, "D / G_ac, squared length (pixel-size units squared)")}
     )
 
-    def needs(self, ndim):
+    def needs(self, ndim: int) -> dict[str, tuple[str, ...]]:
+        """List the mollified derivatives read: ``phi_h``, ``phi_e``, ``lap(phi_e)`` (see :meth:`Model.needs`)."""
         return {"phi_h": ("u",), "phi_e": ("u", "lap")}
 
-    def rate(self, d, params):
+    def rate(self, d: dict, params: dict) -> torch.Tensor:
+        """Evaluate the closed form ``lambda = (phi_h + l2 lap(phi_e)) / phi_e`` (see :meth:`Model.rate`)."""
         return (d["phi_h"]["u"] + params["l2"] * d["phi_e"]["lap"]) / d["phi_e"]["u"]
 
-    def residual(self, d, rate, params):
+    def residual(self, d: dict, rate: torch.Tensor, params: dict) -> torch.Tensor:
+        """Evaluate the residual ``l2 lap(phi_e) - lambda phi_e + phi_h`` (see :meth:`Model.residual`)."""
         return params["l2"] * d["phi_e"]["lap"] - rate * d["phi_e"]["u"] + d["phi_h"]["u"]
 
-    def denominator(self, d, params):
+    def denominator(self, d: dict, params: dict) -> torch.Tensor:
+        """Return the denominator ``phi_e`` (see :meth:`Model.denominator`)."""
         return d["phi_e"]["u"]

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from .base import Coefficient, Model
 
 
@@ -39,23 +41,28 @@ class ChromatinPhaseField(Model):
         }
     )
 
-    def derived(self, fields, params):
+    def derived(self, fields: dict, params: dict) -> dict:
+        """Compute ``phi_h``, ``phi_e``, ``mu_loc`` and ``phi_d = phi_h - phi_e`` (see :meth:`Model.derived`)."""
         phi_h, phi_e = fields["phi_h"], fields["phi_e"]
         pm = params["phi_max"]
         mu_loc = -params["a"] * phi_e + phi_h * (pm - phi_h) * (pm - 2 * phi_h)
         return {"phi_h": phi_h, "phi_e": phi_e, "mu_loc": mu_loc, "phi_d": phi_h - phi_e}
 
-    def needs(self, ndim):
+    def needs(self, ndim: int) -> dict[str, tuple[str, ...]]:
+        """List the derivatives read: ``phi_h``, ``phi_e``, ``lap(mu_loc)``, ``biharm(phi_d)`` (:meth:`Model.needs`)."""
         return {"phi_h": ("u",), "phi_e": ("u",), "mu_loc": ("lap",), "phi_d": ("biharm",)}
 
     def _lap_mu(self, d, params):
         return params["mobility"] * (d["mu_loc"]["lap"] - params["l_int"] ** 2 * d["phi_d"]["biharm"])
 
-    def rate(self, d, params):
+    def rate(self, d: dict, params: dict) -> torch.Tensor:
+        """Evaluate the closed form ``lambda = (phi_h - M lap(mu_d) / 2) / phi_e`` (see :meth:`Model.rate`)."""
         return (d["phi_h"]["u"] - 0.5 * self._lap_mu(d, params)) / d["phi_e"]["u"]
 
-    def residual(self, d, rate, params):
+    def residual(self, d: dict, rate: torch.Tensor, params: dict) -> torch.Tensor:
+        """Evaluate the residual ``M lap(mu_d) + 2 (lambda phi_e - phi_h)`` (see :meth:`Model.residual`)."""
         return self._lap_mu(d, params) + 2 * (rate * d["phi_e"]["u"] - d["phi_h"]["u"])
 
-    def denominator(self, d, params):
+    def denominator(self, d: dict, params: dict) -> torch.Tensor:
+        """Return the denominator ``phi_e`` (see :meth:`Model.denominator`)."""
         return d["phi_e"]["u"]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from .base import Model
 
 
@@ -20,14 +22,18 @@ class Heat(Model):
     inputs: tuple = ("u", "m")
     coefficients: dict = field(default_factory=dict)
 
-    def needs(self, ndim):
+    def needs(self, ndim: int) -> dict[str, tuple[str, ...]]:
+        """List the mollified derivatives read: ``lap(u)`` and ``m`` (see :meth:`Model.needs`)."""
         return {"u": ("lap",), "m": ("u",)}
 
-    def rate(self, d, params):
+    def rate(self, d: dict, params: dict) -> torch.Tensor:
+        """Evaluate the closed form ``lambda = -m / lap(u)`` (see :meth:`Model.rate`)."""
         return -d["m"]["u"] / d["u"]["lap"]
 
-    def residual(self, d, rate, params):
+    def residual(self, d: dict, rate: torch.Tensor, params: dict) -> torch.Tensor:
+        """Evaluate the residual ``lambda lap(u) + m`` (see :meth:`Model.residual`)."""
         return rate * d["u"]["lap"] + d["m"]["u"]
 
-    def denominator(self, d, params):
+    def denominator(self, d: dict, params: dict) -> torch.Tensor:
+        """Return the denominator ``lap(u)`` (see :meth:`Model.denominator`)."""
         return d["u"]["lap"]

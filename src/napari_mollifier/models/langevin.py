@@ -23,14 +23,18 @@ class Langevin(Model):
     coefficients: dict = field(default_factory=dict)
     ndim: int = 1
 
-    def needs(self, ndim):
+    def needs(self, ndim: int) -> dict[str, tuple[str, ...]]:
+        """List the mollified derivatives read: ``u`` and ``u_t`` (key ``"x"``; see :meth:`Model.needs`)."""
         return {"u": ("u", "x")}
 
-    def rate(self, d, params):
+    def rate(self, d: dict, params: dict) -> torch.Tensor:
+        """Evaluate the closed form ``lambda = u_t - u`` (see :meth:`Model.rate`)."""
         return d["u"]["x"] - d["u"]["u"]
 
-    def residual(self, d, rate, params):
+    def residual(self, d: dict, rate: torch.Tensor, params: dict) -> torch.Tensor:
+        """Evaluate the residual ``u_t - u - lambda`` (see :meth:`Model.residual`)."""
         return d["u"]["x"] - d["u"]["u"] - rate
 
-    def denominator(self, d, params):
+    def denominator(self, d: dict, params: dict) -> torch.Tensor:
+        """Return ones: the closed form does not divide (see :meth:`Model.denominator`)."""
         return torch.ones_like(d["u"]["u"])
