@@ -83,3 +83,28 @@ def test_cli_roi_whole_solves_the_whole_image(tmp_path, ome, capsys):
     assert np.all(res.labels > 0)
     record = json.loads((out / "cell.provenance.json").read_text())["provenance"]
     assert record["roi_source"] == "whole image" and "nucleus_detection" not in record
+
+
+def test_refuses_a_crop_inside_the_nucleus_and_several_nuclei(tmp_path, capsys):
+    """No single nucleus: the bright pixels in pieces (a crop of heterochromatin domains, four nuclei) -> refused
+    with the fix, rather than solving one domain or one of four nuclei as "the nucleus"; the CLI then solves the
+    whole image and says so."""
+    s = synthetic_nucleus(shape=(128, 128), pixel_size=0.02, seed=1)
+    crop = {k: s[k][44:84, 44:84] for k in ("phi_h", "phi_e")}
+    with pytest.raises(MollifierInputError, match=r"no single nucleus detected.*pass an ROI"):
+        detect_nucleus(crop)
+    total = s["phi_h"] + s["phi_e"]
+    four = np.block([[total, total], [total, total]])
+    with pytest.raises(MollifierInputError, match=r"no single nucleus detected.*4 pieces.*25%"):
+        detect_nucleus(four)
+    mask, info = detect_nucleus(total)  # one nucleus on background: accepted
+    assert info["largest_share"] >= 0.9 and dice(mask, s["nucleus"]) >= 0.9
+    path = tmp_path / "crop.ome.tif"
+    tifffile.imwrite(path, np.stack([crop["phi_h"], crop["phi_e"]]), ome=True,
+                     metadata={"axes": "CYX", "PhysicalSizeX": 0.02, "PhysicalSizeXUnit": "µm",
+                               "PhysicalSizeY": 0.02, "PhysicalSizeYUnit": "µm"})
+    out = tmp_path / "out"
+    assert cli.main(["infer", str(path), "--out", str(out), *FAST]) == 0
+    assert "no single nucleus detected" in capsys.readouterr().err
+    assert not (out / "crop_nucleus.ome.tif").exists()
+    assert np.all(load_result(out / "crop.ome.tif").labels > 0)

@@ -45,19 +45,14 @@ def _background_fraction(fields: dict) -> float:
 
 
 
-#: A detected "nucleus" is used only when its component holds at least this share of the above-threshold pixels:
-#: 0.94-0.99 for the synthetic nuclei on their background, 0.10-0.43 for crops inside them (Otsu then splits the
-#: heterochromatin domains off the rest and keeps the largest domain).
-MIN_LARGEST_SHARE = 0.6
-
-
 def whole_image_roi(fields: dict) -> tuple[np.ndarray | None, dict | None, str | None]:
     """The ROI of a "(whole image)" run: the detected nucleus where the image has background (issue 15).
 
     The detection is the CLI's when no ``--roi`` is given (:func:`napari_mollifier.nucleus.detect_nucleus` on the
     fields), so that the widget and the CLI solve the same pixels. An image without background (the nucleus
     would cover > 98 % of it), a constant one, fields without a chromatin total, or bright pixels in many pieces
-    (a crop inside a nucleus, several nuclei: :data:`MIN_LARGEST_SHARE`): the whole image is solved.
+    (a crop inside a nucleus, several nuclei: :data:`napari_mollifier.nucleus.MIN_LARGEST_SHARE`): the whole image
+    is solved.
 
     Parameters
     ----------
@@ -80,12 +75,6 @@ def whole_image_roi(fields: dict) -> tuple[np.ndarray | None, dict | None, str |
         mask, info = detect_nucleus(dict(fields))
     except MollifierInputError as exc:
         return None, None, f"whole-image run: no nucleus detected ({exc}); the whole image is solved"
-    share = float(info.get("largest_share", 1.0))
-    if share < MIN_LARGEST_SHARE:
-        return None, None, (
-            f"whole-image run: no single nucleus detected (the bright pixels fall into {info['components']} pieces, "
-            f"the largest holding {share:.0%} of them: the image looks cropped inside a nucleus, or holds several); "
-            "the whole image is solved. Draw a Shapes ROI (or choose a Labels layer) to map one nucleus only")
     return mask.astype(np.int32), info, None
 
 
