@@ -131,13 +131,9 @@ def main(argv=None) -> int:
 
         # the hand-off: Rate maps picked the domains' fields and nucleus; bring its dock to the front
         rates.bootstrap_spin.setValue(0)
-        # a fixed radius of 0.87 µm (43.5 px), what the automatic rule chose here before the propagated
-        # uncertainty: on these 250 x 290 px fields the automatic rule now climbs to 54.6 px, where nearly every
-        # pixel is an edge pixel with its own kernels, and the propagated variance takes ~3 min on 2 cores
-        # (issue #12, measured 2026-12-02)
-        rates.radius_auto.setChecked(False)
-        rates.radius_unit.setCurrentIndex(1)
-        rates.radius_value.setValue(0.87)
+        # the default automatic radius (the rule climbs high on these fields, where nearly every pixel is an edge
+        # pixel with its own kernels: ~10-30 s on 2 cores since issue #12's edge-variance speed-up, ~3 min before)
+        rates.radius_auto.setChecked(True)
         _run(app, rates, "ok")
         viewer.layers["lambda [cell]"].visible = False
         viewer.layers["domains [cell]"].visible = False

@@ -68,7 +68,7 @@ def test_journey_sample_roi_domains_handoff_save_reopen(make_napari_viewer, _plu
     rates.bootstrap_spin.setValue(0)
     assert _run(qtbot, rates) == "ok", rates.status_label.text()
     rate = viewer.layers[f"rate [{PHI_H}]"]
-    assert rate.visible and viewer.layers[f"residual [{PHI_H}]"].visible
+    assert rate.visible and not viewer.layers[f"residual [{PHI_H}]"].visible  # under the rate: hidden
     assert f"phi_e smoothed [{PHI_E}]" in viewer.layers  # named after its own input
     assert "area (µm²)" in [rates.table.horizontalHeaderItem(c).text() for c in range(rates.table.columnCount())]
     assert [str(u) for u in rate.units] == ["micrometer", "micrometer"]

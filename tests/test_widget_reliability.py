@@ -78,7 +78,8 @@ def test_nan_and_inf_pixels(sample_viewer, qtbot):
         np.testing.assert_array_equal(np.asarray(viewer.layers[name].data), data)
     # new outputs are shown (the smoothed fields stay hidden) and the rate is the active layer
     assert viewer.layers.selection.active is viewer.layers["rate [phi_h with NaN]"]
-    assert viewer.layers["rate [phi_h with NaN]"].visible and viewer.layers["residual [phi_h with NaN]"].visible
+    assert viewer.layers["rate [phi_h with NaN]"].visible
+    assert not viewer.layers["residual [phi_h with NaN]"].visible  # under the rate map: hidden, like the uncertainty
     assert not viewer.layers["phi_h smoothed [phi_h with NaN]"].visible
     rate = np.asarray(viewer.layers["rate [phi_h with NaN]"].data)
     truth = np.asarray(viewer.layers[TRUTH].data)
@@ -283,6 +284,11 @@ def test_layer_deleted_while_running(sample_viewer, qtbot):
     mid-run neither crashes nor loses the result; the result says which layers it came from."""
     viewer, widget = sample_viewer
     px = float(viewer.layers[PHI_H].scale[-1])
+    # a second visible image under the others: Mesa's software GL (swrast, CI) segfaults in napari 0.9.2 when the
+    # deletions below leave one image on the canvas after the colour-bar layer is removed (reproduced without this
+    # plugin: three images, a colour bar on the top one, remove it and then the bottom one); real GL does not
+    viewer.add_image(np.zeros_like(viewer.layers[PHI_H].data), name="background", scale=viewer.layers[PHI_H].scale)
+    viewer.layers.move(len(viewer.layers) - 1, 0)
     viewer.add_shapes([_nucleus_polygon_world(px)], shape_type="polygon", name="roi")
     widget.roi_combo.setCurrentText("roi")
     _fast(widget, bootstrap=0)

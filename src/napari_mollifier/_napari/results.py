@@ -43,13 +43,9 @@ log = logging.getLogger("napari_mollifier._napari.widget")
 #: Output layers: kind -> (colormap, visible, symmetric contrast limits).
 OUTPUT_STYLE = {
     "rate": ("viridis", True, False),
-    "uncertainty": ("magma", False, False),  # hidden under the rate map: switch it on in the layer list
-    # the residual stays shown. Hidden, test_widget_reliability::test_layer_deleted_while_running segfaults under
-    # Mesa's software GL (swrast_dri.so, in glDrawArrays): the cause is in napari 0.9.2 + Mesa, not in this plugin.
-    # Three plain images, a colour bar shown on the top one; remove it, then the bottom one (one image left on the
-    # canvas): the next draw crashes; without the colour bar, or removing the bottom image first, it does not.
-    # With the residual shown, deleting the rate and an input leaves two images and does not reach that state.
-    "residual": ("PiYG", True, True),
+    # uncertainty and residual: hidden under the rate map (issue 15); switch them on in the layer list
+    "uncertainty": ("magma", False, False),
+    "residual": ("PiYG", False, True),
     "smoothed": ("gray", False, False),
 }
 _META_KEY = "mollifier_output"
