@@ -125,14 +125,37 @@ class DerivativeLadder:
         self._recent: dict = {}  # the last few radii's derivatives: the radius rule's last rungs are reused
         derived = model.derived(filled, params)
         self.derived = {name: derived[name] for name in self.needs}
-        self.spectra = {}
-        if self.mask is not None:
-            half = half_width(max_radius)
-            zero = torch.zeros((), dtype=self.dtype, device=self.device)
-            for name, value in self.derived.items():
-                xm = torch.where(self.mask, value[None, None], zero)
-                if self._fft_pays(half):
-                    self.spectra[name] = FieldSpectrum(xm, half)
+        self.spectra: dict = {}  # {derived field: FieldSpectrum}, built when a radius first needs one (spectrum())
+        self._max_half = half_width(max_radius)
+
+    def spectrum(self, name: str, half: int) -> FieldSpectrum | None:
+        """Return the FFT of derived field ``name`` (zero-filled outside the mask) for kernels of half-width ``half``.
+
+        The transform is padded for kernels up to ``4 half`` (at most the ladder's largest), not the largest radius
+        the ladder could reach: the climb usually stops far below it (at 2048 px the top rung is 508 px, a 2560 px
+        transform, where a stop at 35 px needs 2160 px). A larger radius rebuilds it (one forward FFT).
+
+        Parameters
+        ----------
+        name : str
+            A derived field of the model.
+        half : int
+            Half-width of the kernels, pixels.
+
+        Returns
+        -------
+        FieldSpectrum or None
+            None where a direct correlation is cheaper (:meth:`_fft_pays`) or outside mask mode.
+        """
+        if self.mask is None or not self._fft_pays(half):
+            return None
+        spectrum = self.spectra.get(name)
+        if spectrum is None or half > spectrum.max_half:
+            bound = min(self._max_half, max(4 * half, 32))
+            xm = torch.where(self.mask, self.derived[name][None, None], torch.zeros((), dtype=self.dtype,
+                                                                                   device=self.device))
+            spectrum = self.spectra[name] = FieldSpectrum(xm, max(bound, half))
+        return spectrum
 
     def _fft_pays(self, half: int) -> bool:
         if self.dtype == torch.float64:
@@ -175,10 +198,10 @@ class DerivativeLadder:
         if fields is None:
             if radius in self._recent:
                 return self._recent[radius]
-            derived, spectra = self.derived, self.spectra
+            derived = self.derived
         else:
             filled = {k: torch.nan_to_num(v) if self.mask is not None else v for k, v in fields.items()}
-            derived, spectra = self.model.derived(filled, self.params), {}
+            derived = self.model.derived(filled, self.params)
         out = {}
         for name, keys in self.needs.items():
             plan = self.plan(radius, keys)
@@ -187,11 +210,7 @@ class DerivativeLadder:
                 values = _apply(x, plan, None)
             else:
                 op = mask_operator(plan, self.mask, self.where)
-                spectrum = spectra.get(name)
-                if spectrum is not None and plan.half > spectrum.max_half:
-                    spectrum = None
-                if spectrum is not None and not self._fft_pays(plan.half):
-                    spectrum = None
+                spectrum = self.spectrum(name, plan.half) if fields is None else None
                 values = apply_masked(x, plan, op, spectrum)
             out[name] = {key: values[0, i] for i, key in enumerate(keys)}
         if fields is None:
@@ -231,10 +250,7 @@ class DerivativeLadder:
             if windows_pay(pixels.numel(), plan, math.prod(self.shape)):
                 values = apply_masked_at(x, plan, op, pixels)
             else:
-                spectrum = self.spectra.get(name)
-                if spectrum is not None and (plan.half > spectrum.max_half or not self._fft_pays(plan.half)):
-                    spectrum = None
-                values = apply_masked(x, plan, op, spectrum)[0].reshape(len(keys), -1)[:, pixels]
+                values = apply_masked(x, plan, op, self.spectrum(name, plan.half))[0].reshape(len(keys), -1)[:, pixels]
             out[name] = {key: values[i] for i, key in enumerate(keys)}
         return out
 
