@@ -23,10 +23,11 @@ tifffile = pytest.importorskip("tifffile")
 
 import napari_mollifier as nm  # noqa: E402
 from napari_mollifier import cli, validation  # noqa: E402
+from napari_mollifier.app import jobs  # noqa: E402
+from napari_mollifier.app.rerun import read_provenance, rerun  # noqa: E402
 from napari_mollifier.errors import MollifierInputError, MollifierWarning  # noqa: E402
-from napari_mollifier.io import jobs, load_result, read_image, write_ome_tiff  # noqa: E402
+from napari_mollifier.io import load_result, read_image, write_ome_tiff  # noqa: E402
 from napari_mollifier.io.publish import is_leftover  # noqa: E402
-from napari_mollifier.rerun import read_provenance, rerun  # noqa: E402
 from napari_mollifier.simulate import synthetic_nucleus  # noqa: E402
 
 FAST = ["--radius", "4", "--n-bootstrap", "0", "--quiet", "--param", "l2=0.0234", "--roi", "whole"]  # l2 given

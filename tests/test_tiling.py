@@ -165,8 +165,8 @@ def test_plan_tiles():
 
 def test_files_tile_automatically_and_rerun_exactly(tmp_path):
     tifffile = pytest.importorskip("tifffile")
+    from napari_mollifier.app.jobs import infer_files
     from napari_mollifier.io import write_ome_tiff
-    from napari_mollifier.io.jobs import infer_files
 
     fields = _fields(160, seed=11)
     path = write_ome_tiff(tmp_path / "big.ome.tif", fields, 0.02)

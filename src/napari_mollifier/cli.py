@@ -486,8 +486,8 @@ def check_writable(out: Path) -> None:
     """Fail before any computation when the output folder cannot be created or written to. Creates nothing: the
     folder is made when the first result is published, so a run stopped before that leaves no empty folder.
     """
+    from .app.jobs import _output_error
     from .errors import MollifierOutputError
-    from .io.jobs import _output_error
 
     base = out
     while not base.exists() and base != base.parent:
@@ -510,7 +510,7 @@ def check_writable(out: Path) -> None:
 
 
 def cmd_infer(args) -> int:
-    from .io.jobs import run_batch
+    from .app.jobs import run_batch
 
     jobs = _jobs(args)
     options = {
@@ -590,8 +590,8 @@ def cmd_demo(args) -> int:
     import numpy as np
 
     from . import demo
+    from .app.jobs import write_outputs
     from .io import atomic_path, file_sha256, to_json, write_ome_tiff
-    from .io.jobs import write_outputs
 
     out = Path(args.out)
     check_writable(out)
@@ -641,9 +641,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_rerun(args) -> int:
+    from .app.jobs import write_outputs
+    from .app.rerun import compare_results, read_provenance, rerun
     from .io import load_result
-    from .io.jobs import write_outputs
-    from .rerun import compare_results, read_provenance, rerun
 
     source = Path(args.source)
     _finish_interrupted_writes(source.parent)

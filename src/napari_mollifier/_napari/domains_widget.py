@@ -487,7 +487,7 @@ class DomainsWidget(QWidget):
         return add[kind](data, name=name, **kwargs)
 
     def _publish(self, res) -> None:
-        from napari_mollifier.io._common import napari_supports_units
+        from napari_mollifier._napari.layer_data import napari_supports_units
 
         self.result = res
         n = self._name

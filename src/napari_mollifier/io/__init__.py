@@ -1,8 +1,8 @@
 """Files in and out: TIFF/OME-TIFF, Zarr/OME-Zarr, SMLM localisation tables; results with provenance.
 
 Readers return an :class:`ImageData` (array -- lazy dask for large files --, axes, physical scale in
-micrometres, channel names, metadata); :meth:`ImageData.layer_data` turns it into napari layers. Writers are
-atomic (temporary name + ``os.replace``) and never touch their inputs.
+micrometres, channel names, metadata): plain data, no napari (``napari_mollifier._napari.layer_data`` turns it into
+napari layers). Writers are atomic (temporary name + ``os.replace``) and never touch their inputs.
 
 >>> from napari_mollifier import io
 >>> img = io.read_image("cell.ome.tif")          # doctest: +SKIP

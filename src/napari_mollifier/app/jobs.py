@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MollifierInputError, MollifierOutputError, MollifierWarning
+from ..io._common import ImageData, check_input_path, file_sha256, to_json
+from ..io.publish import pause, publish
 from ..models import get_model
-from ._common import ImageData, check_input_path, file_sha256, to_json
-from .publish import pause, publish
 
 __all__ = ["infer_files", "load_fields", "run_job", "run_batch", "write_outputs", "job_name", "OUTPUT_FORMATS"]
 
@@ -104,7 +104,7 @@ def load_fields(records: list[dict], load: dict, model="chromatin-balance") -> t
 
     ``records``: ``[{"role", "path"}]``; ``load``: ``{"channels", "t", "pixel_size", "smlm"}``.
     """
-    from . import read_image, read_labels
+    from ..io import read_image, read_labels
 
     m = get_model(model)
     paths = {r["role"]: r["path"] for r in records}
@@ -229,7 +229,7 @@ def _check_field_memory(img: ImageData, n_fields: int, path) -> None:
 
 def _check_roi_scale(path, ref: ImageData) -> None:
     """An ROI file with its own physical pixel size must match the image's (else it covers another region)."""
-    from . import read_image
+    from ..io import read_image
 
     img = read_image(path)
     if not (img.has_physical_size and ref.has_physical_size):
@@ -388,7 +388,7 @@ def job_name(job: dict) -> str:
 
 def write_outputs(result, out_dir, name: str, fmt: str = "ome-tif", protect=()) -> dict:
     """Write the result (maps + provenance), the ROI table (CSV) and the provenance (JSON) of one job."""
-    from .results import save_result
+    from ..io.results import save_result
 
     if fmt not in OUTPUT_FORMATS:
         raise MollifierInputError(f"unknown output format {fmt!r}: use one of {sorted(OUTPUT_FORMATS)}")
@@ -526,7 +526,7 @@ def _write_detected_nucleus(result, out_dir, name: str):
     """
     if not result.provenance.get("nucleus_detection"):
         return None
-    from .tiff import write_ome_tiff
+    from ..io.tiff import write_ome_tiff
 
     path = Path(out_dir) / f"{name}_nucleus.ome.tif"
     try:
