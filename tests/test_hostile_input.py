@@ -219,8 +219,8 @@ def test_bad_solver_arguments_are_refused_before_any_work(sample, kwargs, fragme
     (["--n-bootstrap", "1000000000"], "argument --n-bootstrap: n_bootstrap must be between 0 and 10000"),
     (["--seed", "-1"], "argument --seed: seed must be between 0 and 18446744073709551615, got -1"),
     (["--iterations", "0"], "argument --iterations: iterations must be between 1 and 1000000, got 0"),
-    (["--pixel-size", "1e300"], "argument --pixel-size: --pixel-size 1e+300 um is outside the accepted range"),
-    (["--pixel-size", "1e-300"], "--pixel-size 1e-300 um is outside"),
+    (["--pixel-size", "1e300"], "argument --pixel-size-um/--pixel-size: --pixel-size-um 1e+300 um is outside the accepted range"),
+    (["--pixel-size-um", "1e-300"], "--pixel-size-um 1e-300 um is outside"),
 ])
 def test_cli_bounds_are_usage_errors_before_any_work(run, argv, fragment, capsys, monkeypatch):
     monkeypatch.setattr(jobs, "infer_files", _never)

@@ -38,7 +38,7 @@ def big():
 
 def test_derivatives_2048_tiled_equals_untiled(big):
     keys = ("u", "x", "lap")
-    ref = nm.derivatives(big["phi_e"], 4, spacing=0.02, which=keys)
+    ref = nm.derivatives(big["phi_e"], 4, pixel_size=0.02, which=keys)
     tiled = tiling.derivatives_tiled(big["phi_e"], 4, spacing=0.02, which=keys, tile=1024)
     assert tiled["lap"].shape == (2048, 2048)
     for k in keys:
@@ -64,7 +64,7 @@ def test_infer_rates_2048_tiled_equals_untiled(big):
 @pytest.mark.parametrize("boundary", ["periodic", "zeros", "replicate"])
 def test_derivatives_tiled_boundaries(boundary):
     f = _fields(150)["phi_h"]
-    ref = nm.derivatives(f, 5, spacing=0.5, boundary=boundary, which=("u", "xy", "lap"))
+    ref = nm.derivatives(f, 5, pixel_size=0.5, boundary=boundary, which=("u", "xy", "lap"))
     tiled = tiling.derivatives_tiled(f, 5, spacing=0.5, boundary=boundary, which=("u", "xy", "lap"), tile=40)
     for k in ref:
         assert _max_diff(ref[k], tiled[k]) <= 1e-9

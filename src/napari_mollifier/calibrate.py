@@ -56,7 +56,7 @@ def calibrate(fields: dict, known_rate, model="chromatin-balance", fit=None, par
 
     def mollified(p):
         derived = m.derived(arrays, p)
-        return {n: {k: torch.as_tensor(v) for k, v in derivatives(derived[n], radius, spacing=tuple(spacing),
+        return {n: {k: torch.as_tensor(v) for k, v in derivatives(derived[n], radius, pixel_size=tuple(spacing),
                                                                     kernel=kernel, which=keys, ndim=ndim,
                                                                     **kwargs).items()}
                 for n, keys in m.needs(ndim).items()}

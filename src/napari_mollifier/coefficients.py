@@ -89,8 +89,8 @@ def _ab(ph, pe, px, mask, radius):
         kw = {"boundary": "reflect"}
     else:
         kw = {"mask": mask}
-    dh = derivatives(np.where(mask, ph, 0.0), radius, spacing=px, which=("u",), ndim=2, **kw)
-    de = derivatives(np.where(mask, pe, 0.0), radius, spacing=px, which=("u", "lap"), ndim=2, **kw)
+    dh = derivatives(np.where(mask, ph, 0.0), radius, pixel_size=px, which=("u",), ndim=2, **kw)
+    de = derivatives(np.where(mask, pe, 0.0), radius, pixel_size=px, which=("u", "lap"), ndim=2, **kw)
     with np.errstate(divide="ignore", invalid="ignore"):
         den = np.where(de["u"] > 1e-3 * np.nanmedian(np.abs(de["u"][mask])), de["u"], np.nan)
         return dh["u"] / den, de["lap"] / den

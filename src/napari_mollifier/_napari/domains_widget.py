@@ -228,7 +228,7 @@ class DomainsWidget(QWidget):
         self.advanced = Collapsible("Segmentation settings")
         adv = QFormLayout(self.advanced.body)
         adv.setContentsMargins(0, 0, 0, 0)
-        self.pixel_spin = dspin(D["pixel_size_nm"], 1, 1000, 5, 1, " nm",
+        self.pixel_spin = dspin(D["pixel_size"], 1, 1000, 5, 1, " nm",
                                 "Pixel size (nm) of the output images (domains, rates, phi_h / phi_e).")
         adv.addRow("Pixel size", self.pixel_spin)
         self.threshold_combo = QComboBox()
@@ -363,7 +363,7 @@ class DomainsWidget(QWidget):
     # ------------------------------------------------------------------ run
     def _params(self) -> dict:
         kind = self.threshold_combo.currentIndex()
-        p = {"pixel_size_nm": self.pixel_spin.value(), "eps_nm": self.eps_spin.value(),
+        p = {"pixel_size": self.pixel_spin.value(), "eps_nm": self.eps_spin.value(),
              "min_samples": self.min_samples_spin.value(), "min_points": self.min_points_spin.value(),
              "subsample": self.subsample_spin.value(), "diffusivity": self.d_spin.value()}
         if kind == 0:

@@ -98,6 +98,18 @@ def _spatial(img: ImageData, what: str) -> ImageData:
     return img
 
 
+def _smlm_options(smlm: dict | None) -> dict | None:
+    """SMLM rendering options of a load recipe, the pixel size under its current name (records written before
+    the rename say ``pixel_size_nm``).
+    """
+    if not smlm:
+        return None
+    smlm = dict(smlm)
+    if "pixel_size_nm" in smlm and "pixel_size" not in smlm:
+        smlm["pixel_size"] = smlm.pop("pixel_size_nm")
+    return smlm
+
+
 def load_fields(records: list[dict], load: dict, model="chromatin-balance") -> tuple[dict, np.ndarray | None,
                                                                                     tuple, dict]:
     """Build ``(fields, roi, pixel_size, info)`` from input records and a ``load`` recipe (see the module doc).
@@ -108,7 +120,7 @@ def load_fields(records: list[dict], load: dict, model="chromatin-balance") -> t
 
     m = get_model(model)
     paths = {r["role"]: r["path"] for r in records}
-    smlm = load.get("smlm") or None
+    smlm = _smlm_options(load.get("smlm"))
     t = load.get("t")
     channels = load.get("channels")
     override = load.get("pixel_size")
@@ -188,7 +200,7 @@ def load_fields(records: list[dict], load: dict, model="chromatin-balance") -> t
     elif load.get("params_given"):
         raise MollifierInputError(
             f"{source} has no physical pixel size (no pixel-size metadata), and the coefficients given (--param) "
-            "are in um: pass the pixel size (pixel_size=..., --pixel-size UM)"
+            "are in um: pass the pixel size (pixel_size=..., --pixel-size-um UM)"
         )
     else:
         ref = ref.with_pixel_size(DEFAULT_PIXEL_SIZE)
@@ -197,7 +209,7 @@ def load_fields(records: list[dict], load: dict, model="chromatin-balance") -> t
         warnings.warn(
             f"{source} has no physical pixel size (no pixel-size metadata): using the default pixel size "
             f"{DEFAULT_PIXEL_SIZE:g} (lengths, and "
-            "the model's coefficients, in pixels); pass pixel_size / --pixel-size UM to set it", MollifierWarning,
+            "the model's coefficients, in pixels); pass pixel_size / --pixel-size-um UM to set it", MollifierWarning,
             stacklevel=2)
     pixel_size = ref.pixel_size
     shape = next(iter(fields.values())).shape
@@ -267,7 +279,7 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
         pixel with a :class:`~napari_mollifier.errors.MollifierWarning` (recorded in
         ``provenance["pixel_size_source"]``), unless coefficients (``params``) are given: then it is required.
     smlm : dict, optional
-        Rendering of SMLM tables (``pixel_size_nm``, ``method``, ``sigma_nm``, ``unit``).
+        Rendering of SMLM tables (``pixel_size`` in nm, ``method``, ``sigma_nm``, ``unit``).
     tile : "auto", int or None
         See :func:`napari_mollifier.tiling.plan_tiles`.
     coefficients : None, "auto" or "default"

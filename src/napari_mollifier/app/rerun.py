@@ -89,9 +89,10 @@ def check_provenance(prov: dict) -> None:
     if smlm is not None:
         if not isinstance(smlm, dict):
             raise _type_error("call.load.smlm", "a record of SMLM rendering options", smlm)
-        px = smlm.get("pixel_size_nm", 20.0)
+        key = "pixel_size" if "pixel_size" in smlm else "pixel_size_nm"  # the name before the rename
+        px = smlm.get(key, 20.0)
         if isinstance(px, bool) or not isinstance(px, (int, float)) or not 1e-3 <= px <= 1e9:
-            raise _type_error("call.load.smlm.pixel_size_nm", "a pixel size in nm (0.001 .. 1e9)", px)
+            raise _type_error(f"call.load.smlm.{key}", "a pixel size in nm (0.001 .. 1e9)", px)
 
 
 def read_provenance(source) -> tuple[dict, Path | None]:

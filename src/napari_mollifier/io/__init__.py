@@ -67,7 +67,7 @@ def read_image(path, *, smlm: dict | None = None, lazy: bool | None = None) -> I
     Parameters
     ----------
     smlm : dict, optional
-        Options of :func:`read_smlm` (``pixel_size_nm``, ``method``, ``sigma_nm``, ``unit``...).
+        Options of :func:`read_smlm` (``pixel_size`` in nm, ``method``, ``sigma_nm``, ``unit``...).
     lazy : bool, optional
         TIFF only: read through dask (default: for files over 1 GiB). Zarr is always lazy.
     """
