@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 
 __all__ = ["MollifierInputError", "MollifierMemoryError", "MollifierOutputError", "MollifierWarning",
-           "RunCancelled", "renamed_keyword"]
+           "RunCancelled", "renamed_keyword", "find_stack_level"]
 
 
 class MollifierInputError(ValueError):
@@ -70,6 +70,30 @@ def renamed_keyword(new_name: str, new_value, old_name: str, old_value, *, defau
         raise MollifierInputError(f"give {new_name} once: {new_name}={new_value!r} and the deprecated "
                                   f"{old_name}={old_value!r} disagree")
     return old_value
+
+
+def find_stack_level() -> int:
+    """The ``stacklevel`` that makes a warning point at the first caller outside this package (the user's line).
+
+    Call it in the function that calls ``warnings.warn``; it counts the frames of the package above it, so the
+    warning names the user's ``infer_rates(...)`` line however deep inside the package it was raised.
+
+    Returns
+    -------
+    int
+        ``stacklevel`` for :func:`warnings.warn`.
+    """
+    import inspect
+    import os
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame = inspect.currentframe()
+    level = 0
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame = frame.f_back
+        level += 1
+    del frame
+    return max(level, 1)
 
 
 def _equal(a, b) -> bool:
