@@ -36,8 +36,10 @@ def _field(n=48, h=0.5):
 
 def test_derivatives_spacing_is_a_deprecated_pixel_size():
     f = _field()
-    old, new = _renamed(lambda: nm.derivatives(f, 6, spacing=0.5, which=("xx", "xy")),
-                        lambda: nm.derivatives(f, 6, pixel_size=0.5, which=("xx", "xy")))
+    old, new = _renamed(
+        lambda: nm.derivatives(f, 6, spacing=0.5, which=("xx", "xy")),
+        lambda: nm.derivatives(f, 6, pixel_size=0.5, which=("xx", "xy")),
+    )
     assert new["xx"][24, 24] == pytest.approx(2.0) and new["xy"][24, 24] == pytest.approx(3.0)
     assert all(np.array_equal(old[k], new[k]) for k in new)
     positional = nm.derivatives(f, 6, 0.5, which=("xx", "xy"))  # the third positional argument is still the pixel size
@@ -49,8 +51,10 @@ def test_derivatives_spacing_is_a_deprecated_pixel_size():
 def test_mollifier_layer_spacing_is_a_deprecated_pixel_size():
     torch = pytest.importorskip("torch")
     x = torch.as_tensor(_field(), dtype=torch.float64)[None, None]
-    old, new = _renamed(lambda: nm.Mollifier(radius=6, spacing=0.5, which=("lap",)).to(torch.float64)(x),
-                        lambda: nm.Mollifier(radius=6, pixel_size=0.5, which=("lap",)).to(torch.float64)(x))
+    old, new = _renamed(
+        lambda: nm.Mollifier(radius=6, spacing=0.5, which=("lap",)).to(torch.float64)(x),
+        lambda: nm.Mollifier(radius=6, pixel_size=0.5, which=("lap",)).to(torch.float64)(x),
+    )
     assert float(new["lap"][0, 0, 24, 24]) == pytest.approx(2.0)
     assert torch.equal(old["lap"], new["lap"])
 
@@ -62,16 +66,18 @@ def test_domains_functions_take_pixel_size_in_nm():
 
     x = np.array([5.0, 15.0, 25.0, 26.0])
     y = np.array([5.0, 5.0, 25.0, 27.0])
-    old, new = _renamed(lambda: density_image(x, y, pixel_size_nm=10.0),
-                        lambda: density_image(x, y, pixel_size=10.0))
+    old, new = _renamed(lambda: density_image(x, y, pixel_size_nm=10.0), lambda: density_image(x, y, pixel_size=10.0))
     # 1 localisation per 10 x 10 nm pixel = 1e4 per um^2; the last pixel holds two
     assert new[0, 0] == pytest.approx(1e4) and new[2, 2] == pytest.approx(2e4) and np.array_equal(old, new)
-    old, new = _renamed(lambda: render_localisations(x, y, pixel_size_nm=10.0),
-                        lambda: render_localisations(x, y, pixel_size=10.0))
+    old, new = _renamed(
+        lambda: render_localisations(x, y, pixel_size_nm=10.0), lambda: render_localisations(x, y, pixel_size=10.0)
+    )
     assert new[0].sum() == 4 and new[0][2, 2] == 2 and np.array_equal(old[0], new[0])
     density = np.full((4, 4), 2e4)  # 2e4 per um^2 on 50 nm pixels: 50 per pixel on average
-    old, new = _renamed(lambda: sample_image(density, pixel_size_nm=50.0, seed=1),
-                        lambda: sample_image(density, pixel_size=50.0, seed=1))
+    old, new = _renamed(
+        lambda: sample_image(density, pixel_size_nm=50.0, seed=1),
+        lambda: sample_image(density, pixel_size=50.0, seed=1),
+    )
     assert np.array_equal(old["x"], new["x"]) and 600 < new["x"].size < 1000 and new["x"].max() < 200
     with pytest.raises(TypeError, match="pixel_size"):
         density_image(x, y)
@@ -89,8 +95,10 @@ def test_analyse_localisations_takes_explicit_keywords():
     assert all(f"\n    {n} :" in doc for n in keyword_only), [n for n in keyword_only if f"\n    {n} :" not in doc]
 
     s = lattice_nucleus(semi_axes_nm=(1200.0, 1000.0), seed=0)
-    old, new = _renamed(lambda: analyse_localisations(s["x"], s["y"], subsample=2, pixel_size_nm=40.0),
-                        lambda: analyse_localisations(s["x"], s["y"], subsample=2, pixel_size=40.0))
+    old, new = _renamed(
+        lambda: analyse_localisations(s["x"], s["y"], subsample=2, pixel_size_nm=40.0),
+        lambda: analyse_localisations(s["x"], s["y"], subsample=2, pixel_size=40.0),
+    )
     assert new.pixel_size_nm == 40.0 and new.params["pixel_size"] == 40.0
     assert np.array_equal(old.labels, new.labels) and new.summary["n_domains"] == old.summary["n_domains"] > 10
 
@@ -123,10 +131,20 @@ def test_cli_choices_and_defaults_are_the_library_constants():
     assert opts["--smlm-render"].default == DEFAULT_RENDER_METHOD
     assert opts["--smlm-pixel"].default == DEFAULT_RENDER_PIXEL_SIZE
     defaults = inspect.signature(nm.infer_rates).parameters
-    for flag, arg in [("--model", "model"), ("--method", "method"), ("--radius", "radius"), ("--seed", "seed"),
-                      ("--uncertainty", "uncertainty"), ("--n-bootstrap", "n_bootstrap"), ("--kernel", "kernel"),
-                      ("--radius-rule", "radius_rule"), ("--roi-mode", "roi_mode"), ("--boundary", "boundary"),
-                      ("--iterations", "iterations"), ("--device", "device")]:
+    for flag, arg in [
+        ("--model", "model"),
+        ("--method", "method"),
+        ("--radius", "radius"),
+        ("--seed", "seed"),
+        ("--uncertainty", "uncertainty"),
+        ("--n-bootstrap", "n_bootstrap"),
+        ("--kernel", "kernel"),
+        ("--radius-rule", "radius_rule"),
+        ("--roi-mode", "roi_mode"),
+        ("--boundary", "boundary"),
+        ("--iterations", "iterations"),
+        ("--device", "device"),
+    ]:
         assert opts[flag].default == defaults[arg].default, flag
 
 
@@ -135,9 +153,17 @@ def test_cli_domains_choices_and_defaults_are_the_library_constants():
     from napari_mollifier.domains.pipeline import THRESHOLD_METHODS
 
     opts = _options("domains")
-    for flag, key in [("--pixel-size-nm", "pixel_size"), ("--threshold", "threshold"), ("--eps", "eps_nm"),
-                      ("--percentile", "percentile"), ("--min-samples", "min_samples"), ("--seed", "seed"),
-                      ("--min-points", "min_points"), ("--subsample", "subsample"), ("--diffusivity", "diffusivity")]:
+    for flag, key in [
+        ("--pixel-size-nm", "pixel_size"),
+        ("--threshold", "threshold"),
+        ("--eps", "eps_nm"),
+        ("--percentile", "percentile"),
+        ("--min-samples", "min_samples"),
+        ("--seed", "seed"),
+        ("--min-points", "min_points"),
+        ("--subsample", "subsample"),
+        ("--diffusivity", "diffusivity"),
+    ]:
         assert opts[flag].default == DEFAULTS[key], flag
     assert all(cli._threshold(t) == t for t in THRESHOLD_METHODS)
 

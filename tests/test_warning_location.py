@@ -27,8 +27,9 @@ def _ours(record, text):
 
 def test_coefficient_warnings_point_at_the_infer_rates_line(sample):
     fields = {"phi_h": sample["phi_h"], "phi_e": sample["phi_e"]}
-    kw = dict(pixel_size=0.02, unit="um", roi=sample["nucleus"], radius=6, n_bootstrap=0, uncertainty="none",
-              device="cpu")
+    kw = dict(
+        pixel_size=0.02, unit="um", roi=sample["nucleus"], radius=6, n_bootstrap=0, uncertainty="none", device="cpu"
+    )
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         line = inspect.currentframe().f_lineno + 1
@@ -44,8 +45,16 @@ def test_validation_warnings_point_at_the_callers_line(sample):
     phi_e[40, 40] = 1e6  # a hot pixel
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        infer_rates({"phi_h": sample["phi_h"], "phi_e": phi_e}, params={"l2": 0.0234}, pixel_size=0.02, unit="um",
-                    radius=6, n_bootstrap=0, uncertainty="none", device="cpu")
+        infer_rates(
+            {"phi_h": sample["phi_h"], "phi_e": phi_e},
+            params={"l2": 0.0234},
+            pixel_size=0.02,
+            unit="um",
+            radius=6,
+            n_bootstrap=0,
+            uncertainty="none",
+            device="cpu",
+        )
         validation.warn_run_time((4096, 4096), radius="auto", n_bootstrap=1000, threshold=1.0)
     for hit in _ours(w, "isolated extreme pixel") + _ours(w, "estimated to take"):
         assert hit.filename == __file__, (hit.filename, str(hit.message)[:60])

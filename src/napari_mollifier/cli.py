@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .errors import MollifierInputError
 
 __all__ = ["main", "build_parser"]
