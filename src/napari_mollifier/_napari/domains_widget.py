@@ -38,6 +38,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_mollifier.domains.pipeline import THRESHOLD_METHODS
+
 from ._qt_layout import Collapsible, scrolling_body
 
 __all__ = ["DomainsWidget", "MAX_POINTS", "FILE_SOURCE"]
@@ -55,7 +57,7 @@ TABLE_HEADERS = {
     "gamma_me": "Methylation rate Γme (1/s)",
     "lambda": "Rate ratio λ = Γme/Γac",
 }
-_THRESHOLDS = ("percentile", "otsu", "value (/µm²)")
+_THRESHOLDS = (*THRESHOLD_METHODS, "value (/µm²)")  # the widget's index 0, 1: the library's methods, in order
 _MAX_ROWS = 5000
 
 
