@@ -211,6 +211,7 @@ def test_direct_equals_fft_masked_3d():
         np.testing.assert_allclose(a[key], b[key], atol=1e-8 * np.nanmax(np.abs(a[key])), err_msg=key)
 
 
+@pytest.mark.slow
 def test_gradcheck_float64():
     torch.manual_seed(0)
     x = torch.randn(1, 1, 9, 10, dtype=torch.float64, requires_grad=True)

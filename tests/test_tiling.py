@@ -45,6 +45,7 @@ def test_derivatives_2048_tiled_equals_untiled(big):
         assert _max_diff(ref[k], tiled[k]) <= 1e-5, k
 
 
+@pytest.mark.slow
 def test_infer_rates_2048_tiled_equals_untiled(big):
     # the solver's defaults (boundary="mask": exact edges) with a fixed radius and no bootstrap
     kwargs = dict(params=PARAMS, pixel_size=0.02, radius=3, n_bootstrap=0, method="direct", device="cpu")
@@ -110,6 +111,7 @@ def test_propagated_uncertainty_equals_the_untiled_one():
     assert tiled.provenance["noise_model"] == ref.provenance["noise_model"]
 
 
+@pytest.mark.slow
 def test_uncertainty_is_a_bootstrap_per_tile():
     fields = _fields(128, seed=5)
     kwargs = dict(params=PARAMS, pixel_size=0.02, radius=4, n_bootstrap=4, device="cpu", boundary="reflect",
@@ -163,6 +165,7 @@ def test_plan_tiles():
     assert tiling.plan_tiles(shape, 6, tile=None).tile is None
 
 
+@pytest.mark.slow
 def test_files_tile_automatically_and_rerun_exactly(tmp_path):
     tifffile = pytest.importorskip("tifffile")
     from napari_mollifier.app.jobs import infer_files
