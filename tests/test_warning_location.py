@@ -67,3 +67,24 @@ def test_find_stack_level_counts_the_package_frames():
         line = inspect.currentframe().f_lineno + 1
         validation.warn_run_time((4096, 4096), radius="auto", n_bootstrap=1000, threshold=1.0)
     assert w and w[0].filename == __file__ and w[0].lineno == line
+
+
+def test_a_file_job_passes_other_warnings_on_once(monkeypatch, tmp_path):
+    """A warning that is not a MollifierWarning, raised during a file job, is passed on once after the job (it
+    used to be re-recorded while the job's warnings were being read: an endless loop).
+    """
+    from napari_mollifier.app import jobs
+    from napari_mollifier.errors import MollifierInputError
+
+    def fake_infer_files(progress=None, **_):
+        warnings.warn("not ours", RuntimeWarning, stacklevel=1)
+        warnings.warn("ours", MollifierWarning, stacklevel=1)
+        progress(1, 2)  # the job reads the warnings so far
+        raise MollifierInputError("stop here")
+
+    monkeypatch.setattr(jobs, "infer_files", fake_infer_files)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        row = jobs.run_job({"image": "x.tif"}, tmp_path / "out")
+    assert row["status"] == "error" and row["error"] == "stop here" and row["warnings"] == ["ours"]
+    assert [str(x.message) for x in w] == ["not ours"]

@@ -468,22 +468,24 @@ def run_job(job: dict, out_dir, *, fmt: str = "ome-tif", name: str | None = None
     row = {"name": name, "input": str(job.get("image") or f"{job.get('phi_h')} + {job.get('phi_e')}"),
            "status": "ok"}
     started = time.perf_counter()
+    others: list = []  # warnings that are not ours, passed on unchanged once the recording below has ended
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", MollifierWarning)
             notes: list = []
 
             def flush():  # MollifierWarnings go into the row (and to on_warning as soon as they happen)
-                for w in caught:
+                pending = list(caught)
+                caught.clear()
+                for w in pending:
                     if issubclass(w.category, MollifierWarning):
                         text = str(w.message)
                         if text not in notes:
                             notes.append(text)
                             if on_warning is not None:
                                 on_warning(name, text)
-                    else:  # not ours: pass it on unchanged
-                        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-                caught.clear()
+                    else:  # re-issued here it would be recorded again (and again): after the with block
+                        others.append(w)
                 if notes:
                     row["warnings"] = list(notes)
 
@@ -528,6 +530,8 @@ def run_job(job: dict, out_dir, *, fmt: str = "ome-tif", name: str | None = None
         if not isinstance(exc, (MollifierInputError, OSError)) and text:
             message = f"{type(exc).__name__}: {message}"  # an unexpected error: say what kind
         row.update({"status": "error", "error": message, "error_type": type(exc).__name__})
+    for w in others:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     row["seconds"] = round(time.perf_counter() - started, 2)
     return row
 
