@@ -81,28 +81,13 @@ def auto_subsample(n_localisations: int, subsample: int = 0) -> int:
 
 
 def analyse_localisations(
-    x,
-    y,
-    *,
-    subsample: int = _D["subsample"],
-    seed: int = _D["seed"],
-    neighbours: bool = _D["neighbours"],
-    threshold: str | float = _D["threshold"],
-    percentile: float = _D["percentile"],
-    eps_nm: float = _D["eps_nm"],
-    min_samples: int = _D["min_samples"],
-    min_points: int = _D["min_points"],
-    lad_fraction: float = _D["lad_fraction"],
-    lad_distance_nm: float | None = _D["lad_distance_nm"],
-    pixel_size: float = _D["pixel_size"],
-    outline_smoothing_nm: float = _D["outline_smoothing_nm"],
-    diffusivity: float = _D["diffusivity"],
-    spacing_neighbours: int = _D["spacing_neighbours"],
-    precision_nm: float = _D["precision_nm"],
-    margin_nm: float = _D["margin_nm"],
-    progress=None,
-    cancel=None,
-    pixel_size_nm: float | None = None,
+    x, y, *, subsample: int = _D["subsample"], seed: int = _D["seed"], neighbours: bool = _D["neighbours"],
+    threshold: str | float = _D["threshold"], percentile: float = _D["percentile"], eps_nm: float = _D["eps_nm"],
+    min_samples: int = _D["min_samples"], min_points: int = _D["min_points"], lad_fraction: float = _D["lad_fraction"],
+    lad_distance_nm: float | None = _D["lad_distance_nm"], pixel_size: float = _D["pixel_size"],
+    outline_smoothing_nm: float = _D["outline_smoothing_nm"], diffusivity: float = _D["diffusivity"],
+    spacing_neighbours: int = _D["spacing_neighbours"], precision_nm: float = _D["precision_nm"],
+    margin_nm: float = _D["margin_nm"], progress=None, cancel=None, pixel_size_nm: float | None = None,
 ) -> DomainResult:
     """Heterochromatin domains and their geometric rates from localisations ``x, y`` (nm).
 
