@@ -391,7 +391,7 @@ def run_accuracy(args) -> str:
           f"sigma sweep {[f'{v:.3g}' for v in s_sweep]}", flush=True)
 
     def moll(r):
-        return lambda: derivatives(noisy, r, spacing=h, which=STACK_KEYS)
+        return lambda: derivatives(noisy, r, pixel_size=h, which=STACK_KEYS)
 
     def gauss(s):
         return lambda: _gaussian_stack(noisy, s, h, STACK_KEYS)
@@ -414,7 +414,7 @@ def run_accuracy(args) -> str:
     sweep_m = {}
     for r in r_sweep:
         keys = tuple(k for k in STACK_KEYS if r >= order[k] + 1)
-        sweep_m[r] = errors_some(derivatives(noisy, r, spacing=h, which=keys)) if keys else {}
+        sweep_m[r] = errors_some(derivatives(noisy, r, pixel_size=h, which=keys)) if keys else {}
     sweep_g = {s: errors(_gaussian_stack(noisy, s, h, STACK_KEYS)) for s in s_sweep}
     best = []
     for k in STACK_KEYS:
@@ -442,7 +442,7 @@ def run_accuracy(args) -> str:
         f"{args.noise:.0%} of rms(u) (seed {args.seed}). Error = ||estimate - analytic|| / ||analytic|| over the "
         f"interior (a {border} px border, the largest support of any row or sweep point, is excluded). "
         f"Both run on the CPU with numpy arrays in and out, whatever `--device` is. "
-        f"Mollifier: `derivatives(noisy, R, spacing=h)`, kernel poly, method auto, all 8 keys in one call. "
+        f"Mollifier: `derivatives(noisy, R, pixel_size=h)`, kernel poly, method auto, all 8 keys in one call. "
         f"gaussian_filter: one call per partial derivative (9 for the 8 keys; lap = (0,2)+(2,0), "
         f"biharm = (0,4)+2(2,2)+(4,0)), divided by h^order. sigma = R/3 as asked, and the sigma with the same "
         f"second moment as the mollifier (eq.var, sigma = R/{ev_factor:.2f} on average over these rows). "

@@ -98,7 +98,7 @@ def _worker(spec: dict) -> dict:
             torch.cuda.reset_peak_memory_stats(dev)
         t0 = time.perf_counter()
         derived = m.derived({k: torch.as_tensor(v, dtype=dtype, device=dev) for k, v in fields.items()}, p)
-        d = {k: derivatives(derived[k], RADIUS, spacing=PIXEL, mask=mask, which=keys) for k, keys in
+        d = {k: derivatives(derived[k], RADIUS, pixel_size=PIXEL, mask=mask, which=keys) for k, keys in
              m.needs(2).items()}
         rate = m.rate(d, p).cpu().numpy()
         seconds = time.perf_counter() - t0

@@ -200,7 +200,7 @@ def part_stack(device: str) -> str:
     for radius in (5, 8, 12, 20):
         for kernel in ("poly", "sep"):
             t = best(lambda k=kernel, r=radius: derivatives(x, r, which=keys, kernel=k))
-            est = derivatives(noisy, radius, spacing=h, which=("lap",), kernel=kernel)["lap"]
+            est = derivatives(noisy, radius, pixel_size=h, which=("lap",), kernel=kernel)["lap"]
             inner = (slice(40, -40),) * 2
             err = np.linalg.norm(est[inner] - lap_true[inner]) / np.linalg.norm(lap_true[inner])
             rows.append([f"{radius:g}", kernel, f"{t:.3f} s", f"{t / t_rt:.1f}", f"{err:.3f}"])

@@ -111,7 +111,9 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 @pytest.mark.parametrize("stage", STAGES_BEFORE + STAGES_AFTER)
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["INT", "TERM", "KILL"])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, id="INT", marks=pytest.mark.slow),  # TERM: the fast one
+                                 pytest.param(signal.SIGTERM, id="TERM"),
+                                 pytest.param(signal.SIGKILL, id="KILL", marks=pytest.mark.slow)])
 def test_signal_at_each_write_stage_leaves_old_or_new_result(image, old_result, tmp_path, stage, sig):
     out = _copy(old_result, tmp_path / "out")
     old_radius, old_created = _state(out)
@@ -134,6 +136,7 @@ def test_signal_at_each_write_stage_leaves_old_or_new_result(image, old_result, 
     assert not _leftovers(out)
 
 
+@pytest.mark.slow
 def test_next_run_finishes_a_publish_killed_between_moves(image, old_result, tmp_path):
     """SIGKILL between the moves of the three files: the next CLI run into the folder completes the killed
     publish (reported as a warning) before its own, and ends with one complete result and no leftovers."""
@@ -161,7 +164,8 @@ def test_next_run_removes_leftovers_of_a_killed_run_and_says_so(image, old_resul
     _state(out)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, id="INT", marks=pytest.mark.slow),
+                                 pytest.param(signal.SIGTERM, id="TERM")])
 def test_stop_before_writing_leaves_no_output_folder(image, tmp_path, sig):
     out = tmp_path / "new" / "out"
     rc, err = _signal_at(image, out, "staging", sig)
@@ -172,6 +176,7 @@ def test_stop_before_writing_leaves_no_output_folder(image, tmp_path, sig):
     assert not out.parent.exists()
 
 
+@pytest.mark.slow
 def test_two_cli_runs_at_once_into_one_folder(image, tmp_path):
     """Both runs pause after staging, so their publishes overlap in time: the lock serialises them, both exit 0,
     and the folder ends with one complete result (the later one) and no leftovers."""

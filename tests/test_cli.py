@@ -232,7 +232,7 @@ def test_module_entry_point_help():
 def test_batch_on_a_local_dask_cluster(tmp_path, files):
     from distributed import Client, LocalCluster
 
-    from napari_mollifier.io.jobs import run_batch
+    from napari_mollifier.app.jobs import run_batch
 
     jobs = [{"image": str(files["two"]), "roi": str(files["roi"])}, {"image": str(files["two"])},
             {"image": str(files["h"])}]

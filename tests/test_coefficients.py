@@ -24,7 +24,8 @@ def forward(pixel_size, l2, seed=3, noise=0.01, shape=(256, 256)):
     return {"phi_h": (1 - w + d) / 2, "phi_e": (1 - w - d) / 2}, s["nucleus"], s["rate"]
 
 
-@pytest.mark.parametrize("pixel_size", [0.01, 0.02, 0.04])
+@pytest.mark.parametrize("pixel_size", [pytest.param(0.01, marks=pytest.mark.slow), 0.02,
+                                        pytest.param(0.04, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("factor", [0.5, 2.0])  # l2 over a 4x range: 0.0117 .. 0.0468 um^2
 def test_self_consistency_recovers_l2_and_median_rate(pixel_size, factor):
     l2 = L2_SAMPLE * factor

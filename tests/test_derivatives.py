@@ -59,7 +59,7 @@ def test_polynomial_exactness_2d(kernel, spacing, key):
     poly = _random_poly(2, order + 1, rng)
     field = _eval_poly(poly, coords)
     for radius in (order + 1, order + 2.5, 9):
-        out = derivatives(field, radius, spacing=spacing, kernel=kernel, which=(key,))[key]
+        out = derivatives(field, radius, pixel_size=spacing, kernel=kernel, which=(key,))[key]
         h = half_width(radius)
         inner = (slice(h, -h or None), slice(h, -h or None))
         want = _exact_key(poly, coords, key, 2)[inner]
@@ -78,7 +78,7 @@ def test_polynomial_exactness_1d_3d(ndim, spacing):
         poly = _random_poly(ndim, order + 1, rng)
         field = _eval_poly(poly, coords)
         radius = order + 2
-        out = derivatives(field, radius, spacing=spacing, which=(key,))[key]
+        out = derivatives(field, radius, pixel_size=spacing, which=(key,))[key]
         h = half_width(radius)
         inner = tuple(slice(h, -h) for _ in range(ndim))
         want = _exact_key(poly, coords, key, ndim)[inner]
@@ -105,7 +105,7 @@ def test_convergence_on_trigonometric_field():
     errors = []
     for n in (64, 128, 256):
         f, exact, h = _trig(n)
-        out = derivatives(f, 6, spacing=h, boundary="periodic", which=tuple(exact))
+        out = derivatives(f, 6, pixel_size=h, boundary="periodic", which=tuple(exact))
         errors.append({k: np.abs(out[k] - v).max() / np.abs(v).max() for k, v in exact.items()})
     for key in errors[0]:
         rates = [math.log2(errors[i][key] / errors[i + 1][key]) for i in range(2)]
@@ -121,7 +121,7 @@ def test_periodic_matches_spectral_derivative():
     spec = np.zeros((n, n), complex)
     spec[:4, :4] = rng.normal(size=(4, 4)) + 1j * rng.normal(size=(4, 4))
     f = np.fft.ifft2(spec).real * n
-    out = derivatives(f, 6, spacing=h, boundary="periodic", which=("u", "x", "yy", "xy", "lap", "biharm"))
+    out = derivatives(f, 6, pixel_size=h, boundary="periodic", which=("u", "x", "yy", "xy", "lap", "biharm"))
     k = 2 * np.pi * np.fft.fftfreq(n, d=h)
     ky, kx = np.meshgrid(k, k, indexing="ij")
     symbols = {"u": 1, "x": 1j * kx, "yy": -(ky**2), "xy": -kx * ky, "lap": -(kx**2 + ky**2),
@@ -166,7 +166,7 @@ def test_mask_mode_exact_up_to_irregular_edge(method, kernel):
         poly = _random_poly(2, order + 1, rng)
         field = np.where(mask, _eval_poly(poly, coords), field_outside)
         field[~mask & (rng.random(shape) < 0.1)] = np.nan  # NaN outside the mask is allowed
-        out = derivatives(field, order + 3, spacing=spacing, mask=mask, which=(key,), kernel=kernel,
+        out = derivatives(field, order + 3, pixel_size=spacing, mask=mask, which=(key,), kernel=kernel,
                           method=method)[key]
         want = _exact_key(poly, coords, key, 2)
         assert np.isnan(out[~mask]).all()
@@ -189,8 +189,8 @@ def test_mask_all_true_is_edge_corrected_image():
 def test_direct_equals_fft(boundary):
     rng = np.random.default_rng(2)
     f = rng.normal(size=(3, 50, 47))
-    a = derivatives(f, 6.5, spacing=(0.5, 2.0), boundary=boundary, method="direct")
-    b = derivatives(f, 6.5, spacing=(0.5, 2.0), boundary=boundary, method="fft")
+    a = derivatives(f, 6.5, pixel_size=(0.5, 2.0), boundary=boundary, method="direct")
+    b = derivatives(f, 6.5, pixel_size=(0.5, 2.0), boundary=boundary, method="fft")
     for key in a:
         np.testing.assert_allclose(a[key], b[key], atol=1e-10 * max(1, np.abs(a[key]).max()), err_msg=key)
     f32 = torch.tensor(f, dtype=torch.float32)
@@ -211,6 +211,7 @@ def test_direct_equals_fft_masked_3d():
         np.testing.assert_allclose(a[key], b[key], atol=1e-8 * np.nanmax(np.abs(a[key])), err_msg=key)
 
 
+@pytest.mark.slow
 def test_gradcheck_float64():
     torch.manual_seed(0)
     x = torch.randn(1, 1, 9, 10, dtype=torch.float64, requires_grad=True)
@@ -255,9 +256,9 @@ def test_network_trains_through_layer():
 def test_module_matches_function_and_shapes():
     rng = np.random.default_rng(4)
     f = rng.normal(size=(2, 3, 30, 31))
-    layer = Mollifier(radius=5, spacing=(0.5, 0.25)).to(torch.float64)
+    layer = Mollifier(radius=5, pixel_size=(0.5, 0.25)).to(torch.float64)
     out = layer(torch.tensor(f))
-    ref = derivatives(f, 5, spacing=(0.5, 0.25))
+    ref = derivatives(f, 5, pixel_size=(0.5, 0.25))
     assert set(out) == set(ref) == set(default_keys(2))
     for key in ref:
         assert tuple(out[key].shape) == f.shape

@@ -49,6 +49,9 @@ def blocks(text: str) -> list[dict]:
 
 
 PAGES = sorted(p.name for p in DOCS.glob("*.md"))
+#: Pages whose examples take long (whole CLI runs; scripting.md also runs in test_docs.py): run by CI, not by
+#: the development run (-m "not slow").
+SLOW_PAGES = ("cli.md", "your-own-image.md", "scripting.md")
 
 
 def test_block_parser():
@@ -81,7 +84,7 @@ def example_dir(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_PAGES else p for p in PAGES])
 def test_docs_page_examples_run(page, example_dir, tmp_path, monkeypatch):
     import shutil
 

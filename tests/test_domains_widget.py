@@ -41,6 +41,7 @@ def _n_records():
     return len(notification_manager.records)
 
 
+@pytest.mark.slow
 def test_points_layer_to_domains_and_rate_inputs(viewer_widget, qtbot, tmp_path):
     from napari_mollifier.domains.synthetic import lattice_nucleus
 

@@ -26,6 +26,7 @@ def _skip_reason() -> str | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.gui
 @pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
 def test_scripted_figure(tmp_path):

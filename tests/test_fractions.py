@@ -99,6 +99,7 @@ def _interior(sample, margin=6):
     return ndi.distance_transform_edt(sample["nucleus"]) > margin
 
 
+@pytest.mark.slow
 def test_the_table_redone_api(sample, raw):
     """Acceptance: raw intensities -> conversion (background outside the nucleus, mark ratio estimated) -> ROI
     drawn one kernel radius (6 px) inside the nuclear edge, as the docs say -> l2 in um^2: pattern r >= 0.95 with
@@ -166,6 +167,7 @@ def test_non_chromatin_models_are_not_flagged():
     assert "negative_rate" not in res.provenance
 
 
+@pytest.mark.slow
 def test_the_table_redone_cli(tmp_path, capsys):
     """The same path on the command line: a raw-intensity OME-TIFF made by the package, an ROI file,
     ``--intensities --nucleus FILE --mark-ratio estimate --param l2=...``: r >= 0.95, the provenance says relative, a run with

@@ -23,10 +23,11 @@ tifffile = pytest.importorskip("tifffile")
 
 import napari_mollifier as nm  # noqa: E402
 from napari_mollifier import cli, validation  # noqa: E402
+from napari_mollifier.app import jobs  # noqa: E402
+from napari_mollifier.app.rerun import read_provenance, rerun  # noqa: E402
 from napari_mollifier.errors import MollifierInputError, MollifierWarning  # noqa: E402
-from napari_mollifier.io import jobs, load_result, read_image, write_ome_tiff  # noqa: E402
+from napari_mollifier.io import load_result, read_image, write_ome_tiff  # noqa: E402
 from napari_mollifier.io.publish import is_leftover  # noqa: E402
-from napari_mollifier.rerun import read_provenance, rerun  # noqa: E402
 from napari_mollifier.simulate import synthetic_nucleus  # noqa: E402
 
 FAST = ["--radius", "4", "--n-bootstrap", "0", "--quiet", "--param", "l2=0.0234", "--roi", "whole"]  # l2 given
@@ -218,8 +219,8 @@ def test_bad_solver_arguments_are_refused_before_any_work(sample, kwargs, fragme
     (["--n-bootstrap", "1000000000"], "argument --n-bootstrap: n_bootstrap must be between 0 and 10000"),
     (["--seed", "-1"], "argument --seed: seed must be between 0 and 18446744073709551615, got -1"),
     (["--iterations", "0"], "argument --iterations: iterations must be between 1 and 1000000, got 0"),
-    (["--pixel-size", "1e300"], "argument --pixel-size: --pixel-size 1e+300 um is outside the accepted range"),
-    (["--pixel-size", "1e-300"], "--pixel-size 1e-300 um is outside"),
+    (["--pixel-size", "1e300"], "argument --pixel-size-um/--pixel-size: --pixel-size-um 1e+300 um is outside the accepted range"),
+    (["--pixel-size-um", "1e-300"], "--pixel-size-um 1e-300 um is outside"),
 ])
 def test_cli_bounds_are_usage_errors_before_any_work(run, argv, fragment, capsys, monkeypatch):
     monkeypatch.setattr(jobs, "infer_files", _never)

@@ -186,13 +186,13 @@ def _thunderstorm(path: Path, n=500, seed=0) -> tuple[np.ndarray, np.ndarray]:
 def test_thunderstorm_csv_density(tmp_path):
     path = tmp_path / "locs.csv"
     x, y = _thunderstorm(path)
-    img = io.read_smlm(path, pixel_size_nm=20.0)
+    img = io.read_smlm(path, pixel_size=20.0)
     assert img.axes == "yx" and img.scale == pytest.approx((0.02, 0.02)) and img.units == ("um", "um")
     assert img.data.sum() == pytest.approx(len(x))
     assert img.shape == (int(y.max() // 20) + 1, int(x.max() // 20) + 1)
     expected, _, _ = np.histogram2d(y, x, bins=img.shape, range=((0, img.shape[0] * 20), (0, img.shape[1] * 20)))
     np.testing.assert_array_equal(img.data, expected)
-    gauss = io.read_smlm(path, pixel_size_nm=20.0, method="gaussian")
+    gauss = io.read_smlm(path, pixel_size=20.0, method="gaussian")
     assert gauss.metadata["render"]["sigma_nm"] == pytest.approx(9.5)  # median uncertainty column
     assert gauss.data.sum() == pytest.approx(len(x), rel=0.05)
     assert gauss.data.max() < img.data.max()
@@ -205,12 +205,12 @@ def test_thunderstorm_csv_density(tmp_path):
 def test_plain_xy_csv_units(tmp_path):
     path = tmp_path / "plain.csv"
     path.write_text("x,y\n100,50\n130,52\n1990,990\n")
-    img = io.read_smlm(path, pixel_size_nm=10.0)
+    img = io.read_smlm(path, pixel_size=10.0)
     assert img.shape == (100, 200) and img.data.sum() == 3
-    um = io.read_smlm(path, pixel_size_nm=10_000.0, unit="um")  # the same numbers read as um
+    um = io.read_smlm(path, pixel_size=10_000.0, unit="um")  # the same numbers read as um
     assert um.shape == (100, 200) and um.scale == pytest.approx((10.0, 10.0))
     with pytest.raises(MollifierInputError, match="too large"):
-        io.read_smlm(path, pixel_size_nm=1.0, unit="um")
+        io.read_smlm(path, pixel_size=1.0, unit="um")
 
 
 # --------------------------------------------------------------------------- refusal and errors

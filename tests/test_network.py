@@ -71,7 +71,7 @@ def _direct(fields, mask):
     m = get_model(MODEL)
     p = m.params()
     derived = m.derived({k: torch.as_tensor(v) for k, v in fields.items()}, p)
-    d = {k: derivatives(derived[k], RADIUS, spacing=PIXEL, mask=mask, which=keys) for k, keys in m.needs(2).items()}
+    d = {k: derivatives(derived[k], RADIUS, pixel_size=PIXEL, mask=mask, which=keys) for k, keys in m.needs(2).items()}
     return m.rate(d, p).numpy()
 
 

@@ -21,6 +21,7 @@ zarr = pytest.importorskip("zarr")
 
 import napari_mollifier as nm  # noqa: E402
 from napari_mollifier import cli, derivatives, solve, tiling  # noqa: E402
+from napari_mollifier.app import jobs  # noqa: E402
 from napari_mollifier.errors import (  # noqa: E402
     MollifierInputError,
     MollifierMemoryError,
@@ -28,7 +29,6 @@ from napari_mollifier.errors import (  # noqa: E402
     MollifierWarning,
     RunCancelled,
 )
-from napari_mollifier.io import jobs  # noqa: E402
 from napari_mollifier.simulate import synthetic_nucleus  # noqa: E402
 
 FAST = ["--radius", "4", "--n-bootstrap", "2", "--quiet"]

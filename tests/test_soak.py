@@ -35,6 +35,7 @@ def _rss_bytes() -> int:
         return int(psutil.Process().memory_info().rss)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 def test_fifty_solves_do_not_grow_memory(device):
     s = synthetic_nucleus(shape=(48, 48), pixel_size=0.02, seed=0)

@@ -91,6 +91,7 @@ def test_uniform_noisy_coverage(shared_data):
     assert 0.85 <= coverage <= 0.99, coverage
 
 
+@pytest.mark.slow
 def test_heat_varying_diffusivity():
     n, h = 128, 1.0 / 128
     y, x = np.mgrid[0:n, 0:n] * h
@@ -148,6 +149,7 @@ def test_label_image_gives_one_solve_per_label():
     assert np.isnan(res.rate[labels == 0]).all() and np.isfinite(res.rate[labels > 0]).mean() > 0.98
 
 
+@pytest.mark.slow
 def test_progress_every_percent_cancel_and_determinism():
     fields, _ = _heterogeneous(shape=(64, 64), noise=0.01, seed=3)
     calls = []

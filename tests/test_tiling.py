@@ -38,13 +38,14 @@ def big():
 
 def test_derivatives_2048_tiled_equals_untiled(big):
     keys = ("u", "x", "lap")
-    ref = nm.derivatives(big["phi_e"], 4, spacing=0.02, which=keys)
+    ref = nm.derivatives(big["phi_e"], 4, pixel_size=0.02, which=keys)
     tiled = tiling.derivatives_tiled(big["phi_e"], 4, spacing=0.02, which=keys, tile=1024)
     assert tiled["lap"].shape == (2048, 2048)
     for k in keys:
         assert _max_diff(ref[k], tiled[k]) <= 1e-5, k
 
 
+@pytest.mark.slow
 def test_infer_rates_2048_tiled_equals_untiled(big):
     # the solver's defaults (boundary="mask": exact edges) with a fixed radius and no bootstrap
     kwargs = dict(params=PARAMS, pixel_size=0.02, radius=3, n_bootstrap=0, method="direct", device="cpu")
@@ -64,7 +65,7 @@ def test_infer_rates_2048_tiled_equals_untiled(big):
 @pytest.mark.parametrize("boundary", ["periodic", "zeros", "replicate"])
 def test_derivatives_tiled_boundaries(boundary):
     f = _fields(150)["phi_h"]
-    ref = nm.derivatives(f, 5, spacing=0.5, boundary=boundary, which=("u", "xy", "lap"))
+    ref = nm.derivatives(f, 5, pixel_size=0.5, boundary=boundary, which=("u", "xy", "lap"))
     tiled = tiling.derivatives_tiled(f, 5, spacing=0.5, boundary=boundary, which=("u", "xy", "lap"), tile=40)
     for k in ref:
         assert _max_diff(ref[k], tiled[k]) <= 1e-9
@@ -110,6 +111,7 @@ def test_propagated_uncertainty_equals_the_untiled_one():
     assert tiled.provenance["noise_model"] == ref.provenance["noise_model"]
 
 
+@pytest.mark.slow
 def test_uncertainty_is_a_bootstrap_per_tile():
     fields = _fields(128, seed=5)
     kwargs = dict(params=PARAMS, pixel_size=0.02, radius=4, n_bootstrap=4, device="cpu", boundary="reflect",
@@ -163,10 +165,11 @@ def test_plan_tiles():
     assert tiling.plan_tiles(shape, 6, tile=None).tile is None
 
 
+@pytest.mark.slow
 def test_files_tile_automatically_and_rerun_exactly(tmp_path):
     tifffile = pytest.importorskip("tifffile")
+    from napari_mollifier.app.jobs import infer_files
     from napari_mollifier.io import write_ome_tiff
-    from napari_mollifier.io.jobs import infer_files
 
     fields = _fields(160, seed=11)
     path = write_ome_tiff(tmp_path / "big.ome.tif", fields, 0.02)

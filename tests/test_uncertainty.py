@@ -51,7 +51,7 @@ def test_noise_model_sees_correlation_between_fields():
     assert model.sigma["phi_h"] == pytest.approx(0.005, rel=0.1)
 
 
-@pytest.mark.parametrize("corr", [0.0, 1.5])
+@pytest.mark.parametrize("corr", [0.0, pytest.param(1.5, marks=pytest.mark.slow)])
 def test_propagated_uncertainty_agrees_with_bootstrap(corr):
     """Uniform rate (no smoothing bias): the propagated map and a 60-sample bootstrap of the same noise model agree
     (median ratio within 10 %), and both cover the truth."""
@@ -103,6 +103,7 @@ def test_two_sigma_coverage_table(kind, corr):
     assert 0.85 <= cov <= 0.99, (cov, res.radius, res.provenance["noise_model"])
 
 
+@pytest.mark.slow
 def test_auto_radius_keeps_the_smooth_nucleus_sharp():
     s = S.synthetic_nucleus((256, 256), noise=0.01, seed=0)
     res = nm.infer_rates({"phi_h": s["phi_h"], "phi_e": s["phi_e"]}, params=s["params"], pixel_size=PX,

@@ -79,6 +79,7 @@ def ome(tmp_path, sample):
     return path, roi
 
 
+@pytest.mark.slow
 def test_cli_without_param_estimates_l2_and_warns(tmp_path, ome, sample, capsys):
     path, roi = ome
     out = tmp_path / "out"

@@ -170,6 +170,7 @@ def test_direct_run_with_shapes_roi_matches_truth(sample_viewer, qtbot, tmp_path
     assert rate.metadata["provenance"]["radius"] == pytest.approx(8.0)
 
 
+@pytest.mark.slow
 def test_cancel_network_run(sample_viewer, qtbot):
     viewer, widget = sample_viewer
     from napari.utils.notifications import notification_manager
@@ -339,6 +340,7 @@ def test_shapes_roi_other_scale_translate_lands_in_place(make_napari_viewer, _pl
     np.testing.assert_array_equal(labels, expected)
 
 
+@pytest.mark.slow
 def test_stack_all_slices_and_current_slice(make_napari_viewer, _plugin_registered, qtbot):
     from napari_mollifier.simulate import synthetic_nucleus
 

@@ -61,6 +61,7 @@ def test_output_layers_show_a_labelled_colorbar(run_viewer, qtbot):
     assert sum(k == "mollifier_colorbar_label" for k in rate._overlays) == 1
 
 
+@pytest.mark.slow
 def test_the_colorbar_is_drawn(run_viewer, qtbot):
     """On the canvas: switching the rate's colour bar (and its label) off changes the top-right corner only."""
     viewer, widget = run_viewer

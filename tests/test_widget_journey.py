@@ -36,6 +36,7 @@ def _n_records():
     return len(notification_manager.records)
 
 
+@pytest.mark.slow
 def test_journey_sample_roi_domains_handoff_save_reopen(make_napari_viewer, _plugin_registered, qtbot, tmp_path):
     from napari_mollifier import infer_rates
     from napari_mollifier.domains.synthetic import lattice_nucleus

@@ -57,6 +57,7 @@ def _expect_error(qtbot, viewer, widget, *fragments) -> str:
 
 
 # ------------------------------------------------------------------------------------------- bad input
+@pytest.mark.slow
 def test_nan_and_inf_pixels(sample_viewer, qtbot):
     """NaN and inf pixels are missing data (a warning says how many; no output there, correct elsewhere)."""
     viewer, widget = sample_viewer
@@ -113,6 +114,7 @@ def test_zero_or_negative_euchromatin(sample_viewer, qtbot):
     _expect_error(qtbot, viewer, widget, "euchromatin")
 
 
+@pytest.mark.slow
 def test_empty_roi_and_roi_smaller_than_kernel(sample_viewer, qtbot):
     viewer, widget = sample_viewer
     px = float(viewer.layers[PHI_H].scale[-1])
@@ -144,6 +146,7 @@ def test_empty_roi_and_roi_smaller_than_kernel(sample_viewer, qtbot):
     np.testing.assert_allclose(rate_tiny[sel], truth[sel], rtol=0.1)
 
 
+@pytest.mark.slow
 def test_rgb_and_5d_layers(make_napari_viewer, _plugin_registered, qtbot):
     viewer = make_napari_viewer(show=True)
     viewer.add_image(np.random.default_rng(0).random((32, 32, 3)), name="rgb", rgb=True)
@@ -181,6 +184,7 @@ def test_rgb_and_5d_layers(make_napari_viewer, _plugin_registered, qtbot):
     assert np.corrcoef(rate[inside], s["rate"][inside])[0, 1] > 0.9
 
 
+@pytest.mark.slow
 def test_integer_and_bool_layers(make_napari_viewer, _plugin_registered, qtbot):
     """uint16 camera counts are converted to float (the same factor on both fields leaves the balance closed form
     unchanged); bool layers are converted to 0/1."""
@@ -264,6 +268,7 @@ def test_gpu_out_of_memory_is_reported(sample_viewer, qtbot, monkeypatch):
     assert _run(qtbot, widget) == "ok"
 
 
+@pytest.mark.slow
 def test_second_run_is_refused_while_running(sample_viewer, qtbot):
     viewer, widget = sample_viewer
     _fast(widget, bootstrap=5)
@@ -279,6 +284,7 @@ def test_second_run_is_refused_while_running(sample_viewer, qtbot):
     assert _outputs(viewer).count(RATE) == 1
 
 
+@pytest.mark.slow
 def test_layer_deleted_while_running(sample_viewer, qtbot):
     """The run works on copies taken when Run was pressed: deleting its input, its ROI or its output layer
     mid-run neither crashes nor loses the result; the result says which layers it came from."""
@@ -343,6 +349,7 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * __import__("os").sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
 def test_soak_50_runs_in_one_viewer(make_napari_viewer, _plugin_registered, qtbot):
     """50 runs back to back in one viewer: the outputs are updated in place (no layer pile-up), the results stay

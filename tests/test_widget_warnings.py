@@ -82,6 +82,7 @@ def test_pixel_size_too_small(make, sample, qtbot):
     assert "Check the input (1 warning)" in status
 
 
+@pytest.mark.slow
 def test_nucleus_wider_than_50_um(make, sample, qtbot):
     viewer, widget = make(sample["phi_h"], sample["phi_e"], px=0.9, roi=False)  # 64 px x 0.9 um, no ROI
     notes, status = _warnings_of_run(qtbot, widget)
@@ -89,12 +90,14 @@ def test_nucleus_wider_than_50_um(make, sample, qtbot):
     assert not any("implausible" in n for n in notes)
 
 
+@pytest.mark.slow
 def test_fractions_outside_0_1(make, sample, qtbot):
     viewer, widget = make(3.0 * sample["phi_h"], sample["phi_e"])
     notes, status = _warnings_of_run(qtbot, widget)
     _seen(notes, status, "phi_h or phi_e lies outside [0, 1] in")
 
 
+@pytest.mark.slow
 def test_fractions_sum_over_1(make, sample, qtbot):
     phi_h = 0.6 + 0.1 * sample["phi_h"]
     phi_e = 0.5 + 0.05 * sample["phi_e"]

@@ -4,6 +4,7 @@ The compute core (this package without ``_napari``) imports neither Qt nor napar
 """
 
 from ._version import __version__
+from .app.rerun import rerun
 from .coefficients import estimate_coefficients
 from .density import split_density
 from .errors import MollifierInputError, MollifierMemoryError, MollifierOutputError, MollifierWarning, RunCancelled
@@ -11,7 +12,6 @@ from .fractions import intensities_to_fractions
 from .io import load_result, read_image
 from .models import MODELS, get_model
 from .mollifier import Mollifier, derivatives
-from .rerun import rerun
 from .result import RateResult
 from .solve import infer_rates
 

@@ -70,7 +70,7 @@ def calibrate(fields: dict, known_rate: float | ArrayLike, model: str | Model = 
 
     def mollified(p):
         derived = m.derived(arrays, p)
-        return {n: {k: torch.as_tensor(v) for k, v in derivatives(derived[n], radius, spacing=tuple(spacing),
+        return {n: {k: torch.as_tensor(v) for k, v in derivatives(derived[n], radius, pixel_size=tuple(spacing),
                                                                     kernel=kernel, which=keys, ndim=ndim,
                                                                     **kwargs).items()}
                 for n, keys in m.needs(ndim).items()}

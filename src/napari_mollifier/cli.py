@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .errors import MollifierInputError
 
 __all__ = ["main", "build_parser"]
@@ -109,7 +109,7 @@ def _pixel_size(text: str) -> list:
     try:
         check_pixel_size(values, unit="um")
     except MollifierInputError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("pixel_size", "--pixel-size", 1)) from None
+        raise argparse.ArgumentTypeError(str(exc).replace("pixel_size", "--pixel-size-um", 1)) from None
     return values
 
 
@@ -135,12 +135,29 @@ def _param(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"--param {key}: {value!r} is not a number") from None
 
 
+def solver_defaults() -> dict:
+    """The defaults of :func:`napari_mollifier.infer_rates`, by argument name: the CLI's defaults are the library's."""
+    import inspect
+
+    from .solve import infer_rates
+
+    return {name: p.default for name, p in inspect.signature(infer_rates).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mollifier`` command line: its sub-commands and every option with its help text."""
+    from .app.jobs import OUTPUT_FORMATS
+    from .coefficients import COEFFICIENT_MODES
+    from .io.smlm import DEFAULT_RENDER_METHOD, DEFAULT_RENDER_PIXEL_SIZE, RENDER_METHODS
+    from .kernels import KERNEL_FAMILIES
     from .methods.network import DEFAULT_ITERATIONS
     from .models import MODELS
+    from .mollifier import BOUNDARIES
     from .solve import METHODS, RADIUS_RULES, UNCERTAINTY_METHODS
     from .validation import MAX_ITERATIONS
+
+    S = solver_defaults()  # noqa: N806 - a table, read like a constant
 
     parser = argparse.ArgumentParser(
         prog="mollifier", description="Reaction-rate maps from chromatin images with mollifier layers.",
@@ -166,55 +183,55 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ROI label image (0 = background): once for all jobs, or once per job in order. Without "
                         "--roi the nucleus is detected (Otsu on the smoothed total chromatin) and written as "
                         "NAME_nucleus.ome.tif; --roi whole solves the whole image")
-    p.add_argument("--model", default="chromatin-balance", choices=sorted(MODELS),
+    p.add_argument("--model", default=S["model"], choices=sorted(MODELS),
                    help="the PDE whose closed form gives the rate: chromatin-balance (2nd order, default; coefficient "
                         "l2), chromatin-phase-field (4th order; a, phi_max, l_int, mobility), heat, langevin "
                         "(docs/science.md)")
     p.add_argument("--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
                    help="model coefficient, lengths in um (repeatable), e.g. --param l2=0.0234")
-    p.add_argument("--params", choices=("auto", "default"), default=None,
+    p.add_argument("--params", choices=COEFFICIENT_MODES, default=None,
                    help="coefficients not given with --param: 'auto' estimates l2 from the image (self-consistency, "
                         "docs/science.md), 'default' uses the box-unit defaults on purpose. Without it, an image with "
                         "a physical pixel size gets l2 estimated, with a warning")
-    p.add_argument("--radius", type=_radius, default="auto",
+    p.add_argument("--radius", type=_radius, default=S["radius"],
                    help="mollifier kernel radius in pixels, or auto (default: the radius at which the map changes "
                         "least, quasi-optimality). A larger radius is smoother and less noisy but blurs features "
                         "smaller than it; to compare cells, run auto on a few and fix the typical value")
-    p.add_argument("--method", default="direct", choices=METHODS,
+    p.add_argument("--method", default=S["method"], choices=METHODS,
                    help="direct (default: the closed form on mollified data, with an uncertainty map), network (a "
                         "mollified network fit) or autodiff (the autodiff-PINN baseline)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
-    p.add_argument("--pixel-size", type=_pixel_size, metavar="UM[,UM]",
+    p.add_argument("--device", default=S["device"], help="auto (default), cpu, cuda, cuda:1, mps")
+    p.add_argument("--pixel-size-um", "--pixel-size", dest="pixel_size", type=_pixel_size, metavar="UM[,UM]",
                    help="pixel size in um (overrides the file; a file without one is read at 1 per pixel with a "
-                        "warning, and then --param is refused)")
-    p.add_argument("--uncertainty", default="propagate", choices=UNCERTAINTY_METHODS,
+                        "warning, and then --param is refused); --pixel-size is the same option")
+    p.add_argument("--uncertainty", default=S["uncertainty"], choices=UNCERTAINTY_METHODS,
                    help="propagate (default: the estimated input noise propagated through the kernels, about one "
                         "extra solve), bootstrap (--n-bootstrap noise realisations, slow) or none")
-    p.add_argument("--n-bootstrap", type=_n_bootstrap, default=100,
+    p.add_argument("--n-bootstrap", type=_n_bootstrap, default=S["n_bootstrap"],
                    help="noise realisations for --uncertainty bootstrap (0: no uncertainty; 2 .. 10000)")
-    p.add_argument("--radius-rule", default="lepski", choices=RADIUS_RULES,
+    p.add_argument("--radius-rule", default=S["radius_rule"], choices=RADIUS_RULES,
                    help="how --radius auto picks the radius: lepski (default: the largest radius whose map stays "
                         "within one standard deviation of the maps at all smaller radii) or quasi-optimality")
-    p.add_argument("--seed", type=_seed, default=0,
+    p.add_argument("--seed", type=_seed, default=S["seed"],
                    help="seed of the bootstrap noise and the network, 0 .. 2**64-1 (default 0)")
-    p.add_argument("--roi-mode", default="image", choices=("image", "isolate"),
+    p.add_argument("--roi-mode", default=S["roi_mode"], choices=("image", "isolate"),
                    help="image (default): derivatives use every valid pixel, the ROI selects where maps are "
                         "reported; isolate: each ROI is solved with its own pixels only (separate nuclei; an edge "
                         "band appears at the ROI border)")
-    p.add_argument("--kernel", default="poly",
-                   help="mollifier kernel: poly (default, (1 - r^2)^8), poly<k> with k >= 5, sep (separable "
-                        "tensor product, faster on large images) or bump")
-    p.add_argument("--boundary", default="mask",
+    p.add_argument("--kernel", default=S["kernel"],
+                   help=f"mollifier kernel, one of {', '.join(KERNEL_FAMILIES)}: poly (default, (1 - r^2)^8), "
+                        "poly<k> with k >= 5, sep (separable tensor product, faster on large images) or bump")
+    p.add_argument("--boundary", default=S["boundary"], choices=("mask", *BOUNDARIES),
                    help="mask (default: only valid pixels are used, edges and NaN holes exact), or a padding mode: "
                         "reflect, replicate, periodic (periodic simulations), zeros")
-    p.add_argument("--iterations", type=_iterations, default=None,
+    p.add_argument("--iterations", type=_iterations, default=S["iterations"],
                    help=f"most network iterations (network methods; 1 .. {MAX_ITERATIONS}, default "
                         f"{DEFAULT_ITERATIONS}; the fit stops earlier once the loss stops improving)")
     p.add_argument("--allow-constant", action="store_true",
                    help="accept a channel that is constant over the image (refused by default: no contrast)")
-    p.add_argument("--smlm-pixel", type=_positive_float, default=20.0, metavar="NM",
-                   help="pixel size of rendered SMLM tables, nm (default 20)")
-    p.add_argument("--smlm-render", default="histogram", choices=("histogram", "gaussian"),
+    p.add_argument("--smlm-pixel", type=_positive_float, default=DEFAULT_RENDER_PIXEL_SIZE, metavar="NM",
+                   help=f"pixel size of rendered SMLM tables, nm (default {DEFAULT_RENDER_PIXEL_SIZE:g})")
+    p.add_argument("--smlm-render", default=DEFAULT_RENDER_METHOD, choices=RENDER_METHODS,
                    help="how SMLM tables are rendered: histogram (default, counts per pixel) or gaussian")
     p.add_argument("--smlm-sigma", type=_positive_float, default=None, metavar="NM",
                    help="Gaussian rendering width, nm (default: median localisation uncertainty, else 1 px)")
@@ -222,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=_tile, default="auto", metavar="auto|none|PX",
                    help="auto (default): tiles with a halo only when the image does not fit in memory; none; or a "
                         "tile size in pixels")
-    p.add_argument("--format", default="ome-tif", choices=("ome-tif", "ome-zarr", "npz"),
+    p.add_argument("--format", default=next(iter(OUTPUT_FORMATS)), choices=tuple(OUTPUT_FORMATS),
                    help="format of the result file (default ome-tif)")
     p.add_argument("--out", default="mollifier-out", metavar="DIR", help="output folder (default mollifier-out)")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -305,7 +322,9 @@ def _intensity_options(args) -> dict:
 
 
 def _threshold(text: str):
-    if text in ("percentile", "otsu"):
+    from .domains.pipeline import THRESHOLD_METHODS
+
+    if text in THRESHOLD_METHODS:
         return text
     return _positive_float(text)
 
@@ -319,8 +338,10 @@ def _add_domains_parser(sub, common) -> None:
                                    "NAME_summary.json and NAME_labels/_gamma/_fields.ome.tif to --out.")
     g.add_argument("inputs", nargs="+", metavar="LOCS", help="localisation tables (.csv/.tsv, x and y in nm)")
     g.add_argument("--out", default="domains-out", metavar="DIR", help="output folder (default domains-out)")
-    g.add_argument("--pixel-size", type=_positive_float, default=D["pixel_size_nm"], metavar="NM",
-                   help=f"pixel size of the output images, nm (default {D['pixel_size_nm']:g})")
+    g.add_argument("--pixel-size-nm", dest="pixel_size", type=_positive_float, default=D["pixel_size"], metavar="NM",
+                   help=f"pixel size of the output images, nm (default {D['pixel_size']:g})")
+    g.add_argument("--pixel-size", dest="pixel_size_old", type=_positive_float, default=None, metavar="NM",
+                   help="deprecated name of --pixel-size-nm (the same number, in nm)")
     g.add_argument("--threshold", type=_threshold, default=D["threshold"], metavar="percentile|otsu|VALUE",
                    help="density threshold: a percentile (--percentile), otsu, or localisations per um^2")
     g.add_argument("--percentile", type=float, default=D["percentile"], help="default 50 (the lab's)")
@@ -338,7 +359,12 @@ def _add_domains_parser(sub, common) -> None:
 def cmd_domains(args) -> int:
     from .domains import analyse_table
 
-    params = {"pixel_size_nm": args.pixel_size, "threshold": args.threshold, "percentile": args.percentile,
+    pixel_size = args.pixel_size
+    if args.pixel_size_old is not None:
+        print("mollifier: warning: domains --pixel-size is deprecated: use --pixel-size-nm (the same number, nm)",
+              file=sys.stderr)
+        pixel_size = args.pixel_size_old
+    params = {"pixel_size": pixel_size, "threshold": args.threshold, "percentile": args.percentile,
               "eps_nm": args.eps, "min_samples": args.min_samples, "min_points": args.min_points,
               "subsample": args.subsample, "diffusivity": args.diffusivity, "neighbours": args.neighbours,
               "seed": args.seed}
@@ -486,8 +512,8 @@ def check_writable(out: Path) -> None:
     """Fail before any computation when the output folder cannot be created or written to. Creates nothing: the
     folder is made when the first result is published, so a run stopped before that leaves no empty folder.
     """
+    from .app.jobs import _output_error
     from .errors import MollifierOutputError
-    from .io.jobs import _output_error
 
     base = out
     while not base.exists() and base != base.parent:
@@ -510,14 +536,14 @@ def check_writable(out: Path) -> None:
 
 
 def cmd_infer(args) -> int:
-    from .io.jobs import run_batch
+    from .app.jobs import run_batch
 
     jobs = _jobs(args)
     options = {
         "channels": [c.strip() for c in args.channels.split(",")] if args.channels else None,
         "t": args.t,
         "pixel_size": args.pixel_size,
-        "smlm": {"pixel_size_nm": args.smlm_pixel, "method": args.smlm_render, "sigma_nm": args.smlm_sigma,
+        "smlm": {"pixel_size": args.smlm_pixel, "method": args.smlm_render, "sigma_nm": args.smlm_sigma,
                  "unit": args.smlm_unit},
         "tile": args.tile,
         "model": args.model,
@@ -590,8 +616,8 @@ def cmd_demo(args) -> int:
     import numpy as np
 
     from . import demo
+    from .app.jobs import write_outputs
     from .io import atomic_path, file_sha256, to_json, write_ome_tiff
-    from .io.jobs import write_outputs
 
     out = Path(args.out)
     check_writable(out)
@@ -641,9 +667,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_rerun(args) -> int:
+    from .app.jobs import write_outputs
+    from .app.rerun import compare_results, read_provenance, rerun
     from .io import load_result
-    from .io.jobs import write_outputs
-    from .rerun import compare_results, read_provenance, rerun
 
     source = Path(args.source)
     _finish_interrupted_writes(source.parent)

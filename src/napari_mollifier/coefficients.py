@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .errors import MollifierInputError
+from .errors import MollifierInputError, find_stack_level
 
 __all__ = ["estimate_coefficients", "domain_spacing_of_image", "resolve_coefficients", "is_physical", "SPACING_C",
            "ESTIMATORS"]
@@ -89,8 +89,8 @@ def _ab(ph, pe, px, mask, radius):
         kw = {"boundary": "reflect"}
     else:
         kw = {"mask": mask}
-    dh = derivatives(np.where(mask, ph, 0.0), radius, spacing=px, which=("u",), ndim=2, **kw)
-    de = derivatives(np.where(mask, pe, 0.0), radius, spacing=px, which=("u", "lap"), ndim=2, **kw)
+    dh = derivatives(np.where(mask, ph, 0.0), radius, pixel_size=px, which=("u",), ndim=2, **kw)
+    de = derivatives(np.where(mask, pe, 0.0), radius, pixel_size=px, which=("u", "lap"), ndim=2, **kw)
     with np.errstate(divide="ignore", invalid="ignore"):
         den = np.where(de["u"] > 1e-3 * np.nanmedian(np.abs(de["u"][mask])), de["u"], np.nan)
         return dh["u"] / den, de["lap"] / den
@@ -298,7 +298,7 @@ def resolve_coefficients(model, given=None, mode=None, fields=None, pixel_size=1
                 f"the box-unit default(s) {', '.join(f'{k} = {params[k]:g}' for k in lengths)} are applied to an "
                 f"image in {unit_text}: the rate map is likely wrong; estimate {lengths[0]} (params='auto', "
                 f"--params auto) or set it (--param {lengths[0]}=VALUE, in {unit_text}^2)", MollifierWarning,
-                stacklevel=3)
+                stacklevel=find_stack_level())
         return params, sources, None
     hint = ", ".join(f"{k}=VALUE" for k in lengths)
     if m.name != "chromatin-balance":
@@ -319,5 +319,5 @@ def resolve_coefficients(model, given=None, mode=None, fields=None, pixel_size=1
             f"l2 was not given for an image in {unit_text} (the default 1.04 is in box units): "
             f"{est['description'].replace('l2 = ', 'using l2 = ', 1)} {unit_text}^2. Set it yourself with "
             f"params={{'l2': VALUE}} / --param l2=VALUE, or --params auto to estimate it without this warning",
-            MollifierWarning, stacklevel=3)
+            MollifierWarning, stacklevel=find_stack_level())
     return params, sources, est

@@ -336,8 +336,8 @@ def estimate_mark_ratio(fractions: dict, l2: float, pixel_size: float | ArrayLik
             f"the nucleus is too small to estimate the mark ratio ({int(inner.sum())} px left one kernel radius "
             f"({radius:.3g} px) inside its edge): give mark_ratio as a number"
         )
-    dh = derivatives(np.nan_to_num(ph), radius, spacing=spacing, mask=valid, which=("u",))
-    de = derivatives(np.nan_to_num(pe), radius, spacing=spacing, mask=valid, which=("u", "lap"))
+    dh = derivatives(np.nan_to_num(ph), radius, pixel_size=spacing, mask=valid, which=("u",))
+    de = derivatives(np.nan_to_num(pe), radius, pixel_size=spacing, mask=valid, which=("u", "lap"))
     uh, ue, lap = (np.asarray(x) for x in (dh["u"], de["u"], de["lap"]))
     with np.errstate(divide="ignore", invalid="ignore"):
         a_map, b_map = uh / ue, float(l2) * lap / ue

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import MollifierInputError
+from .errors import MollifierInputError, renamed_keyword
 from .kernels import MAX_ORDER, corrected_kernel, half_width, parse_kernel
 from .masked import FieldSpectrum, apply_masked, mask_operator, separable_correlate, use_separable
 from .masked import correlate as _correlate
@@ -123,13 +123,13 @@ class _Plan:
         return torch.as_tensor(np.tensordot(comb, stack, axes=1), dtype=dtype, device=device)
 
 
-def _make_plan(radius, spacing, kernel, boundary, which, ndim, method, spatial_shape) -> _Plan:
+def _make_plan(radius, pixel_size, kernel, boundary, which, ndim, method, spatial_shape) -> _Plan:
     parse_kernel(kernel)
     if boundary not in BOUNDARIES:
         raise MollifierInputError(f"unknown boundary {boundary!r}: use one of {BOUNDARIES} (or pass a mask)")
     if method not in ("auto", "direct", "fft"):
         raise MollifierInputError(f"unknown method {method!r}: use 'auto', 'direct' or 'fft'")
-    spacing_t = _spacing(spacing, ndim)
+    spacing_t = _spacing(pixel_size, ndim)
     keys = tuple(default_keys(ndim) if which is None else ((which,) if isinstance(which, str) else tuple(which)))
     if not keys:
         raise MollifierInputError("`which` is empty: ask for at least one derivative key, e.g. which=('lap',)")
@@ -152,21 +152,23 @@ def _make_plan(radius, spacing, kernel, boundary, which, ndim, method, spatial_s
     return plan
 
 
-def _spacing(spacing, ndim: int) -> tuple[float, ...]:
-    values = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+def _spacing(pixel_size, ndim: int) -> tuple[float, ...]:
+    values = np.atleast_1d(np.asarray(pixel_size, dtype=np.float64))
     if values.ndim != 1 or values.size not in (1, ndim):
-        raise MollifierInputError(f"spacing must be one number or {ndim} numbers (one per axis), got {spacing!r}")
+        raise MollifierInputError(
+            f"pixel_size must be one number or {ndim} numbers (one per axis), got {pixel_size!r}"
+        )
     if not np.all(np.isfinite(values)) or np.any(values <= 0):
-        raise MollifierInputError(f"spacing must be positive and finite, got {spacing!r}")
+        raise MollifierInputError(f"pixel_size must be positive and finite, got {pixel_size!r}")
     return tuple(float(v) for v in np.broadcast_to(values, (ndim,)))
 
 
-def _infer_ndim(field_ndim: int, spacing, mask, ndim) -> int:
+def _infer_ndim(field_ndim: int, pixel_size, mask, ndim) -> int:
     if ndim is None:
         if mask is not None:
             ndim = np.ndim(mask) if not isinstance(mask, torch.Tensor) else mask.dim()
-        elif np.ndim(spacing) == 1 and len(spacing) > 1:
-            ndim = len(spacing)
+        elif np.ndim(pixel_size) == 1 and len(pixel_size) > 1:
+            ndim = len(pixel_size)
         else:
             ndim = min(field_ndim, 2)
     if ndim not in (1, 2, 3):
@@ -258,7 +260,7 @@ def _check_finite(x: torch.Tensor, mask: torch.Tensor | None) -> None:
 def derivatives(
     field,
     radius: float,
-    spacing=1.0,
+    pixel_size=1.0,
     kernel: str = "poly",
     boundary: str = "reflect",
     mask=None,
@@ -267,6 +269,7 @@ def derivatives(
     ndim: int | None = None,
     method: str = "auto",
     where=None,
+    spacing=None,
 ) -> dict:
     """Mollified field and derivatives, ``d^alpha u = g (*) d^alpha eta``, in the image's physical units.
 
@@ -277,8 +280,9 @@ def derivatives(
         Integer and bool arrays are converted to floating point.
     radius : float
         Kernel support radius in pixels, at least ``order + 1`` and at most the image size.
-    spacing : float or sequence of float
-        Physical pixel size per axis (``(dz, dy, dx)``); a k-th derivative is divided by ``h^k``.
+    pixel_size : float or sequence of float
+        Physical pixel size, one number or one per axis (``(dz, dy, dx)``), in the length unit the derivatives
+        are wanted in (um for a calibrated image); a k-th derivative is divided by ``h^k``.
     kernel : str
         ``"poly"`` (``(1 - r^2)^8``), ``"poly<k>"`` or ``"bump"`` (``exp(-1 / (1 - r^2))``).
     boundary : str
@@ -291,13 +295,15 @@ def derivatives(
         Keys: ``"u"``, axis-letter derivatives (``"x"``, ``"yy"``, ``"xy"``, ``"xxyy"``...), ``"lap"``,
         ``"biharm"``. Default: ``u``, first and second derivatives, ``lap``, ``biharm``.
     ndim : int, optional
-        Number of spatial axes; by default ``len(spacing)`` when a sequence is given, else the mask's ndim,
+        Number of spatial axes; by default ``len(pixel_size)`` when a sequence is given, else the mask's ndim,
         else 2 (1 for 1-D input).
     method : str
         ``"auto"`` (direct convolution for small kernels, FFT for large), ``"direct"`` or ``"fft"``.
     where : array of bool, optional
         With a ``mask``: pixels where the output is wanted (NaN elsewhere). Saves the per-pixel moment solves near
         mask edges that lie outside it (e.g. the image border when only an ROI inside it is reported).
+    spacing : float or sequence of float, optional
+        Deprecated name of ``pixel_size`` (a ``FutureWarning``).
 
     Returns
     -------
@@ -308,15 +314,16 @@ def derivatives(
     --------
     >>> import numpy as np
     >>> y, x = np.mgrid[0:64, 0:64] * 0.5           # pixel size 0.5
-    >>> d = derivatives(x**2 + 3 * x * y, radius=6, spacing=0.5, which=("xx", "xy", "lap"))
+    >>> d = derivatives(x**2 + 3 * x * y, radius=6, pixel_size=0.5, which=("xx", "xy", "lap"))
     >>> [round(float(d[k][32, 32]), 9) for k in ("xx", "xy", "lap")]
     [2.0, 3.0, 2.0]
     """
+    pixel_size = renamed_keyword("pixel_size", pixel_size, "spacing", spacing, default=1.0)
     tensor, was_numpy = _as_float_tensor(field)
-    nd = _infer_ndim(tensor.dim(), spacing, mask, ndim)
+    nd = _infer_ndim(tensor.dim(), pixel_size, mask, ndim)
     spatial = tuple(tensor.shape[-nd:])
     batch = tuple(tensor.shape[:-nd])
-    plan = _make_plan(radius, spacing, kernel, boundary, which, nd, method, spatial)
+    plan = _make_plan(radius, pixel_size, kernel, boundary, which, nd, method, spatial)
     m = None if mask is None else _mask_tensor(mask, spatial, batch, tensor.device)
     x = tensor.reshape((-1, 1) + spatial)
     _check_finite(x, m)
@@ -339,7 +346,8 @@ class Mollifier(torch.nn.Module):
     """Mollifier layer: ``(batch, channel, *spatial)`` tensor -> dict of derivative tensors of the same shape.
 
     The kernels are fixed (built once, registered as a buffer so ``.to(device)`` moves them); gradients flow to
-    the input, so a base network can be trained through the layer. Arguments as in :func:`derivatives`.
+    the input, so a base network can be trained through the layer. Arguments as in :func:`derivatives`
+    (``pixel_size``: the physical pixel size, one number or one per axis; ``spacing`` is its deprecated name).
 
     Examples
     --------
@@ -352,16 +360,19 @@ class Mollifier(torch.nn.Module):
     def __init__(
         self,
         radius: float,
-        spacing=1.0,
+        pixel_size=1.0,
         kernel: str = "poly",
         boundary: str = "reflect",
         which=None,
         ndim: int = 2,
         method: str = "auto",
+        *,
+        spacing=None,
     ):
         super().__init__()
+        pixel_size = renamed_keyword("pixel_size", pixel_size, "spacing", spacing, default=1.0)
         spatial = (int(math.ceil(float(radius))),) * ndim  # placeholder shape: the real check is in forward
-        self.plan = _make_plan(radius, spacing, kernel, boundary, which, ndim, method, spatial)
+        self.plan = _make_plan(radius, pixel_size, kernel, boundary, which, ndim, method, spatial)
         # float64 master copy, cast to the input's dtype in forward (module.to(float32) must not lose precision
         # for a later float64 input)
         self.register_buffer("weight", self.plan.key_kernels(torch.float64, "cpu"), persistent=False)

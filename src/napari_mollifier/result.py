@@ -6,7 +6,30 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["RateResult"]
+__all__ = ["RateResult", "register_file_io"]
+
+# The file formats live in napari_mollifier.io.results, which depends on this module and never the reverse: it
+# registers its writer and reader here when it is imported (importing napari_mollifier imports it).
+_FILE_IO: dict = {}
+
+
+def register_file_io(*, save, load) -> None:
+    """Set the functions behind :meth:`RateResult.save` and :meth:`RateResult.load`.
+
+    Parameters
+    ----------
+    save : callable
+        ``save(result, path, **kwargs) -> Path`` (:func:`napari_mollifier.io.save_result`).
+    load : callable
+        ``load(path) -> RateResult`` (:func:`napari_mollifier.io.load_result`).
+    """
+    _FILE_IO.update(save=save, load=load)
+
+
+def _file_io(name: str):
+    if name not in _FILE_IO:  # cannot happen through `import napari_mollifier`, whose __init__ imports io
+        raise RuntimeError("RateResult.save/load need napari_mollifier.io: import napari_mollifier.io first")
+    return _FILE_IO[name]
 
 
 @dataclass
@@ -107,16 +130,12 @@ class RateResult:
         its provenance; :func:`load_result` (or :meth:`RateResult.load`) reads it back unchanged. The write is
         atomic (temporary name, then rename). Returns the path.
         """
-        from .io.results import save_result
-
-        return save_result(self, path, **kwargs)
+        return _file_io("save")(self, path, **kwargs)
 
     @classmethod
     def load(cls, path) -> RateResult:
         """Read a result written by :meth:`save`."""
-        from .io.results import load_result
-
-        return load_result(path)
+        return _file_io("load")(path)
 
     def __repr__(self) -> str:
         inside = np.isfinite(self.rate)

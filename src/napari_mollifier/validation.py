@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from .errors import MollifierInputError, MollifierWarning
+from .errors import MollifierInputError, MollifierWarning, find_stack_level
 from .methods.network import DEFAULT_ITERATIONS
 
 __all__ = [
@@ -275,7 +275,7 @@ def warn_run_time(shape, *, radius="auto", n_bootstrap: int = 0, method: str = "
     note = run_time_note(shape, radius=radius, n_bootstrap=n_bootstrap, method=method, iterations=iterations,
                          threshold=threshold)
     if note is not None:
-        warnings.warn(note, MollifierWarning, stacklevel=3)
+        warnings.warn(note, MollifierWarning, stacklevel=find_stack_level())
     return estimate_run_seconds(shape, radius=radius, n_bootstrap=n_bootstrap, method=method, iterations=iterations)
 
 
@@ -327,7 +327,7 @@ def warn_extreme_pixels(arrays: dict, valid=None, *, z_threshold: float = 1e3, m
             f"field {name!r} has {len(isolated)} isolated extreme pixel(s) (e.g. {value:.3g} at "
             f"{tuple(int(i) for i in worst)}, {abs(value - med) / scale:.2g} robust standard deviations from the "
             f"median {med:.3g}): they dominate the rate map around them; remove hot pixels (a 3x3 median filter) "
-            "or set them to NaN (missing data)", MollifierWarning, stacklevel=3)
+            "or set them to NaN (missing data)", MollifierWarning, stacklevel=find_stack_level())
     return out
 
 

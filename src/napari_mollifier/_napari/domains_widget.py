@@ -38,6 +38,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_mollifier.domains.pipeline import THRESHOLD_METHODS
+
 from ._qt_layout import Collapsible, scrolling_body
 
 __all__ = ["DomainsWidget", "MAX_POINTS", "FILE_SOURCE"]
@@ -55,7 +57,7 @@ TABLE_HEADERS = {
     "gamma_me": "Methylation rate Γme (1/s)",
     "lambda": "Rate ratio λ = Γme/Γac",
 }
-_THRESHOLDS = ("percentile", "otsu", "value (/µm²)")
+_THRESHOLDS = (*THRESHOLD_METHODS, "value (/µm²)")  # the widget's index 0, 1: the library's methods, in order
 _MAX_ROWS = 5000
 
 
@@ -228,7 +230,7 @@ class DomainsWidget(QWidget):
         self.advanced = Collapsible("Segmentation settings")
         adv = QFormLayout(self.advanced.body)
         adv.setContentsMargins(0, 0, 0, 0)
-        self.pixel_spin = dspin(D["pixel_size_nm"], 1, 1000, 5, 1, " nm",
+        self.pixel_spin = dspin(D["pixel_size"], 1, 1000, 5, 1, " nm",
                                 "Pixel size (nm) of the output images (domains, rates, phi_h / phi_e).")
         adv.addRow("Pixel size", self.pixel_spin)
         self.threshold_combo = QComboBox()
@@ -363,7 +365,7 @@ class DomainsWidget(QWidget):
     # ------------------------------------------------------------------ run
     def _params(self) -> dict:
         kind = self.threshold_combo.currentIndex()
-        p = {"pixel_size_nm": self.pixel_spin.value(), "eps_nm": self.eps_spin.value(),
+        p = {"pixel_size": self.pixel_spin.value(), "eps_nm": self.eps_spin.value(),
              "min_samples": self.min_samples_spin.value(), "min_points": self.min_points_spin.value(),
              "subsample": self.subsample_spin.value(), "diffusivity": self.d_spin.value()}
         if kind == 0:
@@ -487,7 +489,7 @@ class DomainsWidget(QWidget):
         return add[kind](data, name=name, **kwargs)
 
     def _publish(self, res) -> None:
-        from napari_mollifier.io._common import napari_supports_units
+        from napari_mollifier._napari.layer_data import napari_supports_units
 
         self.result = res
         n = self._name

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_mollifier._napari.layer_data import image_layer_data
 from napari_mollifier.errors import MollifierInputError
 
 __all__ = [
@@ -56,7 +57,7 @@ def _safe(check, path) -> bool:
 def read_tiff_layers(path) -> list:
     from napari_mollifier.io import read_tiff
 
-    return _restore_display(read_tiff(_single(path)).layer_data())
+    return _restore_display(image_layer_data(read_tiff(_single(path))))
 
 
 def _restore_display(layers: list) -> list:
@@ -89,7 +90,7 @@ def read_zarr_layers(path) -> list:
     from napari_mollifier.io.zarr import read_zarr_labels
 
     img = read_zarr(_single(path))
-    layers = img.layer_data()
+    layers = image_layer_data(img)
     spatial = tuple(s for a, s in zip(img.axes, img.scale) if a in "zyx")
     for name, data in read_zarr_labels(_single(path)).items():
         scale = spatial[-data.ndim:] if len(spatial) >= data.ndim else (1.0,) * data.ndim
@@ -102,7 +103,7 @@ def read_smlm_layers(path, **options) -> list:
     from napari_mollifier.io import read_smlm
 
     img = read_smlm(_single(path), **options)
-    (data, kwargs, kind), = img.layer_data()
+    (data, kwargs, kind), = image_layer_data(img)
     kwargs.update({"name": f"{img.name} density", "colormap": "gray"})
     return [(data, kwargs, kind)]
 

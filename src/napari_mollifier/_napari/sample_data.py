@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_mollifier.io._common import napari_supports_units
+from napari_mollifier._napari.layer_data import napari_supports_units
 from napari_mollifier.simulate import synthetic_nucleus
 
 #: Arguments of the shipped sample; tests recompute the ground truth from these.

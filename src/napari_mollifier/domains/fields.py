@@ -18,18 +18,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import renamed_keyword
+
 __all__ = ["segmentation_fields", "DEFAULT_FIELDS"]
 
 DEFAULT_FIELDS = {"smoothing_nm": 40.0, "percentiles": (1.0, 99.0), "chromatin": (0.2, 0.8),
                   "hetero_share": (0.1, 0.9)}
 
 
-def segmentation_fields(density, domain_mask, nucleus, pixel_size_nm: float, **options) -> tuple[dict, dict]:
-    """``({"phi_h", "phi_e", "phi_w"}, assumption)`` (module docstring for the mapping)."""
+def segmentation_fields(density, domain_mask, nucleus, pixel_size: float | None = None, *,
+                        pixel_size_nm: float | None = None, **options) -> tuple[dict, dict]:
+    """``({"phi_h", "phi_e", "phi_w"}, assumption)`` (module docstring for the mapping) on a grid of ``pixel_size``
+    nm (``pixel_size_nm``: its deprecated name); ``options`` override :data:`DEFAULT_FIELDS`.
+    """
     from scipy import ndimage
 
+    pixel_size = renamed_keyword("pixel_size", pixel_size, "pixel_size_nm", pixel_size_nm, required=True)
+
     opts = dict(DEFAULT_FIELDS, **options)
-    sigma = float(opts["smoothing_nm"]) / float(pixel_size_nm)
+    sigma = float(opts["smoothing_nm"]) / float(pixel_size)
     rho = ndimage.gaussian_filter(np.asarray(density, float), sigma)
     m = ndimage.gaussian_filter(np.asarray(domain_mask, float), sigma)
     inside = np.asarray(nucleus, bool)

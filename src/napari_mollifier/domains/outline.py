@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MollifierInputError
+from ..errors import MollifierInputError, renamed_keyword
 
 __all__ = ["nucleus_mask", "edge_distance_nm"]
 
 
-def nucleus_mask(counts, pixel_size_nm: float, *, smoothing_nm: float = 200.0) -> tuple[np.ndarray, float]:
-    """``(mask, threshold)``: the nucleus (bool image) from a localisation count image on a ``pixel_size_nm``
-    grid, and the Otsu threshold used on the smoothed counts (localisations per pixel).
+def nucleus_mask(counts, pixel_size: float | None = None, *, smoothing_nm: float = 200.0,
+                 pixel_size_nm: float | None = None) -> tuple[np.ndarray, float]:
+    """``(mask, threshold)``: the nucleus (bool image) from a localisation count image on a grid of ``pixel_size``
+    nm, and the Otsu threshold used on the smoothed counts (localisations per pixel). ``pixel_size_nm`` is the
+    deprecated name of ``pixel_size``.
     """
+    pixel_size = renamed_keyword("pixel_size", pixel_size, "pixel_size_nm", pixel_size_nm, required=True)
     from scipy import ndimage
     from skimage.filters import threshold_otsu
 
-    img = ndimage.gaussian_filter(np.asarray(counts, float), float(smoothing_nm) / float(pixel_size_nm),
+    img = ndimage.gaussian_filter(np.asarray(counts, float), float(smoothing_nm) / float(pixel_size),
                                   mode="constant")
     if not np.ptp(img) > 0:
         raise MollifierInputError("the localisation image is empty or constant: no nucleus outline can be found")
@@ -38,12 +41,14 @@ def nucleus_mask(counts, pixel_size_nm: float, *, smoothing_nm: float = 200.0) -
     return mask, thr
 
 
-def edge_distance_nm(mask, pixel_size_nm: float) -> np.ndarray:
-    """Distance (nm) from every pixel inside ``mask`` to the nearest pixel outside it (0 outside); the mask's
-    edge is taken half a pixel beyond the last inside pixel centre.
+def edge_distance_nm(mask, pixel_size: float | None = None, *, pixel_size_nm: float | None = None) -> np.ndarray:
+    """Distance (nm) from every pixel inside ``mask`` (pixels of ``pixel_size`` nm) to the nearest pixel outside
+    it (0 outside); the mask's edge is taken half a pixel beyond the last inside pixel centre. ``pixel_size_nm`` is
+    the deprecated name of ``pixel_size``.
     """
+    pixel_size = renamed_keyword("pixel_size", pixel_size, "pixel_size_nm", pixel_size_nm, required=True)
     from scipy import ndimage
 
     padded = np.pad(np.asarray(mask, bool), 1)
     d = ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
-    return np.where(mask, (d - 0.5) * float(pixel_size_nm), 0.0)
+    return np.where(mask, (d - 0.5) * float(pixel_size), 0.0)

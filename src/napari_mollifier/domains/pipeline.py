@@ -6,7 +6,7 @@ The steps (Kant et al., Nat Commun 2024, H2B STORM; the lab's MATLAB defaults in
    the default ``subsample=0`` means automatic: every localisation up to :data:`AUTO_SUBSAMPLE_MAX` of them
    (analysing 1 in 4 biases the result: on :func:`.synthetic.lattice_nucleus` it finds 169 of 233 domains and a
    48 nm lamina band instead of 98 nm), and beyond that the smallest ``N`` that brings the count under it;
-2. Voronoi density per localisation (:mod:`.voronoi`) and a density image at ``pixel_size_nm``;
+2. Voronoi density per localisation (:mod:`.voronoi`) and a density image at ``pixel_size`` (nm);
 3. nucleus outline (:mod:`.outline`); density threshold: a percentile of the densities [50th], Otsu on
    log10 density, or a number (localisations / um^2); the value is returned;
 4. DBSCAN on the dense localisations inside the nucleus [eps 30 nm, min_samples 3]; clusters of at least
@@ -15,14 +15,14 @@ The steps (Kant et al., Nat Commun 2024, H2B STORM; the lab's MATLAB defaults in
 5. per interior domain: centre, equivalent radius R, spacing d (mean distance to the 5 nearest interior domain
    centres), Gamma_ac = D / d^2, Gamma_me = Gamma_ac / ((d / R)^2 - 1), lambda (:mod:`.rates`); log-normal fits;
 6. images: domain labels, LAD band, per-domain Gamma maps, and the phi_h / phi_e / phi_w fields the
-   segmentation implies (:mod:`.fields`), all on one grid (origin ``origin_nm``, pixel ``pixel_size_nm``).
+   segmentation implies (:mod:`.fields`), all on one grid (origin ``origin_nm``, pixel ``pixel_size`` nm).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MollifierInputError, RunCancelled
+from ..errors import MollifierInputError, RunCancelled, renamed_keyword
 from .fields import segmentation_fields
 from .outline import edge_distance_nm, nucleus_mask
 from .rates import domain_spacing, geometric_rates, lognormal_fit
@@ -39,13 +39,15 @@ THRESHOLD_METHODS = ("percentile", "otsu")
 #: 128k points); beyond it, 1 in ``ceil(n / AUTO_SUBSAMPLE_MAX)``.
 AUTO_SUBSAMPLE_MAX = 300_000
 
-#: Defaults (the lab's MATLAB values where it has one; ``subsample`` 0 = automatic, the lab used 4).
+#: Defaults of :func:`analyse_localisations`, by parameter name (the lab's MATLAB values where it has one;
+#: ``subsample`` 0 = automatic, the lab used 4; ``pixel_size`` in nm).
 DEFAULTS = {
     "subsample": 0, "seed": 0, "neighbours": False, "threshold": "percentile", "percentile": 50.0,
     "eps_nm": 30.0, "min_samples": 3, "min_points": 35, "lad_fraction": 0.05, "lad_distance_nm": None,
-    "pixel_size_nm": 20.0, "outline_smoothing_nm": 200.0, "diffusivity": 1.0, "spacing_neighbours": 5,
+    "pixel_size": 20.0, "outline_smoothing_nm": 200.0, "diffusivity": 1.0, "spacing_neighbours": 5,
     "precision_nm": 0.0, "margin_nm": 500.0,
 }
+_D = DEFAULTS
 _STEPS = 7
 
 
@@ -78,36 +80,85 @@ def auto_subsample(n_localisations: int, subsample: int = 0) -> int:
     return max(1, -(-int(n_localisations) // AUTO_SUBSAMPLE_MAX))
 
 
-def analyse_localisations(x, y, *, progress=None, cancel=None, **params) -> DomainResult:
+def analyse_localisations(
+    x, y, *, subsample: int = _D["subsample"], seed: int = _D["seed"], neighbours: bool = _D["neighbours"],
+    threshold: str | float = _D["threshold"], percentile: float = _D["percentile"], eps_nm: float = _D["eps_nm"],
+    min_samples: int = _D["min_samples"], min_points: int = _D["min_points"], lad_fraction: float = _D["lad_fraction"],
+    lad_distance_nm: float | None = _D["lad_distance_nm"], pixel_size: float = _D["pixel_size"],
+    outline_smoothing_nm: float = _D["outline_smoothing_nm"], diffusivity: float = _D["diffusivity"],
+    spacing_neighbours: int = _D["spacing_neighbours"], precision_nm: float = _D["precision_nm"],
+    margin_nm: float = _D["margin_nm"], progress=None, cancel=None, pixel_size_nm: float | None = None,
+) -> DomainResult:
     """Heterochromatin domains and their geometric rates from localisations ``x, y`` (nm).
+
+    Defaults: :data:`DEFAULTS`.
 
     Parameters
     ----------
     x, y : array_like
         Localisation coordinates in nm (e.g. :func:`napari_mollifier.io.smlm.read_localisations`).
+    subsample : int
+        Analyse 1 in ``subsample`` localisations; 0 = automatic (:func:`auto_subsample`: all up to
+        :data:`AUTO_SUBSAMPLE_MAX`).
+    seed : int
+        Seed of the subsampling.
+    neighbours : bool
+        Pool each Voronoi cell with its neighbours for the density.
+    threshold : str or float
+        Density threshold of the dense localisations: one of :data:`THRESHOLD_METHODS` (``"percentile"`` of the
+        densities inside the nucleus, ``"otsu"`` on log10 density) or a density per um^2.
+    percentile : float
+        The percentile (0..100) of ``threshold="percentile"``.
+    eps_nm : float
+        DBSCAN neighbourhood radius, nm.
+    min_samples : int
+        DBSCAN core-point count.
+    min_points : int
+        Smallest domain, in localisations (smaller clusters are dropped).
+    lad_fraction : float
+        Clusters closer to the nuclear edge than this fraction of the nucleus radius are lamina-associated (LAD),
+        not interior domains.
+    lad_distance_nm : float, optional
+        The same distance in nm (overrides ``lad_fraction``).
+    pixel_size : float
+        Pixel size of the output images (density, labels, maps, fields), nm.
+    outline_smoothing_nm : float
+        Gaussian smoothing of the count image before the nucleus outline (Otsu), nm.
+    diffusivity : float
+        ``D`` in ``Gamma_ac = D / d^2``, um^2/s.
+    spacing_neighbours : int
+        ``k``: the domain spacing is the mean distance to the ``k`` nearest other domain centres.
+    precision_nm : float
+        Localisation blur removed from the domain radii, nm.
+    margin_nm : float
+        Image border around the localisations, nm.
     progress : callable, optional
         ``progress(step, total, info)`` after every step.
     cancel : callable, optional
         Returns True to stop (raises :class:`~napari_mollifier.errors.RunCancelled`).
-    **params
-        Overrides of :data:`DEFAULTS`: ``subsample`` (analyse 1 in N; 0 = automatic, :func:`auto_subsample`), ``seed``, ``neighbours`` (pooled Voronoi
-        density), ``threshold`` ("percentile", "otsu" or a density per um^2), ``percentile``, ``eps_nm``,
-        ``min_samples``, ``min_points``, ``lad_fraction`` / ``lad_distance_nm``, ``pixel_size_nm`` (image grid),
-        ``outline_smoothing_nm``, ``diffusivity`` (D, um^2/s), ``spacing_neighbours`` (k), ``precision_nm``
-        (localisation blur removed from the radii), ``margin_nm`` (image border around the localisations).
+    pixel_size_nm : float, optional
+        Deprecated name of ``pixel_size`` (a ``FutureWarning``).
 
     Returns
     -------
     DomainResult
+        Its ``params`` hold every value used, by the names above.
     """
-    unknown = set(params) - set(DEFAULTS)
-    if unknown:
-        raise MollifierInputError(f"unknown domain-analysis parameter(s) {sorted(unknown)}: use {sorted(DEFAULTS)}")
-    p = dict(DEFAULTS, **params)
+    pixel_size = renamed_keyword("pixel_size", pixel_size, "pixel_size_nm", pixel_size_nm, default=_D["pixel_size"])
+    p = {
+        "subsample": subsample, "seed": seed, "neighbours": neighbours, "threshold": threshold,
+        "percentile": percentile, "eps_nm": eps_nm, "min_samples": min_samples, "min_points": min_points,
+        "lad_fraction": lad_fraction, "lad_distance_nm": lad_distance_nm, "pixel_size": pixel_size,
+        "outline_smoothing_nm": outline_smoothing_nm, "diffusivity": diffusivity,
+        "spacing_neighbours": spacing_neighbours, "precision_nm": precision_nm, "margin_nm": margin_nm,
+    }
     x, y = check_localisations(x, y, min_points=10)
-    px = float(p["pixel_size_nm"])
+    try:
+        px = float(pixel_size)
+    except (TypeError, ValueError):
+        px = float("nan")
     if not (np.isfinite(px) and px > 0):
-        raise MollifierInputError(f"pixel_size_nm must be a positive number, got {p['pixel_size_nm']!r}")
+        raise MollifierInputError(f"pixel_size must be a positive number of nm, got {pixel_size!r}")
     try:
         sub = int(p["subsample"])
     except (TypeError, ValueError):
@@ -137,7 +188,7 @@ def analyse_localisations(x, y, *, progress=None, cancel=None, **params) -> Doma
     shape = (int((y.max() + m - origin[0]) // px) + 1, int((x.max() + m - origin[1]) // px) + 1)
     if shape[0] * shape[1] > 2**28:
         raise MollifierInputError(f"a {shape[0]} x {shape[1]} px grid at {px:g} nm is too large: use a larger "
-                                  "pixel_size_nm (or check that the coordinates are in nm)")
+                                  "pixel_size (or check that the coordinates are in nm)")
     counts = density_image(x, y, px, origin_nm=origin, shape=shape) * (px**2 / 1e6)
     step(2, "voronoi density")
 

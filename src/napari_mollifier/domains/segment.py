@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MollifierInputError
+from ..errors import MollifierInputError, renamed_keyword
 
 __all__ = ["cluster_localisations", "cluster_geometry", "rasterise_labels"]
 
@@ -59,18 +59,24 @@ def cluster_geometry(x, y, labels, *, precision_nm: float = 0.0) -> dict:
     return {"n": n.astype(np.int64), "cx": mx + x0, "cy": my + y0, "radius": 2.0 * det**0.25}
 
 
-def rasterise_labels(x, y, ids, pixel_size_nm, origin_nm, shape, *, close_px: int = 1) -> np.ndarray:
-    """Label image (int32, 0 = background) of localisations with ``ids > 0``, closed by ``close_px`` pixels
-    (labels grown into the background by ``close_px`` and the grown rim that touches background removed).
+def rasterise_labels(x, y, ids, pixel_size=None, origin_nm=None, shape=None, *, close_px: int = 1,
+                     pixel_size_nm=None) -> np.ndarray:
+    """Label image (int32, 0 = background) of localisations with ``ids > 0`` on a grid of ``pixel_size`` nm from
+    ``origin_nm`` (y0, x0) of ``shape``, closed by ``close_px`` pixels (labels grown into the background by
+    ``close_px`` and the grown rim that touches background removed). ``pixel_size_nm``: deprecated name of
+    ``pixel_size``.
     """
+    pixel_size = renamed_keyword("pixel_size", pixel_size, "pixel_size_nm", pixel_size_nm, required=True)
+    if origin_nm is None or shape is None:
+        raise TypeError("rasterise_labels needs origin_nm and shape")
     from scipy import ndimage
     from skimage.segmentation import expand_labels
 
     ny, nx = shape
     img = np.zeros(shape, np.int32)
     sel = ids > 0
-    iy = np.floor((y[sel] - origin_nm[0]) / pixel_size_nm).astype(np.int64)
-    ix = np.floor((x[sel] - origin_nm[1]) / pixel_size_nm).astype(np.int64)
+    iy = np.floor((y[sel] - origin_nm[0]) / pixel_size).astype(np.int64)
+    ix = np.floor((x[sel] - origin_nm[1]) / pixel_size).astype(np.int64)
     ok = (iy >= 0) & (iy < ny) & (ix >= 0) & (ix < nx)
     img[iy[ok], ix[ok]] = ids[sel][ok]
     if close_px > 0:

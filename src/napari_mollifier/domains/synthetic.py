@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import renamed_keyword
+
 __all__ = ["lattice_nucleus", "sample_image", "ellipse_band_thickness"]
 
 
@@ -101,13 +103,16 @@ def lattice_nucleus(*, semi_axes_nm=(3000.0, 2500.0), spacing_nm=300.0, radius_n
             "semi_axes_nm": (a, b), "centre_nm": (y0, x0)}
 
 
-def sample_image(density, pixel_size_nm: float, *, origin_nm=(0.0, 0.0), seed=0) -> dict:
+def sample_image(density, pixel_size: float | None = None, *, origin_nm=(0.0, 0.0), seed=0,
+                 pixel_size_nm: float | None = None) -> dict:
     """Poisson localisations from a density image (localisations per um^2 per pixel), uniform within pixels.
 
-    Returns ``{"x", "y"}`` in nm (pixel ``[i, j]`` covers ``y0 + i px .. y0 + (i + 1) px``).
+    ``pixel_size`` is the image's pixel size in nm (``pixel_size_nm``: its deprecated name). Returns ``{"x", "y"}``
+    in nm (pixel ``[i, j]`` covers ``y0 + i px .. y0 + (i + 1) px``).
     """
+    pixel_size = renamed_keyword("pixel_size", pixel_size, "pixel_size_nm", pixel_size_nm, required=True)
     rng = np.random.default_rng(seed)
-    px = float(pixel_size_nm)
+    px = float(pixel_size)
     lam = np.clip(np.asarray(density, float), 0, None) * px**2 / 1e6
     counts = rng.poisson(lam)
     iy, ix = np.nonzero(counts)

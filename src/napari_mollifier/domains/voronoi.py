@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MollifierInputError
+from ..errors import MollifierInputError, renamed_keyword
 
 __all__ = ["voronoi_areas", "voronoi_density", "density_image", "check_localisations"]
 
@@ -122,16 +122,18 @@ def voronoi_density(x, y, *, neighbours: bool = False, return_areas: bool = Fals
     return (rho, area) if return_areas else rho
 
 
-def density_image(x, y, pixel_size_nm: float, *, areas=None, origin_nm=(0.0, 0.0), shape=None) -> np.ndarray:
-    """Density image in localisations per um^2 on a grid of ``pixel_size_nm`` starting at ``origin_nm`` (y0, x0).
+def density_image(x, y, pixel_size: float | None = None, *, areas=None, origin_nm=(0.0, 0.0), shape=None,
+                  pixel_size_nm: float | None = None) -> np.ndarray:
+    """Density image in localisations per um^2 on a grid of ``pixel_size`` nm starting at ``origin_nm`` (y0, x0).
 
     Without ``areas``: count / pixel area. With ``areas`` (Voronoi cell areas, nm^2): count / sum of the cells
     of the pixel's localisations with finite areas (unbiased for a Poisson cloud; 0 where a pixel has none).
     """
+    pixel_size = renamed_keyword("pixel_size", pixel_size, "pixel_size_nm", pixel_size_nm, required=True)
     x, y = np.asarray(x, float), np.asarray(y, float)
-    px = float(pixel_size_nm)
+    px = float(pixel_size)
     if not np.isfinite(px) or px <= 0:
-        raise MollifierInputError(f"pixel size must be a positive number of nm, got {pixel_size_nm!r}")
+        raise MollifierInputError(f"pixel size must be a positive number of nm, got {pixel_size!r}")
     y0, x0 = (float(v) for v in origin_nm)
     if shape is None:
         shape = (int((y.max() - y0) // px) + 1, int((x.max() - x0) // px) + 1)

@@ -1,8 +1,8 @@
 """Files in and out: TIFF/OME-TIFF, Zarr/OME-Zarr, SMLM localisation tables; results with provenance.
 
 Readers return an :class:`ImageData` (array -- lazy dask for large files --, axes, physical scale in
-micrometres, channel names, metadata); :meth:`ImageData.layer_data` turns it into napari layers. Writers are
-atomic (temporary name + ``os.replace``) and never touch their inputs.
+micrometres, channel names, metadata): plain data, no napari (``napari_mollifier._napari.layer_data`` turns it into
+napari layers). Writers are atomic (temporary name + ``os.replace``) and never touch their inputs.
 
 >>> from napari_mollifier import io
 >>> img = io.read_image("cell.ome.tif")          # doctest: +SKIP
@@ -67,7 +67,7 @@ def read_image(path, *, smlm: dict | None = None, lazy: bool | None = None) -> I
     Parameters
     ----------
     smlm : dict, optional
-        Options of :func:`read_smlm` (``pixel_size_nm``, ``method``, ``sigma_nm``, ``unit``...).
+        Options of :func:`read_smlm` (``pixel_size`` in nm, ``method``, ``sigma_nm``, ``unit``...).
     lazy : bool, optional
         TIFF only: read through dask (default: for files over 1 GiB). Zarr is always lazy.
     """

@@ -175,48 +175,6 @@ class ImageData:
             data = data.compute()
         return np.asarray(data, dtype=dtype)
 
-    def layer_data(self, *, split_channels: bool = True) -> list:
-        """Napari ``LayerDataTuple`` s: one image layer per channel (or one layer), in physical units."""
-        base_meta = dict(self.metadata)
-        colormaps = ["magenta", "green", "cyan", "yellow", "red", "blue"]
-        if split_channels and "c" in self.axes:
-            ax = self.axes.index("c")
-            parts = [(i, self.take("c", i)) for i in range(self.shape[ax])]
-        else:
-            parts = [(None, self)]
-        out = []
-        for i, img in parts:
-            kwargs = {
-                "name": self.name if i is None else f"{self.name} [{self.channel_label(i)}]",
-                "scale": tuple(float(s) for s in img.scale),
-                "translate": tuple(float(t) for t in img.translate),
-                "axis_labels": tuple(img.axes),
-                "metadata": {**base_meta, **({"channel": i, "channel_name": self.channel_label(i)}
-                                            if i is not None else {})},
-            }
-            if napari_supports_units():
-                kwargs["units"] = tuple(u if u is not None else "pixel" for u in img.units)
-            if i is not None and len(parts) > 1:
-                kwargs["colormap"] = colormaps[i % len(colormaps)]
-                kwargs["blending"] = "additive"
-            out.append((img.data, kwargs, "image"))
-        return out
-
-
-def napari_supports_units() -> bool:
-    """True where the installed napari takes ``units=`` for layers (>= 0.6); reads metadata, imports no Qt."""
-    from importlib import metadata
-
-    try:
-        version = metadata.version("napari")
-    except metadata.PackageNotFoundError:
-        return False
-    parts = []
-    for piece in version.split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts) >= (0, 6)
-
 
 # --------------------------------------------------------------------------- atomic writes
 def check_maps(channels: dict, pixel_size) -> tuple[list, tuple, list]:

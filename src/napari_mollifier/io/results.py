@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MollifierInputError
-from ..result import RateResult
+from ..result import RateResult, register_file_io
 from ._common import atomic_path, check_input_path, from_json, to_json
 from .tiff import read_ome_tiff_series, write_ome_tiff
 from .zarr import open_group, write_ome_zarr
@@ -155,3 +155,6 @@ def load_result(path) -> RateResult:
     fields = {k: np.asarray(group[f"fields/{k}"][...]) for k in header.get("fields", [])}
     labels = np.asarray(group["labels/roi/0"][...]).astype(np.int64) if header.get("has_labels") else None
     return _from_header(header, maps, fields, labels)
+
+
+register_file_io(save=save_result, load=load_result)

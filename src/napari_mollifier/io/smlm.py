@@ -21,13 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MollifierInputError
+from ..errors import MollifierInputError, renamed_keyword
 from ._common import ImageData, check_input_path, length_factor_um
 
-__all__ = ["is_localisation_table", "read_localisations", "render_localisations", "read_smlm", "SMLM_SUFFIXES"]
+__all__ = ["is_localisation_table", "read_localisations", "render_localisations", "read_smlm", "SMLM_SUFFIXES",
+           "RENDER_METHODS", "DEFAULT_RENDER_METHOD", "DEFAULT_RENDER_PIXEL_SIZE"]
 
 SMLM_SUFFIXES = (".csv", ".tsv")
+#: How a table becomes an image: counts per pixel, or counts blurred by a Gaussian.
 RENDER_METHODS = ("histogram", "gaussian")
+DEFAULT_RENDER_METHOD = "histogram"
+#: Pixel size of a rendered table, nm.
+DEFAULT_RENDER_PIXEL_SIZE = 20.0
 _COORD = re.compile(
     r"^(?:pos(?:ition)?[ _]?)?(?P<axis>[xyz])(?:c|_?(?P<u1>nm|um|µm|px|pix|pixels?))?"
     r"(?:\s*[\[\(](?P<u2>[^\]\)]*)[\]\)])?$"
@@ -155,20 +160,26 @@ def read_localisations(path, *, unit: str = "nm", camera_pixel_nm: float | None 
     return out
 
 
-def render_localisations(x_nm, y_nm, *, pixel_size_nm: float = 20.0, method: str = "histogram",
-                         sigma_nm: float | None = None, origin_nm=None, shape=None) -> tuple[np.ndarray, tuple]:
+def render_localisations(x_nm, y_nm, *, pixel_size: float = DEFAULT_RENDER_PIXEL_SIZE,
+                         method: str = DEFAULT_RENDER_METHOD, sigma_nm: float | None = None, origin_nm=None, shape=None,
+                         pixel_size_nm: float | None = None) -> tuple[np.ndarray, tuple]:
     """Density image (localisations per pixel) and its origin ``(y0, x0)`` in nm.
 
-    ``method="gaussian"`` blurs the histogram with a Gaussian of ``sigma_nm`` (default one pixel), which equals
-    summing one normalised Gaussian per localisation sampled at pixel centres up to the binning.
+    ``pixel_size`` is the image's pixel size in nm (``pixel_size_nm``: its deprecated name); ``method`` one of
+    :data:`RENDER_METHODS`. ``method="gaussian"`` blurs the histogram with a Gaussian of ``sigma_nm`` (default one
+    pixel), which equals summing one normalised Gaussian per localisation sampled at pixel centres up to the
+    binning.
     """
     from scipy import ndimage
 
+    pixel_size = renamed_keyword("pixel_size", pixel_size, "pixel_size_nm", pixel_size_nm,
+                                 default=DEFAULT_RENDER_PIXEL_SIZE)
+
     if method not in RENDER_METHODS:
         raise MollifierInputError(f"unknown rendering {method!r}: use one of {RENDER_METHODS}")
-    px = float(pixel_size_nm)
+    px = float(pixel_size)
     if not np.isfinite(px) or px <= 0:
-        raise MollifierInputError(f"pixel size must be a positive number of nm, got {pixel_size_nm!r}")
+        raise MollifierInputError(f"pixel size must be a positive number of nm, got {pixel_size!r}")
     x, y = np.asarray(x_nm, float), np.asarray(y_nm, float)
     if origin_nm is None:
         y0 = 0.0 if y.min() >= 0 else np.floor(y.min() / px) * px
@@ -196,24 +207,31 @@ def render_localisations(x_nm, y_nm, *, pixel_size_nm: float = 20.0, method: str
     return image, (y0, x0)
 
 
-def read_smlm(path, *, pixel_size_nm: float = 20.0, method: str = "histogram", sigma_nm: float | None = None,
-              unit: str = "nm", camera_pixel_nm: float | None = None) -> ImageData:
-    """Read a localisation table and render it to a density image (scale = pixel size in um)."""
+def read_smlm(path, *, pixel_size: float = DEFAULT_RENDER_PIXEL_SIZE, method: str = DEFAULT_RENDER_METHOD,
+              sigma_nm: float | None = None, unit: str = "nm", camera_pixel_nm: float | None = None,
+              pixel_size_nm: float | None = None) -> ImageData:
+    """Read a localisation table and render it to a density image (scale = pixel size in um).
+
+    Arguments as in :func:`render_localisations` (``pixel_size`` in nm; ``pixel_size_nm`` its deprecated name);
+    ``unit`` and ``camera_pixel_nm`` as in :func:`read_localisations`.
+    """
+    pixel_size = renamed_keyword("pixel_size", pixel_size, "pixel_size_nm", pixel_size_nm,
+                                 default=DEFAULT_RENDER_PIXEL_SIZE)
     path = Path(path)
     locs = read_localisations(path, unit=unit, camera_pixel_nm=camera_pixel_nm)
     if method == "gaussian" and sigma_nm is None and "uncertainty" in locs:
         finite = locs["uncertainty"][np.isfinite(locs["uncertainty"])]
         sigma_nm = float(np.median(finite)) if finite.size else None
-    image, (y0, x0) = render_localisations(locs["x"], locs["y"], pixel_size_nm=pixel_size_nm, method=method,
+    image, (y0, x0) = render_localisations(locs["x"], locs["y"], pixel_size=pixel_size, method=method,
                                            sigma_nm=sigma_nm)
-    px_um = float(pixel_size_nm) / 1000.0
+    px_um = float(pixel_size) / 1000.0
     meta = {
         "path": str(path.resolve()),
         "format": "smlm-table",
         "n_localisations": int(locs["x"].size),
-        "render": {"method": method, "pixel_size_nm": float(pixel_size_nm),
+        "render": {"method": method, "pixel_size_nm": float(pixel_size),
                    "sigma_nm": None if method == "histogram" else float(sigma_nm if sigma_nm is not None
-                                                                         else pixel_size_nm)},
+                                                                         else pixel_size)},
         "columns": locs["columns"],
     }
     name = path.name.rsplit(".", 1)[0]

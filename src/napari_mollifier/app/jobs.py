@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MollifierInputError, MollifierOutputError, MollifierWarning
+from ..io._common import ImageData, check_input_path, file_sha256, to_json
+from ..io.publish import pause, publish
 from ..models import get_model
-from ._common import ImageData, check_input_path, file_sha256, to_json
-from .publish import pause, publish
 
 __all__ = ["infer_files", "load_fields", "run_job", "run_batch", "write_outputs", "job_name", "OUTPUT_FORMATS"]
 
@@ -98,17 +98,29 @@ def _spatial(img: ImageData, what: str) -> ImageData:
     return img
 
 
+def _smlm_options(smlm: dict | None) -> dict | None:
+    """SMLM rendering options of a load recipe, the pixel size under its current name (records written before
+    the rename say ``pixel_size_nm``).
+    """
+    if not smlm:
+        return None
+    smlm = dict(smlm)
+    if "pixel_size_nm" in smlm and "pixel_size" not in smlm:
+        smlm["pixel_size"] = smlm.pop("pixel_size_nm")
+    return smlm
+
+
 def load_fields(records: list[dict], load: dict, model="chromatin-balance") -> tuple[dict, np.ndarray | None,
                                                                                     tuple, dict]:
     """Build ``(fields, roi, pixel_size, info)`` from input records and a ``load`` recipe (see the module doc).
 
     ``records``: ``[{"role", "path"}]``; ``load``: ``{"channels", "t", "pixel_size", "smlm"}``.
     """
-    from . import read_image, read_labels
+    from ..io import read_image, read_labels
 
     m = get_model(model)
     paths = {r["role"]: r["path"] for r in records}
-    smlm = load.get("smlm") or None
+    smlm = _smlm_options(load.get("smlm"))
     t = load.get("t")
     channels = load.get("channels")
     override = load.get("pixel_size")
@@ -188,7 +200,7 @@ def load_fields(records: list[dict], load: dict, model="chromatin-balance") -> t
     elif load.get("params_given"):
         raise MollifierInputError(
             f"{source} has no physical pixel size (no pixel-size metadata), and the coefficients given (--param) "
-            "are in um: pass the pixel size (pixel_size=..., --pixel-size UM)"
+            "are in um: pass the pixel size (pixel_size=..., --pixel-size-um UM)"
         )
     else:
         ref = ref.with_pixel_size(DEFAULT_PIXEL_SIZE)
@@ -197,7 +209,7 @@ def load_fields(records: list[dict], load: dict, model="chromatin-balance") -> t
         warnings.warn(
             f"{source} has no physical pixel size (no pixel-size metadata): using the default pixel size "
             f"{DEFAULT_PIXEL_SIZE:g} (lengths, and "
-            "the model's coefficients, in pixels); pass pixel_size / --pixel-size UM to set it", MollifierWarning,
+            "the model's coefficients, in pixels); pass pixel_size / --pixel-size-um UM to set it", MollifierWarning,
             stacklevel=2)
     pixel_size = ref.pixel_size
     shape = next(iter(fields.values())).shape
@@ -229,7 +241,7 @@ def _check_field_memory(img: ImageData, n_fields: int, path) -> None:
 
 def _check_roi_scale(path, ref: ImageData) -> None:
     """An ROI file with its own physical pixel size must match the image's (else it covers another region)."""
-    from . import read_image
+    from ..io import read_image
 
     img = read_image(path)
     if not (img.has_physical_size and ref.has_physical_size):
@@ -267,7 +279,7 @@ def infer_files(image=None, *, phi_h=None, phi_e=None, roi=None, channels=None, 
         pixel with a :class:`~napari_mollifier.errors.MollifierWarning` (recorded in
         ``provenance["pixel_size_source"]``), unless coefficients (``params``) are given: then it is required.
     smlm : dict, optional
-        Rendering of SMLM tables (``pixel_size_nm``, ``method``, ``sigma_nm``, ``unit``).
+        Rendering of SMLM tables (``pixel_size`` in nm, ``method``, ``sigma_nm``, ``unit``).
     tile : "auto", int or None
         See :func:`napari_mollifier.tiling.plan_tiles`.
     coefficients : None, "auto" or "default"
@@ -388,7 +400,7 @@ def job_name(job: dict) -> str:
 
 def write_outputs(result, out_dir, name: str, fmt: str = "ome-tif", protect=()) -> dict:
     """Write the result (maps + provenance), the ROI table (CSV) and the provenance (JSON) of one job."""
-    from .results import save_result
+    from ..io.results import save_result
 
     if fmt not in OUTPUT_FORMATS:
         raise MollifierInputError(f"unknown output format {fmt!r}: use one of {sorted(OUTPUT_FORMATS)}")
@@ -456,22 +468,24 @@ def run_job(job: dict, out_dir, *, fmt: str = "ome-tif", name: str | None = None
     row = {"name": name, "input": str(job.get("image") or f"{job.get('phi_h')} + {job.get('phi_e')}"),
            "status": "ok"}
     started = time.perf_counter()
+    others: list = []  # warnings that are not ours, passed on unchanged once the recording below has ended
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", MollifierWarning)
             notes: list = []
 
             def flush():  # MollifierWarnings go into the row (and to on_warning as soon as they happen)
-                for w in caught:
+                pending = list(caught)
+                caught.clear()
+                for w in pending:
                     if issubclass(w.category, MollifierWarning):
                         text = str(w.message)
                         if text not in notes:
                             notes.append(text)
                             if on_warning is not None:
                                 on_warning(name, text)
-                    else:  # not ours: pass it on unchanged
-                        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-                caught.clear()
+                    else:  # re-issued here it would be recorded again (and again): after the with block
+                        others.append(w)
                 if notes:
                     row["warnings"] = list(notes)
 
@@ -516,6 +530,8 @@ def run_job(job: dict, out_dir, *, fmt: str = "ome-tif", name: str | None = None
         if not isinstance(exc, (MollifierInputError, OSError)) and text:
             message = f"{type(exc).__name__}: {message}"  # an unexpected error: say what kind
         row.update({"status": "error", "error": message, "error_type": type(exc).__name__})
+    for w in others:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     row["seconds"] = round(time.perf_counter() - started, 2)
     return row
 
@@ -526,7 +542,7 @@ def _write_detected_nucleus(result, out_dir, name: str):
     """
     if not result.provenance.get("nucleus_detection"):
         return None
-    from .tiff import write_ome_tiff
+    from ..io.tiff import write_ome_tiff
 
     path = Path(out_dir) / f"{name}_nucleus.ome.tif"
     try:

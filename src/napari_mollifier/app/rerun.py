@@ -1,6 +1,6 @@
 """Re-run a recorded computation: ``rerun(provenance) -> RateResult``, the same numbers on the CPU.
 
-A result made from files (the ``mollifier`` CLI, :func:`napari_mollifier.io.jobs.infer_files`) carries in its
+A result made from files (the ``mollifier`` CLI, :func:`napari_mollifier.app.jobs.infer_files`) carries in its
 provenance the input files with their sha256 (``provenance["inputs"]``) and the exact call
 (``provenance["call"]``: how the fields were built and every solver argument, device resolved). :func:`rerun`
 finds the files again, refuses any whose bytes changed, rebuilds the fields the same way, checks that they hash
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MollifierInputError
-from .result import RateResult
+from ..errors import MollifierInputError
+from ..result import RateResult
 
 __all__ = ["rerun", "read_provenance", "compare_results", "check_provenance"]
 
@@ -35,7 +35,7 @@ def check_provenance(prov: dict) -> None:
     """Check the types and bounds of a provenance's ``inputs`` and ``call`` before anything is read or run;
     a bad entry is a :class:`MollifierInputError` naming its key.
     """
-    from .validation import check_solver_arguments
+    from ..validation import check_solver_arguments
 
     inputs, call = prov.get("inputs"), prov.get("call")
     if not isinstance(inputs, list):
@@ -76,7 +76,7 @@ def check_provenance(prov: dict) -> None:
                            iterations=kwargs.get("iterations"), seed=kwargs.get("seed", 0),
                            noise=kwargs.get("noise", "auto"), prefix="call.kwargs")
     if load.get("pixel_size") is not None:
-        from .validation import check_pixel_size
+        from ..validation import check_pixel_size
 
         check_pixel_size(load["pixel_size"], key="call.load.pixel_size", unit="um")
     if load.get("t") is not None and (isinstance(load["t"], bool) or not isinstance(load["t"], int)):
@@ -89,21 +89,22 @@ def check_provenance(prov: dict) -> None:
     if smlm is not None:
         if not isinstance(smlm, dict):
             raise _type_error("call.load.smlm", "a record of SMLM rendering options", smlm)
-        px = smlm.get("pixel_size_nm", 20.0)
+        key = "pixel_size" if "pixel_size" in smlm else "pixel_size_nm"  # the name before the rename
+        px = smlm.get(key, 20.0)
         if isinstance(px, bool) or not isinstance(px, (int, float)) or not 1e-3 <= px <= 1e9:
-            raise _type_error("call.load.smlm.pixel_size_nm", "a pixel size in nm (0.001 .. 1e9)", px)
+            raise _type_error(f"call.load.smlm.{key}", "a pixel size in nm (0.001 .. 1e9)", px)
 
 
 def read_provenance(source) -> tuple[dict, Path | None]:
     """``(provenance, folder it came from)`` from a dict, a RateResult, a provenance JSON or a result file."""
-    from .io import from_json, load_result
-    from .io.results import result_format
+    from ..io import from_json, load_result
+    from ..io.results import result_format
 
     if isinstance(source, RateResult):
         return dict(source.provenance), None
     if isinstance(source, dict):
         return (dict(source["provenance"]) if "provenance" in source and "call" not in source else dict(source)), None
-    from .io._common import check_input_path
+    from ..io._common import check_input_path
 
     path = check_input_path(source)
     if path.is_file() and path.name.lower().endswith(".json"):
@@ -133,8 +134,8 @@ def _locate(record: dict, search: list[Path], check: bool) -> Path:
     """The recorded path if it is there, else a file of the same name (and, when checking, the same sha256) in
     one of the ``search`` folders.
     """
-    from .io import file_sha256
-    from .io._common import check_input_path
+    from ..io import file_sha256
+    from ..io._common import check_input_path
 
     path = Path(record["path"])
     digest = record.get("sha256") if check else None
@@ -177,17 +178,17 @@ def rerun(source, *, device: str | None = None, data_dir=None, check_hashes: boo
         The provenance has no ``inputs``/``call`` record (results of ``infer_rates`` on in-memory arrays cannot
         be re-run from files), an input is missing or changed, or the rebuilt fields differ.
     """
-    from .io import file_sha256
-    from .io.jobs import load_fields
-    from .solve import infer_rates
-    from .tiling import infer_tiled, tiled_kwargs
+    from ..io import file_sha256
+    from ..solve import infer_rates
+    from ..tiling import infer_tiled, tiled_kwargs
+    from .jobs import load_fields
 
     prov, origin = read_provenance(source)
     inputs, call = prov.get("inputs"), prov.get("call")
     if not inputs or not isinstance(call, dict) or "kwargs" not in call:
         raise MollifierInputError(
             "this provenance has no 'inputs'/'call' record, so it cannot be re-run: only results computed from "
-            "files (the mollifier CLI or napari_mollifier.io.jobs.infer_files) record how to repeat them"
+            "files (the mollifier CLI or napari_mollifier.app.jobs.infer_files) record how to repeat them"
         )
     check_provenance(prov)
     search = [Path(p) for p in ([data_dir] if data_dir else [])] + ([origin] if origin else [])
