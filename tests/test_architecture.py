@@ -24,9 +24,6 @@ IO_ALLOWED = {f"{PACKAGE}.errors", f"{PACKAGE}.result"}
 #: (it needs the device memory query of the solver side); imported only when a file is read.
 IO_ALLOWED_LAZY = {f"{PACKAGE}.validation"}
 
-#: Module-level edges still to remove (the lead's side, issue #14): solve.py reads __version__ from the package
-#: root instead of ``._version``, which makes ``napari_mollifier -> solve -> napari_mollifier`` a cycle.
-KNOWN_CYCLE_EDGES = {(f"{PACKAGE}.solve", PACKAGE)}
 
 
 def _module_name(path: Path, root: Path, package: str) -> str:
@@ -175,10 +172,9 @@ def test_the_graph_sees_the_package(graph):
 
 
 def test_no_module_level_import_cycles(graph):
-    assert module_level_cycles(graph, ignore=KNOWN_CYCLE_EDGES) == []
+    assert module_level_cycles(graph) == []
 
 
-@pytest.mark.xfail(strict=True, reason="solve.py: `from . import __version__` (lead: `from ._version import ...`)")
 def test_only_the_napari_layer_imports_the_package_root(graph):
     """The package's ``__init__`` gathers the public API for users; the modules below it never import it (the
     napari layer on top may, for the public functions).

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import __version__
+from ._version import __version__
 from .errors import MollifierInputError, MollifierMemoryError, RunCancelled
 from .methods.direct import (
     _LEPSKI_SAMPLES,
@@ -192,7 +192,7 @@ class _Context:
         needs = self.model.needs(len(self.spacing))
         kwargs = {"mask": mask, "where": self.region} if self.boundary == "mask" else {"boundary": self.boundary}
         return {
-            name: derivatives(derived[name], radius, spacing=self.spacing, kernel=self.kernel, which=keys,
+            name: derivatives(derived[name], radius, pixel_size=self.spacing, kernel=self.kernel, which=keys,
                               ndim=len(self.spacing), **kwargs)
             for name, keys in needs.items()
         }
@@ -584,7 +584,7 @@ def _residual(d, rate: torch.Tensor, ctx: _Context, radius, deriv_mask) -> torch
     kwargs = {"mask": mask} if ctx.boundary == "mask" else {"boundary": ctx.boundary}
     if ctx.boundary != "mask" and not bool(finite.all()):
         kwargs = {"mask": mask}
-    smooth = derivatives(torch.nan_to_num(rate), radius, spacing=ctx.spacing, kernel=ctx.kernel, which=("u",),
+    smooth = derivatives(torch.nan_to_num(rate), radius, pixel_size=ctx.spacing, kernel=ctx.kernel, which=("u",),
                          ndim=len(ctx.spacing), **kwargs)["u"]
     return ctx.model.residual(d, smooth, ctx.params)
 

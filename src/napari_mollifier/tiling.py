@@ -367,7 +367,7 @@ def derivatives_tiled(field: np.ndarray, radius: float, spacing: float | tuple[f
         out = np.full(x.shape, np.nan)
         if m is not None and not m.any():
             return out
-        d = derivatives(x[0], radius, spacing=spacing, kernel=kernel, boundary=boundary, mask=m, which=keys,
+        d = derivatives(x[0], radius, pixel_size=spacing, kernel=kernel, boundary=boundary, mask=m, which=keys,
                         ndim=nd, method=method)
         for i, key in enumerate(keys):
             out[i] = d[key]

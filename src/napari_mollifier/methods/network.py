@@ -426,7 +426,7 @@ base_options, data_on
         with torch.no_grad():
             inside = torch.as_tensor(mask_np)
             dd = m.derived({k: torch.as_tensor(np.where(mask_np, arrays[k], 0.0)) for k in names}, p)
-            d0 = {k: derivatives(dd[k], radius, spacing=spacing, kernel=kernel, mask=mask_np, which=needs[k],
+            d0 = {k: derivatives(dd[k], radius, pixel_size=spacing, kernel=kernel, mask=mask_np, which=needs[k],
                                  ndim=ndim) for k in derived_names}
             r_zero = _finite(m.residual(d0, torch.zeros((), dtype=torch.float64), p))[inside]
             self.res_scale = float(torch.sqrt((r_zero**2).mean()).clamp_min(1e-30))
