@@ -274,10 +274,7 @@ class DerivativeLadder:
         plan = self.plan(radius, ("u",))
         m = torch.as_tensor(np.asarray(mask, bool), device=self.device)[None, None]
         x = torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0)[None, None]
-        # in float32: the smoothed maps feed the bias term of the uncertainty (a kernel average, not a derivative),
-        # where 1e-7 relative is ample, and float32 FFTs cost half
-        out = apply_masked(x.to(torch.float32), plan, mask_operator(plan, m, None))[0, 0]
-        return out.to(value.dtype)
+        return apply_masked(x, plan, mask_operator(plan, m, None))[0, 0]
 
     def key_union(self) -> tuple[str, ...]:
         """Return every derivative key the model needs, of any field, in first-seen order.
