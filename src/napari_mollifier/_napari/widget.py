@@ -47,6 +47,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .. import solve as _solve
 from ._qt_layout import alive as _alive
 from .collect import (  # noqa: F401  (re-exported: used by the panels and tests)
     INPUT_LABELS,
@@ -89,8 +90,9 @@ INPUT_HINTS = {
     "phi_e": ("phi_e", "euchro"),
     "density": ("density", "dna", "chromatin"),
 }
-METHODS = ("direct", "network")
-UNCERTAINTY_CHOICES = ("propagate", "bootstrap", "none")
+#: the solver's methods offered here (the autodiff PINN stays a comparison for scripts and the CLI)
+METHODS = tuple(m for m in _solve.METHODS if m != "autodiff")
+UNCERTAINTY_CHOICES = _solve.UNCERTAINTY_METHODS
 
 
 # --------------------------------------------------------------------------- helpers
