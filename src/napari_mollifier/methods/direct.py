@@ -40,6 +40,7 @@ from ..kernels import half_width
 from ..masked import (
     FieldSpectrum,
     _chunks,
+    _digest,
     apply_masked,
     apply_masked_at,
     correlate,
@@ -335,12 +336,6 @@ def _sample_where(ladder: DerivativeLadder, pixels: torch.Tensor) -> torch.Tenso
     where[pixels] = True
     where = where.reshape((1, 1) + ladder.shape)
     return where if ladder.where is None else where & ladder.where
-
-
-def _digest(t: torch.Tensor) -> str:
-    import hashlib
-
-    return hashlib.sha1(t.detach().cpu().numpy().tobytes()).hexdigest()
 
 
 def _rho_tensor(noise: NoiseModel, ndim: int, dtype, device) -> torch.Tensor:
