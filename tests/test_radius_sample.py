@@ -90,3 +90,30 @@ def test_sampled_radius_rule_chooses_what_the_full_maps_choose(monkeypatch):
                                [t["max_standardised_change"] for t in table_f], atol=2e-3)
     np.testing.assert_allclose(sampled.rate, full.rate, rtol=1e-9, equal_nan=True)
     np.testing.assert_allclose(sampled.uncertainty, full.uncertainty, rtol=1e-5, equal_nan=True)
+
+
+def test_lepski_statistic_per_label_equals_one_label_at_a_time():
+    """One implementation of Lepski's statistic: all labels at once gives each label's own medians."""
+    rng = np.random.default_rng(4)
+    sizes = [1, 2, 7, 50, 301]
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    starts = np.searchsorted(owner, np.arange(len(sizes)))
+    rate_k = rng.normal(size=owner.size)
+    history = [(rng.normal(size=owner.size), rng.uniform(0.1, 2.0, size=owner.size)) for _ in range(3)]
+    history[1][0][[3, 60]] = np.nan  # non-finite values are left out of the medians
+    history[2][1][5] = 0.0  # a zero s.d. where the maps differ scores infinity
+    together = direct.lepski_changes(rate_k, history, owner, starts)
+    for i in range(len(sizes)):
+        sel = owner == i
+        alone = direct.lepski_changes(rate_k[sel], [(r[sel], s[sel]) for r, s in history])
+        medians = []
+        for r, s in history:
+            diff, sd = np.abs(rate_k[sel] - r[sel]), s[sel]
+            keep = np.isfinite(diff) & np.isfinite(sd)
+            with np.errstate(divide="ignore"):
+                z = np.where(sd[keep] > 0, diff[keep] / sd[keep], np.inf)
+            medians.append(float(np.median(z)) if z.size else 0.0)
+        expected = max(medians)
+        assert together[i] == pytest.approx(alone[0]) and alone[0] == pytest.approx(expected)
+        accepted, worst = direct.lepski_accepts(rate_k[sel], [(r[sel], s[sel]) for r, s in history])
+        assert worst == pytest.approx(expected) and accepted == (expected <= direct.LEPSKI_KAPPA)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -63,8 +64,19 @@ _SPECTRUM_CACHE: OrderedDict = OrderedDict()
 _SPECTRUM_CACHE_BYTES = 256 * 2**20
 
 
+_DIGESTS: dict = {}  # {id(tensor): (its version, sha1)}, an entry dropped when its tensor is freed
+
+
 def _digest(t: torch.Tensor) -> str:
-    return hashlib.sha1(t.detach().cpu().numpy().tobytes()).hexdigest()
+    """Return the SHA-1 of the tensor's bytes, remembered per tensor until it is changed in place or freed."""
+    seen = _DIGESTS.get(id(t))
+    if seen is not None and seen[0] == t._version:
+        return seen[1]
+    digest = hashlib.sha1(t.detach().cpu().numpy().tobytes()).hexdigest()
+    if seen is None:
+        weakref.finalize(t, _DIGESTS.pop, id(t), None)
+    _DIGESTS[id(t)] = (t._version, digest)
+    return digest
 
 
 def _cached_spectrum(key, make):
@@ -457,9 +469,7 @@ def mask_operator(plan, mask: torch.Tensor, where: torch.Tensor | None = None) -
         The operator (cached by plan, mask, ``where`` and device).
     """
     device = mask.device
-    digest = hashlib.sha1(mask.detach().cpu().numpy().tobytes()).hexdigest()
-    if where is not None:
-        digest += hashlib.sha1(where.detach().cpu().numpy().tobytes()).hexdigest()
+    digest = _digest(mask) + ("" if where is None else _digest(where))
     key = (plan.ndim, plan.radius, plan.kernel, tuple(plan.alphas), tuple(mask.shape), digest, str(device))
     if key in _CACHE:
         _CACHE.move_to_end(key)

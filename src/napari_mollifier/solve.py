@@ -40,6 +40,7 @@ from .methods.direct import (
     _jacobian,
     change_variance,
     lepski_accepts,
+    lepski_changes,
     propagate,
     radius_ladder,
 )
@@ -345,8 +346,8 @@ def _lepski_sample(flat: dict, n_union: int):
 def _lepski_labels(ladder: DerivativeLadder, ctx: _Context, regions: dict, rungs: list, noise: NoiseModel) -> dict:
     """Apply Lepski's rule to many labels on one shared ladder.
 
-    The medians of ``|lambda_k - lambda_j| / sigma_j`` of all labels at once (one sort per rung pair), the same
-    choice as :func:`lepski_accepts` label by label.
+    The medians of ``|lambda_k - lambda_j| / sigma_j`` of all labels at once (:func:`lepski_changes`: one sort
+    per rung pair), the same choice as :func:`lepski_accepts` label by label.
     """
     labs = list(regions)
     union = np.any(list(regions.values()), axis=0)
@@ -367,13 +368,7 @@ def _lepski_labels(ladder: DerivativeLadder, ctx: _Context, regions: dict, rungs
         rate_np = rate.detach().cpu().numpy().reshape(-1)[pixels]
         sd_np = var.sqrt().cpu().numpy().reshape(-1)[pixels]
         ctx.tick({"stage": "choosing radius", "radius": r})
-        worst = np.zeros(len(labs))
-        for rate_j, sd_j in history:
-            diff = np.abs(rate_np - rate_j)
-            ok = np.isfinite(diff) & np.isfinite(sd_j)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                z = np.where(sd_j > 0, diff / np.where(sd_j > 0, sd_j, 1.0), np.where(diff > 0, np.inf, 0.0))
-            worst = np.maximum(worst, _label_medians(np.where(ok, z, np.nan), owner, starts, len(labs)))
+        worst = lepski_changes(rate_np, history, owner, starts)
         accepted = worst <= LEPSKI_KAPPA
         for i in np.flatnonzero(active):
             lab = labs[i]
@@ -387,18 +382,6 @@ def _lepski_labels(ladder: DerivativeLadder, ctx: _Context, regions: dict, rungs
             ctx.tick({"stage": "choosing radius", "radius": r}, n=len(rungs) - k - 1)
             break
     return chosen
-
-
-def _label_medians(z: np.ndarray, owner: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
-    """Per-label medians of ``z`` (NaN ignored; 0 for a label without finite values); ``owner`` sorted."""
-    keyed = np.lexsort((np.isnan(z), z, owner))  # by label, then value, NaN last
-    values = z[keyed]
-    count = np.add.reduceat(np.isfinite(values).astype(np.int64), starts) if values.size else np.zeros(n, int)
-    last = max(values.size - 1, 0)
-    lo = np.minimum(starts + np.maximum(count - 1, 0) // 2, last)
-    hi = np.minimum(starts + count // 2, last)
-    med = 0.5 * (values[lo] + values[hi]) if values.size else np.zeros(n)
-    return np.where(count > 0, med, 0.0)
 
 
 def _quasi_optimal(maps: list, ladder: list) -> dict:

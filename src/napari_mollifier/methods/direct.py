@@ -51,7 +51,7 @@ from ..masked import (
 from ..mollifier import _apply, _make_plan, _pad
 from ..noise import NoiseModel
 
-__all__ = ["DerivativeLadder", "propagate", "lepski_accepts", "LEPSKI_KAPPA", "LADDER_STEP", "radius_ladder"]
+__all__ = ["DerivativeLadder", "propagate", "lepski_accepts", "lepski_changes", "LEPSKI_KAPPA", "LADDER_STEP", "radius_ladder"]
 
 LADDER_STEP = 1.25
 LEPSKI_KAPPA = 1.0
@@ -128,6 +128,7 @@ class DerivativeLadder:
         self.derived = {name: derived[name] for name in self.needs}
         self.spectra: dict = {}  # {derived field: FieldSpectrum}, built when a radius first needs one (spectrum())
         self._max_half = half_width(max_radius)
+        self._sample_wheres: dict = {}  # {digest of a pixel sample: its where}: built once for all rungs
 
     def spectrum(self, name: str, half: int) -> FieldSpectrum | None:
         """Return the FFT of derived field ``name`` (zero-filled outside the mask) for kernels of half-width ``half``.
@@ -331,11 +332,17 @@ def _coefficients(ladder: DerivativeLadder, d: dict, closed_form, jac: dict) -> 
 
 
 def _sample_where(ladder: DerivativeLadder, pixels: torch.Tensor) -> torch.Tensor:
-    """Return the ladder's ``where`` restricted to the flat pixel indices ``pixels`` ``(1, 1, *S)``."""
-    where = torch.zeros(math.prod(ladder.shape), dtype=torch.bool, device=ladder.device)
-    where[pixels] = True
-    where = where.reshape((1, 1) + ladder.shape)
-    return where if ladder.where is None else where & ladder.where
+    """Return the ladder's ``where`` restricted to the flat pixel indices ``pixels`` ``(1, 1, *S)``.
+
+    Built once per sample and kept on the ladder (every rung of the radius rule reads the same sample).
+    """
+    key = (pixels.numel(), _digest(pixels))
+    if key not in ladder._sample_wheres:
+        where = torch.zeros(math.prod(ladder.shape), dtype=torch.bool, device=ladder.device)
+        where[pixels] = True
+        where = where.reshape((1, 1) + ladder.shape)
+        ladder._sample_wheres = {key: where if ladder.where is None else where & ladder.where}
+    return ladder._sample_wheres[key]
 
 
 def _rho_tensor(noise: NoiseModel, ndim: int, dtype, device) -> torch.Tensor:
@@ -556,10 +563,59 @@ def change_variance(ladder: DerivativeLadder, radius: float, small: float, a_big
     return var.clamp_min(0)
 
 
+def lepski_changes(rate_k: np.ndarray, history: list, owner: np.ndarray | None = None,
+                   starts: np.ndarray | None = None) -> np.ndarray:
+    """Return Lepski's statistic per label: ``max_j median |lambda_k - lambda_j| / sigma_j``.
+
+    The median runs over the pixels of each label (non-finite values left out; a label without finite values
+    scores 0); ``sigma_j = 0`` scores 0 where the maps agree and infinity where they differ.
+
+    Parameters
+    ----------
+    rate_k : numpy.ndarray
+        ``(P,)`` the map at the next radius at the pixels read.
+    history : list
+        ``(rate_j, sigma_j)`` of the smaller radii at the same pixels.
+    owner : numpy.ndarray, optional
+        ``(P,)`` sorted label index of each pixel (default: all pixels belong to one label).
+    starts : numpy.ndarray, optional
+        First position of each label in ``owner`` (``searchsorted(owner, arange(n_labels))``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_labels,)`` the largest median over the smaller radii, standard deviations.
+    """
+    if owner is None:
+        owner, starts = np.zeros(rate_k.size, np.int64), np.zeros(1, np.int64)
+    worst = np.zeros(starts.size)
+    for rate_j, sd_j in history:
+        diff = np.abs(rate_k - rate_j)
+        ok = np.isfinite(diff) & np.isfinite(sd_j)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.where(sd_j > 0, diff / np.where(sd_j > 0, sd_j, 1.0), np.where(diff > 0, np.inf, 0.0))
+        worst = np.maximum(worst, _label_medians(np.where(ok, z, np.nan), owner, starts))
+    return worst
+
+
+def _label_medians(z: np.ndarray, owner: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per-label medians of ``z`` (NaN ignored; 0 for a label without finite values); ``owner`` sorted."""
+    n = starts.size
+    keyed = np.lexsort((np.isnan(z), z, owner))  # by label, then value, NaN last
+    values = z[keyed]
+    count = np.add.reduceat(np.isfinite(values).astype(np.int64), starts) if values.size else np.zeros(n, int)
+    last = max(values.size - 1, 0)
+    lo = np.minimum(starts + np.maximum(count - 1, 0) // 2, last)
+    hi = np.minimum(starts + count // 2, last)
+    med = 0.5 * (values[lo] + values[hi]) if values.size else np.zeros(n)
+    return np.where(count > 0, med, 0.0)
+
+
 def lepski_accepts(rate_k: np.ndarray, history: list, kappa: float = LEPSKI_KAPPA) -> tuple[bool, float]:
     """Test whether the map at the next radius stays within ``kappa`` s.d. of every smaller radius's map.
 
-    The test is ``median |lambda_k - lambda_j| / sigma_j <= kappa`` over the ROI for every ``j``.
+    The test is ``median |lambda_k - lambda_j| / sigma_j <= kappa`` over the ROI for every ``j``
+    (:func:`lepski_changes` for one label, on a regular subsample of about ``_LEPSKI_SAMPLES`` pixels).
 
     Parameters
     ----------
@@ -577,17 +633,6 @@ def lepski_accepts(rate_k: np.ndarray, history: list, kappa: float = LEPSKI_KAPP
     worst : float
         The largest of the medians.
     """
-    worst = 0.0
     stride = max(1, rate_k.size // _LEPSKI_SAMPLES)  # the median of a regular subsample is as good and cheaper
-    rate_k = rate_k[::stride]
-    for rate_j, sd_j in history:
-        rate_j, sd_j = rate_j[::stride], sd_j[::stride]
-        ok = np.isfinite(rate_k) & np.isfinite(rate_j) & np.isfinite(sd_j)
-        if not ok.any():
-            continue
-        diff = np.abs(rate_k[ok] - rate_j[ok])
-        sd = sd_j[ok]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(sd > 0, diff / np.where(sd > 0, sd, 1.0), np.where(diff > 0, np.inf, 0.0))
-        worst = max(worst, float(np.median(z)))
+    worst = float(lepski_changes(rate_k[::stride], [(r[::stride], s[::stride]) for r, s in history])[0])
     return worst <= kappa, worst
