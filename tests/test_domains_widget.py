@@ -158,3 +158,21 @@ def test_cancel_adds_nothing(viewer_widget, qtbot):
     assert blocker.args[0] == "cancelled"
     assert [ly.name for ly in viewer.layers] == ["locs"]
     assert widget.run_button.isEnabled() and "Cancelled" in widget.status_label.text()
+
+
+def test_closing_the_viewer_mid_run_adds_nothing(viewer_widget, qtbot):
+    """The domains widget shares the Rate maps close handling (runner.CloseWatcher): the analysis stops, nothing
+    is added into the closed viewer, and no exception escapes."""
+    from napari_mollifier.domains.synthetic import lattice_nucleus
+
+    viewer, widget = viewer_widget
+    s = lattice_nucleus(seed=7, semi_axes_nm=(1500.0, 1200.0))
+    viewer.add_points(np.column_stack([s["y"], s["x"]]) / 1000.0, name="locs", size=0.01)
+    widget.subsample_spin.setValue(1)
+    widget.run()
+    worker = widget.worker
+    assert worker is not None
+    viewer.close()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=TIMEOUT_MS)
+    qtbot.wait(200)  # any late signal would land here
+    assert widget._cancel.is_set() and widget.result is None  # stopped; nothing published into the closed viewer

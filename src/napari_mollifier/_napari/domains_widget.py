@@ -162,6 +162,7 @@ class DomainsWidget(QWidget):
         self.worker = None
         self.result = None
         self._cancel = threading.Event()
+        self._close_watcher = None
         self._started = 0.0
         self._build()
         self.refresh_sources()
@@ -429,11 +430,17 @@ class DomainsWidget(QWidget):
         self.summary_label.setText("(running: the table and summary will show the new result)")
         self.details.setVisible(False)
         self.export_button.setEnabled(False)
-        from .runner import start_worker  # the worker lifecycle shared with the Rate maps widget
+        from .runner import CloseWatcher, start_worker  # the worker lifecycle shared with the Rate maps widget
 
-        self.worker = start_worker(_work, x, y, params, self._cancel, start=False, yielded=self._on_progress,
-                                   returned=self._on_returned, errored=self._on_errored)
-        self.worker.start()
+        if self._close_watcher is None:  # closing the widget or the viewer stops the run; nothing is added then
+            self._close_watcher = CloseWatcher(self, self._cancel_on_close)
+        self._close_watcher.watch()
+        self.worker = start_worker(_work, x, y, params, self._cancel, desc="Heterochromatin domains",
+                                   yielded=self._on_progress, returned=self._on_returned,
+                                   errored=self._on_errored, aborted=self._on_aborted)
+
+    def _cancel_on_close(self) -> None:
+        self._cancel.set()
 
     def cancel(self) -> None:
         """Stop the running analysis at its next step; nothing is added."""
@@ -442,8 +449,11 @@ class DomainsWidget(QWidget):
         self.status_label.setText("Cancelling...")
 
     def _on_progress(self, value) -> None:
+        from .runner import advance_task_bar
+
         k, n, text = value
         self.progress_bar.setValue(int(100 * k / max(n, 1)))
+        advance_task_bar(self.worker, k / max(n, 1))
         self.status_label.setText(f"{text}...")
 
     def _ready(self, outcome: str) -> None:
@@ -460,8 +470,15 @@ class DomainsWidget(QWidget):
         self.status_label.setText(f"Failed: {msg}")
         self._ready("error")
 
+    def _on_aborted(self) -> None:  # napari task list "cancel" (worker.quit)
+        self._cancel.set()
+        self.status_label.setText("Cancelled: nothing added")
+        self._ready("cancelled")
+
     def _on_returned(self, value) -> None:
         outcome, result = value
+        if self._close_watcher is not None and self._close_watcher.closed:
+            outcome = "cancelled"  # the widget or the viewer closed during the run: nothing is added
         if outcome == "cancelled":
             self.status_label.setText("Cancelled: nothing added")
             self._ready("cancelled")

@@ -2,10 +2,10 @@
 
 :func:`start_worker` creates the worker (so that it shows in napari's task list), connects its signals and
 starts it; the Rate maps and Heterochromatin domains widgets both start their runs through it.
-:func:`advance_task_bar` moves the task list's bar. :class:`RunLifecycle` is the Rate maps widget's run handling:
-one run at a time, Cancel (a flag the solver reads within one step), closing the widget or the viewer's window
-(the run stops and publishes nothing), and "ready again" once the worker has finished, the solver thread has
-stopped and the layers are in.
+:func:`advance_task_bar` moves the task list's bar. :class:`CloseWatcher` tells both widgets that they or the
+viewer's window were closed (the run stops and publishes nothing). :class:`RunLifecycle` is the Rate maps widget's
+run handling: one run at a time, Cancel (a flag the solver reads within one step), close handling, and "ready
+again" once the worker has finished, the solver thread has stopped and the layers are in.
 """
 
 from __future__ import annotations
@@ -14,16 +14,14 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import QEvent, QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer
 
 from .job import _explain_cancel, _Outcome
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari.qt.threading import GeneratorWorker
-    from qtpy.QtCore import QObject
-    from qtpy.QtGui import QCloseEvent
 
-__all__ = ["start_worker", "advance_task_bar", "RunLifecycle"]
+__all__ = ["start_worker", "advance_task_bar", "CloseWatcher", "RunLifecycle"]
 
 
 def start_worker(
@@ -92,6 +90,79 @@ def advance_task_bar(worker: Any, frac: float) -> None:
             pass
 
 
+class CloseWatcher(QObject):
+    """Tell a dock widget that it or the viewer's window was closed, so that a run stops and publishes nothing.
+
+    A dock widget gets no close event of its own when the viewer closes, so the watcher also filters the events of
+    the viewer's window: a Hide that follows a Close (not a minimise) counts as closed. The window is held by weak
+    reference (the widget must not keep a closed viewer alive). Call :meth:`watch` when a run starts: the dock may
+    have moved to another window since the last run.
+
+    Parameters
+    ----------
+    widget : QWidget
+        The dock widget (the watcher's parent).
+    on_close : callable
+        Called (no arguments) when the widget or the window is closed.
+    """
+
+    def __init__(self, widget: QObject, on_close: Callable[[], None]) -> None:
+        super().__init__(widget)
+        self._widget = weakref.ref(widget)
+        self._on_close = on_close
+        self._window: weakref.ref | None = None
+        self._close_seen = False
+        #: True once the widget or its window was closed (reset by :meth:`watch` and by the window's Show)
+        self.closed = False
+        widget.installEventFilter(self)
+
+    def watch(self) -> None:
+        """Watch the widget's current top-level window and reset :attr:`closed` (at the start of a run)."""
+        widget = self._widget()
+        if widget is None:
+            return
+        top = widget.window()
+        watched = self._window() if self._window is not None else None
+        if top is not widget and top is not watched:
+            if watched is not None:
+                watched.removeEventFilter(self)
+            top.installEventFilter(self)
+            self._window = weakref.ref(top)
+        self.closed = self._close_seen = False
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
+        """Mark a close of the widget or of its window (a Hide after a Close, not a minimise).
+
+        Parameters
+        ----------
+        obj : QObject
+            The widget or its window.
+        event : QEvent
+            The event.
+
+        Returns
+        -------
+        bool
+            False: the event goes on to its object.
+        """
+        kind = event.type()
+        if obj is self._widget():
+            if kind == QEvent.Type.Close:
+                self._closed()
+        elif self._window is not None and obj is self._window():
+            if kind == QEvent.Type.Close:
+                self._close_seen = True  # accepted or not: a Hide follows only if it was accepted
+            elif kind == QEvent.Type.Hide and self._close_seen and not event.spontaneous() and not obj.isMinimized():
+                self._closed()
+            elif kind == QEvent.Type.Show:
+                self.closed = self._close_seen = False
+        return False
+
+    def _closed(self) -> None:
+        self.closed = True
+        self._on_close()
+
+
 class RunLifecycle:
     """Run handling of the Rate maps widget (a mixin of :class:`~napari_mollifier._napari.widget.MollifierWidget`).
 
@@ -112,49 +183,22 @@ class RunLifecycle:
         """
         return self.worker is not None
 
+    @property
+    def _window_closed(self) -> bool:
+        """Whether the widget or the viewer's window was closed during the run (nothing is published then)."""
+        watcher = getattr(self, "_close_watcher", None)
+        return watcher is not None and watcher.closed
+
     def _watch_window(self) -> None:
-        """Watch the viewer's window: the dock widget gets no close event of its own when the viewer closes.
+        """Start watching for a close of the widget or the viewer's window (:class:`CloseWatcher`)."""
+        if getattr(self, "_close_watcher", None) is None:
+            self._close_watcher = CloseWatcher(self, self._stop_on_close)
+        self._close_watcher.watch()
 
-        Held by weak reference: the widget must not keep a closed viewer alive.
-        """
-        top = self.window()
-        watched = self._watched_window() if self._watched_window is not None else None
-        if top is not self and top is not watched:
-            if watched is not None:
-                watched.removeEventFilter(self)
-            top.installEventFilter(self)
-            self._watched_window = weakref.ref(top)
-        self._window_closed = self._close_seen = False
-
-    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
-        """The viewer's window is hidden by a close (not a minimise): stop the run, publish nothing.
-
-        Parameters
-        ----------
-        obj : QObject
-            The watched object (the viewer's window).
-        event : QEvent
-            The event.
-
-        Returns
-        -------
-        bool
-            What ``QWidget.eventFilter`` says (False: the event goes on to the window).
-        """
-        ref = getattr(self, "_watched_window", None)  # Qt may call this during __init__
-        if ref is None or obj is not ref():
-            return super().eventFilter(obj, event)
-        if event.type() == QEvent.Type.Close:
-            self._close_seen = True  # accepted or not: a Hide follows only if it was accepted
-        elif (event.type() == QEvent.Type.Hide and getattr(self, "_close_seen", False) and not event.spontaneous()
-              and not obj.isMinimized()):
-            self._window_closed = True
-            if self._job is not None:
-                self._job.cancel.set()
-            self._pending = []
-        elif event.type() == QEvent.Type.Show:
-            self._window_closed = self._close_seen = False
-        return super().eventFilter(obj, event)
+    def _stop_on_close(self) -> None:
+        if self._job is not None:
+            self._job.cancel.set()
+        self._pending = []
 
     def cancel(self) -> None:
         """Ask the running job to stop (it stops within one solver step; nothing is added)."""
@@ -162,18 +206,6 @@ class RunLifecycle:
             self._job.cancel.set()
             self.cancel_button.setEnabled(False)
             self.status_label.setText("Cancelling...")
-
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
-        """Closing the widget stops a running job (nothing is added afterwards).
-
-        Parameters
-        ----------
-        event : QCloseEvent
-            The close event (accepted by Qt's handler).
-        """
-        if self._job is not None:
-            self._job.cancel.set()
-        super().closeEvent(event)
 
     def _on_errored(self, exc) -> None:  # a bug in the widget's own generator
         self._outcome = _Outcome("error", message=f"Rate maps failed: {exc}")

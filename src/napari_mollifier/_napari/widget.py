@@ -179,8 +179,7 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
         self._connected_layers: set[int] = set()
         self.input_combos: dict[str, QComboBox] = {}
         self.coef_edits: dict[str, QLineEdit] = {}
-        self._watched_window = None
-        self._window_closed = False
+        self._close_watcher = None
         self._build_ui()
         self._connect_viewer()
         self._refresh_layers()
