@@ -117,12 +117,13 @@ def test_cli_choices_and_defaults_are_the_library_constants():
     from napari_mollifier.io.smlm import DEFAULT_RENDER_METHOD, DEFAULT_RENDER_PIXEL_SIZE, RENDER_METHODS
     from napari_mollifier.models import MODELS
     from napari_mollifier.mollifier import BOUNDARIES
-    from napari_mollifier.solve import METHODS, RADIUS_RULES, UNCERTAINTY_METHODS
+    from napari_mollifier.solve import METHODS, RADIUS_RULES, ROI_MODES, UNCERTAINTY_METHODS
 
     opts = _options("infer")
     assert tuple(opts["--method"].choices) == METHODS
     assert tuple(opts["--uncertainty"].choices) == UNCERTAINTY_METHODS
     assert tuple(opts["--radius-rule"].choices) == RADIUS_RULES
+    assert tuple(opts["--roi-mode"].choices) == ROI_MODES
     assert sorted(opts["--model"].choices) == sorted(MODELS)
     assert tuple(opts["--boundary"].choices) == ("mask", *BOUNDARIES)
     assert tuple(opts["--params"].choices) == COEFFICIENT_MODES
