@@ -59,6 +59,23 @@ def test_mollifier_layer_spacing_is_a_deprecated_pixel_size():
     assert torch.equal(old["lap"], new["lap"])
 
 
+def test_derivatives_tiled_spacing_is_a_deprecated_pixel_size():
+    pytest.importorskip("dask")
+    from napari_mollifier import tiling
+
+    f = _field()
+    old, new = _renamed(
+        lambda: tiling.derivatives_tiled(f, 6, spacing=0.5, which=("xx", "xy"), tile=24),
+        lambda: tiling.derivatives_tiled(f, 6, pixel_size=0.5, which=("xx", "xy"), tile=24),
+    )
+    assert new["xx"][24, 24] == pytest.approx(2.0) and new["xy"][24, 24] == pytest.approx(3.0)
+    assert all(np.array_equal(old[k], new[k]) for k in new)
+    positional = tiling.derivatives_tiled(f, 6, 0.5, which=("xx", "xy"), tile=24)  # the third positional argument
+    assert np.array_equal(positional["xx"], new["xx"])
+    with pytest.raises(MollifierInputError, match="pixel_size"):
+        tiling.derivatives_tiled(f, 6, pixel_size=0.25, spacing=0.5)  # two different values
+
+
 def test_domains_functions_take_pixel_size_in_nm():
     from napari_mollifier.domains import density_image
     from napari_mollifier.domains.synthetic import sample_image
