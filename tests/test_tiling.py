@@ -39,7 +39,7 @@ def big():
 def test_derivatives_2048_tiled_equals_untiled(big):
     keys = ("u", "x", "lap")
     ref = nm.derivatives(big["phi_e"], 4, pixel_size=0.02, which=keys)
-    tiled = tiling.derivatives_tiled(big["phi_e"], 4, spacing=0.02, which=keys, tile=1024)
+    tiled = tiling.derivatives_tiled(big["phi_e"], 4, pixel_size=0.02, which=keys, tile=1024)
     assert tiled["lap"].shape == (2048, 2048)
     for k in keys:
         assert _max_diff(ref[k], tiled[k]) <= 1e-5, k
@@ -66,7 +66,7 @@ def test_infer_rates_2048_tiled_equals_untiled(big):
 def test_derivatives_tiled_boundaries(boundary):
     f = _fields(150)["phi_h"]
     ref = nm.derivatives(f, 5, pixel_size=0.5, boundary=boundary, which=("u", "xy", "lap"))
-    tiled = tiling.derivatives_tiled(f, 5, spacing=0.5, boundary=boundary, which=("u", "xy", "lap"), tile=40)
+    tiled = tiling.derivatives_tiled(f, 5, pixel_size=0.5, boundary=boundary, which=("u", "xy", "lap"), tile=40)
     for k in ref:
         assert _max_diff(ref[k], tiled[k]) <= 1e-9
 

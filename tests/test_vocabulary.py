@@ -59,6 +59,23 @@ def test_mollifier_layer_spacing_is_a_deprecated_pixel_size():
     assert torch.equal(old["lap"], new["lap"])
 
 
+def test_derivatives_tiled_spacing_is_a_deprecated_pixel_size():
+    pytest.importorskip("dask")
+    from napari_mollifier import tiling
+
+    f = _field()
+    old, new = _renamed(
+        lambda: tiling.derivatives_tiled(f, 6, spacing=0.5, which=("xx", "xy"), tile=24),
+        lambda: tiling.derivatives_tiled(f, 6, pixel_size=0.5, which=("xx", "xy"), tile=24),
+    )
+    assert new["xx"][24, 24] == pytest.approx(2.0) and new["xy"][24, 24] == pytest.approx(3.0)
+    assert all(np.array_equal(old[k], new[k]) for k in new)
+    positional = tiling.derivatives_tiled(f, 6, 0.5, which=("xx", "xy"), tile=24)  # the third positional argument
+    assert np.array_equal(positional["xx"], new["xx"])
+    with pytest.raises(MollifierInputError, match="pixel_size"):
+        tiling.derivatives_tiled(f, 6, pixel_size=0.25, spacing=0.5)  # two different values
+
+
 def test_domains_functions_take_pixel_size_in_nm():
     from napari_mollifier.domains import density_image
     from napari_mollifier.domains.synthetic import sample_image
@@ -117,12 +134,13 @@ def test_cli_choices_and_defaults_are_the_library_constants():
     from napari_mollifier.io.smlm import DEFAULT_RENDER_METHOD, DEFAULT_RENDER_PIXEL_SIZE, RENDER_METHODS
     from napari_mollifier.models import MODELS
     from napari_mollifier.mollifier import BOUNDARIES
-    from napari_mollifier.solve import METHODS, RADIUS_RULES, UNCERTAINTY_METHODS
+    from napari_mollifier.solve import METHODS, RADIUS_RULES, ROI_MODES, UNCERTAINTY_METHODS
 
     opts = _options("infer")
     assert tuple(opts["--method"].choices) == METHODS
     assert tuple(opts["--uncertainty"].choices) == UNCERTAINTY_METHODS
     assert tuple(opts["--radius-rule"].choices) == RADIUS_RULES
+    assert tuple(opts["--roi-mode"].choices) == ROI_MODES
     assert sorted(opts["--model"].choices) == sorted(MODELS)
     assert tuple(opts["--boundary"].choices) == ("mask", *BOUNDARIES)
     assert tuple(opts["--params"].choices) == COEFFICIENT_MODES

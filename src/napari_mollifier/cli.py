@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .methods.network import DEFAULT_ITERATIONS
     from .models import MODELS
     from .mollifier import BOUNDARIES
-    from .solve import METHODS, RADIUS_RULES, UNCERTAINTY_METHODS
+    from .solve import METHODS, RADIUS_RULES, ROI_MODES, UNCERTAINTY_METHODS
     from .validation import MAX_ITERATIONS
 
     S = solver_defaults()  # noqa: N806 - a table, read like a constant
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "within one standard deviation of the maps at all smaller radii) or quasi-optimality")
     p.add_argument("--seed", type=_seed, default=S["seed"],
                    help="seed of the bootstrap noise and the network, 0 .. 2**64-1 (default 0)")
-    p.add_argument("--roi-mode", default=S["roi_mode"], choices=("image", "isolate"),
+    p.add_argument("--roi-mode", default=S["roi_mode"], choices=ROI_MODES,
                    help="image (default): derivatives use every valid pixel, the ROI selects where maps are "
                         "reported; isolate: each ROI is solved with its own pixels only (separate nuclei; an edge "
                         "band appears at the ROI border)")

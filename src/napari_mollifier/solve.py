@@ -50,11 +50,12 @@ from .mollifier import derivatives
 from .noise import NoiseModel, blur_white_noise, estimate_noise_model
 from .result import RateResult
 
-__all__ = ["infer_rates", "resolve_device", "METHODS", "UNCERTAINTY_METHODS", "RADIUS_RULES"]
+__all__ = ["infer_rates", "resolve_device", "METHODS", "UNCERTAINTY_METHODS", "RADIUS_RULES", "ROI_MODES"]
 
 METHODS = ("direct", "network", "autodiff")
 UNCERTAINTY_METHODS = ("propagate", "bootstrap", "none")
 RADIUS_RULES = ("lepski", "quasi-optimality")
+ROI_MODES = ("image", "isolate")  # how an ROI is solved: inside the whole image, or on its own pixels
 _LADDER_STEP = LADDER_STEP
 _UNCERTAINTY_TEXT = {
     "propagate": "sqrt(noise^2 + bias^2): the input noise (estimated level, pixel correlation and correlation "
@@ -798,8 +799,8 @@ def _prepare(fields, *, model, params, pixel_size, radius, method, roi, device, 
     p = m.params(params if not isinstance(params, str) else None)
     if method not in METHODS:
         raise MollifierInputError(f"unknown method {method!r}: use one of {METHODS}")
-    if roi_mode not in ("image", "isolate"):
-        raise MollifierInputError(f"unknown roi_mode {roi_mode!r}: use 'image' or 'isolate'")
+    if roi_mode not in ROI_MODES:
+        raise MollifierInputError(f"unknown roi_mode {roi_mode!r}: use {' or '.join(map(repr, ROI_MODES))}")
     if tiled and method != "direct":
         raise MollifierInputError(
             f"tiled runs support method='direct' only: {method!r} fits one network to the whole image "

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import MollifierInputError, MollifierWarning, RunCancelled
+from .errors import MollifierInputError, MollifierWarning, RunCancelled, renamed_keyword
 from .kernels import half_width, multi_indices
 from .models import get_model
 from .mollifier import default_keys, key_terms
@@ -313,11 +313,11 @@ class _Ticker:
                 self.progress(self.done, self.total, dict(info))
 
 
-def derivatives_tiled(field: np.ndarray, radius: float, spacing: float | tuple[float, ...] = 1.0, *,
+def derivatives_tiled(field: np.ndarray, radius: float, pixel_size: float | tuple[float, ...] = 1.0, *,
                       tile: int = 1024, kernel: str = "poly", boundary: str = "reflect",
                       mask: np.ndarray | None = None, which: str | tuple[str, ...] | None = None,
                       ndim: int | None = None, method: str = "auto", scheduler: str = "synchronous",
-                      compute: bool = True) -> dict:
+                      compute: bool = True, spacing: float | tuple[float, ...] | None = None) -> dict:
     """Compute :func:`~napari_mollifier.derivatives` of one 1-D to 3-D image tile by tile (same keys, same values).
 
     ``field`` (and ``mask``) may be numpy or dask arrays; with ``compute=False`` the result is a dict of lazy
@@ -327,7 +327,7 @@ def derivatives_tiled(field: np.ndarray, radius: float, spacing: float | tuple[f
     ----------
     field : numpy.ndarray or dask.array.Array
         The image.
-    radius, spacing, kernel, boundary, mask, which, ndim, method
+    radius, pixel_size, kernel, boundary, mask, which, ndim, method
         As in :func:`~napari_mollifier.derivatives`.
     tile : int
         Tile size, pixels (each tile also reads a halo of one kernel half-width).
@@ -335,6 +335,8 @@ def derivatives_tiled(field: np.ndarray, radius: float, spacing: float | tuple[f
         Dask scheduler.
     compute : bool
         Compute the result (numpy) rather than return lazy dask arrays.
+    spacing : float or sequence of float, optional
+        Deprecated name of ``pixel_size`` (a ``FutureWarning``).
 
     Returns
     -------
@@ -350,6 +352,7 @@ def derivatives_tiled(field: np.ndarray, radius: float, spacing: float | tuple[f
 
     from .mollifier import derivatives
 
+    pixel_size = renamed_keyword("pixel_size", pixel_size, "spacing", spacing, default=1.0)
     nd = ndim or np.ndim(field)
     if np.ndim(field) != nd or nd not in (1, 2, 3):
         raise MollifierInputError(f"derivatives_tiled takes one 1-D, 2-D or 3-D image, got shape {np.shape(field)}")
@@ -367,7 +370,7 @@ def derivatives_tiled(field: np.ndarray, radius: float, spacing: float | tuple[f
         out = np.full(x.shape, np.nan)
         if m is not None and not m.any():
             return out
-        d = derivatives(x[0], radius, pixel_size=spacing, kernel=kernel, boundary=boundary, mask=m, which=keys,
+        d = derivatives(x[0], radius, pixel_size=pixel_size, kernel=kernel, boundary=boundary, mask=m, which=keys,
                         ndim=nd, method=method)
         for i, key in enumerate(keys):
             out[i] = d[key]
