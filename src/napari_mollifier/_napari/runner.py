@@ -127,7 +127,7 @@ class RunLifecycle:
         self._window_closed = self._close_seen = False
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
-        """The viewer's window is hidden by a close (not a minimise): stop the run, publish nothing.
+        """Stop the run, publishing nothing, when the viewer's window is hidden by a close (not a minimise).
 
         Parameters
         ----------
@@ -164,7 +164,7 @@ class RunLifecycle:
             self.status_label.setText("Cancelling...")
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
-        """Closing the widget stops a running job (nothing is added afterwards).
+        """Stop a running job when the widget is closed (nothing is added afterwards).
 
         Parameters
         ----------
