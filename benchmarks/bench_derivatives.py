@@ -101,11 +101,11 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     print(f"\n{title}")
-    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths)))
+    print("  ".join(str(h).rjust(w) for h, w in zip(header, widths, strict=True)))
     for row in rows:
-        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)))
 
 
 def _window(radius: float) -> int:

@@ -181,7 +181,7 @@ def _nucleus(lam_fn, seed, px_nm=20.0, shape=(360, 360), d=300.0):
     ok = ((cen[:, 1] / (a - t - rad - d / 2)) ** 2 + (cen[:, 0] / (b - t - rad - d / 2)) ** 2) <= 1
     cen, rad = cen[ok], rad[ok]
     dom = np.zeros(shape, bool)
-    for (cy, cx), r in zip(cen, rad):
+    for (cy, cx), r in zip(cen, rad, strict=True):
         dom |= (ey - cy) ** 2 + (ex - cx) ** 2 <= r**2
     dense = dom | (outer & ~inner)
     phi_w = np.where(outer, np.where(dense, 0.2, 0.8), 0.9)

@@ -219,11 +219,11 @@ def main(argv=None) -> int:
         f"| **{r['max_gap_ms']:.0f} ms** | {r['over_100ms']} | {r['compute_max_ms']:.0f} ms "
         f"({r['compute_over_100ms']} > {TARGET_MS:g} ms) | {r['publish_max_ms']:.0f} ms in {r['publish_s']:.2f} s "
         f"({r['publish_over_100ms']} > {TARGET_MS:g} ms) |"
-        for lab, r in zip(labels, runs)
+        for lab, r in zip(labels, runs, strict=True)
     )
     verdicts = ", ".join(
         f"{lab.split(' (')[0]}: {r['max_gap_ms']:.0f} ms ({'meets' if r['max_gap_ms'] < TARGET_MS else 'misses'})"
-        for lab, r in zip(labels, runs)
+        for lab, r in zip(labels, runs, strict=True)
     )
     body = f"""## napari event-loop stall during a widget run (`benchmarks/bench_widget_stall.py`)
 

@@ -25,7 +25,7 @@ def _eval_poly(poly, coords, alpha=None):
     total = np.zeros_like(coords[0])
     for exps, coef in poly.items():
         term = np.full_like(coords[0], coef)
-        for c, e, a in zip(coords, exps, alpha or (0,) * len(exps)):
+        for c, e, a in zip(coords, exps, alpha or (0,) * len(exps), strict=True):
             if a > e:
                 term = term * 0
                 break
@@ -39,7 +39,7 @@ def _exact_key(poly, coords, key, ndim):
 
 
 def _coords(shape, spacing):
-    axes = [(np.arange(n) - n / 2) * h for n, h in zip(shape, spacing)]
+    axes = [(np.arange(n) - n / 2) * h for n, h in zip(shape, spacing, strict=True)]
     return list(np.meshgrid(*axes, indexing="ij"))
 
 

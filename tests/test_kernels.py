@@ -15,7 +15,7 @@ def _moment(kernel, beta):
     h = (kernel.shape[0] - 1) // 2
     axis = np.arange(-h, h + 1, dtype=np.float64)
     grids = np.meshgrid(*([axis] * kernel.ndim), indexing="ij")
-    return float((kernel * math.prod(g**b for g, b in zip(grids, beta))).sum())
+    return float((kernel * math.prod(g**b for g, b in zip(grids, beta, strict=True))).sum())
 
 
 ALPHAS_2D = [a for a in K.multi_indices(2, 4)]

@@ -94,7 +94,7 @@ def test_infer_tiled_mask_mode_with_labels_and_holes(roi_mode):
     assert _max_diff(ref.residual, tiled.residual) <= 1e-8
     assert np.array_equal(ref.labels, tiled.labels)
     assert [s["label"] for s in tiled.roi_stats] == [1, 2]
-    for a, b in zip(ref.roi_stats, tiled.roi_stats):
+    for a, b in zip(ref.roi_stats, tiled.roi_stats, strict=True):
         assert a["median"] == pytest.approx(b["median"], abs=1e-9) and a["n_pixels"] == b["n_pixels"]
 
 

@@ -66,7 +66,7 @@ def _positive_float(text: str) -> float:
 
 
 def _validated(check, text: str):
-    """An argparse type from a :mod:`napari_mollifier.validation` check (the same bounds as the API)."""
+    """Make an argparse type from a :mod:`napari_mollifier.validation` check (the same bounds as the API)."""
     try:
         value = int(text)
     except ValueError:
@@ -136,7 +136,10 @@ def _param(text: str) -> tuple:
 
 
 def solver_defaults() -> dict:
-    """The defaults of :func:`napari_mollifier.infer_rates`, by argument name: the CLI's defaults are the library's."""
+    """Return the defaults of :func:`napari_mollifier.infer_rates`, by argument name.
+
+    The CLI's defaults are the library's.
+    """
     import inspect
 
     from .solve import infer_rates
@@ -146,7 +149,7 @@ def solver_defaults() -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``mollifier`` command line: its sub-commands and every option with its help text."""
+    """Build the ``mollifier`` command line: its sub-commands and every option with its help text."""
     from .app.jobs import OUTPUT_FORMATS
     from .coefficients import COEFFICIENT_MODES
     from .io.smlm import DEFAULT_RENDER_METHOD, DEFAULT_RENDER_PIXEL_SIZE, RENDER_METHODS
@@ -292,7 +295,7 @@ def _add_intensity_options(p) -> None:
 
 
 def _intensity_options(args) -> dict:
-    """The ``intensities`` option of infer_files from ``--intensities`` (and its two settings)."""
+    """Build the ``intensities`` option of infer_files from ``--intensities`` (and its two settings)."""
     settings = {k: v for k, v in (("total_fraction", args.total_fraction),
                                   ("percentile", args.intensity_percentile),
                                   ("mark_ratio", args.mark_ratio), ("nucleus_file", args.nucleus))
@@ -458,7 +461,7 @@ def _table(rows: list[dict]) -> str:
 
     cells = [[title for _, title in columns]] + [[fmt(r, k) for k, _ in columns] for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -474,7 +477,7 @@ def _jobs(args) -> list[dict]:
         if len(args.inputs) % 2:
             raise MollifierInputError(f"--pairs needs an even number of INPUTs (phi_h phi_e ...), got "
                                       f"{len(args.inputs)}")
-        jobs += [{"phi_h": a, "phi_e": b} for a, b in zip(args.inputs[::2], args.inputs[1::2])]
+        jobs += [{"phi_h": a, "phi_e": b} for a, b in zip(args.inputs[::2], args.inputs[1::2], strict=True)]
     else:
         jobs += [{"image": a} for a in args.inputs]
     if not jobs:
@@ -493,7 +496,7 @@ def _jobs(args) -> list[dict]:
         if len(rois) != len(jobs):
             raise MollifierInputError(f"give one --roi for all jobs or one per job: {len(rois)} ROI files for "
                                       f"{len(jobs)} jobs")
-        for job, roi in zip(jobs, rois):
+        for job, roi in zip(jobs, rois, strict=True):
             job["roi"] = roi
     return jobs
 
@@ -509,8 +512,10 @@ def _client(address: str):
 
 
 def check_writable(out: Path) -> None:
-    """Fail before any computation when the output folder cannot be created or written to. Creates nothing: the
-    folder is made when the first result is published, so a run stopped before that leaves no empty folder.
+    """Fail before any computation when the output folder cannot be created or written to.
+
+    Creates nothing: the folder is made when the first result is published, so a run stopped before that leaves
+    no empty folder.
     """
     from .app.jobs import _output_error
     from .errors import MollifierOutputError
@@ -722,8 +727,9 @@ def cmd_rerun(args) -> int:
 
 
 def _finish_interrupted_writes(folder: Path) -> None:
-    """Complete (or clear) what a killed writer left in ``folder`` before reading from it; a folder that cannot be
-    written (read-only data) is read as it is.
+    """Complete (or clear) what a killed writer left in ``folder`` before reading from it.
+
+    A folder that cannot be written (read-only data) is read as it is.
     """
     from .io.publish import folder_lock, recover_folder
 

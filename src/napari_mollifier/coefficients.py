@@ -256,13 +256,13 @@ COEFFICIENT_MODES = ("auto", "default")
 
 
 def is_physical(unit) -> bool:
-    """True when ``unit`` names a physical length unit (``"um"``, ``"nm"``...), not pixels."""
+    """Tell whether ``unit`` names a physical length unit (``"um"``, ``"nm"``...), not pixels."""
     return (str(unit).strip().lower() if unit is not None else None) not in UNITLESS
 
 
 def resolve_coefficients(model, given=None, mode=None, fields=None, pixel_size=1.0, unit=None, roi=None,
                          seed: int = 0) -> tuple[dict, dict, dict | None]:
-    """The coefficients of a run and where each came from: ``(params, sources, estimate)``.
+    """Resolve the coefficients of a run and where each came from: ``(params, sources, estimate)``.
 
     * ``given`` (dict): those values are used (source ``"given"``);
     * ``mode="default"``: the others take the model's defaults (``"default (box units)"``), with a

@@ -39,8 +39,9 @@ class RunCancelled(Exception):
 
 def renamed_keyword(new_name: str, new_value, old_name: str, old_value, *, default=None, required: bool = False,
                     stacklevel: int = 3):
-    """The value of a keyword renamed from ``old_name`` to ``new_name``: ``old_value`` (with a ``FutureWarning``)
-    when the old name was given, else ``new_value``.
+    """Return the value of a keyword renamed from ``old_name`` to ``new_name``.
+
+    That is ``old_value`` (with a ``FutureWarning``) when the old name was given, else ``new_value``.
 
     Parameters
     ----------
@@ -73,7 +74,7 @@ def renamed_keyword(new_name: str, new_value, old_name: str, old_value, *, defau
 
 
 def find_stack_level() -> int:
-    """The ``stacklevel`` that makes a warning point at the first caller outside this package (the user's line).
+    """Return the ``stacklevel`` that makes a warning point at the first caller outside this package (the user's line).
 
     Call it in the function that calls ``warnings.warn``; it counts the frames of the package above it, so the
     warning names the user's ``infer_rates(...)`` line however deep inside the package it was raised.

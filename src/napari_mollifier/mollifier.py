@@ -36,8 +36,9 @@ _PAD_MODE = {"reflect": "reflect", "replicate": "replicate", "periodic": "circul
 
 
 def default_keys(ndim: int) -> tuple[str, ...]:
-    """Keys returned when ``which`` is not given: the smoothed field, all first and second derivatives,
-    the Laplacian and the bi-Laplacian.
+    """Return the keys returned when ``which`` is not given.
+
+    They are the smoothed field, all first and second derivatives, the Laplacian and the bi-Laplacian.
     """
     letters = AXIS_LETTERS[ndim]
     first = tuple(reversed(letters))  # x, y, z
@@ -48,7 +49,7 @@ def default_keys(ndim: int) -> tuple[str, ...]:
 
 
 def key_terms(key: str, ndim: int) -> list[tuple[tuple[int, ...], float]]:
-    """A derivative key as a sum of ``(alpha, coefficient)`` pure/mixed partial derivatives.
+    """Expand a derivative key as a sum of ``(alpha, coefficient)`` pure/mixed partial derivatives.
 
     ``"u"`` -> the smoothed field; a string of axis letters (``"x"``, ``"xy"``, ``"xxyy"``, ``"zzz"``...) -> that
     partial derivative; ``"lap"`` = ``sum_i d_ii``; ``"biharm"`` = ``lap(lap)`` = ``sum_i d_iiii + 2 sum_{i<j} d_iijj``.
@@ -63,7 +64,9 @@ def key_terms(key: str, ndim: int) -> list[tuple[tuple[int, ...], float]]:
     if key == "biharm":
         terms = [(tuple(4 * v for v in e), 1.0) for e in unit]
         terms += [
-            (tuple(2 * (a + b) for a, b in zip(unit[i], unit[j])), 2.0) for i in range(ndim) for j in range(i + 1, ndim)
+            (tuple(2 * (a + b) for a, b in zip(unit[i], unit[j], strict=True)), 2.0)
+            for i in range(ndim)
+            for j in range(i + 1, ndim)
         ]
         return terms
     if not key or any(c not in letters for c in key):
@@ -105,7 +108,7 @@ class _Plan:
 
     def weight(self, alpha: tuple[int, ...]) -> float:
         """``1 / prod(h_i ** alpha_i)``: pixel-unit derivatives to physical units."""
-        return 1.0 / math.prod(h**a for h, a in zip(self.spacing, alpha))
+        return 1.0 / math.prod(h**a for h, a in zip(self.spacing, alpha, strict=True))
 
     def key_combination(self, dtype, device) -> torch.Tensor:
         """Matrix ``(n_keys, n_alphas)`` mapping per-alpha pixel-unit outputs to physical-unit keys."""
@@ -385,9 +388,25 @@ class Mollifier(torch.nn.Module):
 
     @property
     def keys(self) -> tuple[str, ...]:
+        """The derivative keys this layer returns, in order."""
         return self.plan.keys
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
+        """Apply the layer: ``(batch, channel, *spatial)`` tensor -> dict of derivative tensors of the same shape.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The input, ``(batch, channel, *spatial)``.
+        mask : torch.Tensor, optional
+            ROI or nucleus (bool), shaped ``spatial`` or like ``x``: only pixels inside it are used and the output
+            is NaN outside it (as ``mask`` in :func:`derivatives`).
+
+        Returns
+        -------
+        dict of str -> torch.Tensor
+            One tensor per key of :attr:`keys`, shaped like ``x``.
+        """
         nd = self.plan.ndim
         if x.dim() != nd + 2:
             raise MollifierInputError(

@@ -76,10 +76,12 @@ class RateResult:
 
     @property
     def model(self) -> str:
+        """The name of the model that was solved (``provenance["model"]``)."""
         return self.provenance.get("model", "")
 
     @property
     def pixel_size(self):
+        """The pixel size of the run (``provenance["pixel_size"]``; 1.0 when not recorded)."""
         return self.provenance.get("pixel_size", 1.0)
 
     @property
@@ -96,8 +98,9 @@ class RateResult:
 
     @property
     def relative_rate(self) -> np.ndarray:
-        """``rate`` divided by the median rate of its ROI (NaN outside the ROIs, and in an ROI whose median is not
-        positive); for any result, relative or not.
+        """``rate`` divided by the median rate of its ROI; for any result, relative or not.
+
+        NaN outside the ROIs, and in an ROI whose median is not positive.
         """
         from .fractions import relative_map
 
@@ -122,13 +125,14 @@ class RateResult:
         return self.relative_rate if self.relative else self.rate
 
     def table(self) -> list[dict]:
-        """The per-ROI statistics (a list of rows, ready for ``csv.DictWriter`` or ``pandas.DataFrame``)."""
+        """Return the per-ROI statistics (a list of rows, ready for ``csv.DictWriter`` or ``pandas.DataFrame``)."""
         return [dict(row) for row in self.roi_stats]
 
     def save(self, path, **kwargs):
-        """Write the whole result to ``path`` (``.npz``, ``.ome.tif`` or ``.ome.zarr``, chosen by the name) with
-        its provenance; :func:`load_result` (or :meth:`RateResult.load`) reads it back unchanged. The write is
-        atomic (temporary name, then rename). Returns the path.
+        """Write the whole result to ``path`` with its provenance and return the path.
+
+        The format (``.npz``, ``.ome.tif`` or ``.ome.zarr``) is chosen by the name; :func:`load_result` (or
+        :meth:`RateResult.load`) reads it back unchanged. The write is atomic (temporary name, then rename).
         """
         return _file_io("save")(self, path, **kwargs)
 
@@ -138,6 +142,7 @@ class RateResult:
         return _file_io("load")(path)
 
     def __repr__(self) -> str:
+        """Summarise the result in one line: model, shape, radius, ROIs, mean rate, device."""
         inside = np.isfinite(self.rate)
         mean = float(np.nanmean(self.rate)) if inside.any() else float("nan")
         return (

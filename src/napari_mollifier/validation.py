@@ -95,8 +95,9 @@ def check_n_bootstrap(value, *, key: str | None = None) -> int:
 
 
 def check_iterations(value, *, key: str | None = None) -> int | None:
-    """``iterations`` of the network methods: None (the default :data:`DEFAULT_ITERATIONS`) or an integer
-    1 .. :data:`MAX_ITERATIONS` (0 is refused).
+    """Check ``iterations`` of the network methods.
+
+    None (the default :data:`DEFAULT_ITERATIONS`) or an integer 1 .. :data:`MAX_ITERATIONS` (0 is refused).
     """
     if value is None:
         return None
@@ -131,8 +132,10 @@ def check_pixel_size(value, *, key: str | None = None, unit: str = "") -> tuple:
 
 
 def check_params(params, *, key: str | None = None) -> None:
-    """Model coefficients: a dict of names to finite real numbers, or ``"auto"`` / ``"default"`` (the units
-    policy, :func:`napari_mollifier.coefficients.resolve_coefficients`).
+    """Check model coefficients.
+
+    A dict of names to finite real numbers, or ``"auto"`` / ``"default"`` (the units policy,
+    :func:`napari_mollifier.coefficients.resolve_coefficients`).
     """
     if params is None:
         return
@@ -179,7 +182,7 @@ def check_noise(noise, *, key: str | None = None) -> None:
 
 
 def check_model(model, *, key: str | None = None) -> None:
-    """A registered model name (or a Model instance)."""
+    """Check a registered model name (or a Model instance)."""
     from .models import MODELS, Model
 
     if isinstance(model, Model):
@@ -191,7 +194,8 @@ def check_model(model, *, key: str | None = None) -> None:
 
 def check_solver_arguments(*, model=None, params=None, pixel_size=None, n_bootstrap=0, iterations=None, seed=0,
                            noise="auto", prefix: str | None = None) -> dict:
-    """All of the above at once; ``prefix`` (e.g. ``"call.kwargs"``) names provenance keys in the messages.
+    """Check all of the above at once; ``prefix`` (e.g. ``"call.kwargs"``) names provenance keys in the messages.
+
     Returns the normalised ``{"n_bootstrap", "iterations", "seed"}``.
     """
 
@@ -218,9 +222,11 @@ def _rungs(extent: int, order: int = 2) -> int:
 
 def estimate_run_seconds(shape, *, radius="auto", n_bootstrap: int = 0, method: str = "direct",
                          iterations: int | None = None) -> dict:
-    """An order-of-magnitude run time from counts: pixels x (radius-ladder rungs + 2 + 2 per bootstrap sample)
-    solves, plus pixels x iterations for the network methods (:data:`SECONDS_PER_PIXEL_SOLVE`,
-    :data:`SECONDS_PER_PIXEL_BOOTSTRAP`, :data:`SECONDS_PER_PIXEL_ITERATION`).
+    """Estimate an order-of-magnitude run time from counts.
+
+    Pixels x (radius-ladder rungs + 2 + 2 per bootstrap sample) solves, plus pixels x iterations for the network
+    methods (:data:`SECONDS_PER_PIXEL_SOLVE`, :data:`SECONDS_PER_PIXEL_BOOTSTRAP`,
+    :data:`SECONDS_PER_PIXEL_ITERATION`).
 
     Returns ``{"seconds", "pixels", "rungs", "solves", "iterations"}``.
     """
@@ -244,9 +250,11 @@ def _duration(seconds: float) -> str:
 
 def run_time_note(shape, *, radius="auto", n_bootstrap: int = 0, method: str = "direct", iterations=None,
                   n_runs: int = 1, threshold: float | None = None) -> str | None:
-    """The warning text for a run (``n_runs`` solves of ``shape``, e.g. slices of a stack) estimated to take
-    longer than ``threshold`` seconds (default :data:`RUN_TIME_WARN_S`), naming the estimate and how to cut it;
-    None for a shorter run. The widget shows it before it starts a run.
+    """Return the warning text for a run estimated to take longer than ``threshold`` seconds.
+
+    The run is ``n_runs`` solves of ``shape`` (e.g. slices of a stack); ``threshold`` defaults to
+    :data:`RUN_TIME_WARN_S`. The text names the estimate and how to cut it; None for a shorter run. The widget
+    shows it before it starts a run.
     """
     est = estimate_run_seconds(shape, radius=radius, n_bootstrap=n_bootstrap or 0, method=method,
                                iterations=iterations)
@@ -269,8 +277,10 @@ def run_time_note(shape, *, radius="auto", n_bootstrap: int = 0, method: str = "
 
 def warn_run_time(shape, *, radius="auto", n_bootstrap: int = 0, method: str = "direct", iterations=None,
                   threshold: float | None = None) -> dict:
-    """Warn (:class:`~napari_mollifier.errors.MollifierWarning`) before a run estimated to take longer than
-    ``threshold`` seconds (default :data:`RUN_TIME_WARN_S`): :func:`run_time_note`. Returns the estimate.
+    """Warn (:class:`~napari_mollifier.errors.MollifierWarning`) before a run estimated to take too long.
+
+    Too long is longer than ``threshold`` seconds (default :data:`RUN_TIME_WARN_S`); the text is
+    :func:`run_time_note`. Returns the estimate.
     """
     note = run_time_note(shape, radius=radius, n_bootstrap=n_bootstrap, method=method, iterations=iterations,
                          threshold=threshold)
@@ -311,9 +321,9 @@ def warn_extreme_pixels(arrays: dict, valid=None, *, z_threshold: float = 1e3, m
         filled = np.where(finite, a, med)
         for idx in candidates[:10_000]:
             start = [max(int(i) - 1, 0) for i in idx]
-            block = filled[tuple(slice(s0, int(i) + 2) for s0, i in zip(start, idx))]
+            block = filled[tuple(slice(s0, int(i) + 2) for s0, i in zip(start, idx, strict=True))]
             centre = filled[tuple(idx)]
-            here = np.ravel_multi_index(tuple(int(i) - s0 for i, s0 in zip(idx, start)), block.shape)
+            here = np.ravel_multi_index(tuple(int(i) - s0 for i, s0 in zip(idx, start, strict=True)), block.shape)
             neighbours = np.delete(block.ravel(), here)
             with np.errstate(over="ignore", invalid="ignore"):
                 if abs(float(centre) - float(np.median(neighbours))) / scale > z_threshold:
@@ -333,8 +343,10 @@ def warn_extreme_pixels(arrays: dict, valid=None, *, z_threshold: float = 1e3, m
 
 # --------------------------------------------------------------------------- memory
 def memory_budget() -> int:
-    """Bytes this process may still allocate: the available RAM (``MemAvailable``), lowered to what the
-    address-space limit (``ulimit -v``, ``RLIMIT_AS``) leaves above the current size of the process.
+    """Return the bytes this process may still allocate.
+
+    That is the available RAM (``MemAvailable``), lowered to what the address-space limit (``ulimit -v``,
+    ``RLIMIT_AS``) leaves above the current size of the process.
     """
     from .tiling import available_memory
 

@@ -44,8 +44,9 @@ def scrolling_body(widget: QWidget) -> QVBoxLayout:
 
 
 def fit_width(widget: QWidget) -> None:
-    """After the controls are built: the dock is at least as wide as its body needs (no control cut off at the
-    right; only the height scrolls).
+    """Make the dock at least as wide as its body needs, once the controls are built.
+
+    No control is cut off at the right; only the height scrolls.
 
     Parameters
     ----------
@@ -116,7 +117,7 @@ class Collapsible(QWidget):
 
 
 def alive(widget: QWidget) -> bool:
-    """False once the C++ object of ``widget`` is gone (deleted with its layout row).
+    """Tell whether ``widget`` can still be used: False once its C++ object is gone (deleted with its layout row).
 
     Parameters
     ----------

@@ -95,7 +95,7 @@ def estimate_from_image(widget: MollifierWidget) -> dict:
 
 
 def add_estimate_button(widget: MollifierWidget, form: QFormLayout) -> QPushButton:
-    """An "Estimate from image" button under the coefficients (enabled for chromatin-balance only).
+    """Add an "Estimate from image" button under the coefficients (enabled for chromatin-balance only).
 
     Parameters
     ----------
@@ -136,7 +136,7 @@ def add_estimate_button(widget: MollifierWidget, form: QFormLayout) -> QPushButt
 
 
 def plausibility_notes(slices: list, pixel_size: tuple[float, float], unit: str) -> list[str]:
-    """The plausibility warnings of the job's first slice (napari_mollifier.plausibility), for the widget's notes.
+    """List the plausibility warnings of the job's first slice (napari_mollifier.plausibility), for the notes.
 
     Parameters
     ----------
@@ -207,7 +207,7 @@ def detect_nucleus_layer(widget: MollifierWidget) -> Labels:
 
 
 def add_nucleus_button(widget: MollifierWidget) -> QPushButton:
-    """A "Detect nucleus" button under the ROI choice: a Labels layer from the total chromatin (Otsu).
+    """Add a "Detect nucleus" button under the ROI choice: it makes a Labels layer from the total chromatin (Otsu).
 
     Parameters
     ----------

@@ -66,7 +66,7 @@ def _geometry(layer) -> dict:
 
 
 def _layer_units(layer) -> tuple[str, ...]:
-    """The (y, x) units of a layer as text (``("pixel", "pixel")`` where napari has none)."""
+    """Return the (y, x) units of a layer as text (``("pixel", "pixel")`` where napari has none)."""
     units = getattr(layer, "units", None)
     if not units:
         return ("pixel", "pixel")
@@ -110,7 +110,7 @@ def _physical_shift(layer, shift) -> np.ndarray:
 
 
 def _full_resolution(layer):
-    """The layer's array (level 0 of a multiscale layer)."""
+    """Return the layer's array (level 0 of a multiscale layer)."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
@@ -163,7 +163,7 @@ class JobCollector:
             out_lead = lead_shape
         elif lead_shape:
             point = np.asarray(ref.world_to_data(self.viewer.dims.point), dtype=float)[: len(lead_shape)]
-            idx = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point, lead_shape))
+            idx = tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(point, lead_shape, strict=True))
             leads = [idx]
             out_lead = (1,) * len(lead_shape)
         else:

@@ -62,8 +62,10 @@ _MAX_ROWS = 5000
 
 
 def _work(x, y, params, cancel: threading.Event):
-    """Generator for ``thread_worker``: yields ``(step, total, text)``; returns ``("done", DomainResult)``,
-    ``("cancelled", None)`` or ``("error", exception)`` (errors are handed back, not raised in the worker).
+    """Run the analysis as a generator for ``thread_worker``, yielding ``(step, total, text)``.
+
+    Returns ``("done", DomainResult)``, ``("cancelled", None)`` or ``("error", exception)`` (errors are handed
+    back, not raised in the worker).
     """
     from napari_mollifier.domains import analyse_localisations
 
@@ -112,7 +114,7 @@ def handoff_metadata(res) -> dict:
 
 
 def plain_summary(s: dict, diffusivity: float) -> str:
-    """The result in plain words (the statistics go to :func:`details_text`)."""
+    """Describe the result in plain words (the statistics go to :func:`details_text`)."""
     n = s["n_domains"]
     text = (f"Found {n} heterochromatin domain{'s' if n != 1 else ''} inside the nucleus, "
             f"{s['mean_diameter_nm']:.0f} nm across on average and {s['mean_spacing_nm']:.0f} nm apart. "
@@ -127,7 +129,7 @@ def plain_summary(s: dict, diffusivity: float) -> str:
 
 
 def details_text(s: dict, assumption: dict, diffusivity: float) -> str:
-    """The statistics behind the summary, each named and with its unit."""
+    """List the statistics behind the summary, each named and with its unit."""
     def fit(key, unit):
         f = s.get(key) or {}
         mu, sigma = f.get("mu", float("nan")), f.get("sigma", float("nan"))

@@ -1,5 +1,7 @@
-"""Rate maps widget, "Raw intensities" panel: convert two intensity layers into phi_h and phi_e layers, and the
-notes after a run (negative rates, a relative level).
+"""Rate maps widget, "Raw intensities" panel.
+
+It converts two intensity layers into phi_h and phi_e layers, and gives the notes after a run (negative rates, a
+relative level).
 
 The conversion is :func:`napari_mollifier.fractions.intensities_to_fractions`: the two layers chosen as the
 heterochromatin and euchromatin inputs are taken as raw intensities, the ROI layer as the nucleus. The new layers
@@ -167,7 +169,7 @@ class FractionsPanel(QGroupBox):
             out.append(layer)
         coefficients = {k: e.text() for k, e in w.coef_edits.items()}  # switching inputs may refill them
         w._refresh_layers()
-        for key, layer in zip(("phi_h", "phi_e"), out):
+        for key, layer in zip(("phi_h", "phi_e"), out, strict=True):
             w.input_combos[key].setCurrentText(layer.name)
         for key, text in coefficients.items():
             if key in w.coef_edits:
@@ -183,8 +185,9 @@ class FractionsPanel(QGroupBox):
 
 
 def report_run(widget: MollifierWidget, job: _Job, results: list) -> str | None:
-    """After a run (main thread): warn of negative rates, and label the level relative where the inputs were
-    converted intensities or do not look like volume fractions.
+    """Warn of negative rates after a run (main thread), and label the level relative where it is.
+
+    The level is relative where the inputs were converted intensities or do not look like volume fractions.
 
     Parameters
     ----------

@@ -61,8 +61,9 @@ def read_tiff_layers(path) -> list:
 
 
 def _restore_display(layers: list) -> list:
-    """Colormap, contrast limits and colour-bar title saved by the writers (``"display"`` of the file's
-    description), per layer.
+    """Restore, per layer, the colormap, contrast limits and colour-bar title saved by the writers.
+
+    They are in ``"display"`` of the file's description.
     """
     for _data, kwargs, _kind in layers:
         meta = kwargs.get("metadata") or {}
@@ -91,7 +92,7 @@ def read_zarr_layers(path) -> list:
 
     img = read_zarr(_single(path))
     layers = image_layer_data(img)
-    spatial = tuple(s for a, s in zip(img.axes, img.scale) if a in "zyx")
+    spatial = tuple(s for a, s in zip(img.axes, img.scale, strict=True) if a in "zyx")
     for name, data in read_zarr_labels(_single(path)).items():
         scale = spatial[-data.ndim:] if len(spatial) >= data.ndim else (1.0,) * data.ndim
         layers.append((data, {"name": f"{img.name} [{name}]", "scale": scale,
@@ -188,7 +189,7 @@ def _collect(layer_data: list) -> tuple[dict, list, dict]:
 def _display(layer_data: list, names: list) -> dict:
     """Per channel: the layer's colormap name and contrast limits, for the reader to restore."""
     out = {}
-    for name, (_data, meta, _kind) in zip(names, layer_data):
+    for name, (_data, meta, _kind) in zip(names, layer_data, strict=True):
         entry: dict[str, Any] = {}
         cmap = meta.get("colormap")
         cmap = cmap.get("name") if isinstance(cmap, dict) else getattr(cmap, "name", cmap)

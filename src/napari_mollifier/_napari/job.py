@@ -46,7 +46,7 @@ def _background_fraction(fields: dict) -> float:
 
 
 def whole_image_roi(fields: dict) -> tuple[np.ndarray | None, dict | None, str | None]:
-    """The ROI of a "(whole image)" run: the detected nucleus where the image has background (issue 15).
+    """Find the ROI of a "(whole image)" run: the detected nucleus where the image has background (issue 15).
 
     The detection is the CLI's when no ``--roi`` is given (:func:`napari_mollifier.nucleus.detect_nucleus` on the
     fields), so that the widget and the CLI solve the same pixels. An image without background (the nucleus
@@ -79,7 +79,7 @@ def whole_image_roi(fields: dict) -> tuple[np.ndarray | None, dict | None, str |
 
 
 def detected_nucleus_note(n_pixels: int) -> str:
-    """What the user is told after a whole-image run solved inside the detected nucleus.
+    """Tell the user that a whole-image run solved inside the detected nucleus.
 
     Parameters
     ----------
@@ -217,7 +217,7 @@ def _solve(job: _Job, report) -> list:
 
 
 def _run_job(job: _Job):
-    """Generator run by napari's ``thread_worker``: yields ``(fraction, info)`` and returns an :class:`_Outcome`.
+    """Run ``job`` as napari's ``thread_worker`` generator: yield ``(fraction, info)``, return an :class:`_Outcome`.
 
     ``infer_rates`` reports progress through a callback, which cannot ``yield``; it runs in a helper thread and
     this generator relays its reports (at most every 50 ms, latest wins), so the worker yields regularly.
@@ -313,7 +313,7 @@ def _solver_default(name: str, fallback):
 
 
 def _accepts(name: str) -> bool:
-    """True when ``infer_rates`` takes the keyword ``name`` (options beyond the documented contract)."""
+    """Tell whether ``infer_rates`` takes the keyword ``name`` (options beyond the documented contract)."""
     import inspect
 
     from napari_mollifier import infer_rates

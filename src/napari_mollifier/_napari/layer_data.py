@@ -14,7 +14,7 @@ CHANNEL_COLORMAPS = ("magenta", "green", "cyan", "yellow", "red", "blue")
 
 
 def napari_supports_units() -> bool:
-    """True where the installed napari takes ``units=`` for layers (>= 0.6); reads metadata, imports no Qt."""
+    """Tell whether the installed napari takes ``units=`` for layers (>= 0.6); reads metadata, imports no Qt."""
     from importlib import metadata
 
     try:

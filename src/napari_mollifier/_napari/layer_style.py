@@ -36,7 +36,7 @@ def _power(unit: str, power: int) -> str:
 
 
 def rate_unit(model: str, unit: str) -> str:
-    """The unit of the rate of ``model`` for an image in ``unit``.
+    """Return the unit of the rate of ``model`` for an image in ``unit``.
 
     Parameters
     ----------
@@ -60,7 +60,7 @@ def rate_unit(model: str, unit: str) -> str:
 
 
 def quantity_label(kind: str, provenance: dict, unit: str) -> str:
-    """The colour-bar label of an output layer: the quantity and its unit.
+    """Return the colour-bar label of an output layer: the quantity and its unit.
 
     Parameters
     ----------
@@ -95,7 +95,7 @@ def quantity_label(kind: str, provenance: dict, unit: str) -> str:
 
 
 def _label_overlay_class():
-    """A napari layer text overlay showing its own text (registered once with napari's vispy overlays)."""
+    """Return a napari layer text overlay showing its own text (registered once with napari's vispy overlays)."""
     global _LabelOverlay
     if _LabelOverlay is not None:
         return _LabelOverlay
@@ -127,8 +127,9 @@ CORNER = {"rate": "top_right", "residual": "bottom_right", "uncertainty": "botto
 
 
 def show_colorbar(layer: Image, label: str, corner: str = "top_right") -> None:
-    """Show ``layer``'s colour bar at ``corner``, titled ``label`` (set again on every run: the label follows the
-    result).
+    """Show ``layer``'s colour bar at ``corner``, titled ``label``.
+
+    The title is set again on every run: the label follows the result.
 
     Parameters
     ----------
@@ -163,7 +164,7 @@ def show_colorbar(layer: Image, label: str, corner: str = "top_right") -> None:
 
 
 def style_output(layer: Image, kind: str, provenance: dict, unit: str) -> None:
-    """The colour bar of a rate, uncertainty or residual output layer (other kinds unchanged).
+    """Show the colour bar of a rate, uncertainty or residual output layer (other kinds unchanged).
 
     Parameters
     ----------
@@ -181,8 +182,9 @@ def style_output(layer: Image, kind: str, provenance: dict, unit: str) -> None:
 
 
 def restyle_on_insert(viewer: Viewer) -> None:
-    """Show the colour bar of every layer added to ``viewer`` that carries a saved title
-    (``metadata["colorbar_label"]``: maps reopened through the plugin's readers), at the corner of its kind.
+    """Show the colour bar of every layer added to ``viewer`` that carries a saved title, at the corner of its kind.
+
+    The saved title is ``metadata["colorbar_label"]``: maps reopened through the plugin's readers.
 
     Parameters
     ----------

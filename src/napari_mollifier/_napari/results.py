@@ -139,7 +139,7 @@ class ResultsDisplay:
     """Output layers, table and histogram of the Rate maps widget (mixin; uses its viewer and result controls)."""
 
     def _build_results(self) -> QGroupBox:
-        """The "Per-ROI rate" box: the table, Export CSV / Save maps, and the histogram (hidden until a run)."""
+        """Build the "Per-ROI rate" box: the table, Export CSV / Save maps, and the histogram (hidden until a run)."""
         self.results_box = res_box = QGroupBox("Per-ROI rate")
         res_layout = QVBoxLayout(res_box)
         self.table = QTableWidget(0, 5)
@@ -269,7 +269,7 @@ class ResultsDisplay:
 
     # ------------------------------------------------------------------ outputs
     def _publish_steps(self, job: _Job, results: list) -> list:
-        """The main-thread steps that create or update the output layers, then the table and histogram."""
+        """List the main-thread steps that create or update the output layers, then the table and histogram."""
         lead = job.out_lead_shape
 
         def stack(arrays):
@@ -453,7 +453,7 @@ class ResultsDisplay:
     def _fill_table(self, job: _Job, results: list) -> None:
         stacked = len(results) > 1
         rows = []
-        for (lead, _, _), res in zip(job.slices, results):
+        for (lead, _, _), res in zip(job.slices, results, strict=True):
             for stats in res.table():
                 row = {}
                 if lead:
@@ -553,7 +553,7 @@ class ResultsDisplay:
         return path
 
     def output_layers(self) -> list:
-        """The rate and uncertainty layers of the last run (those present in the viewer), rate first.
+        """Return the rate and uncertainty layers of the last run (those present in the viewer), rate first.
 
         Returns
         -------

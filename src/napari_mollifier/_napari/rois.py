@@ -40,7 +40,7 @@ def _to_data(layer, points: np.ndarray) -> np.ndarray:
 
 
 def _image_point(image_layer, yx, leading) -> np.ndarray:
-    """A full data-coordinate point of the image: ``leading`` slice index then (y, x)."""
+    """Return a full data-coordinate point of the image: ``leading`` slice index then (y, x)."""
     lead = list(leading) if leading is not None else []
     lead = ([0.0] * (image_layer.ndim - 2 - len(lead)) + lead)[: image_layer.ndim - 2]
     return np.array(lead + list(yx), dtype=float)
@@ -79,7 +79,7 @@ def image_to_layer_affine(
 
 
 def _shape_polygon(shape_type: str, vertices: np.ndarray) -> np.ndarray | None:
-    """Closed outline of one shape in its own data coordinates, or None for shapes without area."""
+    """Return the closed outline of one shape in its own data coordinates, or None for shapes without area."""
     if shape_type in ("line", "path"):
         return None
     if shape_type == "ellipse":
@@ -129,7 +129,7 @@ def shapes_to_roi_labels(
     labels = np.zeros(shape2d, dtype=np.int32)
     notes: list[str] = []
     types = list(getattr(shapes_layer, "shape_type", ["polygon"] * len(shapes_layer.data)))
-    for i, (vertices, shape_type) in enumerate(zip(shapes_layer.data, types)):
+    for i, (vertices, shape_type) in enumerate(zip(shapes_layer.data, types, strict=True)):
         outline = _shape_polygon(str(shape_type), np.asarray(vertices, dtype=float))
         if outline is None:
             notes.append(f"shape {i + 1} is a {shape_type} (no area): skipped")
@@ -150,7 +150,7 @@ def shapes_to_roi_labels(
 def labels_to_roi_labels(
     labels_layer: Any, image_layer: Any, shape2d: Sequence[int], leading: Sequence[int] | None = None
 ) -> np.ndarray:
-    """The Labels layer resampled (nearest neighbour) onto the image's (y, x) grid of slice ``leading``.
+    """Resample the Labels layer (nearest neighbour) onto the image's (y, x) grid of slice ``leading``.
 
     Image pixels map through world coordinates into the labels' data; pixels that fall outside the labels
     array are 0. Where both layers share one grid this is an exact copy of the (current) labels slice.
@@ -189,7 +189,7 @@ def labels_to_roi_labels(
             f"Labels layer {labels_layer.name!r} is rotated out of the image plane of {image_layer.name!r}: "
             "give it the image's orientation"
         )
-    for k, n in zip(lead_idx, np.shape(data)[:-2]):
+    for k, n in zip(lead_idx, np.shape(data)[:-2], strict=True):
         if not 0 <= k < n:  # this image slice lies outside the labels stack
             return np.zeros(shape2d, dtype=np.int32)
     plane = np.asarray(data[tuple(lead_idx)] if lead_idx.size else data)

@@ -62,7 +62,7 @@ def capture(sink: list) -> Iterator[list]:
 
 
 def short(message: str) -> str:
-    """The first clause of a warning (before its explanation), for the status line.
+    """Return the first clause of a warning (before its explanation), for the status line.
 
     Parameters
     ----------

@@ -48,8 +48,9 @@ def widget_solver_threads() -> int | None:
 
 @contextlib.contextmanager
 def solver_threads(n: int | None) -> Iterator[None]:
-    """Torch's intra-op thread count set to ``n`` for the block (process-wide; the widget runs one job at a
-    time), and restored afterwards.
+    """Set torch's intra-op thread count to ``n`` for the block, and restore it afterwards.
+
+    The setting is process-wide; the widget runs one job at a time.
 
     Parameters
     ----------

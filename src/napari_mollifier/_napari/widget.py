@@ -124,14 +124,16 @@ def available_devices() -> list[str]:
 
 
 def _compact(combo: QComboBox, chars: int = 18) -> None:
-    """A layer-name combo that does not widen the dock for a long name (the full name is in its list)."""
+    """Make a layer-name combo that does not widen the dock for a long name (the full name is in its list)."""
     combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
     combo.setMinimumContentsLength(chars)
 
 
 def _roi_candidate(layer) -> bool:
-    """A layer the ROI box may pick by itself: Labels, or Shapes with a shape; not one marked ``roi_candidate``
-    False (e.g. the domains' own labels, where every domain would become an ROI).
+    """Tell whether the ROI box may pick ``layer`` by itself.
+
+    Labels, or Shapes with a shape; not one marked ``roi_candidate`` False (e.g. the domains' own labels, where
+    every domain would become an ROI).
     """
     if layer.metadata.get("roi_candidate", True) is False:
         return False
@@ -422,7 +424,7 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
             self.roi_combo.setCurrentText(name)
 
     def _on_shapes_drawn(self, layer) -> None:
-        """A shape drawn in a Shapes layer while the ROI is the whole image: that layer becomes the ROI."""
+        """Make a Shapes layer the ROI when a shape is drawn in it while the ROI is the whole image."""
         if self.roi_combo.currentText() in WHOLE_CHOICES and layer in self.viewer.layers and _roi_candidate(layer):
             self._select_roi(layer.name)
 
@@ -457,7 +459,7 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
         return self.viewer.layers[name]
 
     def _reference_layer(self):
-        """The first input layer: its grid (scale, units...) is the one of the outputs."""
+        """Return the first input layer: its grid (scale, units...) is the one of the outputs."""
         for combo in self.input_combos.values():
             layer = self._layer(combo.currentText())
             if layer is not None:

@@ -1,5 +1,6 @@
-"""Rate maps from files, recorded so that they can be re-run: :func:`infer_files`, :func:`run_job`,
-:func:`run_batch`.
+"""Rate maps from files, recorded so that they can be re-run.
+
+The entry points are :func:`infer_files`, :func:`run_job` and :func:`run_batch`.
 
 :func:`infer_files` reads the inputs, builds the fields, calls :func:`~napari_mollifier.infer_rates` (tiled when
 the image does not fit in memory, :mod:`napari_mollifier.tiling`) and adds two entries to the provenance:
@@ -99,8 +100,9 @@ def _spatial(img: ImageData, what: str) -> ImageData:
 
 
 def _smlm_options(smlm: dict | None) -> dict | None:
-    """SMLM rendering options of a load recipe, the pixel size under its current name (records written before
-    the rename say ``pixel_size_nm``).
+    """Return the SMLM rendering options of a load recipe, the pixel size under its current name.
+
+    Records written before the rename say ``pixel_size_nm``.
     """
     if not smlm:
         return None
@@ -184,7 +186,7 @@ def load_fields(records: list[dict], load: dict, model="chromatin-balance") -> t
         picked = [_spatial(img.channel(i), f"channel {i}") for i in idx]
         _check_field_memory(picked[0], len(picked) if len(idx) == len(m.inputs) else 3, paths["image"])
         if len(idx) == len(m.inputs):
-            fields = {k: p.to_numpy(np.float64) for k, p in zip(m.inputs, picked)}
+            fields = {k: p.to_numpy(np.float64) for k, p in zip(m.inputs, picked, strict=True)}
         else:
             fields = {"density": picked[0].to_numpy(np.float64)}
         ref = picked[0]
@@ -226,9 +228,10 @@ def load_fields(records: list[dict], load: dict, model="chromatin-balance") -> t
 
 
 def _check_field_memory(img: ImageData, n_fields: int, path) -> None:
-    """Refuse, before any pixel is converted, an image whose float64 fields (and the solver's copies of them)
-    cannot fit in memory: the shape is read lazily from the file's metadata (a compressed file can claim far more
-    pixels than it has bytes).
+    """Refuse an image whose float64 fields (and the solver's copies of them) cannot fit in memory.
+
+    This runs before any pixel is converted: the shape is read lazily from the file's metadata (a compressed file
+    can claim far more pixels than it has bytes).
     """
     from ..validation import check_memory
 
@@ -240,7 +243,7 @@ def _check_field_memory(img: ImageData, n_fields: int, path) -> None:
 
 
 def _check_roi_scale(path, ref: ImageData) -> None:
-    """An ROI file with its own physical pixel size must match the image's (else it covers another region)."""
+    """Check that an ROI file with its own physical pixel size matches the image's (else it covers another region)."""
     from ..io import read_image
 
     img = read_image(path)
@@ -441,7 +444,7 @@ def write_outputs(result, out_dir, name: str, fmt: str = "ome-tif", protect=()) 
 
 
 def _output_error(exc: OSError, out: Path) -> MollifierOutputError:
-    """A one-line ``MollifierOutputError`` naming the folder, the cause and the fix (errno kept)."""
+    """Build a one-line ``MollifierOutputError`` naming the folder, the cause and the fix (errno kept)."""
     if isinstance(exc, MollifierOutputError):
         return exc
     reason = exc.strerror or str(exc) or type(exc).__name__
@@ -537,8 +540,9 @@ def run_job(job: dict, out_dir, *, fmt: str = "ome-tif", name: str | None = None
 
 
 def _write_detected_nucleus(result, out_dir, name: str):
-    """A detected nucleus mask as ``NAME_nucleus.ome.tif`` in ``out_dir``, recorded as the run's ROI input (so that
-    ``mollifier rerun`` repeats the run on the same pixels); None when the ROI was not detected.
+    """Write a detected nucleus mask as ``NAME_nucleus.ome.tif`` in ``out_dir``, recorded as the run's ROI input.
+
+    The record lets ``mollifier rerun`` repeat the run on the same pixels. Returns None when the ROI was not detected.
     """
     if not result.provenance.get("nucleus_detection"):
         return None
@@ -571,7 +575,7 @@ def run_batch(jobs: list[dict], out_dir, *, client=None, fmt: str = "ome-tif", o
         names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
     rows: list = [None] * len(jobs)
     if client is None:
-        for i, (job, name) in enumerate(zip(jobs, names)):
+        for i, (job, name) in enumerate(zip(jobs, names, strict=True)):
             progress = progress_factory(name) if progress_factory else None
             try:
                 rows[i] = run_job(job, out_dir, fmt=fmt, name=name, progress=progress, **options)
@@ -586,7 +590,7 @@ def run_batch(jobs: list[dict], out_dir, *, client=None, fmt: str = "ome-tif", o
 
     options.pop("on_warning", None)  # workers report their warnings in the rows
     futures = [client.submit(run_job, job, str(out_dir), fmt=fmt, name=name, pure=False, **options)
-               for job, name in zip(jobs, names)]
+               for job, name in zip(jobs, names, strict=True)]
     index = {f.key: i for i, f in enumerate(futures)}
     for future in as_completed(futures):
         row = future.result()

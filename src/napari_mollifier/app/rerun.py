@@ -32,8 +32,9 @@ def _type_error(key: str, expected: str, value) -> MollifierInputError:
 
 
 def check_provenance(prov: dict) -> None:
-    """Check the types and bounds of a provenance's ``inputs`` and ``call`` before anything is read or run;
-    a bad entry is a :class:`MollifierInputError` naming its key.
+    """Check the types and bounds of a provenance's ``inputs`` and ``call`` before anything is read or run.
+
+    A bad entry is a :class:`MollifierInputError` naming its key.
     """
     from ..validation import check_solver_arguments
 
@@ -131,8 +132,9 @@ def read_provenance(source) -> tuple[dict, Path | None]:
 
 
 def _locate(record: dict, search: list[Path], check: bool) -> Path:
-    """The recorded path if it is there, else a file of the same name (and, when checking, the same sha256) in
-    one of the ``search`` folders.
+    """Return the recorded path if it is there, else a file of the same name in one of the ``search`` folders.
+
+    When checking, that file must also have the same sha256.
     """
     from ..io import file_sha256
     from ..io._common import check_input_path
@@ -229,7 +231,9 @@ def rerun(source, *, device: str | None = None, data_dir=None, check_hashes: boo
 
 
 def compare_results(a: RateResult, b: RateResult) -> dict:
-    """Max absolute difference per map (``rate``, ``uncertainty``, ``residual``, each field) and whether the
+    """Compare two results map by map.
+
+    Gives the max absolute difference per map (``rate``, ``uncertainty``, ``residual``, each field) and whether the
     NaN patterns agree; ``identical`` is True when every map is bit-for-bit equal.
     """
     out = {}

@@ -1,6 +1,7 @@
-"""From localisations to heterochromatin domains (Kant et al., Nat Commun 2024): Voronoi density, nucleus
-outline, DBSCAN domains, lamina-associated band, the lab's geometric rates, and the fields the segmentation
-implies for :func:`napari_mollifier.infer_rates`. No Qt, no napari.
+"""From localisations to heterochromatin domains (Kant et al., Nat Commun 2024).
+
+Voronoi density, nucleus outline, DBSCAN domains, lamina-associated band, the lab's geometric rates, and the
+fields the segmentation implies for :func:`napari_mollifier.infer_rates`. No Qt, no napari.
 """
 
 from .fields import segmentation_fields

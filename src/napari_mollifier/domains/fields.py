@@ -28,8 +28,10 @@ DEFAULT_FIELDS = {"smoothing_nm": 40.0, "percentiles": (1.0, 99.0), "chromatin":
 
 def segmentation_fields(density, domain_mask, nucleus, pixel_size: float | None = None, *,
                         pixel_size_nm: float | None = None, **options) -> tuple[dict, dict]:
-    """``({"phi_h", "phi_e", "phi_w"}, assumption)`` (module docstring for the mapping) on a grid of ``pixel_size``
-    nm (``pixel_size_nm``: its deprecated name); ``options`` override :data:`DEFAULT_FIELDS`.
+    """Build the fields the segmentation implies: ``({"phi_h", "phi_e", "phi_w"}, assumption)``.
+
+    The mapping is in the module docstring. The grid has pixels of ``pixel_size`` nm (``pixel_size_nm``: its
+    deprecated name); ``options`` override :data:`DEFAULT_FIELDS`.
     """
     from scipy import ndimage
 

@@ -1,5 +1,6 @@
-"""Nucleus outline from a localisation cloud: density image -> Gaussian smoothing -> Otsu -> largest
-component, holes filled (scikit-image / scipy.ndimage).
+"""Nucleus outline from a localisation cloud.
+
+Density image -> Gaussian smoothing -> Otsu -> largest component, holes filled (scikit-image / scipy.ndimage).
 
 The smoothing width (default 200 nm) must exceed the gaps between heterochromatin domains so that the
 euchromatin between them counts as nucleus; the Otsu threshold then separates the nucleus from the sparse
@@ -18,9 +19,11 @@ __all__ = ["nucleus_mask", "edge_distance_nm"]
 
 def nucleus_mask(counts, pixel_size: float | None = None, *, smoothing_nm: float = 200.0,
                  pixel_size_nm: float | None = None) -> tuple[np.ndarray, float]:
-    """``(mask, threshold)``: the nucleus (bool image) from a localisation count image on a grid of ``pixel_size``
-    nm, and the Otsu threshold used on the smoothed counts (localisations per pixel). ``pixel_size_nm`` is the
-    deprecated name of ``pixel_size``.
+    """Find the nucleus in a localisation count image: ``(mask, threshold)``.
+
+    ``mask`` is the nucleus (bool image) on the count image's grid of ``pixel_size`` nm, ``threshold`` the Otsu
+    threshold used on the smoothed counts (localisations per pixel). ``pixel_size_nm`` is the deprecated name of
+    ``pixel_size``.
     """
     pixel_size = renamed_keyword("pixel_size", pixel_size, "pixel_size_nm", pixel_size_nm, required=True)
     from scipy import ndimage
@@ -42,9 +45,10 @@ def nucleus_mask(counts, pixel_size: float | None = None, *, smoothing_nm: float
 
 
 def edge_distance_nm(mask, pixel_size: float | None = None, *, pixel_size_nm: float | None = None) -> np.ndarray:
-    """Distance (nm) from every pixel inside ``mask`` (pixels of ``pixel_size`` nm) to the nearest pixel outside
-    it (0 outside); the mask's edge is taken half a pixel beyond the last inside pixel centre. ``pixel_size_nm`` is
-    the deprecated name of ``pixel_size``.
+    """Return the distance (nm) from every pixel inside ``mask`` to the nearest pixel outside it (0 outside).
+
+    The pixels are ``pixel_size`` nm; the mask's edge is taken half a pixel beyond the last inside pixel centre.
+    ``pixel_size_nm`` is the deprecated name of ``pixel_size``.
     """
     pixel_size = renamed_keyword("pixel_size", pixel_size, "pixel_size_nm", pixel_size_nm, required=True)
     from scipy import ndimage

@@ -73,7 +73,7 @@ def _resolve_threshold(density, method, percentile):
 
 
 def auto_subsample(n_localisations: int, subsample: int = 0) -> int:
-    """The ``N`` of "analyse 1 in N": ``subsample`` itself when >= 1, else automatic (see :data:`DEFAULTS`)."""
+    """Return the ``N`` of "analyse 1 in N": ``subsample`` itself when >= 1, else automatic (see :data:`DEFAULTS`)."""
     sub = int(subsample)
     if sub >= 1:
         return sub
@@ -276,9 +276,11 @@ def analyse_localisations(
 
 def analyse_table(path, *, unit: str = "nm", camera_pixel_nm: float | None = None, progress=None, cancel=None,
                   **params) -> DomainResult:
-    """:func:`analyse_localisations` of a localisation table file (ThunderSTORM / plain ``x, y`` CSV, read by
-    :func:`napari_mollifier.io.smlm.read_localisations`; a table without x / y columns or with text in them is
-    refused with :class:`~napari_mollifier.errors.MollifierInputError`).
+    """Run :func:`analyse_localisations` on a localisation table file.
+
+    The file is a ThunderSTORM / plain ``x, y`` CSV, read by :func:`napari_mollifier.io.smlm.read_localisations`;
+    a table without x / y columns or with text in them is refused with
+    :class:`~napari_mollifier.errors.MollifierInputError`.
     """
     from ..io.smlm import read_localisations
 

@@ -42,8 +42,9 @@ def geometric_rates(radius_um, spacing_um, diffusivity: float = 1.0) -> dict:
 
 
 def domain_spacing(cy, cx, k: int = 5) -> np.ndarray:
-    """Mean distance (same unit as the centres) from each centre to its ``k`` nearest other centres (fewer when
-    there are fewer domains; NaN for a single domain).
+    """Return the mean distance (same unit as the centres) from each centre to its ``k`` nearest other centres.
+
+    Fewer than ``k`` when there are fewer domains; NaN for a single domain.
     """
     from scipy.spatial import cKDTree
 

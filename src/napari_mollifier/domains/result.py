@@ -59,10 +59,12 @@ class DomainResult:
 
     @property
     def n_domains(self) -> int:
+        """The number of interior domains (rows of ``table``)."""
         return int(len(self.table["domain"]))
 
     @property
     def scale_um(self) -> tuple:
+        """Napari scale (um) of the images: the pixel size, per axis (y, x)."""
         return (self.pixel_size_nm / 1000.0,) * 2
 
     @property
@@ -71,12 +73,12 @@ class DomainResult:
         return tuple((o + self.pixel_size_nm / 2) / 1000.0 for o in self.origin_nm)
 
     def table_csv(self) -> str:
-        """The per-domain table as CSV text (header + one row per interior domain)."""
+        """Return the per-domain table as CSV text (header + one row per interior domain)."""
         buf = _io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(TABLE_COLUMNS)
         cols = [np.asarray(self.table[c]) for c in TABLE_COLUMNS]
-        for row in zip(*cols):
+        for row in zip(*cols, strict=True):
             w.writerow([int(v) if np.issubdtype(type(v), np.integer) else f"{float(v):.6g}" for v in row])
         return buf.getvalue()
 
@@ -90,9 +92,11 @@ class DomainResult:
         return path
 
     def save(self, out_dir, name: str = "domains") -> dict:
-        """Write ``NAME_domains.csv``, ``NAME_summary.json``, ``NAME_labels.ome.tif`` (domain labels, LAD band,
+        """Write the result as five files into ``out_dir`` and return their paths.
+
+        The files are ``NAME_domains.csv``, ``NAME_summary.json``, ``NAME_labels.ome.tif`` (domain labels, LAD band,
         nucleus), ``NAME_gamma.ome.tif`` (gamma_ac, gamma_me, lambda) and ``NAME_fields.ome.tif`` (phi_h, phi_e,
-        phi_w: ``mollifier infer NAME_fields.ome.tif --channels 0,1`` reads it); returns the paths.
+        phi_w: ``mollifier infer NAME_fields.ome.tif --channels 0,1`` reads it).
 
         The five files are one unit (:func:`napari_mollifier.io.publish.publish`): written into a staging folder
         and moved into place together, under the folder's write lock; a failure or interrupt leaves none of them

@@ -61,10 +61,11 @@ def cluster_geometry(x, y, labels, *, precision_nm: float = 0.0) -> dict:
 
 def rasterise_labels(x, y, ids, pixel_size=None, origin_nm=None, shape=None, *, close_px: int = 1,
                      pixel_size_nm=None) -> np.ndarray:
-    """Label image (int32, 0 = background) of localisations with ``ids > 0`` on a grid of ``pixel_size`` nm from
-    ``origin_nm`` (y0, x0) of ``shape``, closed by ``close_px`` pixels (labels grown into the background by
-    ``close_px`` and the grown rim that touches background removed). ``pixel_size_nm``: deprecated name of
-    ``pixel_size``.
+    """Rasterise the localisations with ``ids > 0`` into a label image (int32, 0 = background).
+
+    The grid has pixels of ``pixel_size`` nm from ``origin_nm`` (y0, x0) and ``shape``; the labels are closed by
+    ``close_px`` pixels (grown into the background by ``close_px`` and the grown rim that touches background
+    removed). ``pixel_size_nm``: deprecated name of ``pixel_size``.
     """
     pixel_size = renamed_keyword("pixel_size", pixel_size, "pixel_size_nm", pixel_size_nm, required=True)
     if origin_nm is None or shape is None:

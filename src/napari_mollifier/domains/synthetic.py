@@ -19,8 +19,9 @@ __all__ = ["lattice_nucleus", "sample_image", "ellipse_band_thickness"]
 
 
 def ellipse_band_thickness(a, b, t) -> float:
-    """Mean thickness (nm) of the band between ellipses (a, b) and (a - t, b - t): area / outer perimeter
-    (Ramanujan's perimeter).
+    """Return the mean thickness (nm) of the band between ellipses (a, b) and (a - t, b - t).
+
+    That is area / outer perimeter (Ramanujan's perimeter).
     """
     area = np.pi * (a * b - (a - t) * (b - t))
     h = ((a - b) / (a + b)) ** 2

@@ -102,7 +102,7 @@ def read_image(path, *, smlm: dict | None = None, lazy: bool | None = None) -> I
 
 
 def read_labels(path, shape=None) -> np.ndarray:
-    """An ROI label image (0 = background) from any readable image file, checked against ``shape``."""
+    """Read an ROI label image (0 = background) from any readable image file, checked against ``shape``."""
     from ..validation import check_memory
 
     img = read_image(path)

@@ -107,12 +107,12 @@ class ImageData:
     @property
     def pixel_size(self) -> tuple:
         """Scale of the spatial axes (um where ``has_physical_size``)."""
-        return tuple(float(s) for a, s in zip(self.axes, self.scale) if a in SPATIAL)
+        return tuple(float(s) for a, s in zip(self.axes, self.scale, strict=True) if a in SPATIAL)
 
     @property
     def has_physical_size(self) -> bool:
         """True when every spatial axis has a physical size (in um)."""
-        return all(u == "um" for a, u in zip(self.axes, self.units) if a in SPATIAL)
+        return all(u == "um" for a, u in zip(self.axes, self.units, strict=True) if a in SPATIAL)
 
     @property
     def channel_axis(self) -> int | None:
@@ -133,7 +133,7 @@ class ImageData:
         return str(names[index]) if index < len(names) and names[index] else f"channel {index}"
 
     def take(self, axis_letter: str, index: int) -> ImageData:
-        """The image with one entry of an axis (``"c"``, ``"t"``...), that axis removed."""
+        """Return the image with one entry of an axis (``"c"``, ``"t"``...), that axis removed."""
         ax = self.axes.index(axis_letter)
         n = self.shape[ax]
         if not -n <= index < n:
@@ -247,9 +247,10 @@ _ZARR_META = (".zarray", ".zgroup", "zarr.json")
 
 
 def check_input_path(path, *, allow_store: bool = True) -> Path:
-    """``path`` if it is a regular file (or, with ``allow_store``, a folder holding zarr metadata); else a
-    :class:`MollifierInputError` -- before anything is read or hashed, so a device (``/dev/zero``), a FIFO or a
-    large folder that is not a store is refused at once instead of read without end.
+    """Return ``path`` if it is a regular file (or, with ``allow_store``, a folder holding zarr metadata).
+
+    Anything else is a :class:`MollifierInputError` -- before anything is read or hashed, so a device
+    (``/dev/zero``), a FIFO or a large folder that is not a store is refused at once instead of read without end.
     """
     p = Path(path)
     try:
@@ -277,7 +278,8 @@ def check_input_path(path, *, allow_store: bool = True) -> Path:
 
 # --------------------------------------------------------------------------- hashing
 def file_sha256(path) -> str:
-    """sha256 of a file, or of a folder (zarr): every file's relative path and bytes, in sorted order.
+    """Return the sha256 of a file, or of a folder (zarr): every file's relative path and bytes, in sorted order.
+
     Anything else (a device, a FIFO, a folder that is not a zarr store) is refused before reading.
     """
     path = check_input_path(path)

@@ -48,12 +48,14 @@ _HELD_GUARD = threading.Lock()
 
 
 def is_leftover(name: str) -> bool:
-    """True for the name of a staging folder, temporary or old file of this package's writers."""
+    """Tell whether ``name`` is that of a staging folder, temporary or old file of this package's writers."""
     return bool(_LEFTOVER.match(name))
 
 
 def pause(stage: str, received=None) -> None:
-    """Test hook: with ``MOLLIFIER_TEST_PAUSE_AT=stage`` the writer says so on stderr and waits there
+    """Pause the writer at ``stage`` when a test asks for it (test hook).
+
+    With ``MOLLIFIER_TEST_PAUSE_AT=stage`` the writer says so on stderr and waits there
     (``MOLLIFIER_TEST_PAUSE_S`` seconds, default 30, or until a held-back signal arrives), so that tests can send
     a signal to a real process at each write stage. Does nothing otherwise.
     """
@@ -186,7 +188,7 @@ def recover_folder(folder) -> list[str]:
 
 
 def _created_dirs(out: Path) -> list[Path]:
-    """The folders ``out.mkdir(parents=True)`` would create, innermost last."""
+    """Return the folders ``out.mkdir(parents=True)`` would create, innermost last."""
     missing = []
     p = out
     while not p.exists() and p != p.parent:
@@ -205,9 +207,10 @@ def _remove_if_empty(dirs: list[Path]) -> None:
 
 @contextlib.contextmanager
 def locked_folder(out, *, timeout: float | None = None):
-    """Create ``out`` if needed, hold its lock and clear leftovers of killed writers (reported as a
-    :class:`~napari_mollifier.errors.MollifierWarning`); yields the notes. Folders this call created are
-    removed again when the block fails and they are still empty.
+    """Create ``out`` if needed, hold its lock and clear leftovers of killed writers; yield the notes.
+
+    The leftovers cleared are reported as a :class:`~napari_mollifier.errors.MollifierWarning`. Folders this call
+    created are removed again when the block fails and they are still empty.
     """
     out = Path(out)
     created = _created_dirs(out)
@@ -225,8 +228,9 @@ def locked_folder(out, *, timeout: float | None = None):
 
 @contextlib.contextmanager
 def defer_signals():
-    """Hold back SIGINT and SIGTERM inside the block (main thread only) and deliver them when it ends; yields
-    the list of held-back signal numbers.
+    """Hold back SIGINT and SIGTERM inside the block (main thread only) and deliver them when it ends.
+
+    Yields the list of held-back signal numbers.
     """
     received: list = []
     if threading.current_thread() is not threading.main_thread():
@@ -257,9 +261,10 @@ def defer_signals():
 
 
 def publish(out_dir, name: str, write, *, timeout: float | None = None) -> list[Path]:
-    """Write one result as one unit: ``write(staging_folder)`` writes its files into a hidden staging folder and
-    returns their names in publishing order (the one naming the others last); they are then moved into
-    ``out_dir`` in one step (module docstring). Returns the published paths.
+    """Write one result as one unit and return the published paths.
+
+    ``write(staging_folder)`` writes its files into a hidden staging folder and returns their names in publishing
+    order (the one naming the others last); they are then moved into ``out_dir`` in one step (module docstring).
 
     Any failure or interrupt before the moves removes the staging folder and leaves an older result of the same
     names as it was; a folder this call created is removed again if it stays empty.

@@ -83,8 +83,9 @@ def _coordinate_columns(names: list[str]) -> dict:
 
 
 def is_localisation_table(path) -> bool:
-    """True for a ``.csv``/``.tsv`` file whose header looks like a localisation table (an x or y column, or
-    typical SMLM columns such as ``frame`` and ``uncertainty``).
+    """Tell whether ``path`` is a ``.csv``/``.tsv`` file whose header looks like a localisation table.
+
+    That is, it has an x or y column, or typical SMLM columns such as ``frame`` and ``uncertainty``.
     """
     try:
         p = Path(path)

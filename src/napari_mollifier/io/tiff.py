@@ -39,7 +39,7 @@ def _has_suffix(path: Path) -> bool:
 
 
 def is_tiff(path) -> bool:
-    """True for an existing file with a TIFF suffix and a TIFF header (classic or BigTIFF)."""
+    """Tell whether ``path`` is an existing file with a TIFF suffix and a TIFF header (classic or BigTIFF)."""
     try:
         path = Path(path)
         if not path.is_file() or not _has_suffix(path):
@@ -236,7 +236,8 @@ def read_tiff(path, *, lazy: bool | None = None) -> ImageData:
 
             store = series.aszarr()
             array = zarr.open(store, mode="r")
-            blocks = int(np.prod([-(-n // max(c, 1)) for n, c in zip(array.shape, array.chunks)], dtype=object))
+            blocks = int(np.prod([-(-n // max(c, 1)) for n, c in zip(array.shape, array.chunks, strict=True)],
+                                 dtype=object))
             # the file's tiles/strips as dask chunks; a file of very many small tiles or strips gets ~128 MB chunks
             # made of whole tiles instead, so that it does not make a task graph of millions of tasks
             data = da.from_zarr(array, chunks="auto" if blocks > 10_000 else None)

@@ -29,7 +29,7 @@ _META_FILES = ("zarr.json", ".zgroup", ".zarray")
 
 
 def is_zarr(path) -> bool:
-    """True for a folder that is a zarr store (zarr metadata inside, or a name ending ``.zarr``)."""
+    """Tell whether ``path`` is a folder that is a zarr store (zarr metadata inside, or a name ending ``.zarr``)."""
     try:
         p = Path(path)
         if not p.is_dir():
@@ -57,7 +57,7 @@ def _open(path: Path):
 
 
 def open_group(path):
-    """The zarr group at ``path`` (read-only), with a clear error for anything else."""
+    """Open the zarr group at ``path`` (read-only), with a clear error for anything else."""
     import zarr
 
     node = _open(Path(path))
@@ -109,7 +109,7 @@ def _lazy(array):
     shape = tuple(int(n) for n in array.shape)
     chunks = tuple(int(c) for c in (getattr(array, "chunks", None) or shape))
     n_chunks = 1
-    for n, c in zip(shape, chunks):
+    for n, c in zip(shape, chunks, strict=True):
         n_chunks *= -(-n // max(c, 1))
     if n_chunks > MAX_CHUNKS:
         pixels = 1
@@ -197,7 +197,7 @@ def read_zarr(path, *, level: int = 0) -> ImageData:
     s2, t2 = _transform(ms.get("coordinateTransformations"), ndim)
     scale, translate = s1 * s2, t1 * s2 + t2
     units = []
-    for i, (letter, axis) in enumerate(zip(letters, axes_meta)):
+    for i, (letter, axis) in enumerate(zip(letters, axes_meta, strict=True)):
         unit = axis.get("unit") if isinstance(axis, dict) else None
         if letter in "zyx":
             f = length_factor_um(unit)
@@ -318,7 +318,7 @@ def write_ome_zarr(path, channels: dict, pixel_size=1.0, *, unit: str = "microme
             "multiscales": [_multiscale("maps", [{"name": "c", "type": "channel"}] + space, [1.0] + px)],
             "omero": {"version": "0.4", "name": "maps", "channels": [
                 {"label": str(k), "active": i == 0, "color": "FFFFFF", "window": _window(a)}
-                for i, (k, a) in enumerate(zip(channels, arrays))
+                for i, (k, a) in enumerate(zip(channels, arrays, strict=True))
             ]},
         }
         if attrs is not None:
