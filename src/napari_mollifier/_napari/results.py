@@ -79,6 +79,38 @@ def _no_activation(layers):
                     pass
 
 
+_LazyCanvas = None
+
+
+def _lazy_canvas_class():
+    """A matplotlib Qt canvas that renders a changed figure when Qt paints it, not at once (issue 15).
+
+    ``draw_idle`` renders at the next event-loop turn even where the canvas is off screen (the histogram is often
+    scrolled out of the dock: ~60 ms of the viewer's thread, with the interpreter lock, for nothing after every
+    run); :meth:`draw_when_shown` leaves the rendering to the canvas's next paint, which Qt makes only when it is
+    on screen (or grabbed).
+    """
+    global _LazyCanvas
+    if _LazyCanvas is None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+
+        class LazyFigureCanvas(FigureCanvasQTAgg):
+            _figure_changed = False
+
+            def draw_when_shown(self) -> None:
+                self._figure_changed = True
+                self.update()
+
+            def paintEvent(self, event):  # noqa: N802 - Qt override
+                if self._figure_changed:
+                    self._figure_changed = False
+                    self.draw()
+                super().paintEvent(event)
+
+        _LazyCanvas = LazyFigureCanvas
+    return _LazyCanvas
+
+
 class ResultsDisplay:
     """Output layers, table and histogram of the Rate maps widget (mixin; uses its viewer and result controls)."""
 
@@ -111,11 +143,10 @@ class ResultsDisplay:
         return res_box
 
     def _build_histogram(self, layout) -> None:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
         self.figure = Figure(figsize=(3.2, 2.2), dpi=90, layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas = _lazy_canvas_class()(self.figure)
         self.canvas.setMinimumHeight(170)
         self.axes = self.figure.add_subplot(111)
         self._style_axes()
@@ -481,7 +512,7 @@ class ResultsDisplay:
                     t.set_color(ax.xaxis.label.get_color())
         self._style_axes()
         self.canvas.setVisible(True)
-        self.canvas.draw_idle()
+        self.canvas.draw_when_shown()
 
     # ------------------------------------------------------------------ CSV
     def export_csv(self, path: str | Path) -> Path:
