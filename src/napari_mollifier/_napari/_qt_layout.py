@@ -9,7 +9,30 @@ from __future__ import annotations
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout, QWidget
 
-__all__ = ["scrolling_body", "fit_width", "Collapsible", "alive"]
+__all__ = ["scrolling_body", "fit_width", "Collapsible", "alive", "set_progress"]
+
+
+def set_progress(bar, value: int) -> None:
+    """``bar.setValue(value)``, repainted with the window's next repaint instead of at once.
+
+    ``QProgressBar.setValue`` repaints the bar synchronously whenever its text or chunk changes; in napari's window
+    (an OpenGL canvas inside) that is a whole-window composition on the spot, one more than the event loop's own
+    (~15-30 ms with software OpenGL, issue 15). With updates off during the call, Qt schedules the repaint instead.
+
+    Parameters
+    ----------
+    bar : QProgressBar
+        The progress bar.
+    value : int
+        The new value.
+    """
+    if bar.value() == value:
+        return
+    bar.setUpdatesEnabled(False)
+    try:
+        bar.setValue(value)
+    finally:
+        bar.setUpdatesEnabled(True)  # schedules the repaint (update())
 
 
 def scrolling_body(widget: QWidget) -> QVBoxLayout:

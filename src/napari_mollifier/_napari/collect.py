@@ -277,8 +277,12 @@ class JobCollector:
         counts = {k: kwargs[k] for k in ("radius", "n_bootstrap", "method", "iterations") if k in kwargs}
         if kwargs.get("uncertainty", "bootstrap") != "bootstrap":
             counts["n_bootstrap"] = 0  # the propagated uncertainty costs about one more solve
-        estimate = run_time_note(next(iter(slices[0][1].values())).shape, n_runs=len(slices), **counts)
+        shape2d_job = next(iter(slices[0][1].values())).shape
+        estimate = run_time_note(shape2d_job, n_runs=len(slices), **counts)
         notes += [estimate] if estimate else []
+        from napari_mollifier.validation import estimate_run_seconds
+
+        seconds = estimate_run_seconds(shape2d_job, **counts)["seconds"] * len(slices)
         notes.extend(plausibility_notes(slices, pixel_size, _unit_name(ref)))
         geometry = _geometry(ref)
         if out_lead and lead_shape and out_lead != lead_shape:  # current slice: put the output on that slice
@@ -295,7 +299,7 @@ class JobCollector:
             unit=_unit_name(ref),
             roi_name=roi_layer.name if roi_layer is not None else (DETECTED_NUCLEUS if detect else None),
             notes=notes,
-            threads=widget_solver_threads(),
+            threads=widget_solver_threads(seconds),
             detections=detections if detect else None,
         )
 

@@ -10,6 +10,7 @@ without a display (tests/test_widget_job.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import sys
@@ -121,6 +122,7 @@ class _Outcome:
     results: list = field(default_factory=list)
     message: str = ""
     details: str = ""
+    outputs: list | None = None  # the maps for the layers (outputs.prepare_outputs), made in the worker thread
 
 
 _DONE = object()
@@ -145,16 +147,47 @@ def _explain(exc: BaseException) -> tuple[str, str]:
 
 
 _WARM_LOCK = threading.Lock()
-_WARM_DONE = threading.Event()
+_WARM_DONE = threading.Event()  # the network method's imports are done (a network run waits for them)
+_WARM_SOLVE_DONE = threading.Event()  # the warm-up solve is over (finished, stopped or failed)
+_RUN_STARTED = threading.Event()  # a run has started: the warm-up solve stops within one solver step
 _warm_thread: threading.Thread | None = None
+#: Side of the synthetic image of the warm-up solve (pixels): big enough to go through every step of a default
+#: direct run (the radius ladder, the noise estimate, the propagated uncertainty), small enough to take well under
+#: a second in the background.
+_WARM_SOLVE_SIZE = 96
+
+
+def _warm_solve() -> None:
+    """Run one small direct solve with the widget's defaults (background thread).
+
+    The user's first run then does not pay the solver's one-time costs (lazy imports, first torch/FFT calls, kernel
+    tables; issue 12: first click). Stops as soon as a run starts (:data:`_RUN_STARTED`); any failure only means
+    that the first run pays them.
+    """
+    from napari_mollifier import infer_rates
+    from napari_mollifier.errors import RunCancelled
+    from napari_mollifier.simulate import synthetic_nucleus
+
+    if _RUN_STARTED.is_set():
+        return
+    s = synthetic_nucleus((_WARM_SOLVE_SIZE, _WARM_SOLVE_SIZE), seed=1)
+    if _RUN_STARTED.is_set():
+        return
+    px = float(s["pixel_size"])
+    with contextlib.suppress(RunCancelled):
+        infer_rates({"phi_h": s["phi_h"], "phi_e": s["phi_e"]}, roi=s["nucleus"].astype(np.int32),
+                    model=s["model"], params=dict(s["params"]), pixel_size=(px, px), method="direct",
+                    device="cpu", cancel=_RUN_STARTED.is_set)
 
 
 def start_warm_up() -> None:
-    """Import the network method's lazy dependencies in a background thread, once per process.
+    """Warm the solver up in a background thread, once per process (issue 12: the first click is not slower).
 
-    The first ``torch.optim`` optimizer imports ``torch._dynamo`` (~1.3 s, with ~0.1 s pauses holding the
-    interpreter lock): done when the widget opens, a network run does not stall the viewer with it
-    (``benchmarks/bench_widget_stall.py``).
+    Two parts, in this order: the network method's lazy dependencies (the first ``torch.optim`` optimizer imports
+    ``torch._dynamo``, ~1.3 s, with ~0.1 s pauses holding the interpreter lock: done when the widget opens, a
+    network run does not stall the viewer with it; ``benchmarks/bench_widget_stall.py``), then one small direct
+    solve (:func:`_warm_solve`), which a run stops as soon as it starts. Set ``NAPARI_MOLLIFIER_WARM_SOLVE=0`` to
+    skip the solve.
     """
     global _warm_thread
     with _WARM_LOCK:
@@ -162,6 +195,8 @@ def start_warm_up() -> None:
             return
 
         def target():
+            import os
+
             _background_priority()
             try:
                 from napari_mollifier.methods.network import warm_up
@@ -171,9 +206,31 @@ def start_warm_up() -> None:
                 log.debug("napari-mollifier: warm-up failed", exc_info=True)
             finally:
                 _WARM_DONE.set()
+            try:
+                if os.environ.get("NAPARI_MOLLIFIER_WARM_SOLVE", "1").strip() != "0":
+                    _warm_solve()
+            except Exception:  # noqa: BLE001 - a failed warm-up only means the first run pays the one-time costs
+                log.debug("napari-mollifier: warm-up solve failed", exc_info=True)
+            finally:
+                _WARM_SOLVE_DONE.set()
 
         _warm_thread = threading.Thread(target=target, name="napari-mollifier-warm-up", daemon=True)
         _warm_thread.start()
+
+
+def _stop_warm_solve(cancel: threading.Event) -> None:
+    """Stop the warm-up solve and wait until it has stopped (worker thread, before a run's solve).
+
+    The warm-up shares the solver's caches and the CPU; one that has not started its solve yet does not start it.
+    """
+    from napari_mollifier.errors import RunCancelled
+
+    _RUN_STARTED.set()
+    if _warm_thread is None or not _WARM_DONE.is_set():
+        return  # no warm-up, or still importing: it sees _RUN_STARTED before its solve
+    while not _WARM_SOLVE_DONE.wait(0.02):
+        if cancel.is_set():
+            raise RunCancelled("cancelled while the warm-up stopped")
 
 
 def _wait_for_warm_up(cancel: threading.Event) -> None:
@@ -231,11 +288,20 @@ def _run_job(job: _Job):
 
         _background_priority()
         try:
+            # before the warnings capture: the warm-up solve must be over when the capture starts
+            _stop_warm_solve(job.cancel)
             with solver_threads(job.threads), capture(job.run_warnings):
                 box["results"] = _solve(job, lambda frac, info: reports.put((frac, info)))
         except BaseException as exc:  # noqa: BLE001 - every failure is reported to the user
             box["error"] = exc
             box["details"] = traceback.format_exc()
+        else:
+            try:  # the layers' maps and contrast limits, here rather than in the viewer's thread (issue 15)
+                from .outputs import prepare_outputs
+
+                box["outputs"] = prepare_outputs(job, box["results"])
+            except Exception:  # noqa: BLE001 - the widget prepares them itself (and reports a failure there)
+                log.debug("napari-mollifier: preparing the output maps failed", exc_info=True)
         finally:
             reports.put(_DONE)
 
@@ -271,7 +337,7 @@ def _run_job(job: _Job):
         return _Outcome(status, message=message, details=box.get("details", ""))
     if job.cancel.is_set():
         return _Outcome("cancelled", message=_explain_cancel())
-    return _Outcome("ok", results=box["results"])
+    return _Outcome("ok", results=box["results"], outputs=box.get("outputs"))
 
 
 def _background_priority() -> None:

@@ -1,8 +1,10 @@
 """Result display of the Rate maps widget: output layers, the per-ROI table, the histogram, CSV and OME-TIFF.
 
 :class:`ResultsDisplay` (a mixin of :class:`~napari_mollifier._napari.widget.MollifierWidget`) turns a run's
-:class:`~napari_mollifier.result.RateResult` objects into layers on the main thread, one layer per event-loop
-turn (the viewer repaints in between), and takes them back if adding one fails (no partial result).
+:class:`~napari_mollifier.result.RateResult` objects into layers on the main thread, and takes them back if adding
+one fails (no partial result). The maps and their contrast limits are made in the worker thread
+(:func:`.outputs.prepare_outputs`); the rate layer comes first, a new layer gets an event-loop turn of its own
+(the viewer repaints in between), and the layers updated in place share one turn (one repaint, issue 15).
 """
 
 from __future__ import annotations
@@ -33,77 +35,19 @@ from qtpy.QtWidgets import (
 )
 
 from ._qt_layout import alive as _alive
+from ._qt_layout import set_progress as _set_progress
 from .eta import format_seconds as _format_seconds
 from .job import _explain_cancel, _Job, _Outcome
+from .outputs import OUTPUT_STYLE, output_name, prepare_outputs, robust_limits  # noqa: F401  (re-exported)
 
 __all__ = ["ResultsDisplay", "output_name", "robust_limits"]
 
 log = logging.getLogger("napari_mollifier._napari.widget")
 
-#: Output layers: kind -> (colormap, visible, symmetric contrast limits).
-OUTPUT_STYLE = {
-    "rate": ("viridis", True, False),
-    # uncertainty and residual: hidden under the rate map (issue 15); switch them on in the layer list
-    "uncertainty": ("magma", False, False),
-    "residual": ("PiYG", False, True),
-    "smoothed": ("gray", False, False),
-}
 _META_KEY = "mollifier_output"
-#: Pause between two output-layer additions: lets the viewer repaint and handle input in between.
-_PUBLISH_GAP_MS = 25
-
-
-def output_name(kind: str, source_name: str, field_name: str | None = None) -> str:
-    """Name of an output layer: ``"rate [<image>]"``, ``"phi_e smoothed [<phi_e's own image>]"``...
-
-    Parameters
-    ----------
-    kind : str
-        ``"rate"``, ``"uncertainty"``, ``"residual"`` or ``"smoothed"``.
-    source_name : str
-        The input layer it comes from.
-    field_name : str, optional
-        The smoothed field's key (``"phi_e"``), for ``kind="smoothed"``.
-
-    Returns
-    -------
-    str
-        The layer name.
-    """
-    prefix = f"{field_name} smoothed" if kind == "smoothed" else kind
-    return f"{prefix} [{source_name}]"
-
-
-def robust_limits(values: np.ndarray, symmetric: bool = False) -> tuple[float, float]:
-    """Contrast limits from the 2nd-98th percentiles of the finite values (symmetric about 0 if asked).
-
-    Parameters
-    ----------
-    values : numpy.ndarray
-        The map (NaN allowed).
-    symmetric : bool
-        Limits ``(-h, h)`` with ``h`` the 98th percentile of ``|values|``.
-
-    Returns
-    -------
-    tuple of float
-        ``(low, high)`` with ``low < high``.
-    """
-    finite = np.asarray(values)[np.isfinite(values)]
-    if finite.size == 0:
-        return (-1.0, 1.0) if symmetric else (0.0, 1.0)
-    if symmetric:
-        half = float(np.percentile(np.abs(finite), 98))
-        if not half > 0:
-            half = float(np.max(np.abs(finite))) or 1.0
-        return (-half, half)
-    lo, hi = (float(v) for v in np.percentile(finite, [2, 98]))
-    if not hi > lo:
-        lo, hi = float(finite.min()), float(finite.max())
-    if not hi > lo:
-        pad = abs(lo) * 1e-3 or 1e-3
-        lo, hi = lo - pad, hi + pad
-    return (lo, hi)
+#: Pause between two main-thread publishing turns (one new layer each, or all the in-place updates): 0 still
+#: lets the viewer repaint and handle input in between (a zero timer fires once the pending events are handled).
+_PUBLISH_GAP_MS = 0
 
 
 @contextlib.contextmanager
@@ -133,6 +77,38 @@ def _no_activation(layers):
                     layers._activate_on_insert = previous
                 except Exception:  # noqa: BLE001
                     pass
+
+
+_LazyCanvas = None
+
+
+def _lazy_canvas_class():
+    """Return a matplotlib Qt canvas class that renders a changed figure when Qt paints it, not at once (issue 15).
+
+    ``draw_idle`` renders at the next event-loop turn even where the canvas is off screen (the histogram is often
+    scrolled out of the dock: ~60 ms of the viewer's thread, with the interpreter lock, for nothing after every
+    run); :meth:`draw_when_shown` leaves the rendering to the canvas's next paint, which Qt makes only when it is
+    on screen (or grabbed).
+    """
+    global _LazyCanvas
+    if _LazyCanvas is None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+
+        class LazyFigureCanvas(FigureCanvasQTAgg):
+            _figure_changed = False
+
+            def draw_when_shown(self) -> None:
+                self._figure_changed = True
+                self.update()
+
+            def paintEvent(self, event):  # noqa: N802 - Qt override
+                if self._figure_changed:
+                    self._figure_changed = False
+                    self.draw()
+                super().paintEvent(event)
+
+        _LazyCanvas = LazyFigureCanvas
+    return _LazyCanvas
 
 
 class ResultsDisplay:
@@ -167,11 +143,10 @@ class ResultsDisplay:
         return res_box
 
     def _build_histogram(self, layout) -> None:
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
         self.figure = Figure(figsize=(3.2, 2.2), dpi=90, layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas = _lazy_canvas_class()(self.figure)
         self.canvas.setMinimumHeight(170)
         self.axes = self.figure.add_subplot(111)
         self._style_axes()
@@ -208,9 +183,10 @@ class ResultsDisplay:
             outcome = _Outcome("cancelled", message=_explain_cancel())
         self._outcome = outcome
         if outcome.status == "ok" and self._job is not None:
-            # add/update the layers one per event-loop turn, so the viewer repaints in between (short stalls)
+            # new layers one per event-loop turn, so the viewer repaints in between (short stalls); the layers
+            # updated in place in one turn (one repaint)
             try:
-                self._pending = self._publish_steps(self._job, outcome.results)
+                self._pending = self._publish_steps(self._job, outcome.results, outcome.outputs)
             except Exception as exc:  # noqa: BLE001 - report, keep the viewer usable
                 self._publish_failed(exc)
                 return
@@ -268,8 +244,15 @@ class ResultsDisplay:
         self.canvas.setEnabled(not stale)
 
     # ------------------------------------------------------------------ outputs
-    def _publish_steps(self, job: _Job, results: list) -> list:
-        """List the main-thread steps that create or update the output layers, then the table and histogram."""
+    def _publish_steps(self, job: _Job, results: list, outputs: list | None = None) -> list:
+        """List the main-thread steps (one per event-loop turn): create or update the output layers, then the table.
+
+        The rate layer first (what the user waits for), then each new layer in a turn of its own (inserted under the
+        rate layer: the stacking order stays smoothed fields, residual, uncertainty, rate), then all the layers
+        updated in place in one turn, then the table, histogram and status line in the last turn.
+        """
+        if outputs is None:  # a job run without the worker's preparation
+            outputs = prepare_outputs(job, results)
         lead = job.out_lead_shape
 
         def stack(arrays):
@@ -288,32 +271,42 @@ class ResultsDisplay:
         meta_prov = {**prov, "widget": widget_info}
         if len(results) > 1:
             meta_prov["per_slice"] = [r.provenance for r in results]
-        keys = [k for k in results[0].fields if all(k in r.fields for r in results)]
-        # bottom to top: the smoothed fields (hidden), residual, uncertainty, and the rate on top
-        outputs = [("smoothed", k, stack([r.fields[k] for r in results])) for k in keys]
-        from .relative import shown_maps  # the relative map where the level is relative (issue 13)
+        rate_name = output_name("rate", job.source_name)
 
-        shown = [shown_maps(r) for r in results]
-        outputs += [
-            ("residual", None, stack([r.residual for r in results])),
-            ("uncertainty", None, stack([u for _, u in shown])),
-            ("rate", None, stack([m for m, _ in shown])),
-        ]
-        steps = []
-        for kind, field_name, data in outputs:
-            own = job.input_names.get(field_name, job.source_name) if kind == "smoothed" else job.source_name
-            name = output_name(kind, own, field_name)
-            if kind == "uncertainty" and not np.isfinite(data).any():
-                steps.append(lambda n=name, k=kind: self._remove_output(n, k))  # network: no uncertainty map
-                continue
-            steps.append(lambda n=name, k=kind, d=data, f=field_name: self._set_output(n, k, d, job, meta_prov, f))
+        def step(out):
+            if out.limits is None:  # network: no uncertainty map
+                return lambda: self._remove_output(out.name, out.kind)
+            return lambda: self._set_output(out.name, out.kind, out.data, job, meta_prov, out.field_name,
+                                            limits=out.limits, below=None if out.kind == "rate" else rate_name)
 
+        def is_new(out):
+            if out.limits is None:
+                return False
+            layer = self._find_output(out.name, out.kind)
+            return layer is None or layer.ndim != out.data.ndim
+
+        # the rate first, then the others (bottom to top); new layers one per turn, updates in one turn
+        ordered = [o for o in outputs if o.kind == "rate"] + [o for o in outputs if o.kind != "rate"]
+        steps: list = []
+        batch: list = []
+        for out in ordered:
+            (steps.append if is_new(out) else batch.append)(step(out))
         if detected:
             nucleus = stack([np.asarray(s[2] > 0, dtype=np.uint8) for s in job.slices])
-            steps.append(lambda: self._set_detected_nucleus(nucleus, job))
+            nucleus_step = lambda: self._set_detected_nucleus(nucleus, job)  # noqa: E731
+            from .job import DETECTED_NUCLEUS
+
+            existing = next((ly for ly in self.viewer.layers if ly.name == DETECTED_NUCLEUS), None)
+            (batch if existing is not None and existing.ndim == nucleus.ndim else steps).append(nucleus_step)
+        if batch:
+            def in_place(todo=tuple(batch)):
+                for one in todo:
+                    one()
+
+            rate_new = bool(outputs) and is_new(next(o for o in outputs if o.kind == "rate"))
+            steps.insert(1 if rate_new else 0, in_place)  # right after the rate (a new rate layer: its own turn)
 
         def select_rate():
-            rate_name = output_name("rate", job.source_name)
             rate_layer = self._find_output(rate_name, "rate")
             if rate_layer is not None and self.viewer.layers.selection.active is not rate_layer:
                 self.viewer.layers.selection.active = rate_layer
@@ -327,7 +320,7 @@ class ResultsDisplay:
             radii = sorted({round(float(r.radius), 3) for r in results})
             px = math.sqrt(np.prod(job.kwargs["pixel_size"]))
             radius_txt = ", ".join(f"{r:g} px ({r * px:.3g} {job.unit})" for r in radii[:3])
-            self.progress_bar.setValue(1000)
+            _set_progress(self.progress_bar, 1000)
             done = (f"Done in {_format_seconds(time.perf_counter() - self._started)}: {job.kwargs['method']}, "
                     f"radius {radius_txt}.")
             if detected:
@@ -344,7 +337,11 @@ class ResultsDisplay:
 
             announce(self, job, results)
 
-        steps += [select_rate, finish]
+        def select_and_finish():
+            select_rate()
+            finish()
+
+        steps.append(select_and_finish)
         return steps
 
     def _set_detected_nucleus(self, mask: np.ndarray, job: _Job) -> None:
@@ -394,11 +391,16 @@ class ResultsDisplay:
         if layer is not None:
             self.viewer.layers.remove(layer)
 
-    def _set_output(self, name, kind, data, job: _Job, provenance, field_name) -> None:
+    def _set_output(self, name, kind, data, job: _Job, provenance, field_name, limits=None, below=None):
+        """Create or update the output layer ``name``; its follow-up step (show a new layer) or None.
+
+        A new layer is inserted under the rate layer ``below`` when that is in the viewer (else on top).
+        """
         from .layer_style import style_output
 
         colormap, visible, symmetric = OUTPUT_STYLE[kind]
-        limits = robust_limits(data, symmetric=symmetric)
+        if limits is None:
+            limits = robust_limits(data, symmetric=symmetric)
         metadata = {
             _META_KEY: kind,
             "source": job.source_name,
@@ -421,8 +423,11 @@ class ResultsDisplay:
             new = Image(data, name=name, colormap=colormap, contrast_limits=limits, visible=False,
                         metadata=metadata, **kwargs)
             style_output(new, kind, provenance, job.unit)  # colour bar with quantity and unit (issue 13)
+            if index is None:
+                under = self._find_output(below, "rate") if below is not None else None
+                index = self.viewer.layers.index(under) if under is not None else len(self.viewer.layers)
             with _no_activation(self.viewer.layers):
-                self.viewer.layers.insert(len(self.viewer.layers) if index is None else index, new)
+                self.viewer.layers.insert(index, new)
             self._added.append(new)
             if visible:
                 return lambda: setattr(new, "visible", True)
@@ -507,7 +512,7 @@ class ResultsDisplay:
                     t.set_color(ax.xaxis.label.get_color())
         self._style_axes()
         self.canvas.setVisible(True)
-        self.canvas.draw_idle()
+        self.canvas.draw_when_shown()
 
     # ------------------------------------------------------------------ CSV
     def export_csv(self, path: str | Path) -> Path:

@@ -1,27 +1,39 @@
 """The worker lifecycle of the dock widgets: start a napari ``thread_worker``, relay progress, cancel, close.
 
-:func:`start_worker` creates the worker (so that it shows in napari's task list), connects its signals and
+:func:`start_worker` creates the worker (in napari's task list when given a ``desc``), connects its signals and
 starts it; the Rate maps and Heterochromatin domains widgets both start their runs through it.
-:func:`advance_task_bar` moves the task list's bar. :class:`CloseWatcher` tells both widgets that they or the
-viewer's window were closed (the run stops and publishes nothing). :class:`RunLifecycle` is the Rate maps widget's
-run handling: one run at a time, Cancel (a flag the solver reads within one step), close handling, and "ready
-again" once the worker has finished, the solver thread has stopped and the layers are in.
+:func:`attach_task_bar` puts a running worker in the task list later (the Rate maps widget: only a run still going
+after :data:`TASK_LIST_DELAY_S`), :func:`advance_task_bar` moves the task list's bar. :class:`CloseWatcher` tells
+both widgets that they or the viewer's window were closed (the run stops and publishes nothing).
+:class:`RunLifecycle` is the Rate maps widget's run handling: one run at a time, Cancel (a flag the solver reads
+within one step), close handling, and "ready again" once the worker has finished, the solver thread has stopped
+and the layers are in.
 """
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QEvent, QObject, QTimer
 
+from ._qt_layout import set_progress as _set_progress
 from .job import _explain_cancel, _Outcome
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari.qt.threading import GeneratorWorker
 
-__all__ = ["start_worker", "advance_task_bar", "CloseWatcher", "RunLifecycle"]
+__all__ = ["start_worker", "attach_task_bar", "advance_task_bar", "CloseWatcher", "RunLifecycle", "TASK_LIST_DELAY_S"]
+
+#: Seconds a Rate maps run goes before it is put in napari's task list (issue 15). While the list holds a task,
+#: napari animates its activity indicator, and every frame repaints the whole window (some 20 a second; with
+#: software OpenGL, as under Xvfb, ~15 ms of CPU each on every core): a run of the default size, over in well
+#: under this delay, keeps the viewer idle and its solver at headless speed.
+TASK_LIST_DELAY_S = 1.5
 
 
 def start_worker(
@@ -66,6 +78,35 @@ def start_worker(
     if start:
         worker.start()
     return worker
+
+
+def attach_task_bar(worker: Any, desc: str) -> Any:
+    """Put a running ``worker`` in napari's task list now (a bar named ``desc``), for :func:`advance_task_bar`.
+
+    The caller closes the bar when the worker has finished (``bar.close()``): a bar attached after the worker
+    emitted ``finished`` would not see that signal. Cosmetic: any failure is ignored.
+
+    Parameters
+    ----------
+    worker : napari.qt.threading.GeneratorWorker
+        The worker, started without a task-list bar (``start_worker(desc=None)``).
+    desc : str
+        Name of the run in the task list.
+
+    Returns
+    -------
+    napari.utils.progress or None
+        The bar (also ``worker.pbar``), or None where napari refused it.
+    """
+    try:
+        from napari.utils import progress
+
+        bar = progress(total=1000, desc=desc)
+        worker.pbar = bar
+        return bar
+    except Exception:  # pragma: no cover - the task list is cosmetic  # noqa: BLE001 - never raised into the viewer
+        log.debug("napari-mollifier: no task-list bar", exc_info=True)
+        return None
 
 
 def advance_task_bar(worker: Any, frac: float) -> None:
@@ -217,8 +258,24 @@ class RunLifecycle:
         self._outcome = _Outcome("cancelled", message=_explain_cancel())
         self._report(self._outcome)
 
+    def _show_in_task_list(self, worker: Any, desc: str) -> None:
+        """Put a run still going after ``TASK_LIST_DELAY_S`` in napari's task list (main thread)."""
+        if worker is None or self.worker is not worker or self._worker_finished or self._task_bar is not None:
+            return
+        self._task_bar = attach_task_bar(worker, desc)
+        advance_task_bar(worker, self._last_frac)
+
+    def _close_task_bar(self) -> None:
+        bar, self._task_bar = self._task_bar, None
+        if bar is not None:
+            try:
+                bar.close()
+            except Exception:  # pragma: no cover  # noqa: BLE001 - the task list is cosmetic
+                log.debug("napari-mollifier: closing the task-list bar failed", exc_info=True)
+
     def _on_finished(self) -> None:
         self._worker_finished = True
+        self._close_task_bar()
         self._maybe_done()
 
     def _maybe_done(self) -> None:
@@ -231,6 +288,7 @@ class RunLifecycle:
             QTimer.singleShot(100, self._maybe_done)
             return
         status = self._outcome.status if self._outcome is not None else "error"
+        self._close_task_bar()
         self.worker = None
         self._job = None
         self._pending, self._added = [], []
@@ -238,5 +296,5 @@ class RunLifecycle:
         self.cancel_button.setEnabled(False)
         self._mark_results_stale(False)
         if status != "ok":
-            self.progress_bar.setValue(0)
+            _set_progress(self.progress_bar, 0)
         self.run_done.emit(status)

@@ -1,11 +1,16 @@
 """How many threads the solver gets when it runs inside napari (Qt-free; torch imported when used).
 
-In a napari window the main thread keeps about one core busy (the activity indicator, software OpenGL under
-Xvfb, repaints). Torch's intra-op pool, sized for every core, then has one thread fighting the viewer for its
-core, and the run slows down badly (issue 15: 28 s in the window against 6.8 s headless with 2 threads on 2 cores;
-22 s with 1 thread). The widget's solver therefore uses one core fewer than the machine has (at least one);
-``NAPARI_MOLLIFIER_THREADS=N`` sets it, ``NAPARI_MOLLIFIER_THREADS=0`` keeps torch's own choice.
-``benchmarks/bench_widget_vs_headless.py`` measures the effect.
+In a napari window the main thread keeps about one core busy during a long run (the task list's activity
+indicator repaints the window some 20 times a second: software OpenGL under Xvfb, ``llvmpipe`` threads on every
+core). Torch's intra-op pool, sized for every core, then has one thread fighting the viewer for its core, and the
+run slows down badly (issue 15: 28 s in the window against 6.8 s headless with 2 threads on 2 cores; 22 s with
+1 thread). A long run's solver therefore uses one core fewer than the machine has (at least one).
+
+A short run (estimated at most :data:`SHORT_RUN_S`, :func:`napari_mollifier.validation.estimate_run_seconds`) is
+over before the widget puts it in the task list (``runner.TASK_LIST_DELAY_S``): the viewer stays idle and the
+solver gets torch's own thread count, as headless (issue 15: the default run in the window within 1.5x of the same
+run headless). ``NAPARI_MOLLIFIER_THREADS=N`` sets the count for every run, ``NAPARI_MOLLIFIER_THREADS=0`` keeps
+torch's own choice for every run. ``benchmarks/bench_widget_vs_headless.py`` measures the effect.
 """
 
 from __future__ import annotations
@@ -14,7 +19,12 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-__all__ = ["widget_solver_threads", "solver_threads"]
+__all__ = ["SHORT_RUN_S", "widget_solver_threads", "solver_threads"]
+
+#: Estimated run time (s, ``validation.estimate_run_seconds``: a deliberately pessimistic order of magnitude,
+#: 3-5x the measured time of a direct run on a CPU) up to which a run counts as short (module docstring): the
+#: default run on a 256 x 256 image is estimated at 1.6 s, on 512 x 512 at 7.5 s.
+SHORT_RUN_S = 3.0
 
 
 def _usable_cores() -> int:
@@ -24,14 +34,19 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def widget_solver_threads() -> int | None:
+def widget_solver_threads(seconds: float | None = None) -> int | None:
     """Threads for a solve started from the widget (module docstring).
+
+    Parameters
+    ----------
+    seconds : float, optional
+        The run's estimated time (``validation.estimate_run_seconds``, all slices); None: unknown (a long run).
 
     Returns
     -------
     int or None
-        ``NAPARI_MOLLIFIER_THREADS`` when set to N > 0, None (torch's own setting) when set to 0, else one core
-        fewer than the usable cores (at least 1).
+        ``NAPARI_MOLLIFIER_THREADS`` when set to N > 0, None (torch's own setting) when set to 0 or for a short
+        run (``seconds <= SHORT_RUN_S``), else one core fewer than the usable cores (at least 1).
     """
     text = os.environ.get("NAPARI_MOLLIFIER_THREADS", "").strip()
     if text:
@@ -43,6 +58,8 @@ def widget_solver_threads() -> int | None:
             return None
         if n > 0:
             return n
+    if seconds is not None and seconds <= SHORT_RUN_S:
+        return None
     return max(1, _usable_cores() - 1)
 
 

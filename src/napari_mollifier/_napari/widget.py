@@ -2,8 +2,9 @@
 
 The widget adds no science: it gathers inputs from layers (pixel data, pixel size from the layer's scale, ROI
 rasterised through world coordinates), calls ``infer_rates`` once per image slice in a napari ``thread_worker``
-(a generator worker that yields progress, so the run shows in napari's task list), and turns the returned
-:class:`~napari_mollifier.result.RateResult` objects into layers, a per-ROI table and a histogram.
+(a generator worker that yields progress; a run still going after ``runner.TASK_LIST_DELAY_S`` shows in napari's
+task list), and turns the returned :class:`~napari_mollifier.result.RateResult` objects into layers, a per-ROI
+table and a histogram.
 
 Threading contract: the solver runs in a worker thread on snapshot copies of the input arrays; layers are created
 or updated only on the main thread in the worker's ``returned`` handler, and only when every slice succeeded
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -49,6 +50,7 @@ from qtpy.QtWidgets import (
 
 from .. import solve as _solve
 from ._qt_layout import alive as _alive
+from ._qt_layout import set_progress as _set_progress
 from .collect import (  # noqa: F401  (re-exported: used by the panels and tests)
     INPUT_LABELS,
     WHOLE_CHOICES,
@@ -74,7 +76,7 @@ from .job import (  # noqa: F401  (the job of a run, Qt-free; re-exported for sc
     start_warm_up,
 )
 from .results import _META_KEY, OUTPUT_STYLE, ResultsDisplay, output_name, robust_limits  # noqa: F401  (re-exported)
-from .runner import RunLifecycle, advance_task_bar, start_worker
+from .runner import TASK_LIST_DELAY_S, RunLifecycle, advance_task_bar, start_worker
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -93,6 +95,8 @@ INPUT_HINTS = {
 #: the solver's methods offered here (the autodiff PINN stays a comparison for scripts and the CLI)
 METHODS = tuple(m for m in _solve.METHODS if m != "autodiff")
 UNCERTAINTY_CHOICES = _solve.UNCERTAINTY_METHODS
+#: Shortest time between two progress displays (bar, status line, task list): each one repaints the window.
+_PROGRESS_EVERY_S = 0.25
 
 
 # --------------------------------------------------------------------------- helpers
@@ -182,6 +186,8 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
         self.input_combos: dict[str, QComboBox] = {}
         self.coef_edits: dict[str, QLineEdit] = {}
         self._close_watcher = None
+        self._task_bar = None
+        self._shown_at = -math.inf
         self._build_ui()
         self._connect_viewer()
         self._refresh_layers()
@@ -611,14 +617,20 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
         self._mark_results_stale(True)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.progress_bar.setValue(0)
+        _set_progress(self.progress_bar, 0)
         n = len(job.slices)
         self.status_label.setText(f"Running {job.kwargs['method']} on {n} slice{'s' if n > 1 else ''}...")
+        self._shown_at = -math.inf
+        self._task_bar = None
+        # not in napari's task list yet: a short run never is (its activity indicator would repaint the window
+        # ~20 times a second, issue 15); a run still going after TASK_LIST_DELAY_S is put there
         self.worker = start_worker(
-            _run_job, job, desc=f"Rate maps [{job.source_name}]", start=False, yielded=self._on_progress,
+            _run_job, job, desc=None, start=False, yielded=self._on_progress,
             returned=self._on_returned, errored=self._on_errored, aborted=self._on_aborted, finished=self._on_finished,
         )
         self.worker.start()
+        QTimer.singleShot(int(TASK_LIST_DELAY_S * 1000), lambda w=self.worker, d=f"Rate maps [{job.source_name}]":
+                          self._show_in_task_list(w, d))
 
     # ------------------------------------------------------------------ worker signals (main thread)
     def _on_progress(self, item) -> None:
@@ -627,12 +639,16 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, QWidget):
         frac, info = item
         frac = float(min(max(frac, 0.0), 1.0))
         self._last_frac = frac
-        self.progress_bar.setValue(int(round(1000 * frac)))
-        elapsed = time.perf_counter() - self._started
+        now = time.perf_counter()
+        elapsed = now - self._started
+        left = self._eta.update(elapsed, frac)
+        if now - self._shown_at < _PROGRESS_EVERY_S:
+            return  # each update repaints the window: a few a second are enough (issue 15)
+        self._shown_at = now
+        _set_progress(self.progress_bar, int(round(1000 * frac)))
         parts = [str(info.get("stage", "running"))]
         if info.get("n_slices", 1) > 1:
             parts.append(f"slice {info['slice']}/{info['n_slices']}")
-        left = self._eta.update(elapsed, frac)
         if left is not None:
             parts.append(f"about {_format_seconds(left)} left")
         if "loss" in info:  # the network's training objective: how far the fit is from the data and the model
