@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["OUTPUT_STYLE", "PreparedOutput", "output_name", "prepare_outputs", "robust_limits"]
+__all__ = ["OUTPUT_STYLE", "PreparedOutput", "output_name", "prepare_outputs", "robust_limits", "stack_slices"]
 
 #: Output layers: kind -> (colormap, visible, symmetric contrast limits).
 OUTPUT_STYLE = {
@@ -78,6 +78,25 @@ def robust_limits(values: np.ndarray, symmetric: bool = False) -> tuple[float, f
     return (lo, hi)
 
 
+def stack_slices(arrays: list, lead: tuple) -> np.ndarray:
+    """Stack one 2-D map per slice into the output's shape ``lead + (Y, X)`` (a single map as it is when no lead).
+
+    Parameters
+    ----------
+    arrays : list of numpy.ndarray
+        One ``(Y, X)`` map per slice, in slice order.
+    lead : tuple of int
+        The leading (non-spatial) shape of the output stack; ``()`` for a single 2-D image.
+
+    Returns
+    -------
+    numpy.ndarray
+        The stacked maps.
+    """
+    arr = np.stack(arrays) if len(arrays) > 1 or lead else arrays[0]
+    return arr.reshape(lead + arr.shape[-2:]) if lead else arr
+
+
 @dataclass
 class PreparedOutput:
     """One output map of a run, ready for its layer.
@@ -117,8 +136,7 @@ def prepare_outputs(job, results: list) -> list[PreparedOutput]:
     lead = job.out_lead_shape
 
     def stack(arrays):
-        arr = np.stack(arrays) if len(arrays) > 1 or lead else arrays[0]
-        return arr.reshape(lead + arr.shape[-2:]) if lead else arr
+        return stack_slices(arrays, lead)
 
     keys = [k for k in results[0].fields if all(k in r.fields for r in results)]
     maps = [("smoothed", k, stack([r.fields[k] for r in results])) for k in keys]

@@ -38,7 +38,7 @@ from ._qt_layout import alive as _alive
 from ._qt_layout import set_progress as _set_progress
 from .eta import format_seconds as _format_seconds
 from .job import _explain_cancel, _Job, _Outcome
-from .outputs import OUTPUT_STYLE, output_name, prepare_outputs, robust_limits  # noqa: F401  (re-exported)
+from .outputs import OUTPUT_STYLE, output_name, prepare_outputs, robust_limits, stack_slices  # noqa: F401  (re-exported)
 
 __all__ = ["ResultsDisplay", "output_name", "robust_limits"]
 
@@ -254,11 +254,6 @@ class ResultsDisplay:
         if outputs is None:  # a job run without the worker's preparation
             outputs = prepare_outputs(job, results)
         lead = job.out_lead_shape
-
-        def stack(arrays):
-            arr = np.stack(arrays) if len(arrays) > 1 or lead else arrays[0]
-            return arr.reshape(lead + arr.shape[-2:]) if lead else arr
-
         prov = dict(results[0].provenance)
         widget_info = {
             "source_layers": dict(job.input_names),
@@ -292,7 +287,7 @@ class ResultsDisplay:
         for out in ordered:
             (steps.append if is_new(out) else batch.append)(step(out))
         if detected:
-            nucleus = stack([np.asarray(s[2] > 0, dtype=np.uint8) for s in job.slices])
+            nucleus = stack_slices([np.asarray(s[2] > 0, dtype=np.uint8) for s in job.slices], lead)
             nucleus_step = lambda: self._set_detected_nucleus(nucleus, job)  # noqa: E731
             from .job import DETECTED_NUCLEUS
 
