@@ -15,16 +15,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QApplication, QFormLayout, QPushButton
+from qtpy.QtWidgets import QApplication, QFormLayout, QLineEdit, QPushButton
 
 from napari_mollifier.coefficients import is_physical
+
+from .collect import _unit_name, _unit_power
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari.layers import Labels
 
     from .widget import MollifierWidget
 
-__all__ = ["AUTO", "apply_units_policy", "add_estimate_button", "estimate_from_image"]
+__all__ = ["AUTO", "apply_units_policy", "add_estimate_button", "estimate_from_image", "fill_coefficients"]
 
 #: Text of a coefficient field whose value is estimated from the image at run time.
 AUTO = "auto"
@@ -56,6 +58,74 @@ def apply_units_policy(widget: MollifierWidget, model: Any, unit: str, from_defa
     widget.coef_note.setText(
         f"{', '.join(lengths)}: the box-unit default does not apply to a layer in {unit}; {how}. Other "
         "coefficients: model defaults.")
+
+
+def fill_coefficients(widget: MollifierWidget, force: bool = False) -> None:
+    """Fill the coefficient editors of the model: from the layer's metadata when it names this model, else defaults.
+
+    Refilled only when the model or the reference input layer changes (user edits survive other events).
+
+    Parameters
+    ----------
+    widget : MollifierWidget
+        The Rate maps dock (its model choice, reference layer, coefficient form and note).
+    force : bool
+        Refill even when the model and the reference layer are unchanged.
+    """
+    model = widget._models.get(widget.model_combo.currentText())
+    if model is None:
+        return
+    ref = widget._reference_layer()
+    key = (model.name, id(ref), ref.name if ref is not None else None)
+    if not force and key == getattr(widget, "_coef_key", None):
+        return
+    widget._coef_key = key
+    values: dict[str, float | None] = dict(model.params())
+    origin = "model defaults (the reference data's box units)"
+    unit = _unit_name(ref) if ref is not None else "px"
+    from_meta: set[str] = set()
+    if ref is not None:
+        meta = ref.metadata
+        if meta.get("model") == model.name and isinstance(meta.get("params"), dict):
+            known = {k: float(v) for k, v in meta["params"].items() if k in values}
+            if known:
+                values.update(known)
+                from_meta = set(known)
+                origin = f"metadata of layer {ref.name!r}"
+                if meta.get("params_origin"):
+                    origin += f" ({meta['params_origin']})"
+    blank = []
+    if unit != "px":
+        # the defaults of coefficients with a length are in the reference data's box units: never combine
+        # them with a physical pixel size (issue: a meaningless map). Left to the user.
+        for k, coef in model.coefficients.items():
+            if getattr(coef, "length_power", 0) and k not in from_meta:
+                values[k] = None
+                blank.append(k)
+    while widget.coef_form.rowCount():
+        widget.coef_form.removeRow(0)
+    widget.coef_edits = {}
+    for key, value in values.items():
+        coef = model.coefficients[key]
+        edit = QLineEdit("" if value is None else f"{value:.6g}")
+        power = getattr(coef, "length_power", 0)
+        dim = _unit_power(unit, power)
+        suffix = f" [{dim}]" if dim else ""
+        if value is None:
+            edit.setPlaceholderText(f"enter in {dim}")
+        edit.setToolTip(f"{getattr(coef, 'doc', '')}{suffix}")
+        widget.coef_edits[key] = edit
+        widget.coef_form.addRow(f"{key}{suffix}", edit)
+    note = f"Coefficients from {origin}; lengths in the layer's unit ({unit})."
+    if blank:
+        names = ", ".join(blank)
+        defaults = ", ".join(f"{k} = {model.coefficients[k].default:g}" for k in blank)
+        note = (f"Enter {names} for {unit}: the model's default ({defaults}) is in the reference data's box "
+                f"units, not {unit}, and layer {ref.name!r} is in {unit}. "
+                "Use a calibrated value for your cells (see the docs on coefficients)."
+                + (f" Other coefficients: {origin}." if len(blank) < len(values) else ""))
+    widget.coef_note.setText(note)
+    apply_units_policy(widget, model, unit, origin.startswith("model defaults"))
 
 
 def estimate_from_image(widget: MollifierWidget) -> dict:
