@@ -18,46 +18,23 @@ from pathlib import Path
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import (
-    QAbstractItemView,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QHeaderView,
-    QLabel,
-    QLineEdit,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
-    QVBoxLayout,
-    QWidget,
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QFileDialog, QTableWidgetItem, QWidget
+
+from .domains_form import THRESHOLDS, build_domains_form  # noqa: F401  (re-exported)
+from .domains_report import (  # noqa: F401  (re-exported: tests and the docs use them from here)
+    TABLE_HEADERS,
+    TABLE_SHOWN,
+    details_text,
+    handoff_metadata,
+    plain_summary,
 )
-
-from napari_mollifier.domains.pipeline import THRESHOLD_METHODS
-
-from ._qt_layout import Collapsible, scrolling_body
 
 __all__ = ["DomainsWidget", "MAX_POINTS", "FILE_SOURCE"]
 
 FILE_SOURCE = "(table file)"
 MAX_POINTS = 200_000
 _META = "mollifier_domains"
-_TABLE_SHOWN = ("domain", "radius_nm", "spacing_nm", "gamma_ac", "gamma_me", "lambda")
-#: Table headers in words, with units (the CSV export keeps the column keys).
-TABLE_HEADERS = {
-    "domain": "Domain",
-    "radius_nm": "Radius (nm)",
-    "spacing_nm": "Spacing to neighbours (nm)",
-    "gamma_ac": "Acetylation rate Γac (1/s)",
-    "gamma_me": "Methylation rate Γme (1/s)",
-    "lambda": "Rate ratio λ = Γme/Γac",
-}
-_THRESHOLDS = (*THRESHOLD_METHODS, "value (/µm²)")  # the widget's index 0, 1: the library's methods, in order
 _MAX_ROWS = 5000
 
 
@@ -97,61 +74,6 @@ def _work(x, y, params, cancel: threading.Event):
     return "done", box["result"]
 
 
-def handoff_metadata(res) -> dict:
-    """Metadata for the phi_h / phi_e layers: the Rate maps widget reads the model's coefficient from it.
-
-    The chromatin-balance model's ``l2 = D / Gamma_ac`` (a squared length, docs/science.md); the domains give
-    ``Gamma_ac = D / d^2`` per domain, so ``l2`` in µm² is ``D`` over the median ``Gamma_ac`` (the median squared
-    spacing). Empty when no domain has a finite rate.
-    """
-    g = np.asarray(res.table["gamma_ac"], float)
-    g = g[np.isfinite(g) & (g > 0)]
-    if g.size == 0:
-        return {}
-    l2 = float(res.params["diffusivity"]) / float(np.median(g))
-    return {"model": "chromatin-balance", "params": {"l2": l2}, "params_unit": "um",
-            "params_origin": f"domain analysis: l2 = D / median Γac = {l2:.4g} µm²"}
-
-
-def plain_summary(s: dict, diffusivity: float) -> str:
-    """Describe the result in plain words (the statistics go to :func:`details_text`)."""
-    n = s["n_domains"]
-    text = (f"Found {n} heterochromatin domain{'s' if n != 1 else ''} inside the nucleus, "
-            f"{s['mean_diameter_nm']:.0f} nm across on average and {s['mean_spacing_nm']:.0f} nm apart. "
-            f"Along the nuclear edge, a dense band {s['lad_thickness_nm']:.0f} nm thick "
-            f"(in {s['n_lad_clusters']} piece{'s' if s['n_lad_clusters'] != 1 else ''}). Rates assume D = {diffusivity:g} µm²/s.")
-    if s.get("n_rates_undefined"):
-        text += (f" {s['n_rates_undefined']} domain(s) are as far apart as they are wide: no rate for them "
-                 "(blank in the maps).")
-    if s.get("subsample", 1) > 1:
-        text += f" Analysed 1 in {s['subsample']} localisations (faster; finds fewer, smaller domains)."
-    return text
-
-
-def details_text(s: dict, assumption: dict, diffusivity: float) -> str:
-    """List the statistics behind the summary, each named and with its unit."""
-    def fit(key, unit):
-        f = s.get(key) or {}
-        mu, sigma = f.get("mu", float("nan")), f.get("sigma", float("nan"))
-        return f"median {np.exp(mu):.3g}{unit}, spread ×{np.exp(sigma):.3g} (log-normal fit: μ {mu:.3g}, σ {sigma:.3g})"
-
-    lines = [
-        f"Localisations: {s['n_localisations_input']} read, {s['n_localisations_analysed']} analysed.",
-        f"Density threshold: {s['density_threshold_per_um2']:.4g} localisations per µm² ({s['threshold_method']}).",
-        f"Nucleus: {s['nucleus_area_um2']:.3g} µm², {s['nucleus_diameter_nm']:.0f} nm across.",
-        f"Edge band (lamina-associated domains, LADs): clusters within {s['lad_distance_nm']:.0f} nm of the edge; "
-        f"{100 * s['lad_fraction_of_dense']:.0f} % of the dense localisations.",
-        f"Radius: {fit('fit_radius_nm', ' nm')}.",
-        f"Spacing: {fit('fit_spacing_nm', ' nm')}.",
-        f"Acetylation rate Γac = D / spacing²: {fit('fit_gamma_ac', ' /s')}.",
-        f"Methylation rate Γme = Γac / ((spacing / radius)² − 1): {fit('fit_gamma_me', ' /s')}.",
-        f"Rate ratio λ = Γme / Γac: {fit('fit_lambda', '')}.",
-        f"Domains without a rate (spacing ≤ radius): {s['n_rates_undefined']}.",
-        f"phi_h / phi_e layers: {assumption.get('summary', '')}.",
-    ]
-    return "\n".join(lines)
-
-
 class DomainsWidget(QWidget):
     """Dock widget: heterochromatin domains and geometric rates from localisations (module docstring)."""
 
@@ -180,141 +102,13 @@ class DomainsWidget(QWidget):
         super().showEvent(event)
 
     def _build(self) -> None:
-        from napari_mollifier.domains import DEFAULTS as D
-
-        lay = scrolling_body(self)
-        form = QFormLayout()
-        self.source_combo = QComboBox()
-        self.source_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.source_combo.setMinimumContentsLength(18)
-        self.source_combo.setToolTip("Where the localisations come from: a table file (x, y in nm), a Points layer, "
-                                     "or a density image opened from a table by the plugin's reader.")
-        form.addRow("Localisations", self.source_combo)
-        row = QHBoxLayout()
-        self.path_edit = QLineEdit()
-        self.path_edit.setPlaceholderText("localisation table (.csv), x/y in nm")
-        self.path_edit.setToolTip("Localisation table (.csv/.tsv; ThunderSTORM-style columns, x and y in nm).")
-        browse = QPushButton("...")
-        browse.setToolTip("Choose the localisation table file.")
-        browse.clicked.connect(self._browse)
-        row.addWidget(self.path_edit)
-        row.addWidget(browse)
-        form.addRow("Table file", row)
-        self.points_unit = QComboBox()
-        self.points_unit.addItems(["µm", "nm"])
-        self.points_unit.setToolTip("Unit of the Points layer's world coordinates (its data times its scale).")
-        self.points_unit_label = QLabel("Points layer unit")
-        form.addRow(self.points_unit_label, self.points_unit)
-        self._source_form = form
-
-        def dspin(value, lo, hi, step, decimals=1, suffix="", tip=""):
-            s = QDoubleSpinBox()
-            s.setRange(lo, hi)
-            s.setDecimals(decimals)
-            s.setSingleStep(step)
-            s.setValue(value)
-            if suffix:
-                s.setSuffix(suffix)
-            s.setToolTip(tip)
-            return s
-
-        def ispin(value, lo, hi, tip=""):
-            s = QSpinBox()
-            s.setRange(lo, hi)
-            s.setValue(value)
-            s.setToolTip(tip)
-            return s
-
-        self.d_spin = dspin(D["diffusivity"], 1e-6, 1e6, 0.1, 4, " µm²/s",
-                            "Chromatin diffusivity D (µm²/s): the rates scale with it (Γac = D / spacing²).")
-        form.addRow("Diffusivity D", self.d_spin)
-        lay.addLayout(form)
-
-        self.advanced = Collapsible("Segmentation settings")
-        adv = QFormLayout(self.advanced.body)
-        adv.setContentsMargins(0, 0, 0, 0)
-        self.pixel_spin = dspin(D["pixel_size"], 1, 1000, 5, 1, " nm",
-                                "Pixel size (nm) of the output images (domains, rates, phi_h / phi_e).")
-        adv.addRow("Pixel size", self.pixel_spin)
-        self.threshold_combo = QComboBox()
-        self.threshold_combo.addItems(list(_THRESHOLDS))
-        self.threshold_combo.setToolTip("How dense a localisation must be to count as heterochromatin: a percentile "
-                                        "of the densities in the nucleus, Otsu's method on log density, or a "
-                                        "density in localisations per µm².")
-        self.threshold_value = dspin(D["percentile"], 0, 1e9, 5, 2,
-                                     tip="Percentile (0-100) or density (localisations per µm²), as chosen left.")
-        trow = QHBoxLayout()
-        trow.addWidget(self.threshold_combo)
-        trow.addWidget(self.threshold_value)
-        adv.addRow("Density threshold", trow)
-        self.eps_spin = dspin(D["eps_nm"], 0.1, 1000, 5, 1, " nm",
-                              "Clustering distance (nm): dense localisations closer than this join one domain "
-                              "(DBSCAN eps).")
-        adv.addRow("Joining distance", self.eps_spin)
-        self.min_samples_spin = ispin(D["min_samples"], 1, 1000,
-                                      "Neighbours a localisation needs within the joining distance to start a "
-                                      "domain (DBSCAN min samples).")
-        adv.addRow("Neighbours to start", self.min_samples_spin)
-        self.min_points_spin = ispin(D["min_points"], 1, 100000,
-                                     "Smallest domain, in localisations: smaller clusters are ignored.")
-        adv.addRow("Smallest domain", self.min_points_spin)
-        self.subsample_spin = ispin(D["subsample"], 0, 100,
-                                    "Analyse 1 in N localisations. 'auto': all of them up to 300,000 (then the "
-                                    "smallest N below that). Subsampling is faster but finds fewer, smaller "
-                                    "domains.")
-        self.subsample_spin.setSpecialValueText("auto")
-        adv.addRow("Analyse 1 in", self.subsample_spin)
-        lay.addWidget(self.advanced)
-
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton("Run")
-        self.run_button.setToolTip("Find the domains and their rates (in the background).")
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setToolTip("Stop the analysis; nothing is added.")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        lay.addLayout(buttons)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 100)
-        lay.addWidget(self.progress_bar)
-        self.status_label = QLabel("Ready")
-        self.status_label.setWordWrap(True)
-        lay.addWidget(self.status_label)
-        self.summary_label = QLabel("")
-        self.summary_label.setWordWrap(True)
-        lay.addWidget(self.summary_label)
-        self.details = Collapsible("Details")
-        dl = QVBoxLayout(self.details.body)
-        dl.setContentsMargins(0, 0, 0, 0)
-        self.details_label = QLabel("")
-        self.details_label.setWordWrap(True)
-        self.details_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        dl.addWidget(self.details_label)
-        self.details.setVisible(False)
-        lay.addWidget(self.details)
-        self.table = QTableWidget(0, len(_TABLE_SHOWN))
-        self.table.setHorizontalHeaderLabels([TABLE_HEADERS[c] for c in _TABLE_SHOWN])
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.table.setMinimumHeight(160)
-        self.table.setToolTip("One row per interior domain; scroll sideways for every column. Export CSV writes "
-                              "all columns.")
-        lay.addWidget(self.table)
-        self.export_button = QPushButton("Export CSV...")
-        self.export_button.setToolTip("Write the per-domain table (every column) to a CSV file.")
-        self.export_button.setEnabled(False)
-        self.export_button.clicked.connect(self._export_dialog)
-        lay.addWidget(self.export_button)
-        lay.addStretch(1)
+        build_domains_form(self)  # the controls: domains_form.py
         self.source_combo.currentTextChanged.connect(self._on_source_changed)
         self.threshold_combo.currentIndexChanged.connect(self._on_threshold_changed)
         from ._qt_layout import fit_width
 
         fit_width(self)
+
 
     def _on_source_changed(self, *_args) -> None:
         """'Points layer unit' only for a Points source."""
@@ -546,7 +340,7 @@ class DomainsWidget(QWidget):
         self.details.setVisible(True)
         rows = min(res.n_domains, _MAX_ROWS)
         self.table.setRowCount(rows)
-        for j, col in enumerate(_TABLE_SHOWN):
+        for j, col in enumerate(TABLE_SHOWN):
             vals = res.table[col]
             for i in range(rows):
                 v = vals[i]
