@@ -181,15 +181,7 @@ def save_figure(path: str | Path, sample: dict, result: RateResult, scores: dict
 def main(argv: list[str] | None = None) -> int:
     """Run the demo from the command line (``python -m napari_mollifier.demo``).
 
-    Parameters
-    ----------
-    argv : list of str, optional
-        Command-line arguments (default: ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        The exit status, 0.
+    ``argv`` are the arguments (default: ``sys.argv[1:]``); returns the exit status, 0.
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--noise", type=float, default=0.01, help="Gaussian noise std added to the fractions")

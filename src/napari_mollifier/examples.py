@@ -178,15 +178,7 @@ def write_all(folder: str | Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Write the examples from the command line (``python -m napari_mollifier.examples DIR``).
 
-    Parameters
-    ----------
-    argv : list of str, optional
-        Command-line arguments (default: ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        The exit status, 0.
+    Arguments and exit status are as in :func:`napari_mollifier.demo.main`.
     """
     parser = argparse.ArgumentParser(prog="python -m napari_mollifier.examples",
                                      description="Write the documentation's example inputs to a folder.")

@@ -329,16 +329,8 @@ def correction_coefficients(kernel: str, radius: float, alpha: tuple[int, ...]) 
     """Solve for the coefficients ``c_beta`` of the moment correction (order of :func:`multi_indices`).
 
     They solve ``G c = t - a`` with ``G_gb = sum_x eta (x/R)^(g+b)`` (symmetric positive definite), ``t`` the
-    target moments and ``a_g = sum_x (x/R)^g A_alpha(x)`` the moments of the sampled analytic kernel.
-
-    Parameters
-    ----------
-    kernel : str
-        Kernel name (``"poly"``, ``"poly<k>"``, ``"sep"``, ``"sep<k>"`` or ``"bump"``).
-    radius : float
-        Support radius ``R``, pixels.
-    alpha : tuple of int
-        Derivative orders per axis, in array-axis order.
+    target moments and ``a_g = sum_x (x/R)^g A_alpha(x)`` the moments of the sampled analytic kernel. The
+    parameters ``kernel``, ``radius`` and ``alpha`` are as in :func:`analytic_kernel`.
 
     Returns
     -------
@@ -374,14 +366,7 @@ def _outer(factors: list) -> np.ndarray:
 def separable_factors(kernel: str, radius: float, alpha: tuple[int, ...]) -> list[np.ndarray]:
     """Return the 1-D moment-corrected kernels ``k_{alpha_i}`` whose outer product is the ``"sep"`` ``K_alpha``.
 
-    Parameters
-    ----------
-    kernel : str
-        Kernel name (``"poly"``, ``"poly<k>"``, ``"sep"``, ``"sep<k>"`` or ``"bump"``).
-    radius : float
-        Support radius ``R``, pixels.
-    alpha : tuple of int
-        Derivative orders per axis, in array-axis order.
+    The parameters ``kernel``, ``radius`` and ``alpha`` are as in :func:`analytic_kernel`.
 
     Returns
     -------
@@ -398,16 +383,8 @@ def corrected_kernel(kernel: str, radius: float, alpha: tuple[int, ...]) -> np.n
 
     ``K = A + eta * sum_beta c_beta (x/R)^beta`` with ``A`` the sampled analytic kernel and ``c`` from
     :func:`correction_coefficients`, so that ``sum_x x^beta K(x) = alpha! delta`` for ``|beta| <= |alpha| + 1``;
-    for the ``"sep"`` family the product of the 1-D corrected kernels (module docstring).
-
-    Parameters
-    ----------
-    kernel : str
-        Kernel name (``"poly"``, ``"poly<k>"``, ``"sep"``, ``"sep<k>"`` or ``"bump"``).
-    radius : float
-        Support radius ``R``, pixels.
-    alpha : tuple of int
-        Derivative orders per axis, in array-axis order.
+    for the ``"sep"`` family the product of the 1-D corrected kernels (module docstring). The parameters
+    ``kernel``, ``radius`` and ``alpha`` are as in :func:`analytic_kernel`.
 
     Returns
     -------

@@ -529,10 +529,8 @@ def alpha_kernels(plan, dtype: torch.dtype, device: torch.device | str) -> torch
     ----------
     plan
         The mollifier plan (radius, kernel, derivatives ``alphas``; :func:`napari_mollifier.mollifier._make_plan`).
-    dtype : torch.dtype
-        Dtype of the result.
-    device : torch.device or str
-        Device of the result.
+    dtype, device
+        Dtype and device of the result, as in :func:`napari_mollifier.kernels.derivative_kernel`.
 
     Returns
     -------

@@ -360,18 +360,8 @@ class Mollifier(torch.nn.Module):
     (2, 3, 32, 32)
     """
 
-    def __init__(
-        self,
-        radius: float,
-        pixel_size=1.0,
-        kernel: str = "poly",
-        boundary: str = "reflect",
-        which=None,
-        ndim: int = 2,
-        method: str = "auto",
-        *,
-        spacing=None,
-    ):
+    def __init__(self, radius: float, pixel_size=1.0, kernel: str = "poly", boundary: str = "reflect", which=None,
+                 ndim: int = 2, method: str = "auto", *, spacing=None):
         super().__init__()
         pixel_size = renamed_keyword("pixel_size", pixel_size, "spacing", spacing, default=1.0)
         spatial = (int(math.ceil(float(radius))),) * ndim  # placeholder shape: the real check is in forward

@@ -205,21 +205,28 @@ def _display(layer_data: list, names: list) -> dict:
     return out
 
 
+def _write_layers(writer, path: str, layer_data: list, description_keyword: str) -> list[str]:
+    """Write image layers with ``writer`` as one image, one channel per layer, in the layers' common dtype.
+
+    ``writer`` is :func:`napari_mollifier.io.write_ome_tiff` or :func:`napari_mollifier.io.write_ome_zarr`, and
+    ``description_keyword`` the name of its argument for the description (provenance, display) of
+    :func:`_collect`. Returns ``[path written]``, as npe2 expects.
+    """
+    channels, px, description = _collect(layer_data)
+    dtype = np.result_type(*[a.dtype for a in channels.values()])
+    written = writer(Path(path), channels, px, dtype=dtype, **{description_keyword: description})
+    return [str(written)]
+
+
 def write_ome_tiff_layers(path: str, layer_data: list) -> list[str]:
     """npe2 writer: image layers -> one OME-TIFF (one channel per layer) with provenance."""
     from napari_mollifier.io import write_ome_tiff
 
-    channels, px, description = _collect(layer_data)
-    dtype = np.result_type(*[a.dtype for a in channels.values()])
-    written = write_ome_tiff(Path(path), channels, px, description=description, dtype=dtype)
-    return [str(written)]
+    return _write_layers(write_ome_tiff, path, layer_data, "description")
 
 
 def write_ome_zarr_layers(path: str, layer_data: list) -> list[str]:
     """npe2 writer: image layers -> one OME-Zarr image (one channel per layer) with provenance."""
     from napari_mollifier.io import write_ome_zarr
 
-    channels, px, description = _collect(layer_data)
-    dtype = np.result_type(*[a.dtype for a in channels.values()])
-    written = write_ome_zarr(Path(path), channels, px, attrs=description, dtype=dtype)
-    return [str(written)]
+    return _write_layers(write_ome_zarr, path, layer_data, "attrs")

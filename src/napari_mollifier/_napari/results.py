@@ -583,7 +583,7 @@ class ResultsDisplay:
         Returns
         -------
         pathlib.Path
-            The file written.
+            The file written, its name ending in ``.ome.tif``.
 
         Raises
         ------

@@ -215,12 +215,8 @@ def roi_labels(
     ----------
     roi_layer : napari.layers.Shapes or napari.layers.Labels
         The ROI layer.
-    image_layer : napari.layers.Image
-        The image whose grid is used.
-    shape2d : tuple of int
-        The image's (Y, X) shape.
-    leading : sequence of int, optional
-        The image slice (leading indices).
+    image_layer, shape2d, leading
+        As in :func:`labels_to_roi_labels`.
 
     Returns
     -------

@@ -62,18 +62,7 @@ def capture(sink: list) -> Iterator[list]:
 
 
 def short(message: str) -> str:
-    """Return the first clause of a warning (before its explanation), for the status line.
-
-    Parameters
-    ----------
-    message : str
-        The full warning.
-
-    Returns
-    -------
-    str
-        At most 160 characters.
-    """
+    """Return the first clause of the warning ``message`` (before its explanation, <= 160 chars) for the status line."""
     head = message.split(": ", 1)[0] if ": " in message[:160] else message
     return head if len(head) <= 160 else head[:157] + "..."
 

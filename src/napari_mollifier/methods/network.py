@@ -614,18 +614,7 @@ base_options, data_on
         return data + w_pde * pde, data, pde, rate, resid, smoothed
 
     def to_np(self, x: torch.Tensor) -> np.ndarray:
-        """Convert a grid tensor to float64 numpy, NaN outside the mask.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            A grid ``(*S)``.
-
-        Returns
-        -------
-        numpy.ndarray
-            The copy.
-        """
+        """Return a float64 numpy copy of the grid tensor ``x`` ``(*S)``, NaN outside the mask."""
         a = x.detach().to("cpu", torch.float64).numpy().copy()
         a[~self.mask_np] = np.nan
         return a

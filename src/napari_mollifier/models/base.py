@@ -118,12 +118,10 @@ class Model:
 
         Parameters
         ----------
-        d : dict
-            ``d[name][key]``: mollified derivative ``key`` of derived field ``name``, in physical units.
+        d, params
+            As in :meth:`rate`.
         rate : torch.Tensor
             The rate field.
-        params : dict
-            Coefficients, as from :meth:`params`.
 
         Returns
         -------
@@ -137,10 +135,8 @@ class Model:
 
         Parameters
         ----------
-        d : dict
-            ``d[name][key]``: mollified derivative ``key`` of derived field ``name``, in physical units.
-        params : dict
-            Coefficients, as from :meth:`params`.
+        d, params
+            As in :meth:`rate`.
 
         Returns
         -------
