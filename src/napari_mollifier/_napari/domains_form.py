@@ -40,12 +40,10 @@ THRESHOLDS = (*THRESHOLD_METHODS, "value (/µm²)")
 
 
 def build_domains_form(widget: DomainsWidget) -> None:
-    """Lay out the dock's controls on ``widget``: source, diffusivity, segmentation settings, run, results.
+    """Create the controls of the domains dock ``widget`` as its attributes (``source_combo``, ``d_spin``, ``table``...).
 
-    Parameters
-    ----------
-    widget : DomainsWidget
-        The dock; the controls become its attributes (``source_combo``, ``d_spin``, ``table``...).
+    In order: the localisation source, the diffusivity, the collapsed segmentation settings, Run / Cancel, the
+    progress and summary, the per-domain table and its export button.
     """
     from napari_mollifier.domains import DEFAULTS as D
 
