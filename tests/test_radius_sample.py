@@ -117,3 +117,22 @@ def test_lepski_statistic_per_label_equals_one_label_at_a_time():
         assert together[i] == pytest.approx(alone[0]) and alone[0] == pytest.approx(expected)
         accepted, worst = direct.lepski_accepts(rate_k[sel], [(r[sel], s[sel]) for r, s in history])
         assert worst == pytest.approx(expected) and accepted == (expected <= direct.LEPSKI_KAPPA)
+
+
+def test_lepski_medians_count_infinite_changes_and_skip_missing_values():
+    """Per-label medians equal numpy's median of each label's values: NaN left out, +inf (a zero s.d. where the
+    maps differ) counted, so that exact data (zero noise) reject a radius that changes the map."""
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        n = int(rng.integers(1, 6))
+        owner = np.sort(np.concatenate([np.arange(n), rng.integers(0, n, int(rng.integers(0, 200)))]))
+        starts = np.searchsorted(owner, np.arange(n))
+        z = rng.standard_normal(owner.size) ** 2
+        z[rng.random(owner.size) < 0.2] = np.nan
+        z[rng.random(owner.size) < 0.1 * (trial % 4)] = np.inf
+        got = direct._label_medians(z, owner, starts)
+        for i in range(n):
+            values = z[owner == i][~np.isnan(z[owner == i])]
+            assert got[i] == (np.median(values) if values.size else 0.0)
+    exact = direct.lepski_changes(np.ones(50), [(np.zeros(50), np.zeros(50))])
+    assert exact[0] == np.inf  # every s.d. 0 and every pixel changed: rejected

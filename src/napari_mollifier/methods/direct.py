@@ -599,11 +599,14 @@ def lepski_changes(rate_k: np.ndarray, history: list, owner: np.ndarray | None =
 
 
 def _label_medians(z: np.ndarray, owner: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Per-label medians of ``z`` (NaN ignored; 0 for a label without finite values); ``owner`` sorted."""
+    """Per-label medians of ``z`` (NaN ignored, +inf counted; 0 for a label without values); ``owner`` sorted."""
     n = starts.size
-    keyed = np.lexsort((np.isnan(z), z, owner))  # by label, then value, NaN last
+    if n == 1:  # one label (the common case): a selection, not a sort
+        finite = z[~np.isnan(z)]
+        return np.array([float(np.median(finite)) if finite.size else 0.0])
+    keyed = np.lexsort((z, owner))  # by label, then value; numpy sorts NaN last within each label
     values = z[keyed]
-    count = np.add.reduceat(np.isfinite(values).astype(np.int64), starts) if values.size else np.zeros(n, int)
+    count = np.add.reduceat((~np.isnan(values)).astype(np.int64), starts) if values.size else np.zeros(n, int)
     last = max(values.size - 1, 0)
     lo = np.minimum(starts + np.maximum(count - 1, 0) // 2, last)
     hi = np.minimum(starts + count // 2, last)
