@@ -383,3 +383,19 @@ def test_where_limits_mask_mode_output_without_changing_it():
         assert np.isnan(part[key][~where]).all()
     with pytest.raises(MollifierInputError, match="needs a `mask`"):
         derivatives(f, 6, where=where)
+
+
+def test_mask_edge_windows_backward_saves_no_index():
+    """The mask-mode edge windows: same values and gradient as plain indexing, and autograd keeps the two index
+    vectors, not the (edges x window) int64 index (it was most of the mask-mode share of a network step's graph)."""
+    from napari_mollifier.masked import _gather_windows
+
+    flat = torch.randn(2, 400, dtype=torch.float64, requires_grad=True)
+    centre = torch.tensor([30, 31, 31, 200, 370])
+    offsets = torch.arange(-25, 26)
+    assert torch.equal(_gather_windows(flat, centre, offsets), flat[:, centre[:, None] + offsets[None]])
+    assert torch.autograd.gradcheck(lambda f: _gather_windows(f, centre, offsets), (flat,))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: (saved.append(t.numel()), t)[1], lambda t: t):
+        _gather_windows(flat, centre, offsets).sum().backward()
+    assert max(saved) <= offsets.numel()  # never centre.numel() * offsets.numel()

@@ -394,6 +394,35 @@ def _use_windows(n_edge: int, window: int, n_kernels: int, n_pixels: int) -> boo
     return n_edge * window * n_kernels <= 5.0 * n_kernels * n_pixels * math.log2(max(n_pixels, 2))
 
 
+class _GatherWindows(torch.autograd.Function):
+    """``flat[:, centre[:, None] + offsets[None]]`` whose backward keeps only ``centre`` and ``offsets``.
+
+    Plain indexing would save the ``(c, P)`` int64 index for the backward pass (8 bytes per window pixel: most of
+    the mask-mode share of a network step's autograd graph); it is rebuilt from the two vectors instead.
+    """
+
+    @staticmethod
+    def forward(ctx, flat, centre, offsets):  # noqa: D102 - autograd protocol
+        ctx.save_for_backward(centre, offsets)
+        ctx.n = flat.shape[1]
+        return flat[:, centre[:, None] + offsets[None]]
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102 - autograd protocol
+        centre, offsets = ctx.saved_tensors
+        index = (centre[:, None] + offsets[None]).reshape(-1)
+        out = grad.new_zeros((grad.shape[0], ctx.n))
+        out.index_add_(1, index, grad.reshape(grad.shape[0], -1))
+        return out, None, None
+
+
+def _gather_windows(flat: torch.Tensor, centre: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Return the windows ``flat[:, centre + offsets]`` ``(B, c, P)``; see :class:`_GatherWindows` for autograd."""
+    if flat.requires_grad and torch.is_grad_enabled():
+        return _GatherWindows.apply(flat, centre, offsets)
+    return flat[:, centre[:, None] + offsets[None]]
+
+
 def _edge_values(src: torch.Tensor, basis: torch.Tensor, pos: torch.Tensor, shape: tuple, half: int,
                  method: str) -> torch.Tensor:
     """Compute ``sum_x src(p + x) basis_j(x)`` at flat positions ``pos``: ``(B, E, n_basis)``.
@@ -409,7 +438,7 @@ def _edge_values(src: torch.Tensor, basis: torch.Tensor, pos: torch.Tensor, shap
         centre = _padded_index(pos, shape, half)
         parts = []
         for sl in _chunks(pos.numel(), basis.shape[0]):
-            windows = flat[:, centre[sl, None] + offsets[None]]  # (B, c, P)
+            windows = _gather_windows(flat, centre[sl], offsets)  # (B, c, P)
             parts.append(windows @ basis)
         return torch.cat(parts, dim=1) if parts else flat.new_zeros((flat.shape[0], 0, basis.shape[1]))
     kernels = basis.T.reshape((basis.shape[1],) + (2 * half + 1,) * ndim)
