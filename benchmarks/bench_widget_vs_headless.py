@@ -85,34 +85,48 @@ def _run_widget(widget, viewer, app, timeout: float) -> tuple[str, float, float]
     old = viewer.layers[rate_name].data if rate_name in viewer.layers else None
     shown: list[float] = []
 
-    def poll():  # every 5 ms of the viewer's event loop: is this run's rate map in and shown?
+    def check(*_args):  # on the viewer's events: is this run's rate map in and shown? (no polling timer, whose
+        # wake-ups every few ms would take the interpreter lock from the solver thread and slow the run it times)
         if shown or rate_name not in viewer.layers:
             return
         layer = viewer.layers[rate_name]
         if layer.visible and layer.data is not old:
             shown.append(time.perf_counter())
 
+    watched = []
+
+    def watch(layer):
+        for emitter in (layer.events.data, layer.events.visible):
+            emitter.connect(check)
+            watched.append(emitter)
+
+    def on_inserted(event):
+        if event.value.name == rate_name:
+            watch(event.value)
+        check()
+
     def done(result):
-        poll()
+        check()
         status.append(result)
         loop.quit()
 
     widget.run_done.connect(done)
-    ticker = QTimer()
-    ticker.setInterval(5)
-    ticker.timeout.connect(poll)
+    viewer.layers.events.inserted.connect(on_inserted)
+    if rate_name in viewer.layers:
+        watch(viewer.layers[rate_name])
     guard = QTimer()
     guard.setSingleShot(True)
     guard.timeout.connect(loop.quit)
     guard.start(int(timeout * 1000))
     t0 = time.perf_counter()
-    ticker.start()
     widget.run()
     if widget.worker is not None:
         loop.exec()
     ready = time.perf_counter() - t0
-    ticker.stop()
     widget.run_done.disconnect(done)
+    viewer.layers.events.inserted.disconnect(on_inserted)
+    for emitter in watched:
+        emitter.disconnect(check)
     return (status[0] if status else "timeout"), ((shown[0] - t0) if shown else float("nan")), ready
 
 

@@ -426,3 +426,21 @@ def test_errors_notify_and_add_nothing(sample_viewer, qtbot):
     assert errors and "radius" in errors[-1] and "smaller" in errors[-1], errors
     _assert_unchanged(viewer, before)
     assert widget.run_button.isEnabled() and not widget.is_running
+
+
+def test_many_roi_vertices_map_as_one_per_point_call():
+    """An ellipse outline (128 vertices) maps to the image grid through one affine read off a few probes: the
+    same coordinates as one napari transform call per vertex, on rotated, sheared, scaled, translated layers."""
+    from napari.layers import Image, Shapes
+
+    from napari_mollifier._napari.rois import _to_data, _to_world
+
+    image = Image(np.zeros((3, 40, 50)), scale=(1.0, 0.5, 0.25), translate=(0.0, 3.0, -2.0))
+    shapes = Shapes(scale=(0.3, 0.7), translate=(1.5, -0.5), rotate=17.0, shear=[0.2])
+    t = np.linspace(0, 2 * np.pi, 128, endpoint=False)[:, None]
+    outline = np.array([20.0, 30.0]) + np.cos(t) * [6.0, 1.0] + np.sin(t) * [-2.0, 9.0]
+    world = _to_world(shapes, outline)
+    per_point = np.array([shapes.data_to_world(p) for p in outline], dtype=float)
+    np.testing.assert_allclose(world, per_point, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(_to_data(image, world), np.array([image.world_to_data(p) for p in world]),
+                               rtol=0, atol=1e-9)

@@ -159,8 +159,17 @@ class ResultsPanel:
         self.save_button.setEnabled(bool(rows))
 
     def _draw_histogram(self, results: list) -> None:
+        """Draw the rate histogram of each ROI (0.5-99.5 % range), replacing the previous run's.
+
+        The previous bars and legend are removed rather than the axes cleared (``Axes.clear`` rebuilds the ticks
+        and spines: ~20 ms of the viewer's thread per run, issue 15).
+        """
         ax = self.axes
-        ax.clear()
+        for artist in [*ax.patches, *ax.lines, *ax.collections]:
+            artist.remove()
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+        ax.set_prop_cycle(None)  # the first ROI gets the first colour again
         by_label: dict[int, list] = {}
         for res in results:
             labels = res.labels if res.labels is not None else np.isfinite(res.rate).astype(int)
@@ -178,7 +187,10 @@ class ResultsPanel:
                 lo, hi = lo - 0.5, hi + 0.5
             bins = np.linspace(lo, hi, 41)  # the 0.5-99.5 % range: a few outliers do not squash the plot
             for lab, values in sorted(pooled.items()):
-                ax.hist(values, bins=bins, histtype="stepfilled", alpha=0.55, label=f"ROI {lab}")
+                counts, _ = np.histogram(values, bins=bins)
+                ax.stairs(counts, bins, fill=True, alpha=0.55, label=f"ROI {lab}")
+            ax.relim()
+            ax.autoscale_view()
             if 1 < len(pooled) <= 10:
                 legend = ax.legend(fontsize=7, frameon=False)
                 for t in legend.get_texts():

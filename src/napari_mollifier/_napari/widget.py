@@ -75,6 +75,9 @@ log = logging.getLogger(__name__)
 
 #: Shortest time between two progress displays (bar, status line, task list): each one repaints the window.
 _PROGRESS_EVERY_S = 0.25
+#: No progress display before a run has gone on this long: a repaint of a napari window under software OpenGL
+#: costs the solver's CPU ~20-40 ms, and a sub-second run shows its result sooner than its progress (issue 15).
+_PROGRESS_AFTER_S = 0.8
 
 
 # --------------------------------------------------------------------------- the widget
@@ -260,8 +263,8 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, LayerChoices, 
         now = time.perf_counter()
         elapsed = now - self._started
         left = self._eta.update(elapsed, frac)
-        if now - self._shown_at < _PROGRESS_EVERY_S:
-            return  # each update repaints the window: a few a second are enough (issue 15)
+        if elapsed < _PROGRESS_AFTER_S or now - self._shown_at < _PROGRESS_EVERY_S:
+            return  # each update repaints the window: a few a second are enough, none in a short run (issue 15)
         self._shown_at = now
         _set_progress(self.progress_bar, int(round(1000 * frac)))
         parts = [str(info.get("stage", "running"))]
