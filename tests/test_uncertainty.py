@@ -241,3 +241,25 @@ def test_correlated_noise_kernel_smoothing_is_separable_and_exact():
     assert _separable_factors(cross) is None
     full = F.conv2d(kernels[:, None], cross[None, None], padding=2)[:, 0]
     np.testing.assert_allclose(_correlate_same(kernels, cross).numpy(), full.numpy(), atol=1e-12)
+
+
+def test_noise_responses_use_only_windows_inside_the_image_and_mask():
+    """The second-difference responses equal the definition: ``D_s`` along every axis on the pixels whose whole
+    ``(2 s + 1)^d`` window is inside the image and the mask (a box erosion of the mask)."""
+    from scipy import ndimage
+
+    from napari_mollifier.noise import _responses
+
+    rng = np.random.default_rng(3)
+    image = rng.standard_normal((30, 41)).cumsum(axis=1)
+    mask = rng.random(image.shape) > 0.15
+    for step in (1, 2, 3):
+        kernel = np.zeros(2 * step + 1)
+        kernel[[0, step, 2 * step]] = [1.0, -2.0, 1.0]
+        full = ndimage.correlate1d(ndimage.correlate1d(image, kernel, axis=0), kernel, axis=1)
+        inside = ndimage.binary_erosion(mask, np.ones((2 * step + 1,) * 2, bool))
+        inside[:step] = inside[-step:] = False
+        inside[:, :step] = inside[:, -step:] = False
+        np.testing.assert_allclose(_responses(image, mask, step), full[inside], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(_responses(image, None, step), full[step:-step, step:-step].ravel(),
+                                   rtol=1e-12, atol=1e-12)

@@ -171,18 +171,36 @@ class NoiseModel:
                 "cross_correlation": dict(self.cross), "source": self.source}
 
 
-def _responses(image: np.ndarray, mask: np.ndarray | None, step: int) -> np.ndarray:
-    """Second-difference responses of step ``step`` along every axis, where the window is inside ``mask``."""
-    kernel = np.zeros(2 * step + 1)
-    kernel[[0, step, 2 * step]] = [1.0, -2.0, 1.0]
+def _mask_depth(mask: np.ndarray | None) -> np.ndarray | None:
+    """Chessboard distance of each mask pixel to the nearest pixel outside it (None: no mask, or all inside).
+
+    A ``(2 s + 1)^d`` window centred on a pixel lies inside the mask exactly where this depth exceeds ``s``.
+    """
+    if mask is None or np.all(mask):
+        return None
+    return ndimage.distance_transform_cdt(np.asarray(mask, dtype=bool), metric="chessboard")
+
+
+def _responses(image: np.ndarray, mask: np.ndarray | None, step: int, depth: np.ndarray | None = None) -> np.ndarray:
+    """Second-difference responses of step ``step`` along every axis, where the window is inside ``mask``.
+
+    Only windows inside the image are used, so each axis's filter is a difference of shifted slices (no padding);
+    ``depth`` (:func:`_mask_depth` of ``mask``, computed here when not given) says which windows are in the mask.
+    """
     response = np.asarray(image, dtype=np.float64)
+    s = step
     for axis in range(response.ndim):
-        response = ndimage.correlate1d(response, kernel, axis=axis, mode="nearest")
-    valid = np.zeros(response.shape, bool)
-    valid[tuple(slice(step, -step) for _ in range(response.ndim))] = True
-    if mask is not None and not np.all(mask):
-        valid &= ndimage.binary_erosion(np.asarray(mask, bool), np.ones((2 * step + 1,) * response.ndim, bool))
-    valid &= np.isfinite(response)
+        n = response.shape[axis]
+
+        def part(a, r=response, axis=axis, n=n):
+            return r[(slice(None),) * axis + (slice(a, n - 2 * s + a),)]
+
+        response = part(0) - 2.0 * part(s) + part(2 * s)
+    valid = np.isfinite(response)
+    if depth is None and mask is not None:
+        depth = _mask_depth(mask)
+    if depth is not None:
+        valid &= depth[tuple(slice(s, n - s) for n in depth.shape)] > s
     return response[valid]
 
 
@@ -289,7 +307,8 @@ def estimate_noise_model(fields: dict, mask: np.ndarray | None = None, *, correl
     """
     names = list(fields)
     ndim = np.ndim(next(iter(fields.values())))
-    r1 = {k: _responses(v, mask, 1) for k, v in fields.items()}
+    depth = _mask_depth(mask)  # once for every field and step
+    r1 = {k: _responses(v, mask, 1, depth) for k, v in fields.items()}
     for k, r in r1.items():
         if r.size < _MIN_RESPONSES:
             raise MollifierInputError(
@@ -305,7 +324,7 @@ def estimate_noise_model(fields: dict, mask: np.ndarray | None = None, *, correl
                 "or piecewise linear); pass noise=<std of the noise> (a number, or a dict per field; --noise in the "
                 "CLI), e.g. noise=0 for exact simulated fields"
             )
-    steps = [[v1[k]] + [_robust_var(_responses(fields[k], mask, s)) for s in (2, 3)] for k in names]
+    steps = [[v1[k]] + [_robust_var(_responses(fields[k], mask, s, depth)) for s in (2, 3)] for k in names]
     usable = correlated and all(np.all(np.asarray(v) > 0) for v in steps)
     if any(v1[k] <= 0 for k in names):  # noise-free in most pixels (an exact simulation)
         return NoiseModel(sigma={k: float(np.sqrt(v1[k] / 6.0**ndim)) for k in names}, source="estimated")
