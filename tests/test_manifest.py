@@ -33,6 +33,7 @@ def test_installed_manifest_validates():
     assert pm.contributions == top.contributions
     pm.validate_imports()
 
+@pytest.mark.slow  # in CI's full run; out of the development run (under 5 min, CONTRIBUTING)
 
 def test_npe2_validate_cli():
     proc = subprocess.run(

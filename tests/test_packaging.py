@@ -22,6 +22,7 @@ def test_package_manifest_is_the_top_level_file():
     assert PKG_MANIFEST.read_bytes() == TOP_MANIFEST.read_bytes()
 
 
+@pytest.mark.slow  # in CI's full run; out of the development run (under 5 min, CONTRIBUTING)
 @pytest.mark.skipif(
     importlib.util.find_spec("pip") is None, reason="pip (wheel build tool) is not installed"
 )

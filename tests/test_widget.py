@@ -250,6 +250,7 @@ def test_labels_roi_with_other_scale_gives_two_rows(sample_viewer, qtbot):
     areas = [float(widget.table.item(r, 1).text()) for r in range(2)]
     np.testing.assert_allclose(areas, [900 * px * px] * 2, rtol=1e-3)
 
+@pytest.mark.slow  # in CI's full run; out of the development run (under 5 min, CONTRIBUTING)
 
 def test_whole_image_run_uses_the_detected_nucleus(sample_viewer, qtbot):
     """Issue 15: "(whole image)" on the sample (a nucleus with surroundings) solves inside the nucleus the CLI
