@@ -29,6 +29,7 @@ from napari_mollifier.domains.pipeline import THRESHOLD_METHODS
 
 from ._qt_layout import Collapsible, scrolling_body
 from .domains_report import TABLE_HEADERS, TABLE_SHOWN
+from .rate_maps_form import compact_combo
 
 if TYPE_CHECKING:  # pragma: no cover
     from .domains_widget import DomainsWidget
@@ -50,8 +51,7 @@ def build_domains_form(widget: DomainsWidget) -> None:
     lay = scrolling_body(widget)
     form = QFormLayout()
     widget.source_combo = QComboBox()
-    widget.source_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-    widget.source_combo.setMinimumContentsLength(18)
+    compact_combo(widget.source_combo)
     widget.source_combo.setToolTip("Where the localisations come from: a table file (x, y in nm), a Points layer, "
                                  "or a density image opened from a table by the plugin's reader.")
     form.addRow("Localisations", widget.source_combo)
