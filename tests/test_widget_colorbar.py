@@ -93,3 +93,24 @@ def test_saved_and_reopened_maps_keep_their_titled_colorbar(run_viewer, qtbot, t
     qtbot.wait(50)
     assert layer.metadata["colorbar_label"] == LABELS[name]
     assert layer.colorbar.visible and _label(layer) == LABELS[name]
+
+
+def test_dock_renders_the_colour_bar_glyphs_before_any_run(make_napari_viewer, _plugin_registered, qtbot):  # noqa: F811
+    """Opening the dock fills the canvas font atlas with the tick and title glyphs in idle turns, so that the first
+    run's colour bars do not render them (~10-40 ms each) in the turns that show the result."""
+    import warnings
+
+    from napari_mollifier._napari.layer_style import quantity_label
+
+    viewer = make_napari_viewer(show=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        info = viewer.window._qt_viewer.canvas.font_info()
+        font = info.font_manager.get_font(info.face)
+        glyphs = font._glyphs
+    wanted = set("0123456789.-" + "".join(quantity_label(k, {"model": "chromatin"}, "µm")
+                                          for k in ("rate", "uncertainty", "residual"))) - {" "}
+    assert not wanted <= set(glyphs)  # a fresh canvas has not rendered them
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Rate maps")
+    qtbot.waitUntil(lambda: wanted <= set(glyphs), timeout=30_000)
+    assert not any(layer.colorbar.visible for layer in viewer.layers)  # no colour bar was drawn to get them

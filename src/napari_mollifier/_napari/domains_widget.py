@@ -92,6 +92,9 @@ class DomainsWidget(QWidget):
         self.refresh_sources()
         self.viewer.layers.events.inserted.connect(lambda e=None: self.refresh_sources())
         self.viewer.layers.events.removed.connect(lambda e=None: self.refresh_sources())
+        from .layer_style import warm_colorbar_glyphs
+
+        warm_colorbar_glyphs(self.viewer)  # the maps' colour-bar text, in idle turns
 
     # ------------------------------------------------------------------ layout
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override

@@ -216,6 +216,20 @@ def start_warm_up() -> None:
 
         _warm_thread = threading.Thread(target=target, name="napari-mollifier-warm-up", daemon=True)
         _warm_thread.start()
+        import atexit
+
+        atexit.register(_stop_warm_up_at_exit)
+
+
+def _stop_warm_up_at_exit(timeout: float = 30.0) -> None:
+    """Stop the warm-up solve and wait for the thread before the interpreter shuts down.
+
+    A daemon thread still inside torch when the process exits (napari closed within seconds of opening the dock)
+    aborted the process ("terminate called without an active exception", exit status 134).
+    """
+    _RUN_STARTED.set()  # the solve's cancel check: it stops within one solver step
+    if _warm_thread is not None and _warm_thread.is_alive():
+        _warm_thread.join(timeout)
 
 
 def _stop_warm_solve(cancel: threading.Event) -> None:

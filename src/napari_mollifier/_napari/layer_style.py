@@ -19,7 +19,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari import Viewer
     from napari.layers import Image
 
-__all__ = ["LABEL_KEY", "quantity_label", "rate_unit", "restyle_on_insert", "show_colorbar", "style_output"]
+__all__ = ["LABEL_KEY", "quantity_label", "rate_unit", "restyle_on_insert", "show_colorbar", "style_output",
+           "warm_colorbar_glyphs"]
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ _LabelOverlay = None
 CORNER = {"rate": "top_right", "residual": "bottom_right", "uncertainty": "bottom_left"}
 
 
-def show_colorbar(layer: Image, label: str, corner: str = "top_right") -> None:
+def show_colorbar(layer: Image, label: str, corner: str = "top_right", title: bool = True) -> None:
     """Show ``layer``'s colour bar at ``corner``, titled ``label``.
 
     The title is set again on every run: the label follows the result.
@@ -139,6 +140,10 @@ def show_colorbar(layer: Image, label: str, corner: str = "top_right") -> None:
         The title, kept in ``layer.metadata["colorbar_label"]``.
     corner : str
         A napari canvas position (``"top_right"``...).
+    title : bool
+        False: the bar only, its on-canvas title left for a later call (napari builds and first draws each
+        overlay's visuals in the event-loop turn that shows it: the widget shows the bar and its title in two
+        turns, so that neither stalls the viewer as long as both together).
     """
     layer.metadata = {**layer.metadata, LABEL_KEY: label}
     colorbar = getattr(layer, "colorbar", None)
@@ -147,6 +152,8 @@ def show_colorbar(layer: Image, label: str, corner: str = "top_right") -> None:
     colorbar.position = corner
     colorbar.visible = True
     colorbar.box = True  # readable over the image
+    if not title:
+        return
     import warnings
 
     try:
@@ -163,7 +170,7 @@ def show_colorbar(layer: Image, label: str, corner: str = "top_right") -> None:
         log.debug("napari-mollifier: colour-bar label overlay unavailable", exc_info=True)
 
 
-def style_output(layer: Image, kind: str, provenance: dict, unit: str) -> None:
+def style_output(layer: Image, kind: str, provenance: dict, unit: str, title: bool = True) -> None:
     """Show the colour bar of a rate, uncertainty or residual output layer (other kinds unchanged).
 
     Parameters
@@ -176,9 +183,76 @@ def style_output(layer: Image, kind: str, provenance: dict, unit: str) -> None:
         The result's provenance.
     unit : str
         The image's length unit.
+    title : bool
+        As in :func:`show_colorbar`.
     """
     if kind in ("rate", "uncertainty", "residual"):
-        show_colorbar(layer, quantity_label(kind, provenance, unit), CORNER[kind])
+        show_colorbar(layer, quantity_label(kind, provenance, unit), CORNER[kind], title=title)
+
+
+#: Glyphs every colour bar draws: the tick labels (``"%g"`` of the limits) and the titles of the output layers.
+_TICK_GLYPHS = "0123456789.-+e"
+_GLYPHS_PER_TURN = 2  # ~10-15 ms each under a software renderer: two per event-loop turn stay unnoticed
+
+
+def _title_glyphs() -> str:
+    titles = [quantity_label(kind, {"model": model}, unit) for kind in ("rate", "uncertainty", "residual")
+              for model in ("chromatin", "chromatin-balance", "heat") for unit in ("µm", "px")]
+    titles += [RELATIVE_RATE, "uncertainty of the relative rate (λ / median)", *DOMAIN_LABELS.values()]
+    return "".join(sorted(set("".join(titles)) - set(" ")))
+
+
+def warm_colorbar_glyphs(viewer: Viewer) -> None:
+    """Render the colour bars' glyphs into the canvas font atlas now, a couple per event-loop turn.
+
+    napari draws canvas text from one signed-distance-field atlas per canvas, and renders a glyph into it (Qt
+    raster at 256 pt, then a CPU distance transform: ~10-15 ms per glyph here) the first time a text visual
+    draws it. The first colour bars of a run need ~35 glyphs (tick digits and titles): ~0.5 s in the turns
+    that show the first result layers (benchmarks/bench_widget_stall.py). Called when a dock opens, so that
+    this work is done in idle turns while the user is drawing an ROI. Uses napari's private canvas font info;
+    where that is missing nothing happens (the glyphs are then rendered on first use, as before).
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer whose canvas atlas is filled.
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # napari flags private access from a plugin (FutureWarning, 0.9)
+            warnings.simplefilter("ignore", FutureWarning)
+            info = viewer.window._qt_viewer.canvas.font_info()
+        font = info.font_manager.get_font(info.face)
+    except Exception:  # noqa: BLE001 - an optimisation only: another napari version renders on first use
+        log.debug("napari-mollifier: canvas font atlas unavailable", exc_info=True)
+        return
+    todo = list(_TICK_GLYPHS + _title_glyphs())  # a glyph already in the atlas is a dictionary look-up
+    from qtpy.QtCore import QTimer
+
+    def _next() -> None:
+        try:
+            for ch in todo[:_GLYPHS_PER_TURN]:
+                font[ch]
+            del todo[:_GLYPHS_PER_TURN]
+        except Exception:  # noqa: BLE001 - e.g. the canvas closed meanwhile
+            log.debug("napari-mollifier: glyph warm-up stopped", exc_info=True)
+            todo.clear()
+        if todo:
+            QTimer.singleShot(1, _next)
+        else:
+            _warming.discard(id(todo))
+
+    _warming.add(id(todo))
+    QTimer.singleShot(1, _next)
+
+
+_warming: set[int] = set()
+
+
+def glyphs_warming() -> bool:
+    """Return True while a :func:`warm_colorbar_glyphs` is still rendering glyphs (benchmarks wait for it)."""
+    return bool(_warming)
 
 
 def restyle_on_insert(viewer: Viewer) -> None:

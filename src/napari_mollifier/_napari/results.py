@@ -287,7 +287,7 @@ class ResultsDisplay(ResultsPanel, ResultsExport):
             self.viewer.layers.remove(layer)
 
     def _set_output(self, name, kind, data, job: _Job, provenance, field_name, limits=None, below=None):
-        """Create or update the output layer ``name``; its follow-up step (show a new layer) or None.
+        """Create or update the output layer ``name``; its follow-up step (show a new layer, then its colour bar).
 
         A new layer is inserted under the rate layer ``below`` when that is in the viewer (else on top).
         """
@@ -317,16 +317,27 @@ class ResultsDisplay(ResultsPanel, ResultsExport):
             kwargs = dict(job.geometry)
             new = Image(data, name=name, colormap=colormap, contrast_limits=limits, visible=False,
                         metadata=metadata, **kwargs)
-            style_output(new, kind, provenance, job.unit)  # colour bar with quantity and unit (issue 13)
             if index is None:
                 under = self._find_output(below, "rate") if below is not None else None
                 index = self.viewer.layers.index(under) if under is not None else len(self.viewer.layers)
             with _no_activation(self.viewer.layers):
                 self.viewer.layers.insert(index, new)
             self._added.append(new)
-            if visible:
-                return lambda: setattr(new, "visible", True)
-            return None
+
+            def show():
+                # the colour bar (quantity and unit, issue 13), then its title, each in a turn of its own: napari
+                # builds an overlay's visuals when it is switched on and compiles their shaders at the next draw
+                # (~0.1-0.3 s each under software OpenGL, benchmarks/bench_widget_stall.py)
+                if visible:
+                    new.visible = True
+
+                def bar():
+                    style_output(new, kind, provenance, job.unit, title=False)
+                    return lambda: style_output(new, kind, provenance, job.unit)
+
+                return bar
+
+            return show
         # update in place: same layer, new data and grid; setters only where something changed (each one
         # refreshes the layer, and a refresh is a repaint)
         geom = job.geometry

@@ -130,6 +130,9 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, LayerChoices, 
 
         fit_width(self)
         start_warm_up()
+        from .layer_style import warm_colorbar_glyphs
+
+        warm_colorbar_glyphs(self.viewer)  # the result layers' colour-bar text, in idle turns
 
     # ------------------------------------------------------------------ UI
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 - Qt override
