@@ -47,9 +47,25 @@ def _settle(app, seconds: float = 0.5) -> None:
         time.sleep(0.01)
 
 
+def _settle_docks(app, viewer, seconds: float = 10.0) -> None:
+    """Wait until no dock shows a horizontal scroll bar: Qt re-lays a dock out a few event-loop turns after its
+    minimum width grew (the scroll area keeps a stale bar until then; longer while the warm-up thread runs)."""
+    from qtpy.QtWidgets import QScrollArea
+
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        areas = viewer.window._qt_window.findChildren(QScrollArea)
+        if not any(a.horizontalScrollBar().isVisible() and a.objectName() == "mollifier_scroll" for a in areas):
+            return
+        _settle(app, 0.1)
+
+
 def _save(viewer, path: Path) -> None:
-    """The whole window (canvas, layer list, docks)."""
+    """The whole window (canvas, layer list, docks), once the docks are laid out."""
+    from qtpy.QtWidgets import QApplication
     from skimage.io import imsave
+
+    _settle_docks(QApplication.instance(), viewer)
 
     shot = viewer.screenshot(canvas_only=False, flash=False)
     imsave(str(path), np.asarray(shot), check_contrast=False)

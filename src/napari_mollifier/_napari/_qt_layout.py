@@ -51,6 +51,7 @@ def scrolling_body(widget: QWidget) -> QVBoxLayout:
     outer = QVBoxLayout(widget)
     outer.setContentsMargins(0, 0, 0, 0)
     scroll = QScrollArea(widget)
+    scroll.setObjectName("mollifier_scroll")  # found by docs/make_screenshots.py
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)  # never cut a control off
