@@ -117,3 +117,28 @@ def test_whole_image_run_without_background_solves_every_pixel():
     assert "no single nucleus detected" in note and "whole image is solved" in note
     roi, info, note = whole_image_roi({"phi_h": np.full((32, 32), 0.3), "phi_e": np.full((32, 32), 0.2)})
     assert roi is None and "constant" in note
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities are set on Linux only")
+def test_solver_thread_priority_does_not_climb_when_the_thread_is_reused(monkeypatch):
+    """napari's thread pool reuses its threads: every run lowered the same thread's priority by another step, and a
+    reused thread reached nice 19 after four runs (the solver then starved whenever the viewer drew)."""
+    import os
+    import threading
+
+    from napari_mollifier._napari.job import _background_priority
+
+    monkeypatch.setenv("NAPARI_MOLLIFIER_NICE", "5")
+    main = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    seen = []
+
+    def runs():  # one pool thread, five runs
+        for _ in range(5):
+            _background_priority()
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    thread = threading.Thread(target=runs)
+    thread.start()
+    thread.join()
+    assert seen == [min(19, main + 5)] * 5
+    assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == main  # the viewer's thread is left alone

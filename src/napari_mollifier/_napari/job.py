@@ -357,8 +357,12 @@ def _run_job(job: _Job):
 def _background_priority() -> None:
     """Lower the calling (solver) thread's CPU priority a little, so that the viewer's thread wins the CPU.
 
-    Linux applies ``setpriority`` to one thread (and to the threads it starts: torch's pool, when it is created
-    here); elsewhere this does nothing. Set ``NAPARI_MOLLIFIER_NICE=0`` to keep the normal priority.
+    The thread's nice value is set to the viewer's (the main thread's) plus ``NAPARI_MOLLIFIER_NICE`` (default 5),
+    not raised by that step: napari runs workers on a thread pool that reuses its threads, and a relative step
+    took a reused thread to nice 19 after four runs (the solver then got a small share of a core whenever the
+    viewer drew, issue 15). Linux applies ``setpriority`` to one thread (and to the threads it starts: torch's
+    pool, when it is created here); elsewhere this does nothing. Set ``NAPARI_MOLLIFIER_NICE=0`` to keep the
+    normal priority.
     """
     import os
 
@@ -370,7 +374,10 @@ def _background_priority() -> None:
         return
     try:
         tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
+        viewer = os.getpriority(os.PRIO_PROCESS, os.getpid())  # Linux: the process id is the main thread's id
+        target = min(19, viewer + step)
+        if os.getpriority(os.PRIO_PROCESS, tid) != target:
+            os.setpriority(os.PRIO_PROCESS, tid, target)
     except (AttributeError, OSError):  # pragma: no cover - not permitted: keep the priority
         pass
 
