@@ -229,12 +229,12 @@ class DomainsWidget(QWidget):
         self.summary_label.setText("(running: the table and summary will show the new result)")
         self.details.setVisible(False)
         self.export_button.setEnabled(False)
-        from .runner import CloseWatcher, start_worker  # the worker lifecycle shared with the Rate maps widget
+        from .runner import CloseWatcher, start_worker, task_list_enabled  # shared with the Rate maps widget
 
         if self._close_watcher is None:  # closing the widget or the viewer stops the run; nothing is added then
             self._close_watcher = CloseWatcher(self, self._cancel_on_close)
         self._close_watcher.watch()
-        self.worker = start_worker(_work, x, y, params, self._cancel, desc="Heterochromatin domains",
+        self.worker = start_worker(_work, x, y, params, self._cancel, desc="Heterochromatin domains" if task_list_enabled() else None,
                                    yielded=self._on_progress, returned=self._on_returned,
                                    errored=self._on_errored, aborted=self._on_aborted)
 

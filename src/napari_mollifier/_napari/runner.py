@@ -3,7 +3,8 @@
 :func:`start_worker` creates the worker (in napari's task list when given a ``desc``), connects its signals and
 starts it; the Rate maps and Heterochromatin domains widgets both start their runs through it.
 :func:`attach_task_bar` puts a running worker in the task list later (the Rate maps widget: only a run still going
-after :data:`TASK_LIST_DELAY_S`), :func:`advance_task_bar` moves the task list's bar. :class:`CloseWatcher` tells
+after :data:`TASK_LIST_DELAY_S`, and only where :func:`task_list_enabled`), :func:`advance_task_bar` moves the
+task list's bar. :class:`CloseWatcher` tells
 both widgets that they or the viewer's window were closed (the run stops and publishes nothing).
 :class:`RunLifecycle` is the Rate maps widget's run handling: one run at a time, Cancel (a flag the solver reads
 within one step), close handling, and "ready again" once the worker has finished, the solver thread has stopped
@@ -27,13 +28,32 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:  # pragma: no cover
     from napari.qt.threading import GeneratorWorker
 
-__all__ = ["start_worker", "attach_task_bar", "advance_task_bar", "CloseWatcher", "RunLifecycle", "TASK_LIST_DELAY_S"]
+__all__ = ["start_worker", "attach_task_bar", "advance_task_bar", "CloseWatcher", "RunLifecycle", "TASK_LIST_DELAY_S",
+           "task_list_enabled"]
 
-#: Seconds a Rate maps run goes before it is put in napari's task list (issue 15). While the list holds a task,
-#: napari animates its activity indicator, and every frame repaints the whole window (some 20 a second; with
-#: software OpenGL, as under Xvfb, ~15 ms of CPU each on every core): a run of the default size, over in well
-#: under this delay, keeps the viewer idle and its solver at headless speed.
+#: Seconds a Rate maps run goes before it is put in napari's task list, where that is switched on
+#: (:func:`task_list_enabled`). While the list holds a task, napari animates its activity indicator, and every
+#: frame repaints the whole window (some 20 a second; with software OpenGL, as under Xvfb, ~15 ms of CPU each on
+#: every core): a run of the default size, over in well under this delay, keeps the viewer idle.
 TASK_LIST_DELAY_S = 1.5
+
+
+def task_list_enabled() -> bool:
+    """Return whether runs are listed in napari's task list (activity panel): off unless ``NAPARI_MOLLIFIER_TASK_LIST=1``.
+
+    The widgets show their own progress bar, time left and Cancel. napari's list animates an activity indicator
+    while it holds a task, which repaints the whole window ~20 times a second: measured on a 2-core machine with
+    software OpenGL, a 20 s solve (the domains hand-off) took 44-50 s in the window with the run listed and 24 s
+    without it (issue 15; 19-21 s headless).
+
+    Returns
+    -------
+    bool
+        True when the environment variable is ``1``.
+    """
+    import os
+
+    return os.environ.get("NAPARI_MOLLIFIER_TASK_LIST", "0").strip() == "1"
 
 
 def start_worker(

@@ -2,8 +2,8 @@
 
 The widget adds no science: it gathers inputs from layers (pixel data, pixel size from the layer's scale, ROI
 rasterised through world coordinates), calls ``infer_rates`` once per image slice in a napari ``thread_worker``
-(a generator worker that yields progress; a run still going after ``runner.TASK_LIST_DELAY_S`` shows in napari's
-task list), and turns the returned :class:`~napari_mollifier.result.RateResult` objects into layers, a per-ROI
+(a generator worker that yields progress, shown in the widget's own progress bar; napari's task list only with
+``NAPARI_MOLLIFIER_TASK_LIST=1``, ``runner.task_list_enabled``), and turns the returned :class:`~napari_mollifier.result.RateResult` objects into layers, a per-ROI
 table and a histogram.
 
 Threading contract: the solver runs in a worker thread on snapshot copies of the input arrays; layers are created
@@ -63,7 +63,7 @@ from .job import (  # noqa: F401  (the job of a run, Qt-free; re-exported for sc
 from .layer_choices import INPUT_HINTS, LayerChoices, roi_candidate  # noqa: F401  (re-exported)
 from .rate_maps_form import METHODS, UNCERTAINTY_CHOICES, available_devices, build_form, compact_combo  # noqa: F401
 from .results import _META_KEY, OUTPUT_STYLE, ResultsDisplay, output_name, robust_limits  # noqa: F401  (re-exported)
-from .runner import TASK_LIST_DELAY_S, RunLifecycle, advance_task_bar, start_worker
+from .runner import TASK_LIST_DELAY_S, RunLifecycle, advance_task_bar, start_worker, task_list_enabled
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -246,15 +246,16 @@ class MollifierWidget(ResultsDisplay, RunLifecycle, JobCollector, LayerChoices, 
         self.status_label.setText(f"Running {job.kwargs['method']} on {n} slice{'s' if n > 1 else ''}...")
         self._shown_at = -math.inf
         self._task_bar = None
-        # not in napari's task list yet: a short run never is (its activity indicator would repaint the window
-        # ~20 times a second, issue 15); a run still going after TASK_LIST_DELAY_S is put there
+        # not in napari's task list (its activity indicator repaints the window ~20 times a second, issue 15):
+        # only where switched on (runner.task_list_enabled), and then a run still going after TASK_LIST_DELAY_S
         self.worker = start_worker(
             _run_job, job, desc=None, start=False, yielded=self._on_progress,
             returned=self._on_returned, errored=self._on_errored, aborted=self._on_aborted, finished=self._on_finished,
         )
         self.worker.start()
-        QTimer.singleShot(int(TASK_LIST_DELAY_S * 1000), lambda w=self.worker, d=f"Rate maps [{job.source_name}]":
-                          self._show_in_task_list(w, d))
+        if task_list_enabled():
+            QTimer.singleShot(int(TASK_LIST_DELAY_S * 1000), lambda w=self.worker, d=f"Rate maps [{job.source_name}]":
+                              self._show_in_task_list(w, d))
 
     # ------------------------------------------------------------------ worker signals (main thread)
     def _on_progress(self, item) -> None:
