@@ -187,13 +187,6 @@ class ResultsDisplay(ResultsPanel, ResultsExport):
 
             existing = next((ly for ly in self.viewer.layers if ly.name == DETECTED_NUCLEUS), None)
             (batch if existing is not None and existing.ndim == nucleus.ndim else steps).append(nucleus_step)
-        if batch:
-            def in_place(todo=tuple(batch)):
-                for one in todo:
-                    one()
-
-            rate_new = bool(outputs) and is_new(next(o for o in outputs if o.kind == "rate"))
-            steps.insert(1 if rate_new else 0, in_place)  # right after the rate (a new rate layer: its own turn)
 
         def select_rate():
             rate_layer = self._find_output(rate_name, "rate")
@@ -230,12 +223,19 @@ class ResultsDisplay(ResultsPanel, ResultsExport):
             select_rate()
             finish()
 
-        if batch and len(steps) == 1:  # every layer updated in place: the table and status in the same turn, so
-            # the run is over after one repaint instead of two (~50 ms under software OpenGL; the turn stays
-            # well under the 100 ms stall of benchmarks/bench_widget_stall.py)
-            only = steps[0]
-            steps[0] = lambda: (only(), select_and_finish())[-1]
-        else:
+        # every layer updated in place: the table and status in the same turn, so the run is over after one repaint
+        # instead of two (~50 ms under software OpenGL; the turn stays short, benchmarks/bench_widget_stall.py)
+        all_in_place = bool(batch) and not steps
+        if all_in_place:
+            batch.append(select_and_finish)
+        if batch:
+            def in_place(todo=tuple(batch)):
+                for one in todo:
+                    one()
+
+            rate_new = bool(outputs) and is_new(next(o for o in outputs if o.kind == "rate"))
+            steps.insert(1 if rate_new else 0, in_place)  # right after the rate (a new rate layer: its own turn)
+        if not all_in_place:
             steps.append(select_and_finish)
         return steps
 
