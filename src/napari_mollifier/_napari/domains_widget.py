@@ -234,7 +234,8 @@ class DomainsWidget(QWidget):
         if self._close_watcher is None:  # closing the widget or the viewer stops the run; nothing is added then
             self._close_watcher = CloseWatcher(self, self._cancel_on_close)
         self._close_watcher.watch()
-        self.worker = start_worker(_work, x, y, params, self._cancel, desc="Heterochromatin domains" if task_list_enabled() else None,
+        desc = "Heterochromatin domains" if task_list_enabled() else None  # napari's task list: opt-in
+        self.worker = start_worker(_work, x, y, params, self._cancel, desc=desc,
                                    yielded=self._on_progress, returned=self._on_returned,
                                    errored=self._on_errored, aborted=self._on_aborted)
 

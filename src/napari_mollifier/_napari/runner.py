@@ -4,8 +4,8 @@
 starts it; the Rate maps and Heterochromatin domains widgets both start their runs through it.
 :func:`attach_task_bar` puts a running worker in the task list later (the Rate maps widget: only a run still going
 after :data:`TASK_LIST_DELAY_S`, and only where :func:`task_list_enabled`), :func:`advance_task_bar` moves the
-task list's bar. :class:`CloseWatcher` tells
-both widgets that they or the viewer's window were closed (the run stops and publishes nothing).
+task list's bar. :class:`CloseWatcher` tells both widgets that they or the viewer's window were closed (the run
+stops and publishes nothing).
 :class:`RunLifecycle` is the Rate maps widget's run handling: one run at a time, Cancel (a flag the solver reads
 within one step), close handling, and "ready again" once the worker has finished, the solver thread has stopped
 and the layers are in.
@@ -39,7 +39,7 @@ TASK_LIST_DELAY_S = 1.5
 
 
 def task_list_enabled() -> bool:
-    """Return whether runs are listed in napari's task list (activity panel): off unless ``NAPARI_MOLLIFIER_TASK_LIST=1``.
+    """Return whether runs are listed in napari's task list (activity panel): only if NAPARI_MOLLIFIER_TASK_LIST=1.
 
     The widgets show their own progress bar, time left and Cancel. napari's list animates an activity indicator
     while it holds a task, which repaints the whole window ~20 times a second: measured on a 2-core machine with

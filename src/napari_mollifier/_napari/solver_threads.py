@@ -7,10 +7,10 @@ run slows down badly (issue 15: 28 s in the window against 6.8 s headless with 2
 1 thread). A long run's solver therefore uses one core fewer than the machine has (at least one).
 
 A short run (estimated at most :data:`SHORT_RUN_S`, :func:`napari_mollifier.validation.estimate_run_seconds`) is
-over before the widget would put it in napari's task list (``runner.TASK_LIST_DELAY_S``, where that is switched on):
-the viewer stays idle and the solver gets torch's own thread count, as headless (issue 15: the default run in the window within 1.5x of the same
-run headless). ``NAPARI_MOLLIFIER_THREADS=N`` sets the count for every run, ``NAPARI_MOLLIFIER_THREADS=0`` keeps
-torch's own choice for every run. ``benchmarks/bench_widget_vs_headless.py`` measures the effect.
+over before the widget would put it in napari's task list (``runner.TASK_LIST_DELAY_S``, where that is switched
+on): the viewer stays idle and the solver gets torch's own thread count, as headless (issue 15: the default run in
+the window within 1.5x of the same run headless). ``NAPARI_MOLLIFIER_THREADS=N`` sets the count for every run,
+``NAPARI_MOLLIFIER_THREADS=0`` keeps torch's own choice for every run. ``benchmarks/bench_widget_vs_headless.py`` measures the effect.
 """
 
 from __future__ import annotations

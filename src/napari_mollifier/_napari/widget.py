@@ -3,8 +3,8 @@
 The widget adds no science: it gathers inputs from layers (pixel data, pixel size from the layer's scale, ROI
 rasterised through world coordinates), calls ``infer_rates`` once per image slice in a napari ``thread_worker``
 (a generator worker that yields progress, shown in the widget's own progress bar; napari's task list only with
-``NAPARI_MOLLIFIER_TASK_LIST=1``, ``runner.task_list_enabled``), and turns the returned :class:`~napari_mollifier.result.RateResult` objects into layers, a per-ROI
-table and a histogram.
+``NAPARI_MOLLIFIER_TASK_LIST=1``, ``runner.task_list_enabled``), and turns the returned
+:class:`~napari_mollifier.result.RateResult` objects into layers, a per-ROI table and a histogram.
 
 Threading contract: the solver runs in a worker thread on snapshot copies of the input arrays; layers are created
 or updated only on the main thread in the worker's ``returned`` handler, and only when every slice succeeded
