@@ -115,8 +115,8 @@ def test_bad_table_file_is_refused_with_a_notification(viewer_widget, qtbot, tmp
     assert errs and "text" in errs[-1]
     assert len(viewer.layers) == 0 and widget.run_button.isEnabled()
 
-@pytest.mark.slow  # in CI's full run; out of the development run (under 5 min, CONTRIBUTING)
 
+@pytest.mark.slow  # in CI's full run; out of the development run (under 5 min, CONTRIBUTING)
 def test_table_file_source(viewer_widget, qtbot, tmp_path):
     from napari_mollifier.domains.synthetic import lattice_nucleus
 

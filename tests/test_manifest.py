@@ -33,8 +33,8 @@ def test_installed_manifest_validates():
     assert pm.contributions == top.contributions
     pm.validate_imports()
 
-@pytest.mark.slow  # in CI's full run; out of the development run (under 5 min, CONTRIBUTING)
 
+@pytest.mark.slow  # in CI's full run; out of the development run (under 5 min, CONTRIBUTING)
 def test_npe2_validate_cli():
     proc = subprocess.run(
         [sys.executable, "-m", "npe2", "validate", DIST_NAME, "--imports"],

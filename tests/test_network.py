@@ -74,8 +74,8 @@ def _direct(fields, mask):
     d = {k: derivatives(derived[k], RADIUS, pixel_size=PIXEL, mask=mask, which=keys) for k, keys in m.needs(2).items()}
     return m.rate(d, p).numpy()
 
-@pytest.mark.slow  # in CI's full run; out of the development run (under 5 min, CONTRIBUTING)
 
+@pytest.mark.slow  # in CI's full run; out of the development run (under 5 min, CONTRIBUTING)
 def test_mollified_network_recovers_rate_and_beats_direct(problem):
     fields, truth, mask = problem
     out = fit_network(fields, MODEL, None, PIXEL, RADIUS, mask, iterations=300, seed=0)
@@ -129,8 +129,8 @@ def test_autodiff_derivatives_match_the_model_for_a_known_function():
     torch.testing.assert_close(d["xxyy"], torch.ones_like(x))
     torch.testing.assert_close(d["biharm"], 2 + 2 * torch.ones_like(x))
 
-@pytest.mark.slow  # in CI's full run; out of the development run (under 5 min, CONTRIBUTING)
 
+@pytest.mark.slow  # in CI's full run; out of the development run (under 5 min, CONTRIBUTING)
 def test_progress_at_least_every_percent(small):
     fields, _, mask = small
     calls = []
@@ -266,8 +266,8 @@ def test_early_stop_rule_on_a_known_loss_sequence():
     with pytest.raises(MollifierInputError):
         EarlyStop(10, 1.5)
 
-@pytest.mark.slow  # in CI's full run; out of the development run (under 5 min, CONTRIBUTING)
 
+@pytest.mark.slow  # in CI's full run; out of the development run (under 5 min, CONTRIBUTING)
 def test_early_stop_triggers_on_an_easy_problem_and_is_recorded(small):
     fields, truth, mask = small
     calls = []
