@@ -31,7 +31,7 @@ print("solve over" if job._WARM_SOLVE_DONE.is_set() else "mid-solve")
 def test_exit_during_the_warm_up_solve_is_clean():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     states = []
-    for delay in (0.2, 0.35, 0.5, 0.65, 0.8, 1.0):
+    for delay in (0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0):  # from the solve's start: a faster machine ends it sooner
         done = subprocess.run([sys.executable, "-c", SCRIPT.format(delay=delay)], env=env, capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 0, (delay, done.returncode, done.stderr[-2000:])
