@@ -8,18 +8,27 @@ automatic radius, propagated uncertainty; nothing is changed but the ROI) throug
   with the new map (issue 12 asks <= 3 s);
 * **Run to ready**: until ``run_done`` (table, histogram and status line updated, Run enabled again).
 
+Both are taken when the widget's event fires (the layer's data event, ``run_done``), before the window repaints
+(a repaint that follows in the same event-loop pass, ~0.1 s under software OpenGL, was counted into "ready" when
+the time was read after the benchmark's event loop returned, as in the rows recorded up to 2026-12-03 11:24).
+
 The first Run of the session (layers created) is reported apart from the later ones (layers updated in place).
+Each click comes after the window has painted the previous run's result (``SETTLE_S`` of event processing, as a
+user looks at a map before clicking again); one more row clicks back to back, at the previous run's ready.
 Then one long run in the same window (``--no-long`` skips it): the fields, nucleus and ``l2`` that the
 Heterochromatin domains widget hands to Rate maps (a ~20 s solve on 2 cores), against its job headless.
-The same job (the widget's own snapshot of fields, ROI and ``infer_rates`` keywords) then runs headless in a
-fresh Python process without napari, with torch's own thread count, timed around ``infer_rates``. The ratio
-window (run to ready) / headless is the cost of running inside napari (issue 15 asks <= 1.5).
+The same job (the widget's own snapshot of fields, ROI and ``infer_rates`` keywords) runs headless in a fresh
+Python process without napari, with torch's own thread count, timed around ``infer_rates``; that process stays
+alive and makes one call after each round of window runs (the window idle meanwhile), so that both see the same
+machine load. The ratio window (run to ready) / headless is the cost of running inside napari (issue 15 asks
+<= 1.5).
 
-Two settings of the widget's solver threads are measured (``NAPARI_MOLLIFIER_THREADS``, see
-``src/napari_mollifier/_napari/solver_threads.py``): ``0`` = torch's own and the widget's default (torch's own for
-a short run such as this one, one core fewer than the machine has for a long one); the table gives the count the
-widget's job used. The window runs start once the widget's background warm-up (imports, then a small solve) is
-over, as it is by the time a user has drawn an ROI.
+Two settings of the widget's solver threads are compared, run by run alternately (``CONFIGS``;
+``NAPARI_MOLLIFIER_THREADS``, see ``src/napari_mollifier/_napari/solver_threads.py``): the widget's default
+(torch's own count for a short run such as this one) and one thread (the count a long run gets on 2 cores: one
+core fewer than the machine has). The table gives the count the widget's job used. The window runs start once
+the widget's background warm-up (imports, then a small solve) is over, as it is by the time a user has drawn an
+ROI.
 
 Run from the repository root, with a display, on a quiet machine::
 
@@ -32,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,6 +60,13 @@ import numpy as np  # noqa: E402
 
 SECTION = "bench_widget_vs_headless"
 TARGET = 1.5
+#: The widget's settings compared, by the environment variable that overrides its choice (solver_threads.py)
+ENV_KEYS = ("NAPARI_MOLLIFIER_THREADS",)
+CONFIGS = {
+    "default": {},  # the widget's choice: torch's own thread count for a short run such as this one
+    "one": {"NAPARI_MOLLIFIER_THREADS": "1"},  # what a long run gets on a 2-core machine (one core fewer)
+}
+LABELS = {"default": "widget default", "one": "one solver thread (a long run's count on 2 cores)"}
 
 _HEADLESS = r"""
 import json, sys, time, pickle
@@ -57,13 +74,11 @@ sys.path.insert(0, sys.argv[2])
 import numpy as np, torch
 from napari_mollifier import infer_rates
 job = pickle.load(open(sys.argv[1], "rb"))
-times = []
-for _ in range(int(sys.argv[3])):
+print(json.dumps({"threads": torch.get_num_threads()}), flush=True)
+for line in sys.stdin:  # one timed call per request line, until stdin closes
     t = time.perf_counter()
     res = infer_rates(job["fields"], roi=job["roi"], **job["kwargs"])
-    times.append(time.perf_counter() - t)
-print(json.dumps({"seconds": times, "threads": torch.get_num_threads(),
-                  "median_rate": float(np.nanmedian(res.rate))}))
+    print(json.dumps({"seconds": time.perf_counter() - t, "median_rate": float(np.nanmedian(res.rate))}), flush=True)
 """
 
 
@@ -75,8 +90,27 @@ def _ensure_plugin() -> None:
         pm.register(PluginManifest.from_file(REPO / "napari.yaml"))
 
 
-def _run_widget(widget, viewer, app, timeout: float) -> tuple[str, float, float]:
-    """One Run: ``(status, seconds to the rate layer shown with this run's map, seconds to run_done)``."""
+SETTLE_S = 0.5  # event processing between runs: the window paints the previous run's result before the next click
+
+
+def _settle(app, seconds: float = SETTLE_S) -> None:
+    """Process the window's events for ``seconds`` (its repaints of the last run's layers, thumbnails, table).
+
+    A user clicks Run again after looking at the previous map, not at the instant Run is enabled again; clicking
+    at once would leave that run's repaints (the canvas with the new layers, the layer list's thumbnails) to land
+    during the next solve and be timed as part of it (the ``back to back`` row measures exactly that).
+    """
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def _run_widget(widget, viewer, app, timeout: float, settle: bool = True) -> tuple[str, float, float]:
+    """One Run: ``(status, seconds to the rate layer shown with this run's map, seconds to run_done)``.
+
+    ``settle``: first let the window paint what is pending (:func:`_settle`); otherwise click at once.
+    """
     from qtpy.QtCore import QEventLoop, QTimer
 
     from napari_mollifier._napari.widget import output_name
@@ -107,11 +141,16 @@ def _run_widget(widget, viewer, app, timeout: float) -> tuple[str, float, float]
             watch(event.value)
         check()
 
-    def done(result):
+    ready_at: list[float] = []
+
+    def done(result):  # timed here: the loop returns only after the events queued behind run_done (a repaint)
+        ready_at.append(time.perf_counter())
         check()
         status.append(result)
         loop.quit()
 
+    if settle:
+        _settle(app)
     widget.run_done.connect(done)
     viewer.layers.events.inserted.connect(on_inserted)
     if rate_name in viewer.layers:
@@ -124,7 +163,7 @@ def _run_widget(widget, viewer, app, timeout: float) -> tuple[str, float, float]
     widget.run()
     if widget.worker is not None:
         loop.exec()
-    ready = time.perf_counter() - t0
+    ready = (ready_at[0] if ready_at else time.perf_counter()) - t0
     widget.run_done.disconnect(done)
     viewer.layers.events.inserted.disconnect(on_inserted)
     for emitter in watched:
@@ -161,23 +200,44 @@ def _long_run(viewer, widget, app, timeout: float) -> tuple[dict, object]:
             "shape": tuple(res.fields["phi_h"].shape)}, widget._collect_job()
 
 
-def _headless(job, calls: int) -> dict:
-    """``calls`` timed ``infer_rates`` calls of the widget's ``job`` in a fresh process without napari."""
-    import pickle
+class _Headless:
+    """The widget's ``job`` through ``infer_rates`` in a fresh Python process without napari, one call on request.
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "job.pkl"
+    The process stays alive between calls, so that its calls can alternate with the window's runs and both see the
+    same machine load (the window is idle while it runs).
+    """
+
+    def __init__(self, job, tmp: Path):
+        import pickle
+
+        path = tmp / "job.pkl"
         lead, fields, roi = job.slices[0]
         with open(path, "wb") as fh:
             pickle.dump({"fields": fields, "roi": roi, "kwargs": job.kwargs}, fh)
-        env = {k: v for k, v in os.environ.items() if k != "NAPARI_MOLLIFIER_THREADS"}
-        proc = subprocess.run([sys.executable, "-c", _HEADLESS, str(path), str(REPO / "src"), str(calls)],
-                              capture_output=True, text=True, env=env, check=True)
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
+        self.proc = subprocess.Popen([sys.executable, "-c", _HEADLESS, str(path), str(REPO / "src")], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.threads = json.loads(self._line())["threads"]
+
+    def _line(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the headless process ended (status {self.proc.wait()})")
+        return line
+
+    def call(self) -> float:
+        """One timed ``infer_rates`` call, seconds."""
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        return float(json.loads(self._line())["seconds"])
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
-def measure(modes: list[str], runs: int, timeout: float, long_run: bool = True) -> dict:
-    """The window runs (first Run, then ``runs`` per thread mode) and the same job headless (``runs`` calls).
+def measure(runs: int, timeout: float, long_run: bool = True) -> dict:
+    """The window runs (first Run, then ``runs`` per configuration) and the same job headless (``runs`` calls).
 
     ``long_run``: then one Run on the domains hand-off's fields (:func:`_long_run`) and its job headless.
     """
@@ -188,6 +248,8 @@ def measure(modes: list[str], runs: int, timeout: float, long_run: bool = True) 
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
     out: dict = {"window": {}, "layers": {}, "threads": {}}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-widget-"))
+    head = None
     try:
         viewer.window._qt_window.resize(1366, 768)
         viewer.open_sample("napari-mollifier", "nucleus")
@@ -211,10 +273,8 @@ def measure(modes: list[str], runs: int, timeout: float, long_run: bool = True) 
         while not all(e.is_set() for e in warm) and time.perf_counter() < until:
             app.processEvents()
             time.sleep(0.01)
-        for _ in range(20):  # let the window settle (first paints) before the click
-            app.processEvents()
-            time.sleep(0.01)
-        os.environ.pop("NAPARI_MOLLIFIER_THREADS", None)  # the first Run: the widget's default
+        for k in ENV_KEYS:  # the first Run: the widget's default
+            os.environ.pop(k, None)
         # the first Run of the session: the layers are created (and the first solve pays for allocations)
         status, layers_in, ready = _run_widget(widget, viewer, app, timeout)
         if status != "ok":
@@ -222,30 +282,64 @@ def measure(modes: list[str], runs: int, timeout: float, long_run: bool = True) 
         out["first"] = {"layers": layers_in, "ready": ready, "threads": widget._last_job.threads}  # None: torch's
         out["radius"] = float(widget.last_results[0].radius)
         job = widget._collect_job()
-        for mode in modes:
-            os.environ["NAPARI_MOLLIFIER_THREADS"] = mode
-            walls, shown = [], []
-            for _ in range(runs):
-                status, layers_in, ready = _run_widget(widget, viewer, app, timeout)
+        head = _Headless(job, tmp)
+        out["headless_first"] = head.call()  # the first call pays for imports and allocations, as the first Run did
+        out["headless_threads"] = head.threads
+        headless: list[float] = []
+        # the configurations alternate run by run (default, one, default, ...), and a headless call follows each
+        # round, so that a change of the machine's load during the benchmark falls on all of them alike
+        walls_by = {name: [] for name in CONFIGS}
+        shown_by = {name: [] for name in CONFIGS}
+        for _ in range(runs):
+            for name, env in CONFIGS.items():
+                saved = {k: os.environ.get(k) for k in ENV_KEYS}
+                for k in ENV_KEYS:
+                    os.environ.pop(k, None)
+                os.environ.update(env)
+                try:
+                    status, layers_in, ready = _run_widget(widget, viewer, app, timeout)
+                finally:
+                    for k, v in saved.items():
+                        if v is None:
+                            os.environ.pop(k, None)
+                        else:
+                            os.environ[k] = v
                 if status != "ok":
                     raise RuntimeError(f"widget run ended {status}: {widget.status_label.text()}")
-                walls.append(ready)
-                shown.append(layers_in)
-            out["threads"][mode] = widget._last_job.threads  # what the widget's job used (None: torch's own)
-            out["window"][mode] = walls
-            out["layers"][mode] = shown
-        os.environ.pop("NAPARI_MOLLIFIER_THREADS", None)
+                walls_by[name].append(ready)
+                shown_by[name].append(layers_in)
+                out["threads"][name] = widget._last_job.threads  # what the widget's job used (None: torch's own)
+            headless.append(head.call())
+            print("round: " + ", ".join(f"{name} {walls_by[name][-1]:.3f} s" for name in CONFIGS)
+                  + f", headless {headless[-1]:.3f} s", flush=True)
+        out["window"], out["layers"] = walls_by, shown_by
+        # the previous protocol: each click at the instant the previous run is ready (its repaints still pending)
+        walls, shown = [], []
+        for _ in range(runs):
+            status, layers_in, ready = _run_widget(widget, viewer, app, timeout, settle=False)
+            if status != "ok":
+                raise RuntimeError(f"widget run ended {status}: {widget.status_label.text()}")
+            walls.append(ready)
+            shown.append(layers_in)
+            headless.append(head.call())
+        out["back_to_back"] = {"window": walls, "layers": shown}
+        out["headless"] = headless
         if long_run:
             out["long"], long_job = _long_run(viewer, widget, app, timeout)
     finally:
         viewer.close()
-    head = _headless(job, runs + 1)
-    if long_run:
-        long_head = _headless(long_job, 2)  # the first call pays for imports and allocations
-        out["long"].update(headless=long_head["seconds"][1], headless_first=long_head["seconds"][0])
-    out["headless"] = head["seconds"][1:]  # the first call pays for imports and allocations, as the first Run did
-    out["headless_first"] = head["seconds"][0]
-    out["headless_threads"] = head["threads"]
+        if head is not None:
+            head.close()
+    try:
+        if long_run:
+            long_head = _Headless(long_job, tmp)
+            try:
+                first = long_head.call()  # the first call pays for imports and allocations
+                out["long"].update(headless=long_head.call(), headless_first=first)
+            finally:
+                long_head.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -253,37 +347,31 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", "--runs", dest="runs", type=int, default=3,
                    help="timed runs per thread setting after the first Run, and headless calls (default 3)")
-    p.add_argument("--modes", default="0,", help="NAPARI_MOLLIFIER_THREADS values, comma-separated; '' = the "
-                   "widget's default (default '0,': torch's own, then the widget's)")
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--no-long", action="store_true", help="skip the long run (the domains hand-off's fields)")
     args = p.parse_args(argv)
-    modes = args.modes.split(",")
     load_start = _common.load_average(all_three=True)
     started = _common.utc_stamp()
-    r = measure(modes, args.runs, args.timeout, long_run=not args.no_long)
+    r = measure(args.runs, args.timeout, long_run=not args.no_long)
     load_end = _common.load_average(all_three=True)
     head = float(np.median(r["headless"]))
     hthreads = r["headless_threads"]
-
-    def label(mode):
-        if mode == "0":
-            return "torch's own (before)"
-        if mode == "":
-            used = r["threads"][mode] or f"torch's own {hthreads}"
-            return f"widget default, {used} thread(s) (after)"
-        return f"{mode} thread(s)"
 
     first = r["first"]
     first_threads = first["threads"] or f"torch's own {hthreads}"
     rows = [f"| first Run of the session (layers created; widget default, {first_threads} thread(s)) | "
             f"{first['layers']:.2f} s | {first['ready']:.2f} s | {head:.2f} s | **{first['ready'] / head:.2f}x** |"]
-    for mode in modes:
-        wall = float(np.median(r["window"][mode]))
-        shown = float(np.median(r["layers"][mode]))
-        rows.append(f"| {label(mode)} | {shown:.2f} s | {wall:.2f} s | {head:.2f} s | **{wall / head:.2f}x** |")
+    for name in CONFIGS:
+        wall = float(np.median(r["window"][name]))
+        shown = float(np.median(r["layers"][name]))
+        threads = r["threads"][name] or f"torch's own {hthreads}"
+        rows.append(f"| {LABELS[name]} ({threads} thread(s)) | {shown:.2f} s | {wall:.2f} s | {head:.2f} s | **{wall / head:.2f}x** |")
+    b2b = r["back_to_back"]
+    wall, shown = float(np.median(b2b["window"])), float(np.median(b2b["layers"]))
+    rows.append(f"| widget default, back to back (each click at the previous run's ready, its repaints still "
+                f"pending) | {shown:.2f} s | {wall:.2f} s | {head:.2f} s | {wall / head:.2f}x |")
     long_text = ""
     if "long" in r:
         lr = r["long"]
@@ -309,10 +397,16 @@ def main(argv=None) -> int:
 Synthetic nucleus sample (256 x 256 px), ellipse ROI of 97 x 97 px drawn as in the getting-started page, the
 widget's defaults ({s['method']} method, {s['radius']} radius: {r['radius']:.3g} px, {s['uncertainty']} uncertainty),
 window 1366 x 768. **Run to layers**: from the click until this run's rate layer is in the viewer and shown (issue
-12: <= 3 s). **Run to ready**: until the table, histogram and status line are updated and Run is enabled again.
-Later runs: median of {args.runs} (layers updated in place). Headless: the widget's own job snapshot through
-`infer_rates` in a fresh process without napari ({hthreads} threads), median of {len(r['headless'])} after a first
-call (which took {r['headless_first']:.2f} s with the imports; the window imported them when the widget opened).
+12: <= 3 s). **Run to ready**: until the table, histogram and status line are updated and Run is enabled again
+(both taken at the widget's events, before the window's repaint).
+Later runs: median of {args.runs} per setting (layers updated in place), each click after {SETTLE_S:g} s of the window's event
+processing (the previous run's result painted, as when a user looks at a map before clicking again); the
+"back to back" row clicks at the instant the previous run is ready, so that the previous result's repaints (the
+canvas, the layer list's thumbnails) fall into the timed run (the protocol of the rows recorded up
+to 2026-12-03 11:24). Headless: the widget's own job snapshot through
+`infer_rates` in a fresh process without napari ({hthreads} threads), median of {len(r['headless'])} calls, one
+after each round of window runs (so that both see the same machine load), after a first call (which took
+{r['headless_first']:.2f} s with the imports; the window imported them when the widget opened).
 Ratio: run to ready / headless (issue 15: <= {TARGET:g}).{long_text}
 
 | run (widget solver threads) | Run to layers | Run to ready | headless | ratio |

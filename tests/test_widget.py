@@ -398,6 +398,26 @@ def test_stack_all_slices_and_current_slice(make_napari_viewer, _plugin_register
     np.testing.assert_allclose(rate.data[0], stack[1], equal_nan=True)
     assert nucleus.data.shape == (1, 64, 64)  # the same layer, now on the slice solved
     np.testing.assert_allclose(nucleus.translate, (2.5, 0.0, 0.0))
+    _assert_dims_current(viewer)
+
+    # the same slice again: every output updated in place on the same grid (the viewer's dimension update is
+    # skipped for those data sets, results._same_extent_data): the viewer's dimensions stay what napari computes
+    viewer.dims.set_point(0, 2.0 + 0.5 * 2)
+    assert _run(qtbot, widget) == "ok"
+    assert viewer.layers["rate [h stack]"] is rate and rate.data.shape == (1, 64, 64)
+    np.testing.assert_allclose(rate.translate, (3.0, 0.0, 0.0))
+    np.testing.assert_allclose(rate.data[0], stack[2], equal_nan=True)
+    _assert_dims_current(viewer)
+    assert _run(qtbot, widget) == "ok"  # and once more with nothing changed but the data
+    np.testing.assert_allclose(rate.data[0], stack[2], equal_nan=True)
+    _assert_dims_current(viewer)
+
+
+def _assert_dims_current(viewer):
+    """The viewer's dimension ranges are what napari computes from its layers now (nothing left stale)."""
+    ranges = tuple(viewer.dims.range)
+    viewer._on_layers_change()  # napari's own recomputation
+    assert tuple(viewer.dims.range) == ranges
 
 
 def test_errors_notify_and_add_nothing(sample_viewer, qtbot):
@@ -452,3 +472,60 @@ def test_many_roi_vertices_map_as_one_per_point_call():
     np.testing.assert_allclose(world, per_point, rtol=0, atol=1e-9)
     np.testing.assert_allclose(_to_data(image, world), np.array([image.world_to_data(p) for p in world]),
                                rtol=0, atol=1e-9)
+
+
+def test_roi_rasterised_once_per_polygon_and_grid():
+    """Each Run rasterises its ROI again; the same polygon on the same grid reuses the mask: the pixels skimage
+    gives (centres inside), a fresh writable array each time, and a moved vertex or another grid rasterised anew."""
+    from skimage.draw import polygon
+
+    from napari_mollifier._napari.rois import _rasterise_cached, _rasterise_polygon
+
+    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    yx = np.stack([30 + 11.3 * np.cos(t), 25 + 9.7 * np.sin(t)], axis=1)
+
+    def truth(vertices, shape):
+        mask = np.zeros(shape, bool)
+        rr, cc = polygon(vertices[:, 0], vertices[:, 1], shape=shape)
+        mask[rr, cc] = True
+        return mask
+
+    _rasterise_cached.cache_clear()
+    first = _rasterise_polygon(yx, (60, 50))
+    first[:] = False  # the caller's copy: the cached mask is untouched
+    again = _rasterise_polygon(yx.copy(), [60, 50])
+    np.testing.assert_array_equal(again, truth(yx, (60, 50)))
+    assert again.flags.writeable and _rasterise_cached.cache_info().hits == 1
+    moved = yx + [0.6, 0.0]
+    np.testing.assert_array_equal(_rasterise_polygon(moved, (60, 50)), truth(moved, (60, 50)))
+    np.testing.assert_array_equal(_rasterise_polygon(yx, (40, 50)), truth(yx, (40, 50)))
+    assert _rasterise_cached.cache_info().misses == 3
+
+
+def test_in_place_update_keeps_the_viewer_dims_current(make_napari_viewer, _plugin_registered):
+    """An output layer updated in place skips napari's dimension update only when its extent stays the same: a new
+    shape or grid still reaches the viewer's dimension ranges (results._same_extent_data)."""
+    from types import SimpleNamespace
+
+    from napari_mollifier._napari.collect import _geometry
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Rate maps")
+    ref = viewer.add_image(np.zeros((40, 30)), name="ref", scale=(0.5, 0.5))
+    job = SimpleNamespace(geometry=_geometry(ref), source_name="ref", unit="px")
+    viewer.layers.remove(ref)
+    show = widget._set_output("rate [ref]", "rate", np.ones((40, 30)), job, {}, None)
+    show()  # a new layer is inserted hidden, and shown in the next event-loop turn
+    layer = viewer.layers["rate [ref]"]
+    assert layer.visible and tuple(viewer.dims.range[0])[1] == pytest.approx(19.5)
+    widget._set_output("rate [ref]", "rate", np.ones((80, 30)), job, {}, None)  # in place, a new shape
+    assert viewer.layers["rate [ref]"] is layer and layer.data.shape == (80, 30)
+    assert tuple(viewer.dims.range[0])[1] == pytest.approx(39.5)
+    _assert_dims_current(viewer)
+    job.geometry = dict(job.geometry, scale=(1.0, 1.0))
+    widget._set_output("rate [ref]", "rate", np.full((80, 30), 2.0), job, {}, None)  # in place, a new grid
+    assert tuple(viewer.dims.range[0])[1] == pytest.approx(79.0)
+    _assert_dims_current(viewer)
+    widget._set_output("rate [ref]", "rate", np.full((80, 30), 3.0), job, {}, None)  # in place, the same extent
+    assert float(layer.data[0, 0]) == 3.0
+    _assert_dims_current(viewer)

@@ -142,3 +142,21 @@ def test_solver_thread_priority_does_not_climb_when_the_thread_is_reused(monkeyp
     thread.join()
     assert seen == [min(19, main + 5)] * 5
     assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == main  # the viewer's thread is left alone
+
+
+
+def test_short_runs_keep_torch_s_threads_and_long_runs_leave_the_viewer_a_core(monkeypatch):
+    """A short run (which the user waits for) keeps torch's own thread count; a long run (or one of unknown length)
+    gets one core fewer than the machine has, so that the viewer keeps a core; the environment overrides both."""
+    from napari_mollifier._napari import solver_threads as st
+
+    monkeypatch.delenv("NAPARI_MOLLIFIER_THREADS", raising=False)
+    monkeypatch.setattr(st, "_usable_cores", lambda: 4)
+    short, long_ = st.SHORT_RUN_S / 2, st.SHORT_RUN_S * 10
+    assert [st.widget_solver_threads(t) for t in (short, long_, None)] == [None, 3, 3]
+    monkeypatch.setattr(st, "_usable_cores", lambda: 1)
+    assert st.widget_solver_threads(long_) == 1  # at least one
+    monkeypatch.setenv("NAPARI_MOLLIFIER_THREADS", "2")
+    assert [st.widget_solver_threads(t) for t in (short, long_)] == [2, 2]
+    monkeypatch.setenv("NAPARI_MOLLIFIER_THREADS", "0")
+    assert [st.widget_solver_threads(t) for t in (short, long_)] == [None, None]

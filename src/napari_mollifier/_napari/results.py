@@ -69,6 +69,24 @@ def _no_activation(layers):
                     pass
 
 
+@contextlib.contextmanager
+def _same_extent_data(layer, viewer, same: bool):
+    """Set ``layer.data`` without napari recomputing the viewer's dimensions, where the layer's extent is unchanged.
+
+    napari recomputes the viewer's dimension ranges from every layer on each data event (~4 ms, and a run updates
+    up to five output layers in place; issue 15). With the same shape and grid (``same``) the ranges come out the
+    same, so that one callback is skipped; every other listener (the canvas, the layer list, colour bars) still
+    runs. The callback is napari's private ``ViewerModel._on_layers_change``: where it is gone, nothing is blocked
+    (only slower, not wrong; the emitter is never blocked as a whole).
+    """
+    callback = getattr(viewer, "_on_layers_change", None) if same else None
+    if callback is None:
+        yield
+        return
+    with layer.events.data.blocker(callback):
+        yield
+
+
 class ResultsDisplay(ResultsPanel, ResultsExport):
     """Output layers, table and histogram of the Rate maps widget (mixin; uses its viewer and result controls)."""
 
@@ -341,17 +359,23 @@ class ResultsDisplay(ResultsPanel, ResultsExport):
         # update in place: same layer, new data and grid; setters only where something changed (each one
         # refreshes the layer, and a refresh is a repaint)
         geom = job.geometry
+        same_extent = tuple(layer.data.shape) == tuple(data.shape)
         for attr in ("scale", "translate", "rotate", "shear"):
             if not np.allclose(np.asarray(getattr(layer, attr), dtype=float), np.asarray(geom[attr], dtype=float)):
                 setattr(layer, attr, geom[attr])
+                same_extent = False
         if not np.allclose(layer.affine.affine_matrix, geom["affine"]):
             layer.affine = geom["affine"]
+            same_extent = False
         if "units" in geom and hasattr(layer, "units") and tuple(str(u) for u in layer.units) != geom["units"]:
             layer.units = geom["units"]
+            same_extent = False
         if "axis_labels" in geom and hasattr(layer, "axis_labels") and tuple(layer.axis_labels) != geom["axis_labels"]:
             layer.axis_labels = geom["axis_labels"]
+            same_extent = False
         layer.metadata = metadata
-        layer.data = data
+        with _same_extent_data(layer, self.viewer, same_extent):
+            layer.data = data
         layer.contrast_limits_range = limits
         layer.contrast_limits = limits
         style_output(layer, kind, provenance, job.unit)

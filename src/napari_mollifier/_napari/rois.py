@@ -11,6 +11,7 @@ Imports numpy, scipy and scikit-image only; the layers are duck-typed (anything 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -110,11 +111,24 @@ def _shape_polygon(shape_type: str, vertices: np.ndarray) -> np.ndarray | None:
 
 
 def _rasterise_polygon(yx: np.ndarray, shape2d) -> np.ndarray:
+    """Pixels of the ``shape2d`` grid whose centres lie inside the polygon ``yx`` (a new array each call).
+
+    The same polygon on the same grid is rasterised once (each Run rasterises the ROI again: ~8 ms for an ellipse
+    on 256 x 256 px, issue 15): the last few masks are kept, keyed by the exact vertex values.
+    """
+    yx = np.ascontiguousarray(yx, dtype=float)
+    return _rasterise_cached(yx.tobytes(), yx.shape[0], tuple(int(n) for n in shape2d)).copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _rasterise_cached(vertices: bytes, n: int, shape2d: tuple) -> np.ndarray:
     from skimage.draw import polygon as draw_polygon
 
+    yx = np.frombuffer(vertices, dtype=float).reshape(n, 2)
     mask = np.zeros(shape2d, dtype=bool)
     rr, cc = draw_polygon(yx[:, 0], yx[:, 1], shape=shape2d)
     mask[rr, cc] = True
+    mask.flags.writeable = False
     return mask
 
 
