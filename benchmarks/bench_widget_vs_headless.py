@@ -387,6 +387,8 @@ def main(argv=None) -> int:
     command = "xvfb-run -a python benchmarks/bench_widget_vs_headless.py" + (
         " " + " ".join(sys.argv[1:]) if argv is None and sys.argv[1:] else "")
     s = r["settings"]
+    rounds = "; ".join(", ".join(f"{LABELS[name].split(' (')[0]} {r['window'][name][i]:.2f}" for name in CONFIGS)
+                       + f", headless {r['headless'][i]:.2f}" for i in range(len(r["window"]["default"])))
     body = f"""## Widget in a napari window against the same job headless (`benchmarks/bench_widget_vs_headless.py`)
 
 - Date: {started}
@@ -412,6 +414,8 @@ Ratio: run to ready / headless (issue 15: <= {TARGET:g}).{long_text}
 | run (widget solver threads) | Run to layers | Run to ready | headless | ratio |
 |---|---|---|---|---|
 {chr(10).join(rows)}
+
+Each round, run to ready (s): {rounds}.
 """
     print(body)
     if not args.no_write:
