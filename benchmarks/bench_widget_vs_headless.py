@@ -67,6 +67,18 @@ CONFIGS = {
     "one": {"NAPARI_MOLLIFIER_THREADS": "1"},  # what a long run gets on a 2-core machine (one core fewer)
 }
 LABELS = {"default": "widget default", "one": "one solver thread (a long run's count on 2 cores)"}
+#: Earlier ratios of the default direct run (later runs), before and during issue 15's changes (this section's git
+#: history); quoted into RESULTS.md as measured then, on the machine of the day
+HISTORY = """Before and during the changes of issue 15 (ratio of the default direct run, later runs; each as recorded then,
+with that day's protocol, machine and load):
+
+| when | what | ratio |
+|---|---|---|
+| 2026-12-02, the issue | default direct run, 28 s in the window against 6.8 s headless (bootstrap uncertainty) | 4.1x |
+| 2026-12-02 13:17 | this benchmark's first record (AMD EPYC, load 6-10; 10 bootstrap samples), torch's threads / 1 thread | 6.69x / 6.28x |
+| 2026-12-03 04:16 | propagated uncertainty (the new default), window overhead of a run cut (git f7bd62f, c9659b0) | 1.62x / 1.59x |
+| 2026-12-03 11:24 | napari's task list off, solver priority fixed; clicks back to back, ready read after the loop returned | 1.76x / 1.62x |
+| this run | dimension update skipped for same-grid outputs, ROI mask reused; protocol above | table above |"""
 
 _HEADLESS = r"""
 import json, sys, time, pickle
@@ -416,6 +428,8 @@ Ratio: run to ready / headless (issue 15: <= {TARGET:g}).{long_text}
 {chr(10).join(rows)}
 
 Each round, run to ready (s): {rounds}.
+
+{HISTORY}
 """
     print(body)
     if not args.no_write:
