@@ -177,3 +177,21 @@ def test_closing_the_viewer_mid_run_adds_nothing(viewer_widget, qtbot):
     qtbot.waitUntil(lambda: not worker.is_running, timeout=TIMEOUT_MS)
     qtbot.wait(200)  # any late signal would land here
     assert widget._cancel.is_set() and widget.result is None  # stopped; nothing published into the closed viewer
+
+
+def test_domains_details_spell_rates_in_one_unit_style():
+    """The details section names each statistic with its unit, rates in 1/s as in the table headers and colour
+    bars (issue 15: one unit style everywhere)."""
+    import re
+
+    from napari_mollifier._napari.domains_report import TABLE_HEADERS, details_text
+    from napari_mollifier.domains import analyse_localisations
+    from napari_mollifier.domains.synthetic import lattice_nucleus
+
+    s = lattice_nucleus(seed=3, semi_axes_nm=(1500.0, 1200.0), centre_nm=(1800.0, 1800.0))
+    res = analyse_localisations(s["x"], s["y"])
+    text = details_text(res.summary, {}, 1.0)
+    rate_lines = [line for line in text.splitlines() if line.startswith(("Acetylation", "Methylation"))]
+    assert len(rate_lines) == 2 and all(re.search(r"\d 1/s,", line) for line in rate_lines), rate_lines
+    assert " /s" not in text and "um^2" not in text
+    assert all("(1/s)" in TABLE_HEADERS[k] for k in ("gamma_ac", "gamma_me"))

@@ -306,6 +306,26 @@ def test_write_ome_zarr_round_trip(tmp_path):
     assert _equal(img.data[1].compute(), maps["residual"])
 
 
+def test_zarr_reader_puts_label_images_on_the_image_grid_in_its_unit(tmp_path):
+    """Label images of an OME-Zarr open with the image's scale and unit, like its image layers (issue 15: every
+    layer the plugin creates carries physical scale and units)."""
+    from napari_mollifier._napari.layer_data import napari_supports_units
+
+    rng = np.random.default_rng(7)
+    maps = {"rate": rng.random((12, 14))}
+    labels = {"nucleus": (rng.random((12, 14)) > 0.5).astype(np.int32)}
+    path = io.write_ome_zarr(tmp_path / "maps.ome.zarr", maps, (0.02, 0.025), labels=labels)
+    layers = io_hooks.read_zarr_layers(str(path))
+    (image,) = [kw for _, kw, kind in layers if kind == "image"]
+    ((data, kw, _),) = [t for t in layers if t[2] == "labels"]
+    assert _equal(np.asarray(data), labels["nucleus"])
+    assert kw["scale"] == pytest.approx((0.02, 0.025))
+    assert kw["scale"] == pytest.approx(image["scale"][-2:])
+    assert kw["translate"] == pytest.approx(image["translate"][-2:])
+    if napari_supports_units():
+        assert tuple(kw["units"]) == tuple(image["units"][-2:]) and "pixel" not in kw["units"]
+
+
 def test_npe2_writers_round_trip(tmp_path):
     rng = np.random.default_rng(6)
     prov = {"model": "chromatin-balance", "radius": 4.0}

@@ -90,13 +90,23 @@ def read_zarr_layers(path) -> list:
     from napari_mollifier.io import read_zarr
     from napari_mollifier.io.zarr import read_zarr_labels
 
+    from .layer_data import napari_supports_units
+
     img = read_zarr(_single(path))
     layers = image_layer_data(img)
-    spatial = tuple(s for a, s in zip(img.axes, img.scale, strict=True) if a in "zyx")
+    axes = [i for i, a in enumerate(img.axes) if a in "zyx"]
+    spatial = tuple(float(img.scale[i]) for i in axes)
+    offset = tuple(float(img.translate[i]) for i in axes)
+    units = tuple(img.units[i] if img.units[i] is not None else "pixel" for i in axes)
     for name, data in read_zarr_labels(_single(path)).items():
-        scale = spatial[-data.ndim:] if len(spatial) >= data.ndim else (1.0,) * data.ndim
-        layers.append((data, {"name": f"{img.name} [{name}]", "scale": scale,
-                              "metadata": {"path": img.metadata.get("path"), "label_image": name}}, "labels"))
+        n = data.ndim
+        kwargs = {"name": f"{img.name} [{name}]", "scale": (1.0,) * n,
+                  "metadata": {"path": img.metadata.get("path"), "label_image": name}}
+        if len(spatial) >= n:  # on the image's grid, in its unit, like the image layers (issue 15)
+            kwargs.update(scale=spatial[-n:], translate=offset[-n:])
+            if napari_supports_units():
+                kwargs["units"] = units[-n:]
+        layers.append((data, kwargs, "labels"))
     return layers
 
 
