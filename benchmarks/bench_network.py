@@ -133,7 +133,9 @@ def main(argv=None) -> int:
         lines.append(f"| {name} | {mx} | {run} | {early} | {s:.1f} | {rt:.4f} | {rd:.4f} |")
     curve_lines = ["| step | train seconds | r truth | r direct |", "|---|---|---|---|"]
     curve_lines += [f"| {s} | {ts:.1f} | {rt:.4f} | {rd:.4f} |" for s, ts, rt, rd in curve]
-    body = f"""Run {started} (`python benchmarks/bench_network.py --candidates {args.candidates} --budget {args.budget:g}`),
+    body = f"""## The network method's default on the sample (`benchmarks/bench_network.py`)
+
+Run {started} (`python benchmarks/bench_network.py --candidates {args.candidates} --budget {args.budget:g}`),
 load average {load_start} at the start, {load_end} at the end (1/5/15 min).
 Machine: {_common.machine([f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"])}.
 Sample: {SAMPLE_KWARGS}, radius {radius:g} px (automatic), early stop patience {DEFAULT_PATIENCE}, rel_tol
@@ -148,7 +150,7 @@ Previous default, map along its 1500-step schedule:
 """
     print(body)
     if args.write:
-        _common.write_section(_common.RESULTS, SECTION, body, heading="## `bench_network.py`: network default")
+        _common.write_section(_common.RESULTS, SECTION, body)
     return 0
 
 
