@@ -90,22 +90,17 @@ def read_zarr_layers(path) -> list:
     from napari_mollifier.io import read_zarr
     from napari_mollifier.io.zarr import read_zarr_labels
 
-    from .layer_data import napari_supports_units
-
     img = read_zarr(_single(path))
     layers = image_layer_data(img)
-    axes = [i for i, a in enumerate(img.axes) if a in "zyx"]
-    spatial = tuple(float(img.scale[i]) for i in axes)
-    offset = tuple(float(img.translate[i]) for i in axes)
-    units = tuple(img.units[i] if img.units[i] is not None else "pixel" for i in axes)
+    grid = layers[0][1]  # the image layers' placement (scale, translate, units), one entry per axis
+    spatial = [i for i, a in enumerate(grid["axis_labels"]) if a in "zyx"]
     for name, data in read_zarr_labels(_single(path)).items():
         n = data.ndim
         kwargs = {"name": f"{img.name} [{name}]", "scale": (1.0,) * n,
                   "metadata": {"path": img.metadata.get("path"), "label_image": name}}
         if len(spatial) >= n:  # on the image's grid, in its unit, like the image layers (issue 15)
-            kwargs.update(scale=spatial[-n:], translate=offset[-n:])
-            if napari_supports_units():
-                kwargs["units"] = units[-n:]
+            kwargs.update({k: tuple(grid[k][i] for i in spatial[-n:])
+                           for k in ("scale", "translate", "units") if k in grid})
         layers.append((data, kwargs, "labels"))
     return layers
 
