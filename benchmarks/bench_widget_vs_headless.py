@@ -47,6 +47,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -183,6 +184,14 @@ def _run_widget(widget, viewer, app, timeout: float, settle: bool = True) -> tup
     return (status[0] if status else "timeout"), ((shown[0] - t0) if shown else float("nan")), ready
 
 
+def _run_ok(widget, viewer, app, timeout: float, settle: bool = True) -> tuple[float, float]:
+    """:func:`_run_widget` that must succeed: ``(seconds to the rate layer shown, seconds to run_done)``."""
+    status, layers_in, ready = _run_widget(widget, viewer, app, timeout, settle)
+    if status != "ok":
+        raise RuntimeError(f"widget run ended {status}: {widget.status_label.text()}")
+    return layers_in, ready
+
+
 def _long_run(viewer, widget, app, timeout: float) -> tuple[dict, object]:
     """The domains hand-off's fields (a ~20 s solve on 2 cores): one Run in the window; its timings and job.
 
@@ -205,9 +214,7 @@ def _long_run(viewer, widget, app, timeout: float) -> tuple[dict, object]:
     widget.input_combos["phi_e"].setCurrentText("phi_e [cell]")
     widget.roi_combo.setCurrentText("nucleus [cell]")
     widget.coef_edits["l2"].setText(f"{l2:.6g}")
-    status, layers_in, ready = _run_widget(widget, viewer, app, timeout)
-    if status != "ok":
-        raise RuntimeError(f"widget run ended {status}: {widget.status_label.text()}")
+    layers_in, ready = _run_ok(widget, viewer, app, timeout)
     return {"layers": layers_in, "ready": ready, "radius": float(widget.last_results[0].radius),
             "shape": tuple(res.fields["phi_h"].shape)}, widget._collect_job()
 
@@ -288,9 +295,7 @@ def measure(runs: int, timeout: float, long_run: bool = True) -> dict:
         for k in ENV_KEYS:  # the first Run: the widget's default
             os.environ.pop(k, None)
         # the first Run of the session: the layers are created (and the first solve pays for allocations)
-        status, layers_in, ready = _run_widget(widget, viewer, app, timeout)
-        if status != "ok":
-            raise RuntimeError(f"widget run ended {status}: {widget.status_label.text()}")
+        layers_in, ready = _run_ok(widget, viewer, app, timeout)
         out["first"] = {"layers": layers_in, "ready": ready, "threads": widget._last_job.threads}  # None: torch's
         out["radius"] = float(widget.last_results[0].radius)
         job = widget._collect_job()
@@ -304,20 +309,10 @@ def measure(runs: int, timeout: float, long_run: bool = True) -> dict:
         shown_by = {name: [] for name in CONFIGS}
         for _ in range(runs):
             for name, env in CONFIGS.items():
-                saved = {k: os.environ.get(k) for k in ENV_KEYS}
-                for k in ENV_KEYS:
-                    os.environ.pop(k, None)
-                os.environ.update(env)
-                try:
-                    status, layers_in, ready = _run_widget(widget, viewer, app, timeout)
-                finally:
-                    for k, v in saved.items():
-                        if v is None:
-                            os.environ.pop(k, None)
-                        else:
-                            os.environ[k] = v
-                if status != "ok":
-                    raise RuntimeError(f"widget run ended {status}: {widget.status_label.text()}")
+                with mock.patch.dict(os.environ, env):  # the environment as it was, afterwards
+                    for k in set(ENV_KEYS) - set(env):
+                        os.environ.pop(k, None)
+                    layers_in, ready = _run_ok(widget, viewer, app, timeout)
                 walls_by[name].append(ready)
                 shown_by[name].append(layers_in)
                 out["threads"][name] = widget._last_job.threads  # what the widget's job used (None: torch's own)
@@ -328,9 +323,7 @@ def measure(runs: int, timeout: float, long_run: bool = True) -> dict:
         # the previous protocol: each click at the instant the previous run is ready (its repaints still pending)
         walls, shown = [], []
         for _ in range(runs):
-            status, layers_in, ready = _run_widget(widget, viewer, app, timeout, settle=False)
-            if status != "ok":
-                raise RuntimeError(f"widget run ended {status}: {widget.status_label.text()}")
+            layers_in, ready = _run_ok(widget, viewer, app, timeout, settle=False)
             walls.append(ready)
             shown.append(layers_in)
             headless.append(head.call())
