@@ -1,6 +1,7 @@
 """Mollified derivatives against ground truth: polynomials, trigonometric fields, spectral derivatives."""
 
 import math
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -47,7 +48,7 @@ def _order(key, ndim):
     return max(sum(a) for a, _ in key_terms(key, ndim))
 
 
-@pytest.mark.parametrize("kernel", ["poly", "bump", "poly5"])
+@pytest.mark.parametrize("kernel", ["poly", "bump", "poly5", "sep"])
 @pytest.mark.parametrize("spacing", [(1.0, 1.0), (0.3, 0.7)])
 @pytest.mark.parametrize("key", default_keys(2) + ("xxx", "xxyy", "yyyy", "xyyy"))
 def test_polynomial_exactness_2d(kernel, spacing, key):
@@ -399,3 +400,66 @@ def test_mask_edge_windows_backward_saves_no_index():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: (saved.append(t.numel()), t)[1], lambda t: t):
         _gather_windows(flat, centre, offsets).sum().backward()
     assert max(saved) <= offsets.numel()  # never centre.numel() * offsets.numel()
+
+
+_SEP_KEYS = ("u", "x", "y", "xx", "yy", "xy", "lap", "biharm", "xxyy", "xyy", "yyyy")
+
+
+@settings(max_examples=30, deadline=None)
+@given(height=st.integers(20, 90), width=st.integers(20, 150), batch=st.integers(1, 2),
+       radius=st.sampled_from([5, 6.5, 9, 14]), keys=st.sets(st.sampled_from(_SEP_KEYS), min_size=1),
+       boundary=st.sampled_from(["reflect", "periodic", "zeros"]), double=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_separable_matrix_products_equal_the_grouped_convolutions(height, width, batch, radius, keys, boundary,
+                                                                   double, seed):
+    """The "sep" stack of a 2-D CPU field by blocked matrix products (napari_mollifier.separable) equals the 1-D
+    grouped convolutions that autograd goes through, for any shape (blocks and row chunks that do not divide it),
+    batch, key set (terms shared between keys), boundary and dtype."""
+    from napari_mollifier import separable
+
+    rng = np.random.default_rng(seed)
+    dtype = torch.float64 if double else torch.float32
+    field = torch.as_tensor(rng.standard_normal((batch, height, width)), dtype=dtype)
+    which = tuple(sorted(keys))
+    kw = dict(kernel="sep", boundary=boundary, which=which, pixel_size=(0.5, 1.5))
+    with patch.object(separable, "_CHUNK_BYTES", 16 * 4 * 200), patch.object(separable, "_BLOCK", 24):
+        fast = derivatives(field, radius, **kw)
+    slow = derivatives(field.clone().requires_grad_(True), radius, **kw)
+    tol = 1e-12 if double else 2e-6
+    for key in which:
+        want = slow[key].detach()
+        assert fast[key].dtype == dtype and fast[key].shape == field.shape
+        np.testing.assert_allclose(fast[key], want, atol=tol * float(want.abs().max()), err_msg=key)
+
+
+def test_large_outputs_in_huge_pages_hold_their_values_and_are_reused_only_when_free():
+    """``empty_large``: a large tensor is a 2 MiB-aligned view of its own memory map (huge pages advised), writable;
+    a numpy array made from it keeps the memory alive after the tensor is gone, and the map is handed out again
+    only once nothing refers to it (then without new page faults); small tensors are ordinary."""
+    import mmap
+
+    from napari_mollifier import hugepages
+    from napari_mollifier.hugepages import empty_large
+
+    shape = (3, 1024, 1024)  # 12 MiB
+    big = empty_large(shape, torch.float32)
+    assert big.shape == shape and big.is_contiguous()
+    huge = hasattr(mmap, "MADV_HUGEPAGE")
+    if huge:
+        assert big.data_ptr() % (2 * 2**20) == 0
+    big.copy_(torch.arange(big.numel(), dtype=torch.float32).reshape(shape))
+    arr = big[1:].numpy()  # a view's array
+    ptr = big.data_ptr()
+    del big
+    other = empty_large(shape, torch.float32)  # the first map is still held by ``arr``: a new one
+    other.fill_(-1.0)
+    assert other.data_ptr() != ptr
+    assert arr[1, 1023, 1023] == 3 * 2**20 - 1 and arr[0, 0, 1] == 2**20 + 1
+    del arr
+    again = empty_large(shape, torch.float32)  # now free: reused
+    if huge:
+        assert again.data_ptr() == ptr
+    assert other[0, 0, 0] == -1.0  # the live one untouched
+    small = empty_large((10, 10), torch.float64)
+    assert small.dtype == torch.float64 and small.shape == (10, 10)
+    assert hugepages.release() >= 2 * 12 * 2**20

@@ -40,6 +40,7 @@ from .kernels import (
     monomials,
     multi_indices,
 )
+from .separable import gemm_pays, separable_stack_2d
 
 __all__ = [
     "MaskOperator", "mask_operator", "apply_masked", "apply_masked_at", "FieldSpectrum", "edge_kernels", "correlate",
@@ -233,7 +234,9 @@ def separable_correlate(x: torch.Tensor, kernel: str, radius: float, alphas: lis
                         dtype: torch.dtype | None = None) -> torch.Tensor:
     """Correlate ``x`` in valid mode with the ``"sep"`` kernels of ``alphas`` by 1-D passes, last axis first.
 
-    Partial products shared between derivatives are computed once (the full 2-D stack needs 4 + 9 passes).
+    Partial products shared between derivatives are computed once (the full 2-D stack needs 4 + 9 passes). A 2-D
+    CPU field without gradients goes through the matrix products of :mod:`.separable`; others (1-D, 3-D, GPU,
+    autograd) through grouped convolutions.
 
     Parameters
     ----------
@@ -256,6 +259,8 @@ def separable_correlate(x: torch.Tensor, kernel: str, radius: float, alphas: lis
     from .kernels import separable_factors
 
     ndim = x.dim() - 2
+    if ndim == 2 and gemm_pays(x) and (dtype is None or dtype == x.dtype):
+        return separable_stack_2d(x, kernel, radius, alphas, np.eye(len(alphas)))
     dtype = dtype or x.dtype
     factors = {a: separable_factors(kernel, radius, a) for a in alphas}
     current, suffixes = x, [()]
@@ -276,7 +281,7 @@ def separable_correlate(x: torch.Tensor, kernel: str, radius: float, alphas: lis
     return current[:, [suffixes.index(a) for a in alphas]]
 
 
-def use_separable(kernel: str, method: str, half: int, dtype: torch.dtype) -> bool:
+def use_separable(kernel: str, method: str, half: int, dtype: torch.dtype, products: bool = False) -> bool:
     """Choose direct 1-D passes for the ``"sep"`` family unless FFT is asked for or the window is very wide.
 
     Parameters
@@ -289,6 +294,9 @@ def use_separable(kernel: str, method: str, half: int, dtype: torch.dtype) -> bo
         Kernel half-width, pixels.
     dtype : torch.dtype
         Dtype of the computation (float64 switches to the FFT at a narrower window).
+    products : bool
+        The field goes through the matrix products of :mod:`.separable` (:func:`.separable.gemm_pays`): they beat
+        the FFT up to much wider windows (benchmarks/RESULTS.md, "Derivative stack").
 
     Returns
     -------
@@ -299,7 +307,8 @@ def use_separable(kernel: str, method: str, half: int, dtype: torch.dtype) -> bo
 
     if not is_separable(kernel) or method == "fft":
         return False
-    return method == "direct" or 2 * half + 1 <= (33 if dtype != torch.float64 else 17)
+    widest = 129 if products else (33 if dtype != torch.float64 else 17)
+    return method == "direct" or 2 * half + 1 <= widest
 
 
 def _pad_zeros(x: torch.Tensor, half: int) -> torch.Tensor:
@@ -594,7 +603,8 @@ def apply_masked(x: torch.Tensor, plan, op: MaskOperator, spectrum: FieldSpectru
     half = plan.half
     xm = torch.where(op.mask, x, torch.zeros((), dtype=dtype, device=device))
     comb = plan.key_combination(dtype, device)  # (n_keys, n_alpha): pixel-unit alphas -> physical keys
-    separable = spectrum is None and use_separable(plan.kernel, plan.method, half, dtype)
+    products = plan.ndim == 2 and gemm_pays(x)
+    separable = spectrum is None and use_separable(plan.kernel, plan.method, half, dtype, products)
     kernels = None if separable else alpha_kernels(plan, dtype, device)
     # by FFT each kernel costs an inverse transform: correlate with the keys' kernels (e.g. u and lap, not u, xx
     # and yy) when there are fewer keys than derivatives; the edge pixels' values are combined the same way

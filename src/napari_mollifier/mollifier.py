@@ -27,6 +27,7 @@ from .kernels import MAX_ORDER, corrected_kernel, half_width, parse_kernel
 from .masked import FieldSpectrum, apply_masked, mask_operator, separable_correlate, use_separable
 from .masked import correlate as _correlate
 from .masked import use_fft as _use_fft  # noqa: F401  (benchmarks/bench_derivatives.py reads the rule)
+from .separable import gemm_pays, separable_stack_2d
 
 __all__ = ["derivatives", "Mollifier", "default_keys", "key_terms", "BOUNDARIES", "AXIS_LETTERS"]
 
@@ -196,7 +197,11 @@ def _apply(x: torch.Tensor, plan: _Plan, mask: torch.Tensor | None, where: torch
     """Core: ``x`` ``(B, 1, *S)`` floating -> ``(B, n_keys, *S)`` in physical units (mask mode: :mod:`.masked`)."""
     if mask is None:
         padded = _pad(x, plan.half, plan.boundary)
-        if use_separable(plan.kernel, plan.method, plan.half, x.dtype):
+        products = plan.ndim == 2 and gemm_pays(padded)
+        if use_separable(plan.kernel, plan.method, plan.half, x.dtype, products):
+            if products:  # keys straight from the matrix products (no einsum)
+                comb = plan.key_combination(torch.float64, "cpu").numpy()
+                return separable_stack_2d(padded, plan.kernel, plan.radius, plan.alphas, comb)
             per_alpha = separable_correlate(padded, plan.kernel, plan.radius, plan.alphas)
             return torch.einsum("ka,na...->nk...", plan.key_combination(x.dtype, x.device), per_alpha)
         weight = plan.key_kernels(x.dtype, x.device)
@@ -249,6 +254,8 @@ def _mask_tensor(mask, spatial_shape, batch_shape, device) -> torch.Tensor:
 
 
 def _check_finite(x: torch.Tensor, mask: torch.Tensor | None) -> None:
+    if mask is None and bool(torch.isfinite(x.sum())):  # NaN/inf propagate through a sum: one cheap reduction
+        return
     bad = ~torch.isfinite(x)
     if mask is not None:
         bad = bad & mask
