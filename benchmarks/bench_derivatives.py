@@ -329,6 +329,23 @@ def run_stack(args) -> tuple[str, dict]:
         verdict += " `method=\"auto\"` took the faster path for every radius."
     lines += [verdict, ""]
     print("\n" + verdict)
+    if args.sep_radii:  # wide windows: where method="auto" sends the separable kernel (products up to 129 taps)
+        rows_w = []
+        for r in args.sep_radii:
+            got = {m: _run_worker({**base, "kind": "stack", "radius": r, "method": m, "kernel": "sep",
+                                   "keys": STACK_KEYS, "repeats": args.repeats, "with_rt": True})
+                   for m in ("auto", "fft")}
+            for m, res in got.items():
+                msg = res.get("error") or f"{_fmt_s(res['median'])} / RT {_fmt_s(res['rt_median'])}"
+                print(f"  sep R={r:g} {m:>5}: {msg}", flush=True)
+            w = _window(r)
+            rows_w.append([f"{r:g}", f"{w}x{w}"] + [
+                f"{_fmt_s(got[m]['median'])} ({got[m]['median'] / got[m]['rt_median']:.1f} RT)"
+                if "median" in got[m] else "n/a" for m in ("auto", "fft")])
+        head_w = ["R (px)", "window", "sep, auto (matrix products)", "sep, method=\"fft\""]
+        _print_table("Separable kernel, wide windows", head_w, rows_w)
+        lines += ["Separable kernel, wide windows (same protocol; `method=\"auto\"` takes the matrix products up to "
+                  "a 129-tap window, `use_separable` in `napari_mollifier.masked`):", "", _md_table(head_w, rows_w), ""]
     return "\n".join(lines), summary
 
 
@@ -693,6 +710,8 @@ def main(argv=None) -> None:
     p.add_argument("--parts", default="stack,accuracy", help="comma list of stack, accuracy, crossover")
     p.add_argument("--size", type=int, default=2048, help="image side for the stack timing (default 2048)")
     p.add_argument("--radii", type=_floats, default=[5, 8, 12, 20], help="radii in px (default 5,8,12,20)")
+    p.add_argument("--sep-radii", type=_floats, default=[32, 64],
+                   help="extra radii for the separable kernel alone, auto against fft (default 32,64)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per configuration (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up calls per configuration (default 1)")
     p.add_argument("--acc-size", type=int, default=512, help="side of the accuracy field (default 512)")

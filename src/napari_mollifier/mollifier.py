@@ -27,7 +27,7 @@ from .kernels import MAX_ORDER, corrected_kernel, half_width, parse_kernel
 from .masked import FieldSpectrum, apply_masked, mask_operator, separable_correlate, use_separable
 from .masked import correlate as _correlate
 from .masked import use_fft as _use_fft  # noqa: F401  (benchmarks/bench_derivatives.py reads the rule)
-from .separable import gemm_pays, separable_stack_2d
+from .separable import gemm_eligible, separable_stack_2d
 
 __all__ = ["derivatives", "Mollifier", "default_keys", "key_terms", "BOUNDARIES", "AXIS_LETTERS"]
 
@@ -197,7 +197,7 @@ def _apply(x: torch.Tensor, plan: _Plan, mask: torch.Tensor | None, where: torch
     """Core: ``x`` ``(B, 1, *S)`` floating -> ``(B, n_keys, *S)`` in physical units (mask mode: :mod:`.masked`)."""
     if mask is None:
         padded = _pad(x, plan.half, plan.boundary)
-        products = plan.ndim == 2 and gemm_pays(padded)
+        products = plan.ndim == 2 and gemm_eligible(padded)
         if use_separable(plan.kernel, plan.method, plan.half, x.dtype, products):
             if products:  # keys straight from the matrix products (no einsum)
                 comb = plan.key_combination(torch.float64, "cpu").numpy()
@@ -414,7 +414,9 @@ class Mollifier(torch.nn.Module):
         if any(self.plan.radius > n for n in spatial):
             raise MollifierInputError(f"radius {self.plan.radius} px is larger than the input {spatial}")
         flat = x.reshape((-1, 1) + spatial)
-        if mask is None and not use_separable(self.plan.kernel, self.plan.method, self.plan.half, flat.dtype):
+        products = self.plan.ndim == 2 and gemm_eligible(flat)
+        if mask is None and not use_separable(self.plan.kernel, self.plan.method, self.plan.half, flat.dtype,
+                                              products):
             weight = self.weight.to(dtype=flat.dtype, device=flat.device)
             out = _correlate(_pad(flat, self.plan.half, self.plan.boundary), weight, self.plan.method)
         elif mask is None:

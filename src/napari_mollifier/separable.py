@@ -23,18 +23,22 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch.autograd import forward_ad
 
 from .hugepages import empty_large
 from .kernels import half_width, separable_factors
 
-__all__ = ["gemm_pays", "separable_gemm_2d", "separable_stack_2d"]
+__all__ = ["gemm_eligible", "separable_gemm_2d", "separable_stack_2d"]
 
-_BLOCK = 16  # x-pass outputs per Toeplitz block; the extra work is (n + 2h) / (2h + 1) (benchmarks/RESULTS.md)
+_BLOCK = 16  # x-pass outputs per Toeplitz block; the extra work is (n + 2h) / (2h + 1); 8-64 tried on 2048² images
 _CHUNK_BYTES = 72 * 2**20  # y-pass buffer per chunk of rows: a whole 2048² image with 4 y-kernels (in L3 cache)
 
 
-def gemm_pays(x: torch.Tensor) -> bool:
-    """Whether :func:`separable_gemm_2d` serves ``x``: a 2-D CPU field, no autograd through it.
+def gemm_eligible(x: torch.Tensor) -> bool:
+    """Whether :func:`separable_gemm_2d` may serve ``x``: a plain 2-D CPU tensor, no autograd through it.
+
+    The products write into their outputs (``out=``), which neither reverse- nor forward-mode autograd nor tensor
+    subclasses (functorch wrappers) go through.
 
     Parameters
     ----------
@@ -46,8 +50,9 @@ def gemm_pays(x: torch.Tensor) -> bool:
     bool
         True for the matrix products; False leaves it to grouped convolutions (GPU, 1-D/3-D, gradients).
     """
-    return (x.dim() == 4 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and not (torch.is_grad_enabled() and x.requires_grad))
+    return (type(x) is torch.Tensor and x.dim() == 4 and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64) and not (torch.is_grad_enabled() and x.requires_grad)
+            and forward_ad.unpack_dual(x).tangent is None)
 
 
 def _toeplitz(k: np.ndarray, n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -82,7 +87,7 @@ def _x_pass(src: torch.Tensor, toeplitz: torch.Tensor, dst: torch.Tensor, half: 
 
 
 def separable_gemm_2d(padded: torch.Tensor, factors: dict, outputs: Sequence[Sequence[tuple]],
-                      out: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+                      out: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Correlate a padded 2-D field with combinations of separable kernels, in valid mode.
 
     Output ``i`` is ``sum_(alpha, c) c (field (*) k_ay k_ax)`` over its terms ``outputs[i]``.
@@ -92,26 +97,29 @@ def separable_gemm_2d(padded: torch.Tensor, factors: dict, outputs: Sequence[Seq
     padded : torch.Tensor
         ``(B, 1, H + 2h, W + 2h)`` field, padded by the kernels' half-width ``h``.
     factors : dict
-        ``{alpha: (k_y, k_x)}``: the 1-D kernels (``2h + 1`` samples each) of each derivative ``alpha = (ay, ax)``.
+        ``{alpha: (k_y, k_x)}``: the 1-D kernels (``2h + 1`` samples each) of each derivative ``alpha = (ay, ax)``;
+        ``k_y`` depends on ``ay`` alone and ``k_x`` on ``ax`` alone (as :func:`.kernels.separable_factors` gives
+        them), so the y-pass is shared by every ``alpha`` with the same ``ay``.
     outputs : sequence of sequence of (alpha, float)
         The terms of each output.
-    out : sequence of torch.Tensor, optional
-        ``(B, H, W)`` tensors to write into (default: a new tensor per output).
+    out : sequence of torch.Tensor
+        ``(B, H, W)`` tensors to write into, one per output.
 
     Returns
     -------
     list of torch.Tensor
-        One ``(B, H, W)`` tensor per output.
+        ``out``.
     """
     dtype = padded.dtype
     batch, _, hp, wp = padded.shape
     w = len(next(iter(factors.values()))[0])
     half = (w - 1) // 2
     height, width = hp - 2 * half, wp - 2 * half
-    if out is None:
-        stack = empty_large((len(outputs), batch, height, width), dtype)
-        out = list(stack)
     terms = [[(tuple(a), float(c)) for a, c in o if c != 0.0] for o in outputs]
+    if not any(terms):
+        for o in out:
+            o.zero_()
+        return list(out)
     y_orders = list(dict.fromkeys(a[0] for o in terms for a, _ in o))
     y_index = {o: i for i, o in enumerate(y_orders)}
     y_kernels = {a[0]: factors[a][0] for o in terms for a, _ in o}
@@ -127,7 +135,7 @@ def separable_gemm_2d(padded: torch.Tensor, factors: dict, outputs: Sequence[Seq
 
     # outputs with a single term first: they serve later outputs' terms with the same derivative
     order = sorted(range(len(terms)), key=lambda i: len(terms[i]) != 1)
-    single = {}
+    single = {}  # {alpha: (output, coefficient)} of the outputs whose only term is alpha
     for i in order:
         if len(terms[i]) == 1:
             single.setdefault(terms[i][0][0], (i, terms[i][0][1]))
@@ -144,13 +152,13 @@ def separable_gemm_2d(padded: torch.Tensor, factors: dict, outputs: Sequence[Seq
             for i in order:
                 dst = out[i][b, r0:r0 + rows]
                 for k, (alpha, c) in enumerate(terms[i]):
-                    j, c0 = single.get(alpha, (i, None))
-                    if j != i:  # this derivative is output j's only term, already written
-                        done = out[j][b, r0:r0 + rows]
+                    source, c_source = single.get(alpha, (i, None))
+                    if source != i:  # this derivative is another output's only term, already written
+                        done = out[source][b, r0:r0 + rows]
                         if k == 0:
-                            torch.mul(done, c / c0, out=dst)
+                            torch.mul(done, c / c_source, out=dst)
                         else:
-                            dst.add_(done, alpha=c / c0)
+                            dst.add_(done, alpha=c / c_source)
                     else:
                         _x_pass(y_pass[:rows, y_index[alpha[0]]], x_matrix(alpha, c), dst, half, k > 0)
                 if not terms[i]:
@@ -165,7 +173,7 @@ def separable_stack_2d(padded: torch.Tensor, kernel: str, radius: float, alphas:
     Parameters
     ----------
     padded : torch.Tensor
-        ``(B, 1, H + 2h, W + 2h)`` field (:func:`gemm_pays` true), ``h`` the kernel's half-width.
+        ``(B, 1, H + 2h, W + 2h)`` field (:func:`gemm_eligible` true), ``h`` the kernel's half-width.
     kernel : str
         A ``"sep"`` kernel name.
     radius : float
