@@ -259,7 +259,7 @@ def separable_correlate(x: torch.Tensor, kernel: str, radius: float, alphas: lis
     from .kernels import separable_factors
 
     ndim = x.dim() - 2
-    if ndim == 2 and gemm_eligible(x) and (dtype is None or dtype == x.dtype):
+    if gemm_eligible(x) and (dtype is None or dtype == x.dtype):  # 2-D: x is (B, 1, H, W)
         return separable_stack_2d(x, kernel, radius, alphas, np.eye(len(alphas)))
     dtype = dtype or x.dtype
     factors = {a: separable_factors(kernel, radius, a) for a in alphas}
@@ -604,7 +604,7 @@ def apply_masked(x: torch.Tensor, plan, op: MaskOperator, spectrum: FieldSpectru
     half = plan.half
     xm = torch.where(op.mask, x, torch.zeros((), dtype=dtype, device=device))
     comb = plan.key_combination(dtype, device)  # (n_keys, n_alpha): pixel-unit alphas -> physical keys
-    products = plan.ndim == 2 and gemm_eligible(x)
+    products = gemm_eligible(x)
     separable = spectrum is None and use_separable(plan.kernel, plan.method, half, dtype, products)
     kernels = None if separable else alpha_kernels(plan, dtype, device)
     # by FFT each kernel costs an inverse transform: correlate with the keys' kernels (e.g. u and lap, not u, xx

@@ -197,7 +197,7 @@ def _apply(x: torch.Tensor, plan: _Plan, mask: torch.Tensor | None, where: torch
     """Core: ``x`` ``(B, 1, *S)`` floating -> ``(B, n_keys, *S)`` in physical units (mask mode: :mod:`.masked`)."""
     if mask is None:
         padded = _pad(x, plan.half, plan.boundary)
-        products = plan.ndim == 2 and gemm_eligible(padded)
+        products = gemm_eligible(padded)
         if use_separable(plan.kernel, plan.method, plan.half, x.dtype, products):
             if products:  # keys straight from the matrix products (no einsum)
                 comb = plan.key_combination(torch.float64, "cpu").numpy()
@@ -414,7 +414,7 @@ class Mollifier(torch.nn.Module):
         if any(self.plan.radius > n for n in spatial):
             raise MollifierInputError(f"radius {self.plan.radius} px is larger than the input {spatial}")
         flat = x.reshape((-1, 1) + spatial)
-        products = self.plan.ndim == 2 and gemm_eligible(flat)
+        products = gemm_eligible(flat)
         if mask is None and not use_separable(self.plan.kernel, self.plan.method, self.plan.half, flat.dtype,
                                               products):
             weight = self.weight.to(dtype=flat.dtype, device=flat.device)

@@ -35,7 +35,7 @@ _CHUNK_BYTES = 72 * 2**20  # y-pass buffer per chunk of rows: a whole 2048² ima
 
 
 def gemm_eligible(x: torch.Tensor) -> bool:
-    """Whether :func:`separable_gemm_2d` may serve ``x``: a plain 2-D CPU tensor, no autograd through it.
+    """Whether :func:`separable_gemm_2d` may serve ``x``: a plain CPU tensor of a 2-D field, no autograd through it.
 
     The products write into their outputs (``out=``), which neither reverse- nor forward-mode autograd nor tensor
     subclasses (functorch wrappers) go through.
@@ -43,7 +43,7 @@ def gemm_eligible(x: torch.Tensor) -> bool:
     Parameters
     ----------
     x : torch.Tensor
-        ``(B, 1, Hp, Wp)`` padded field.
+        ``(B, 1, *spatial)`` field, padded or not (four dimensions: a 2-D field).
 
     Returns
     -------
