@@ -216,24 +216,18 @@ def run_stack(args) -> tuple[str, dict]:
     print(f"  rfft2 + irfft2 round trip alone: {_fmt_s(t_rt)} (median of {len(rt['times'])}), "
           f"peak {rt['peak_bytes'] / MIB:.0f} MiB", flush=True)
     results = {}
+    # (name in the tables, method, kernel): the radial kernel by each method, the separable kernel by auto
+    configs = (("direct", "direct", "poly"), ("fft", "fft", "poly"), ("auto", "auto", "poly"), ("sep", "auto", "sep"))
     for r in args.radii:
-        for m in ("direct", "fft", "auto"):
-            res = _run_worker({**base, "kind": "stack", "radius": r, "method": m, "keys": STACK_KEYS,
-                               "repeats": args.repeats, "with_rt": True})
-            results[(r, m)] = res
+        for name, m, kernel in configs:
+            res = _run_worker({**base, "kind": "stack", "radius": r, "method": m, "kernel": kernel,
+                               "keys": STACK_KEYS, "repeats": args.repeats, "with_rt": True})
+            results[(r, name)] = res
             msg = res.get("error") or (
                 f"{_fmt_s(res['median'])} / RT {_fmt_s(res['rt_median'])} = {res['median'] / res['rt_median']:.1f}, "
                 f"peak {res['peak_bytes'] / MIB:.0f} MiB, runs {[round(t, 3) for t in res['times']]}, "
                 f"RT runs {[round(t, 3) for t in res['rt_times']]}")
-            print(f"  R={r:g} {m:>6}: {msg}", flush=True)
-        res = _run_worker({**base, "kind": "stack", "radius": r, "method": "auto", "kernel": "sep",
-                           "keys": STACK_KEYS, "repeats": args.repeats, "with_rt": True})
-        results[(r, "sep")] = res
-        msg = res.get("error") or (
-            f"{_fmt_s(res['median'])} / RT {_fmt_s(res['rt_median'])} = {res['median'] / res['rt_median']:.1f}, "
-            f"peak {res['peak_bytes'] / MIB:.0f} MiB, runs {[round(t, 3) for t in res['times']]}, "
-            f"RT runs {[round(t, 3) for t in res['rt_times']]}")
-        print(f"  R={r:g}    sep: {msg}", flush=True)
+            print(f"  R={r:g} {name:>6}: {msg}", flush=True)
 
     def med(r, m):
         return results[(r, m)].get("median", float("nan"))
