@@ -122,6 +122,7 @@ class NoiseModel:
     correlation_length: float = 0.0
     cross: dict = field(default_factory=dict)  # {"f|g": r_fg}
     source: str = "given"
+    texture: dict | None = None  # the texture check that scaled sigma down (napari_mollifier.texture), if any
 
     def covariance(self, names: Sequence[str]) -> np.ndarray:
         """Return the covariance ``C_fg = sigma_f sigma_g r_fg`` of the fields ``names`` (``r_ff = 1``).
@@ -167,8 +168,11 @@ class NoiseModel:
         dict
             ``sigma``, ``correlation_length_px``, ``cross_correlation``, ``source``.
         """
-        return {"sigma": dict(self.sigma), "correlation_length_px": self.correlation_length,
-                "cross_correlation": dict(self.cross), "source": self.source}
+        out = {"sigma": dict(self.sigma), "correlation_length_px": self.correlation_length,
+               "cross_correlation": dict(self.cross), "source": self.source}
+        if self.texture is not None:
+            out["texture_check"] = dict(self.texture)
+        return out
 
 
 def _mask_depth(mask: np.ndarray | None) -> np.ndarray | None:

@@ -1,0 +1,153 @@
+"""Tell a rate's own pixel-scale texture from input noise before the radius rule (issue #12).
+
+The noise estimator (:mod:`napari_mollifier.noise`) reads second differences of the input fields. A rate that
+varies at the pixel scale leaves pixel-scale texture in the fields that it cannot tell from (anti-correlated) noise,
+and Lepski's rule then climbs far above the pixel scale. The closed form tells them apart: it *amplifies* input
+noise by second derivatives (the map's fine-scale part has negative autocorrelation lobes), while it only
+*smooths* a real rate texture by the kernel. With ``hp = lambda_{R0} - lambda_{R1}`` (``R0`` the smallest rung,
+``R1 = 4 R0``) the autocorrelation at small lags ``d`` (1 and 2 px along every axis, the two diagonals in 2-D) is
+modelled as
+
+    acf_obs(d) = f acf_noise(d) + (1 - f) acf_signal(d),
+
+``acf_noise`` from one seeded realisation of the estimated noise model pushed through the same closed form,
+``acf_signal`` the autocorrelation of the kernel difference ``K_{R0} - K_{R1}`` (a rate texture white at the pixel
+scale, which the data test). ``f`` is fitted by least squares; its standard error from Bartlett's formula. The
+noise variance is scaled by ``(f + 2 se) var(hp) / var(hp_noise)`` (the noise variance in ``hp`` at its upper
+bound, over that the model predicts), only DOWN, and only when that factor is below ``_MAX_SCALE`` and the two
+autocorrelations differ clearly (``|acf_noise - acf_signal| >= _MIN_SEPARATION``); otherwise the model is kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from .kernels import corrected_kernel
+from .noise import NoiseModel, blur_white_noise
+
+_SEED = 20261203  # the noise realisation is fixed: the check is deterministic
+_MIN_SEPARATION = 0.2  # || acf_noise - acf_signal || below this: the lags cannot tell noise from texture
+_MAX_SCALE = 0.5  # the variance is scaled only when the evidence says at most half of it is noise
+_FLOOR = 0.01  # never below 1 % of the estimated variance (sigma x 0.1)
+_MAX_SIDE = 256  # px per axis of the (centred) window the check reads
+
+
+def _lags(ndim: int) -> list:
+    lags = []
+    for step in (1, 2):
+        for axis in range(ndim):
+            d = [0] * ndim
+            d[axis] = step
+            lags.append(tuple(d))
+    if ndim == 2:
+        lags += [(1, 1), (1, -1)]
+    return lags
+
+
+def _shifted(a: np.ndarray, d: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """``(a[x], a[x + d])`` over the x where both are inside the array."""
+    lo = tuple(slice(max(0, -k), a.shape[i] - max(0, k)) for i, k in enumerate(d))
+    hi = tuple(slice(max(0, k), a.shape[i] - max(0, -k)) for i, k in enumerate(d))
+    return a[lo], a[hi]
+
+
+def _acf(m: np.ndarray, lags: list) -> tuple[np.ndarray, float, int]:
+    """Autocorrelation at ``lags`` of the finite pixels of ``m`` (NaN elsewhere); Bartlett's sum, pixel count."""
+    ok = np.isfinite(m)
+    n = int(ok.sum())
+    c = np.where(ok, m - (m[ok].mean() if n else 0.0), 0.0)
+    v = float(np.mean(c[ok] ** 2)) if n else 0.0
+    out = []
+    for d in lags:
+        a, b = _shifted(c, d)
+        oa, ob = _shifted(ok, d)
+        both = oa & ob
+        out.append(float(np.sum(a[both] * b[both]) / (both.sum() * v)) if both.any() and v > 0 else 0.0)
+    # Bartlett: var(acf(d)) ~ sum_k rho(k)^2 / n, sum over lags |k| <= 6 px
+    sq = 0.0
+    if v > 0 and n:
+        f = np.fft.rfftn(c, s=[2 * s for s in c.shape])
+        full = np.fft.irfftn(np.abs(f) ** 2, s=[2 * s for s in c.shape])
+        cnt = np.fft.irfftn(np.abs(np.fft.rfftn(ok.astype(float), s=[2 * s for s in c.shape])) ** 2,
+                            s=[2 * s for s in c.shape])
+        win = np.ix_(*[np.r_[0:7, -6:0] for _ in c.shape])
+        rho = full[win] / np.maximum(cnt[win], 1.0) / v
+        sq = float(np.sum(rho**2))
+    return np.asarray(out), sq, n
+
+
+def _kernel_acf(kernel: str, r0: float, r1: float, ndim: int, lags: list) -> np.ndarray:
+    k0 = corrected_kernel(kernel, r0, (0,) * ndim)
+    k1 = np.asarray(corrected_kernel(kernel, r1, (0,) * ndim), dtype=np.float64)
+    diff = -k1.copy()
+    h0, h1 = k0.shape[0] // 2, k1.shape[0] // 2
+    diff[tuple(slice(h1 - h0, h1 + h0 + 1) for _ in range(ndim))] += k0
+    out = []
+    norm = float(np.sum(diff * diff))
+    for d in lags:
+        a, b = _shifted(diff, d)
+        out.append(float(np.sum(a * b)) / norm)
+    return np.asarray(out)
+
+
+def texture_check(ctx, arrays: dict, valid: np.ndarray, noise: NoiseModel, r0: float,
+                  r1: float) -> tuple[NoiseModel, dict]:
+    """Return ``(noise model to use, record)`` (module docstring); ``ctx`` is a solve context (rates on tensors)."""
+    names = list(arrays)
+    ndim = valid.ndim
+    lags = _lags(ndim)
+    record = {"rule": "hp = lambda_R0 - lambda_R1; acf_obs = f acf_noise + (1 - f) acf_signal at small lags",
+              "radii": [round(r0, 3), round(r1, 3)], "applied": False}
+    # a centred window of at most _MAX_SIDE px per axis keeps the cost to four closed-form solves on it
+    window = tuple(slice(max(0, (s - _MAX_SIDE) // 2), max(0, (s - _MAX_SIDE) // 2) + min(s, _MAX_SIDE))
+                   for s in valid.shape)
+    whole = all(w.stop - w.start == s for w, s in zip(window, valid.shape, strict=True))
+    mask = valid[window]
+    if mask.sum() < 1024 or any(w.stop - w.start < 4 * r1 for w in window):
+        record["skipped"] = "too few pixels"
+        return noise, record
+    boundary = ctx.boundary if whole else "mask"
+    saved = ctx.boundary, ctx.region
+    ctx.boundary, ctx.region = boundary, mask
+    try:
+        def rates(fields):
+            t = {k: torch.as_tensor(np.where(mask, v, 0.0) if boundary == "mask" else v, dtype=ctx.dtype,
+                                    device=ctx.device)[None] for k, v in fields.items()}
+            out = [ctx.rate(t, r, mask)[0].detach().cpu().numpy() for r in (r0, r1)]
+            return np.where(mask, out[0] - out[1], np.nan)
+
+        data = {k: np.asarray(v, dtype=np.float64)[window] for k, v in arrays.items()}
+        hp = rates(data)
+        rng = np.random.default_rng(_SEED)
+        white = [rng.standard_normal(mask.shape) for _ in names]
+        cov = noise.covariance(names)
+        s = np.sqrt(np.maximum(np.diag(cov), 0.0))
+        corr = cov / np.maximum(np.outer(s, s), 1e-300) + np.eye(len(names)) * 1e-12
+        chol = np.linalg.cholesky(corr + 1e-9 * np.eye(len(names)))
+        mixed = np.tensordot(chol, np.stack(white), axes=1)
+        noisy = {k: data[k] + s[i] * blur_white_noise(mixed[i], noise.correlation_length) for i, k in enumerate(names)}
+        hn = rates(noisy) - hp
+    finally:
+        ctx.boundary, ctx.region = saved
+    obs, bartlett, n = _acf(hp, lags)
+    pred, _, _ = _acf(hn, lags)
+    sig = _kernel_acf(ctx.kernel, r0, r1, ndim, lags)
+    x, y = pred - sig, obs - sig
+    sep = float(np.linalg.norm(x))
+    ratio = float(np.nanvar(hp) / np.nanvar(hn)) if np.nanvar(hn) > 0 else np.inf
+    f = float(np.dot(x, y) / np.dot(x, x)) if sep > 0 else 1.0
+    # the lags' errors are correlated: the error of one lag over the separation per lag (no averaging gain)
+    se = float(np.sqrt(bartlett / max(n, 1)) * np.sqrt(len(lags)) / sep) if sep > 0 else np.inf
+    scale = min(1.0, max(_FLOOR, (f + 2 * se) * ratio))
+    record.update({"acf_observed": np.round(obs, 3).tolist(), "acf_noise": np.round(pred, 3).tolist(),
+                   "acf_signal": np.round(sig, 3).tolist(), "noise_fraction": round(f, 4),
+                   "noise_fraction_se": round(se, 4), "variance_ratio": round(ratio, 4),
+                   "separation": round(sep, 4), "variance_scale": round(scale, 4)})
+    if sep < _MIN_SEPARATION or scale > _MAX_SCALE:
+        return noise, record
+    record["applied"] = True
+    sigma = {k: float(v * np.sqrt(scale)) for k, v in noise.sigma.items()}
+    return dataclasses.replace(noise, sigma=sigma, texture=record), record
