@@ -147,6 +147,10 @@ def test_auto_radius_small_for_noise_free_rate_at_the_pixel_scale():
     assert told.radius <= 1.5 * 3.0, told.radius
     ok = np.isfinite(told.rate)
     assert np.corrcoef(told.rate[ok], lam[ok])[0, 1] >= 0.7  # the pixel-scale rate itself (r 0.78 at 3 px)
+    # a tiled run makes the same check once for the whole image: same noise model, same radius
+    tiled = nm.infer_rates(fields, tile=64, **kw)
+    assert tiled.radius == lep.radius
+    assert tiled.provenance["noise_model"] == lep.provenance["noise_model"]
 
 
 def test_noise_that_cannot_be_estimated_is_refused_with_the_fix():
