@@ -1,4 +1,4 @@
-"""Tell a rate's own pixel-scale texture from input noise before the radius rule (issue #12).
+"""Tell a rate's own pixel-scale texture from input noise before the radius rule (issue #12; 2-D images).
 
 The noise estimator (:mod:`napari_mollifier.noise`) reads second differences of the input fields. A rate that
 varies at the pixel scale leaves pixel-scale texture in the fields that it cannot tell from (anti-correlated) noise,
@@ -24,15 +24,16 @@ import dataclasses
 
 import numpy as np
 import torch
+from scipy import ndimage
 
-from .kernels import corrected_kernel
+from .kernels import corrected_kernel, half_width
 from .noise import NoiseModel, blur_white_noise
 
 _SEED = 20261203  # the noise realisation is fixed: the check is deterministic
 _MIN_SEPARATION = 0.2  # || acf_noise - acf_signal || below this: the lags cannot tell noise from texture
 _MAX_SCALE = 0.5  # the variance is scaled only when the evidence says at most half of it is noise
 _FLOOR = 0.01  # never below 1 % of the estimated variance (sigma x 0.1)
-_MAX_SIDE = 256  # px per axis of the (centred) window the check reads
+_MAX_SIDE = 256  # px per axis of the (centred) window the check reads (2-D images only)
 
 
 def _lags(ndim: int) -> list:
@@ -102,24 +103,39 @@ def texture_check(ctx, arrays: dict, valid: np.ndarray, noise: NoiseModel, r0: f
     record = {"rule": "hp = lambda_R0 - lambda_R1; acf_obs = f acf_noise + (1 - f) acf_signal at small lags",
               "radii": [round(r0, 3), round(r1, 3)], "applied": False}
     # a centred window of at most _MAX_SIDE px per axis keeps the cost to four closed-form solves on it
-    window = tuple(slice(max(0, (s - _MAX_SIDE) // 2), max(0, (s - _MAX_SIDE) // 2) + min(s, _MAX_SIDE))
-                   for s in valid.shape)
+    if ndim != 2:  # calibrated on 2-D images only; in 3-D the masked solves of a window cost ~8x a whole solve
+        record["skipped"] = "only 2-D images are checked"
+        return noise, record
+    side = _MAX_SIDE
+    window = tuple(slice(max(0, (s - side) // 2), max(0, (s - side) // 2) + min(s, side)) for s in valid.shape)
     whole = all(w.stop - w.start == s for w, s in zip(window, valid.shape, strict=True))
     mask = valid[window]
     if mask.sum() < 1024 or any(w.stop - w.start < 4 * r1 for w in window):
         record["skipped"] = "too few pixels"
         return noise, record
-    boundary = ctx.boundary if whole else "mask"
+    # fast boundaries only: periodic when the image is periodic and read whole, else reflected, and then only the
+    # pixels whose whole r1-neighbourhood lies inside the mask and the window are read
+    periodic = whole and ctx.boundary == "periodic"
+    boundary = "periodic" if periodic else "reflect"
+    if not periodic:
+        inner = np.pad(mask, 1, constant_values=False)
+        depth = ndimage.distance_transform_cdt(inner, metric="chessboard")[1:-1, 1:-1]
+        mask = depth > half_width(r1) + 1
+        if mask.sum() < 1024:
+            record["skipped"] = "too few pixels"
+            return noise, record
     saved = ctx.boundary, ctx.region
     ctx.boundary, ctx.region = boundary, mask
     try:
         def rates(fields):
-            t = {k: torch.as_tensor(np.where(mask, v, 0.0) if boundary == "mask" else v, dtype=ctx.dtype,
-                                    device=ctx.device)[None] for k, v in fields.items()}
+            t = {k: torch.as_tensor(v, dtype=ctx.dtype, device=ctx.device)[None] for k, v in fields.items()}
             out = [ctx.rate(t, r, mask)[0].detach().cpu().numpy() for r in (r0, r1)]
             return np.where(mask, out[0] - out[1], np.nan)
 
-        data = {k: np.asarray(v, dtype=np.float64)[window] for k, v in arrays.items()}
+        data = {}
+        for k, v in arrays.items():
+            v = np.asarray(v, dtype=np.float64)[window]
+            data[k] = np.where(np.isfinite(v), v, np.nanmedian(v[mask]))  # NaN outside the mask must not spread
         hp = rates(data)
         rng = np.random.default_rng(_SEED)
         white = [rng.standard_normal(mask.shape) for _ in names]
