@@ -2,6 +2,9 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from scipy import ndimage
 
 import napari_mollifier as nm
@@ -102,7 +105,8 @@ def test_two_sigma_coverage_table(kind, corr):
     truth = np.broadcast_to(rate, shape)
     cov = _coverage(res, truth, np.ones(shape, bool))
     assert 0.85 <= cov <= 0.99, (cov, res.radius, res.provenance["noise_model"])
-    assert "texture_check" not in res.provenance["noise_model"]  # noise, not texture: the estimate is kept
+    check = res.provenance["noise_model"]["texture_check"]
+    assert check["applied"] is False, check  # noise, not texture: the estimate is kept
 
 
 @pytest.mark.slow
@@ -118,8 +122,8 @@ def test_auto_radius_keeps_the_smooth_nucleus_sharp():
 
 
 def test_auto_radius_small_for_noise_free_rate_at_the_pixel_scale():
-    """No added noise, a rate that is white noise around its mean: the rule stays at small radii (quasi-optimality
-    went several times larger), and the map follows the truth at the scale it can be seen (smoothed by 2 px)."""
+    """No added noise, a rate that is white noise around its mean: the rule stays within 1.5x of the smallest radius
+    (quasi-optimality went several times larger), and the map follows the truth at the scale it can be seen."""
     shape = (128, 128)
     lam = 1.0 + 0.3 * np.random.default_rng(0).standard_normal(shape)
     w = S.smooth_random_field(shape, 6, 0.2, 0.7, seed=2)
@@ -151,6 +155,39 @@ def test_auto_radius_small_for_noise_free_rate_at_the_pixel_scale():
     tiled = nm.infer_rates(fields, tile=64, **kw)
     assert tiled.radius == lep.radius
     assert tiled.provenance["noise_model"] == lep.provenance["noise_model"]
+
+
+def test_texture_check_reads_the_roi_wherever_it_lies():
+    """The check reads the window with the most ROI pixels, not the image's centre: a nucleus in a corner of a
+    larger image gets the same check (not skipped, not applied: its noise is noise), radius and map as alone."""
+    s = S.synthetic_nucleus((256, 256), noise=0.01, seed=0)
+    fields = {k: s[k] for k in ("phi_h", "phi_e")}
+    pad = ((384, 0), (0, 384))
+    big = {k: np.pad(v, pad, mode="edge") for k, v in fields.items()}
+    roi = np.pad(s["nucleus"], pad)
+    kw = dict(params=s["params"], pixel_size=PX, uncertainty="none")
+    alone = nm.infer_rates(fields, roi=s["nucleus"], **kw)
+    corner = nm.infer_rates(big, roi=roi, **kw)
+    check = corner.provenance["noise_model"]["texture_check"]
+    assert "skipped" not in check and check["applied"] is False, check
+    (y0, y1), (x0, x1) = check["window"]
+    assert roi[y0:y1, x0:x1].sum() >= 0.9 * s["nucleus"][:256, :256].sum()  # the nucleus, not the empty centre
+    assert check["acf_observed"] == alone.provenance["noise_model"]["texture_check"]["acf_observed"]
+    assert corner.radius == alone.radius
+    np.testing.assert_allclose(corner.rate[384:, :256], alone.rate, rtol=1e-9, atol=1e-12, equal_nan=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(hnp.arrays(bool, st.tuples(st.integers(1, 30), st.integers(1, 30))), st.integers(1, 12))
+def test_fullest_window_holds_the_most_roi_pixels(mask, side):
+    from napari_mollifier.texture import _fullest_window
+
+    window = _fullest_window(mask, side)
+    h, w = (min(n, side) for n in mask.shape)
+    assert [sl.stop - sl.start for sl in window] == [h, w]
+    best = max(mask[i:i + h, j:j + w].sum() for i in range(mask.shape[0] - h + 1)
+               for j in range(mask.shape[1] - w + 1))
+    assert mask[window].sum() == best
 
 
 def test_noise_that_cannot_be_estimated_is_refused_with_the_fix():

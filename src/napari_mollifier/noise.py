@@ -122,7 +122,7 @@ class NoiseModel:
     correlation_length: float = 0.0
     cross: dict = field(default_factory=dict)  # {"f|g": r_fg}
     source: str = "given"
-    texture: dict | None = None  # the texture check that scaled sigma down (napari_mollifier.texture), if any
+    texture: dict | None = None  # record of the texture check (napari_mollifier.texture) if it ran; "applied": scaled
 
     def covariance(self, names: Sequence[str]) -> np.ndarray:
         """Return the covariance ``C_fg = sigma_f sigma_g r_fg`` of the fields ``names`` (``r_ff = 1``).

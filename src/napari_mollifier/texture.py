@@ -33,7 +33,7 @@ _SEED = 20261203  # the noise realisation is fixed: the check is deterministic
 _MIN_SEPARATION = 0.2  # || acf_noise - acf_signal || below this: the lags cannot tell noise from texture
 _MAX_SCALE = 0.5  # the variance is scaled only when the evidence says at most half of it is noise
 _FLOOR = 0.01  # never below 1 % of the estimated variance (sigma x 0.1)
-_MAX_SIDE = 256  # px per axis of the (centred) window the check reads (2-D images only)
+_MAX_SIDE = 256  # px per axis of the window the check reads (the one with the most ROI pixels; 2-D images only)
 
 
 def _lags(ndim: int) -> list:
@@ -80,6 +80,27 @@ def _acf(m: np.ndarray, lags: list) -> tuple[np.ndarray, float, int]:
     return np.asarray(out), sq, n
 
 
+def _fullest_window(mask: np.ndarray, side: int) -> tuple[slice, ...]:
+    """Return the ``side``-px window (whole axes where shorter) with the most ``mask`` pixels; the most central tie.
+
+    Counts come from a summed-area table, so the cost is a few passes over the mask whatever the number of ROIs.
+    """
+    sides = tuple(min(n, side) for n in mask.shape)
+    table = np.pad(mask.astype(np.int64), [(1, 0)] * mask.ndim)
+    for axis in range(mask.ndim):
+        table = np.cumsum(table, axis=axis)
+    counts = table
+    for axis, w in enumerate(sides):  # inclusion-exclusion along each axis: sums over [i, i + w)
+        n = counts.shape[axis]
+        counts = counts.take(np.arange(w, n), axis=axis) - counts.take(np.arange(0, n - w), axis=axis)
+    best = counts == counts.max()
+    grid = np.indices(counts.shape, sparse=True)
+    centre = [(n - 1) / 2 for n in counts.shape]
+    dist = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True))
+    start = np.unravel_index(np.argmin(np.where(best, dist, np.inf)), counts.shape)
+    return tuple(slice(int(a), int(a) + w) for a, w in zip(start, sides, strict=True))
+
+
 def _kernel_acf(kernel: str, r0: float, r1: float, ndim: int, lags: list) -> np.ndarray:
     k0 = corrected_kernel(kernel, r0, (0,) * ndim)
     k1 = np.asarray(corrected_kernel(kernel, r1, (0,) * ndim), dtype=np.float64)
@@ -102,17 +123,18 @@ def texture_check(ctx, arrays: dict, valid: np.ndarray, noise: NoiseModel, r0: f
     lags = _lags(ndim)
     record = {"rule": "hp = lambda_R0 - lambda_R1; acf_obs = f acf_noise + (1 - f) acf_signal at small lags",
               "radii": [round(r0, 3), round(r1, 3)], "applied": False}
-    # a centred window of at most _MAX_SIDE px per axis keeps the cost to four closed-form solves on it
+    # one window of at most _MAX_SIDE px per axis, the one holding the most ROI pixels, keeps the cost to four
+    # closed-form solves on it whatever the image size and the number of ROIs
     if ndim != 2:  # calibrated on 2-D images only; in 3-D the masked solves of a window cost ~8x a whole solve
         record["skipped"] = "only 2-D images are checked"
-        return noise, record
-    side = _MAX_SIDE
-    window = tuple(slice(max(0, (s - side) // 2), max(0, (s - side) // 2) + min(s, side)) for s in valid.shape)
+        return dataclasses.replace(noise, texture=record), record
+    window = _fullest_window(valid, _MAX_SIDE)
+    record["window"] = [[w.start, w.stop] for w in window]
     whole = all(w.stop - w.start == s for w, s in zip(window, valid.shape, strict=True))
     mask = valid[window]
     if mask.sum() < 1024 or any(w.stop - w.start < 4 * r1 for w in window):
         record["skipped"] = "too few pixels"
-        return noise, record
+        return dataclasses.replace(noise, texture=record), record
     # fast boundaries only: periodic when the image is periodic and read whole, else reflected, and then only the
     # pixels whose whole r1-neighbourhood lies inside the mask and the window are read
     periodic = whole and ctx.boundary == "periodic"
@@ -123,7 +145,7 @@ def texture_check(ctx, arrays: dict, valid: np.ndarray, noise: NoiseModel, r0: f
         mask = depth > half_width(r1) + 1
         if mask.sum() < 1024:
             record["skipped"] = "too few pixels"
-            return noise, record
+            return dataclasses.replace(noise, texture=record), record
     saved = ctx.boundary, ctx.region
     ctx.boundary, ctx.region = boundary, mask
     try:
@@ -163,7 +185,7 @@ def texture_check(ctx, arrays: dict, valid: np.ndarray, noise: NoiseModel, r0: f
                    "noise_fraction_se": round(se, 4), "variance_ratio": round(ratio, 4),
                    "separation": round(sep, 4), "variance_scale": round(scale, 4)})
     if sep < _MIN_SEPARATION or scale > _MAX_SCALE:
-        return noise, record
+        return dataclasses.replace(noise, texture=record), record
     record["applied"] = True
     sigma = {k: float(v * np.sqrt(scale)) for k, v in noise.sigma.items()}
     return dataclasses.replace(noise, sigma=sigma, texture=record), record
