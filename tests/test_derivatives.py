@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from scipy import ndimage
 
 from napari_mollifier import Mollifier, MollifierInputError, derivatives
 from napari_mollifier.kernels import half_width, multi_indices
@@ -213,6 +214,35 @@ def test_direct_equals_fft_masked_3d():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("method", ["fft", "direct"])
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_edge_values_by_boxes_equal_the_whole_image(monkeypatch, method, ndim):
+    """Mask-edge sums read from one box per group of edge pixels (blobs far apart, one at the image border) equal
+    the whole-image correlation; the boxes are used, and a single blob's box is smaller than the image."""
+    from napari_mollifier import masked
+
+    shape = (90, 110) if ndim == 2 else (36, 40, 44)
+    half = 4
+    grid = np.indices(shape)
+    centres = [(18, 20), (70, 85), (5, 100)] if ndim == 2 else [(9, 10, 10), (27, 30, 34)]
+    mask = np.zeros(shape, bool)
+    for c in centres:
+        mask |= sum((g - x) ** 2 for g, x in zip(grid, c, strict=True)) < 8**2
+    rng = np.random.default_rng(0)
+    src = torch.as_tensor(np.where(mask, rng.normal(size=(2,) + shape), 0.0))[:, None]
+    inner = ndimage.binary_erosion(mask, iterations=3)
+    pos = torch.as_tensor(np.flatnonzero(mask & ~inner))
+    basis = torch.as_tensor(rng.normal(size=((2 * half + 1) ** ndim, 5)))
+    monkeypatch.setattr(masked, "_use_windows", lambda *a: False)
+    boxes = masked._edge_boxes(pos.numpy(), shape, half)
+    assert boxes is not None and len(boxes) == len(centres)
+    by_boxes = masked._edge_values(src, basis, pos, shape, half, method)
+    monkeypatch.setattr(masked, "_edge_boxes", lambda *a: None)
+    whole = masked._edge_values(src, basis, pos, shape, half, method)
+    assert by_boxes.shape == whole.shape == (2, pos.numel(), 5)
+    np.testing.assert_allclose(by_boxes.numpy(), whole.numpy(), rtol=1e-10, atol=1e-10)
+
+
 def test_gradcheck_float64():
     torch.manual_seed(0)
     x = torch.randn(1, 1, 9, 10, dtype=torch.float64, requires_grad=True)

@@ -452,8 +452,77 @@ def _edge_values(src: torch.Tensor, basis: torch.Tensor, pos: torch.Tensor, shap
             parts.append(windows @ basis)
         return torch.cat(parts, dim=1) if parts else flat.new_zeros((flat.shape[0], 0, basis.shape[1]))
     kernels = basis.T.reshape((basis.shape[1],) + (2 * half + 1,) * ndim)
-    full = correlate(padded, kernels, method)  # (B, n_basis, *S)
-    return full.reshape(full.shape[0], full.shape[1], -1)[:, :, pos].transpose(1, 2)
+    pos_np = pos.cpu().numpy()
+    boxes = _edge_boxes(pos_np, shape, half)
+    if boxes is None:
+        full = correlate(padded, kernels, method)  # (B, n_basis, *S)
+        return full.reshape(full.shape[0], full.shape[1], -1)[:, :, pos].transpose(1, 2)
+    # one batched correlation of equal boxes of edge pixels (a nucleus each): the image between them is never
+    # transformed, and the boxes share one kernel spectrum
+    coords = np.unravel_index(pos_np, shape)
+    crops = torch.cat([padded[(Ellipsis,) + tuple(slice(lo, hi + 2 * half) for lo, hi in box)] for box in boxes])
+    vals = correlate(crops, kernels, method)  # (n_boxes B, n_basis, *box)
+    vals = vals.reshape(len(boxes), padded.shape[0], vals.shape[1], -1)
+    out = padded.new_empty((padded.shape[0], pos.numel(), basis.shape[1]))
+    done = np.zeros(pos_np.size, bool)
+    for k, box in enumerate(boxes):
+        inside = np.logical_and.reduce([(c >= lo) & (c < hi) for c, (lo, hi) in zip(coords, box, strict=True)])
+        idx = np.flatnonzero(inside & ~done)
+        done[idx] = True
+        local = np.ravel_multi_index(tuple(c[idx] - lo for c, (lo, _) in zip(coords, box, strict=True)),
+                                     tuple(hi - lo for lo, hi in box))
+        out[:, torch.as_tensor(idx, device=out.device)] = (
+            vals[k][:, :, torch.as_tensor(local, device=out.device)].transpose(1, 2))
+    return out
+
+
+_MAX_EDGE_BOXES = 16  # more groups of edge pixels than this (many small labels): one box around all of them
+
+
+def _edge_boxes(pos: np.ndarray, shape: tuple, half: int) -> list | None:
+    """Return boxes ``[(lo, hi) per axis]`` that hold the edge pixels ``pos`` (flat), or None for the whole image.
+
+    One box per connected group of edge pixels (a nucleus's rim), boxes merged while the merged box costs no more
+    than the two apart (areas grown by the ``2 half`` window), then all grown to the largest extent per axis (one
+    batched correlation). None when the boxes together would cover at least 90 % of the padded image: then one
+    whole-image correlation is as cheap.
+    """
+    ndim = len(shape)
+    if pos.size == 0:
+        return None
+    edge = np.zeros(math.prod(shape), bool)
+    edge[pos] = True
+    labels, n = ndimage.label(edge.reshape(shape), structure=np.ones((3,) * ndim, bool))
+    boxes = [[(sl.start, sl.stop) for sl in found] for found in ndimage.find_objects(labels)]
+    if n > _MAX_EDGE_BOXES:
+        boxes = [[(min(b[k][0] for b in boxes), max(b[k][1] for b in boxes)) for k in range(ndim)]]
+
+    def area(box):
+        return math.prod(hi - lo + 2 * half for lo, hi in box)
+
+    def union(a, b):
+        return [(min(x[0], y[0]), max(x[1], y[1])) for x, y in zip(a, b, strict=True)]
+
+    merged = True
+    while merged and len(boxes) > 1:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                both = union(boxes[i], boxes[j])
+                if area(both) <= area(boxes[i]) + area(boxes[j]):
+                    boxes[i] = both
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    # one shape for all (the largest extent per axis, moved back inside the image where it would stick out)
+    extent = [max(b[k][1] - b[k][0] for b in boxes) for k in range(ndim)]
+    boxes = [[(max(0, min(lo, size - e)), max(0, min(lo, size - e)) + e) for (lo, _), size, e
+              in zip(box, shape, extent, strict=True)] for box in boxes]
+    if len(boxes) * area(boxes[0]) >= 0.9 * math.prod(size + 2 * half for size in shape):
+        return None
+    return boxes
 
 
 _DISTANCE_CACHE: OrderedDict = OrderedDict()
