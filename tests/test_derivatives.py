@@ -213,7 +213,6 @@ def test_direct_equals_fft_masked_3d():
         np.testing.assert_allclose(a[key], b[key], atol=1e-8 * np.nanmax(np.abs(a[key])), err_msg=key)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fft", "direct"])
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_edge_values_by_boxes_equal_the_whole_image(monkeypatch, method, ndim):
@@ -243,6 +242,7 @@ def test_edge_values_by_boxes_equal_the_whole_image(monkeypatch, method, ndim):
     np.testing.assert_allclose(by_boxes.numpy(), whole.numpy(), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_gradcheck_float64():
     torch.manual_seed(0)
     x = torch.randn(1, 1, 9, 10, dtype=torch.float64, requires_grad=True)
