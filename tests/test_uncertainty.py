@@ -177,6 +177,61 @@ def test_texture_check_reads_the_roi_wherever_it_lies():
     np.testing.assert_allclose(corner.rate[384:, :256], alone.rate, rtol=1e-9, atol=1e-12, equal_nan=True)
 
 
+def test_texture_check_out_of_memory_keeps_the_estimate(monkeypatch):
+    """An out-of-memory error inside the check (its four closed-form solves) skips the check with a record; the
+    run goes on with the estimated noise level, as without the check."""
+    import torch
+
+    from napari_mollifier import solve
+
+    shape = (128, 128)
+    lam = 1.0 + 0.3 * np.random.default_rng(0).standard_normal(shape)
+    w = S.smooth_random_field(shape, 6, 0.2, 0.7, seed=2)
+    st_ = S.chromatin_steady_state(w, lam, pixel_size=PX, params={"l2": (4 * PX) ** 2})
+    fields = {"phi_h": st_["phi_h"], "phi_e": st_["phi_e"]}
+    kw = dict(params={"l2": (4 * PX) ** 2}, pixel_size=PX, boundary="periodic", uncertainty="none")
+    real_rate = solve._Context.rate
+
+    def rate(self, *args, **kwargs):
+        if self.region is not None and self.boundary == "periodic" and self.region.all():  # the check's solves
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return real_rate(self, *args, **kwargs)
+
+    monkeypatch.setattr(solve._Context, "rate", rate)
+    res = nm.infer_rates(fields, **kw)
+    check = res.provenance["noise_model"]["texture_check"]
+    assert check["applied"] is False and check["skipped"].startswith("out of memory"), check
+    monkeypatch.undo()
+    told = nm.infer_rates(fields, **dict(kw, noise=res.provenance["noise_model"]["sigma"],
+                                         noise_correlation=res.provenance["noise_model"]["correlation_length_px"]))
+    assert res.radius == told.radius > 1.5 * 3.0  # the unscaled estimate: the rule climbs as without the check
+
+
+def test_auto_runs_noise_model_gives_its_uncertainty_at_a_fixed_radius():
+    """Where the texture check scaled the noise down (auto radius), passing the auto run's recorded noise model to
+    a fixed-radius run at the same radius gives the same uncertainty map (docs/science.md); without it the
+    fixed-radius run uses the unscaled estimate."""
+    shape = (128, 128)
+    lam = 1.0 + 0.3 * np.random.default_rng(0).standard_normal(shape)
+    w = S.smooth_random_field(shape, 6, 0.2, 0.7, seed=2)
+    l2 = (4 * PX) ** 2
+    st_ = S.chromatin_steady_state(w, lam, pixel_size=PX, params={"l2": l2})
+    rng = np.random.default_rng(7)
+    wn = st_["phi_w"] + 0.001 * rng.standard_normal(shape)
+    dn = st_["phi_d"] + 0.001 * rng.standard_normal(shape)
+    fields = {"phi_h": (1 - wn + dn) / 2, "phi_e": (1 - wn - dn) / 2}
+    kw = dict(params={"l2": l2}, pixel_size=PX, boundary="periodic")
+    auto = nm.infer_rates(fields, **kw)
+    p = auto.provenance["noise_model"]
+    assert p["texture_check"]["applied"] is True, p
+    model = NoiseModel(sigma=p["sigma"], correlation_length=p["correlation_length_px"], cross=p["cross_correlation"])
+    fixed = nm.infer_rates(fields, radius=auto.radius, noise=model, **kw)
+    np.testing.assert_allclose(fixed.uncertainty, auto.uncertainty, rtol=1e-9, equal_nan=True)
+    plain = nm.infer_rates(fields, radius=auto.radius, **kw)
+    assert "texture_check" not in plain.provenance["noise_model"]
+    assert np.nanmedian(plain.uncertainty) > 1.1 * np.nanmedian(auto.uncertainty)
+
+
 @settings(max_examples=40, deadline=None)
 @given(hnp.arrays(bool, st.tuples(st.integers(1, 30), st.integers(1, 30))), st.integers(1, 12))
 def test_fullest_window_holds_the_most_roi_pixels(mask, side):

@@ -168,8 +168,23 @@ def texture_check(ctx, arrays: dict, valid: np.ndarray, noise: NoiseModel, r0: f
         mixed = np.tensordot(chol, np.stack(white), axes=1)
         noisy = {k: data[k] + s[i] * blur_white_noise(mixed[i], noise.correlation_length) for i, k in enumerate(names)}
         hn = rates(noisy) - hp
+    except Exception as exc:  # out of memory: the check is a refinement, the run goes on with the estimate as it is
+        from .solve import _is_oom
+
+        if not _is_oom(exc):
+            raise
+        oom = f"{type(exc).__name__}"
+    else:
+        oom = None
     finally:
         ctx.boundary, ctx.region = saved
+    if oom is not None:
+        from .solve import _release_device_memory
+
+        hp = hn = data = noisy = None
+        _release_device_memory(torch.device(ctx.device))
+        record["skipped"] = f"out of memory on {ctx.device} ({oom}): the estimated noise level is used as it is"
+        return dataclasses.replace(noise, texture=record), record
     obs, bartlett, n = _acf(hp, lags)
     pred, _, _ = _acf(hn, lags)
     sig = _kernel_acf(ctx.kernel, r0, r1, ndim, lags)
