@@ -242,6 +242,32 @@ def test_edge_values_by_boxes_equal_the_whole_image(monkeypatch, method, ndim):
     np.testing.assert_allclose(by_boxes.numpy(), whole.numpy(), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_field_spectrum_by_boxes_equals_the_whole_image_where_read(ndim):
+    """A FieldSpectrum told which pixels will be read transforms boxes around them only: its correlations equal
+    the whole-image ones there (blobs far apart, one at the image border), for every half-width up to max_half."""
+    from napari_mollifier import masked
+
+    shape = (96, 120) if ndim == 2 else (40, 44, 48)
+    grid = np.indices(shape)
+    centres = [(20, 22), (70, 90), (6, 112)] if ndim == 2 else [(10, 10, 11), (29, 32, 36)]
+    where = np.zeros(shape, bool)
+    for c in centres:
+        where |= sum((g - x) ** 2 for g, x in zip(grid, c, strict=True)) < 7**2
+    rng = np.random.default_rng(1)
+    x = torch.as_tensor(rng.normal(size=(2, 1) + shape))
+    max_half = 6
+    assert masked._boxes(where, max_half) is not None
+    boxed = masked.FieldSpectrum(x, max_half, where)
+    whole = masked.FieldSpectrum(x, max_half)
+    assert boxed.boxes is not None and whole.boxes is None
+    for half in (2, max_half):
+        weight = torch.as_tensor(rng.normal(size=(3,) + (2 * half + 1,) * ndim))
+        a, b = boxed.correlate(weight), whole.correlate(weight)
+        assert a.shape == b.shape == (2, 3) + shape
+        np.testing.assert_allclose(a.numpy()[..., where], b.numpy()[..., where], rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.slow
 def test_gradcheck_float64():
     torch.manual_seed(0)

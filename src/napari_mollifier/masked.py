@@ -181,15 +181,30 @@ class FieldSpectrum:
         ``(B, 1, *S)`` zero-filled field.
     max_half : int
         Largest kernel half-width that will be applied, pixels.
+    where : numpy.ndarray of bool, optional
+        The pixels whose values will be read (e.g. the ROIs): only boxes around them are transformed
+        (:func:`_boxes`), and ``correlate`` is exact there and zero at pixels outside the boxes.
     """
 
-    def __init__(self, x: torch.Tensor, max_half: int) -> None:
+    def __init__(self, x: torch.Tensor, max_half: int, where: np.ndarray | None = None) -> None:
         self.ndim = x.dim() - 2
         self.shape = tuple(x.shape[2:])
-        self.size = tuple(next_fast_len(n + max_half, real=True) for n in self.shape)
+        self.batch = x.shape[0]
         self.max_half = max_half
         self.dims = tuple(range(-self.ndim, 0))
-        self.spec = torch.fft.rfftn(x, s=self.size, dim=self.dims)
+        # with ``where``, only boxes around its groups of pixels (each grown by max_half for the windows) are
+        # transformed, batched at one shape; correlate() is then right at the pixels of where (zero elsewhere)
+        self.boxes = None if where is None else _boxes(np.asarray(where, bool), max_half)
+        if self.boxes is None:
+            self.size = tuple(next_fast_len(n + max_half, real=True) for n in self.shape)
+            self.spec = torch.fft.rfftn(x, s=self.size, dim=self.dims)
+        else:
+            # a box's windows lie inside its crop, so nothing wraps around: the crop's own length is enough
+            padded = _pad_zeros(x, max_half)
+            crops = torch.cat([padded[(Ellipsis,) + tuple(slice(lo, hi + 2 * max_half) for lo, hi in box)]
+                               for box in self.boxes])
+            self.size = tuple(next_fast_len(n, real=True) for n in crops.shape[2:])
+            self.spec = torch.fft.rfftn(crops, s=self.size, dim=self.dims)
 
     def _centred_spectrum(self, weight: torch.Tensor) -> torch.Tensor:
         def make():
@@ -227,7 +242,14 @@ class FieldSpectrum:
         if h > self.max_half:
             raise ValueError(f"kernel half-width {h} exceeds the spectrum's {self.max_half}")
         out = torch.fft.irfftn(self.spec * self._centred_spectrum(weight).unsqueeze(0), s=self.size, dim=self.dims)
-        return out[(Ellipsis,) + tuple(slice(0, n) for n in self.shape)]
+        if self.boxes is None:
+            return out[(Ellipsis,) + tuple(slice(0, n) for n in self.shape)]
+        m, b = self.max_half, self.batch
+        full = out.new_zeros((b, out.shape[1]) + self.shape)
+        for k, box in enumerate(self.boxes):  # box pixel p sits at m + (p - lo) in its crop
+            full[(Ellipsis,) + tuple(slice(lo, hi) for lo, hi in box)] = out[k * b:(k + 1) * b][
+                (Ellipsis,) + tuple(slice(m, m + hi - lo) for lo, hi in box)]
+        return full
 
 
 def separable_correlate(x: torch.Tensor, kernel: str, radius: float, alphas: list,
@@ -482,17 +504,28 @@ _MAX_EDGE_BOXES = 16  # more groups of edge pixels than this (many small labels)
 def _edge_boxes(pos: np.ndarray, shape: tuple, half: int) -> list | None:
     """Return boxes ``[(lo, hi) per axis]`` that hold the edge pixels ``pos`` (flat), or None for the whole image.
 
-    One box per connected group of edge pixels (a nucleus's rim), boxes merged while the merged box costs no more
-    than the two apart (areas grown by the ``2 half`` window), then all grown to the largest extent per axis (one
-    batched correlation). None when the boxes together would cover at least 90 % of the padded image: then one
-    whole-image correlation is as cheap.
+    :func:`_boxes` of the edge pixels.
     """
-    ndim = len(shape)
     if pos.size == 0:
         return None
     edge = np.zeros(math.prod(shape), bool)
     edge[pos] = True
-    labels, n = ndimage.label(edge.reshape(shape), structure=np.ones((3,) * ndim, bool))
+    return _boxes(edge.reshape(shape), half)
+
+
+def _boxes(where: np.ndarray, half: int) -> list | None:
+    """Return equal boxes ``[(lo, hi) per axis]`` that hold the pixels of ``where``, or None for the whole image.
+
+    One box per connected group of pixels (a nucleus), boxes merged while the merged box costs no more than the
+    two apart (areas grown by the ``2 half`` window), then all grown to the largest extent per axis (one batched
+    correlation). None when the boxes together would cover at least 90 % of the padded image (then one
+    whole-image correlation is as cheap) or ``where`` is empty.
+    """
+    shape = where.shape
+    ndim = len(shape)
+    labels, n = ndimage.label(where, structure=np.ones((3,) * ndim, bool))
+    if n == 0:
+        return None
     boxes = [[(sl.start, sl.stop) for sl in found] for found in ndimage.find_objects(labels)]
     if n > _MAX_EDGE_BOXES:
         boxes = [[(min(b[k][0] for b in boxes), max(b[k][1] for b in boxes)) for k in range(ndim)]]

@@ -156,7 +156,9 @@ class DerivativeLadder:
             bound = min(self._max_half, max(4 * half, 32))
             xm = torch.where(self.mask, self.derived[name][None, None], torch.zeros((), dtype=self.dtype,
                                                                                    device=self.device))
-            spectrum = self.spectra[name] = FieldSpectrum(xm, max(bound, half))
+            # only around the pixels whose values are read (self.where): apply_masked returns NaN elsewhere
+            where = None if self.where is None else self.where[0, 0].cpu().numpy()
+            spectrum = self.spectra[name] = FieldSpectrum(xm, max(bound, half), where)
         return spectrum
 
     def _fft_pays(self, half: int) -> bool:
