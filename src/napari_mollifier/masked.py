@@ -200,9 +200,7 @@ class FieldSpectrum:
             self.spec = torch.fft.rfftn(x, s=self.size, dim=self.dims)
         else:
             # a box's windows lie inside its crop, so nothing wraps around: the crop's own length is enough
-            padded = _pad_zeros(x, max_half)
-            crops = torch.cat([padded[(Ellipsis,) + tuple(slice(lo, hi + 2 * max_half) for lo, hi in box)]
-                               for box in self.boxes])
+            crops = _box_crops(_pad_zeros(x, max_half), self.boxes, max_half)
             self.size = tuple(next_fast_len(n, real=True) for n in crops.shape[2:])
             self.spec = torch.fft.rfftn(crops, s=self.size, dim=self.dims)
 
@@ -482,8 +480,7 @@ def _edge_values(src: torch.Tensor, basis: torch.Tensor, pos: torch.Tensor, shap
     # one batched correlation of equal boxes of edge pixels (a nucleus each): the image between them is never
     # transformed, and the boxes share one kernel spectrum
     coords = np.unravel_index(pos_np, shape)
-    crops = torch.cat([padded[(Ellipsis,) + tuple(slice(lo, hi + 2 * half) for lo, hi in box)] for box in boxes])
-    vals = correlate(crops, kernels, method)  # (n_boxes B, n_basis, *box)
+    vals = correlate(_box_crops(padded, boxes, half), kernels, method)  # (n_boxes B, n_basis, *box)
     vals = vals.reshape(len(boxes), padded.shape[0], vals.shape[1], -1)
     out = padded.new_empty((padded.shape[0], pos.numel(), basis.shape[1]))
     done = np.zeros(pos_np.size, bool)
@@ -496,6 +493,14 @@ def _edge_values(src: torch.Tensor, basis: torch.Tensor, pos: torch.Tensor, shap
         out[:, torch.as_tensor(idx, device=out.device)] = (
             vals[k][:, :, torch.as_tensor(local, device=out.device)].transpose(1, 2))
     return out
+
+
+def _box_crops(padded: torch.Tensor, boxes: list, half: int) -> torch.Tensor:
+    """Stack the windows' extent of each box, ``padded[lo : hi + 2 half]`` per axis, on the batch axis.
+
+    ``padded`` is the field padded by ``half``; image pixel ``p`` of a box sits at ``half + p - lo`` in its crop.
+    """
+    return torch.cat([padded[(Ellipsis,) + tuple(slice(lo, hi + 2 * half) for lo, hi in box)] for box in boxes])
 
 
 _MAX_EDGE_BOXES = 16  # more groups of edge pixels than this (many small labels): one box around all of them

@@ -777,6 +777,7 @@ class Prepared:
     order: int
     roi_given: bool
     noise_estimated: bool = False  # the noise model was estimated in this call (not passed in, e.g. by a tile)
+    noise_region: np.ndarray | None = None  # the pixels the noise is estimated on (the ROIs, or the image)
 
 
 #: the arguments of :func:`infer_rates` that :func:`_prepare` checks (the others steer the run, not the inputs)
@@ -872,11 +873,12 @@ def _prepare(fields, *, model, params, pixel_size, radius, method, roi, device, 
         n_bootstrap = 0
     needs_noise = uncertainty != "none" or (auto and radius_rule == "lepski")
     inside = valid & (labels > 0)
-    noise_model = _noise_model(noise, noise_correlation, arrays, inside if inside.sum() >= 1024 else valid,
-                               estimate=needs_noise, allow_zero=allow_constant)
+    noise_region = inside if inside.sum() >= 1024 else valid
+    noise_model = _noise_model(noise, noise_correlation, arrays, noise_region, estimate=needs_noise,
+                               allow_zero=allow_constant)
     roi_given = roi is not None
     return Prepared(m=m, split=split, p=p, param_sources=param_sources, coefficient_estimate=coefficient_estimate, plausibility=plausibility, arrays=arrays, shape=shape, ndim=ndim, spacing=spacing, labels=labels, valid=valid, label_ids=label_ids, auto=auto, radius=radius, iterations=iterations, seed=seed, n_bootstrap=n_bootstrap, n_bootstrap_given=n_bootstrap_given, uncertainty=uncertainty, radius_rule=radius_rule, noise_model=noise_model, roi_mode=roi_mode, boundary=boundary, method=method, allow_constant=allow_constant, unit=unit, fields=fields, dev=dev, extent=extent, order=order, roi_given=roi_given,
-                    noise_estimated=isinstance(noise, str) and noise_model is not None)
+                    noise_estimated=isinstance(noise, str) and noise_model is not None, noise_region=noise_region)
 
 
 def _solve(prep: Prepared, progress, cancel, kernel, base) -> RateResult:
@@ -904,14 +906,9 @@ def _solve(prep: Prepared, progress, cancel, kernel, base) -> RateResult:
     ctx = _Context(m, p, spacing, kernel, boundary, dev, progress, cancel,
                    total=sum(per_group) + network_steps * len(label_ids))
 
-    if auto and radius_rule == "lepski" and prep.noise_estimated and noise_model.source == "estimated":
-        # a rate's own pixel-scale texture looks like noise to the estimator: check it (napari_mollifier.texture)
-        from .texture import texture_check
+    from .texture import check_prepared
 
-        r0 = min(min(ladders[lab]) for lab in label_ids)
-        inside = valid & (labels > 0)
-        noise_model, _ = texture_check(ctx, arrays, inside if inside.sum() >= 1024 else valid, noise_model, r0,
-                                       4 * r0)
+    noise_model = check_prepared(prep, ctx, noise_model)  # a rate's own pixel-scale texture is not noise
     rate_map = np.full(shape, np.nan)
     sigma_map = np.full(shape, np.nan)
     residual_map = np.full(shape, np.nan)

@@ -27,6 +27,7 @@ import torch
 from scipy import ndimage
 
 from .kernels import corrected_kernel, half_width
+from .methods.direct import radius_ladder
 from .noise import NoiseModel, blur_white_noise
 
 _SEED = 20261203  # the noise realisation is fixed: the check is deterministic
@@ -113,6 +114,20 @@ def _kernel_acf(kernel: str, r0: float, r1: float, ndim: int, lags: list) -> np.
         a, b = _shifted(diff, d)
         out.append(float(np.sum(a * b)) / norm)
     return np.asarray(out)
+
+
+def check_prepared(prep, ctx, noise: NoiseModel | None) -> NoiseModel | None:
+    """Return the noise model a prepared call (:func:`napari_mollifier.solve.prepare_call`) should use.
+
+    The check runs where it serves: the auto radius by Lepski's rule, with a noise model this call estimated (not
+    one passed in, as to a tile, nor one already checked), on the pixels the noise was estimated on, at the
+    smallest rung ``R0`` and ``4 R0``. Otherwise ``noise`` is returned as it is.
+    """
+    if not (prep.auto and prep.radius_rule == "lepski" and prep.noise_estimated and noise is not None
+            and noise.source == "estimated" and noise.texture is None):
+        return noise
+    r0 = radius_ladder(prep.order, min(prep.shape))[0]
+    return texture_check(ctx, prep.arrays, prep.noise_region, noise, r0, 4 * r0)[0]
 
 
 def texture_check(ctx, arrays: dict, valid: np.ndarray, noise: NoiseModel, r0: float,

@@ -531,17 +531,13 @@ def _infer_tiled_prepared(prep, tile: int, progress, cancel, kernel, scheduler):
         from .solve import _noise_model
 
         noise_levels = _noise_model("auto", None, arrays, valid, estimate=True, allow_zero=prep.allow_constant)
-    if (prep.auto and prep.radius_rule == "lepski" and (prep.noise_estimated or prep.noise_model is None)
-            and noise_levels.source == "estimated" and noise_levels.texture is None):
-        # the texture check of an untiled solve (napari_mollifier.texture), once for the whole image
-        from .solve import _Context, _radius_ladder
-        from .texture import texture_check
+    # the texture check of an untiled solve (napari_mollifier.texture), once for the whole image; the tiles get
+    # its noise model and do not check again
+    from .solve import _Context
+    from .texture import check_prepared
 
-        ctx = _Context(m, prep.p, spacing, kernel, prep.boundary, prep.dev, None, None, total=0)
-        r0 = _radius_ladder(prep.order, min(shape))[0]
-        inside = valid & (prep.labels > 0)
-        noise_levels, _ = texture_check(ctx, arrays, inside if inside.sum() >= 1024 else valid, noise_levels, r0,
-                                        4 * r0)
+    noise_levels = check_prepared(prep, _Context(m, prep.p, spacing, kernel, prep.boundary, prep.dev, None, None,
+                                                 total=0), noise_levels)
     common = dict(model=m, params=prep.p, pixel_size=spacing, kernel=kernel, boundary=prep.boundary,
                   roi_mode=prep.roi_mode, noise=noise_levels, allow_constant=True, unit=prep.unit, device=dev)
     radius_note = None
