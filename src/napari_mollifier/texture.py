@@ -127,29 +127,32 @@ def check_prepared(prep, ctx, noise: NoiseModel | None) -> NoiseModel | None:
             and noise.source == "estimated" and noise.texture is None):
         return noise
     r0 = radius_ladder(prep.order, min(prep.shape))[0]
-    return texture_check(ctx, prep.arrays, prep.noise_region, noise, r0, 4 * r0)[0]
+    return texture_check(ctx, prep.arrays, prep.noise_region, noise, r0, 4 * r0)
 
 
-def texture_check(ctx, arrays: dict, valid: np.ndarray, noise: NoiseModel, r0: float,
-                  r1: float) -> tuple[NoiseModel, dict]:
-    """Return ``(noise model to use, record)`` (module docstring); ``ctx`` is a solve context (rates on tensors)."""
+def texture_check(ctx, arrays: dict, valid: np.ndarray, noise: NoiseModel, r0: float, r1: float) -> NoiseModel:
+    """Return the noise model to use (module docstring), its record in ``.texture``; ``ctx``: a solve context."""
     names = list(arrays)
     ndim = valid.ndim
     lags = _lags(ndim)
     record = {"rule": "hp = lambda_R0 - lambda_R1; acf_obs = f acf_noise + (1 - f) acf_signal at small lags",
               "radii": [round(r0, 3), round(r1, 3)], "applied": False}
+
+    def kept():  # the estimate as it is, with the record of why
+        return dataclasses.replace(noise, texture=record)
+
     # one window of at most _MAX_SIDE px per axis, the one holding the most ROI pixels, keeps the cost to four
     # closed-form solves on it whatever the image size and the number of ROIs
     if ndim != 2:  # calibrated on 2-D images only; in 3-D the masked solves of a window cost ~8x a whole solve
         record["skipped"] = "only 2-D images are checked"
-        return dataclasses.replace(noise, texture=record), record
+        return kept()
     window = _fullest_window(valid, _MAX_SIDE)
     record["window"] = [[w.start, w.stop] for w in window]
     whole = all(w.stop - w.start == s for w, s in zip(window, valid.shape, strict=True))
     mask = valid[window]
     if mask.sum() < 1024 or any(w.stop - w.start < 4 * r1 for w in window):
         record["skipped"] = "too few pixels"
-        return dataclasses.replace(noise, texture=record), record
+        return kept()
     # fast boundaries only: periodic when the image is periodic and read whole, else reflected, and then only the
     # pixels whose whole r1-neighbourhood lies inside the mask and the window are read
     periodic = whole and ctx.boundary == "periodic"
@@ -160,7 +163,7 @@ def texture_check(ctx, arrays: dict, valid: np.ndarray, noise: NoiseModel, r0: f
         mask = depth > half_width(r1) + 1
         if mask.sum() < 1024:
             record["skipped"] = "too few pixels"
-            return dataclasses.replace(noise, texture=record), record
+            return kept()
     saved = ctx.boundary, ctx.region
     ctx.boundary, ctx.region = boundary, mask
     try:
@@ -199,7 +202,7 @@ def texture_check(ctx, arrays: dict, valid: np.ndarray, noise: NoiseModel, r0: f
         hp = hn = data = noisy = None
         _release_device_memory(torch.device(ctx.device))
         record["skipped"] = f"out of memory on {ctx.device} ({oom}): the estimated noise level is used as it is"
-        return dataclasses.replace(noise, texture=record), record
+        return kept()
     obs, bartlett, n = _acf(hp, lags)
     pred, _, _ = _acf(hn, lags)
     sig = _kernel_acf(ctx.kernel, r0, r1, ndim, lags)
@@ -215,7 +218,7 @@ def texture_check(ctx, arrays: dict, valid: np.ndarray, noise: NoiseModel, r0: f
                    "noise_fraction_se": round(se, 4), "variance_ratio": round(ratio, 4),
                    "separation": round(sep, 4), "variance_scale": round(scale, 4)})
     if sep < _MIN_SEPARATION or scale > _MAX_SCALE:
-        return dataclasses.replace(noise, texture=record), record
+        return kept()
     record["applied"] = True
     sigma = {k: float(v * np.sqrt(scale)) for k, v in noise.sigma.items()}
-    return dataclasses.replace(noise, sigma=sigma, texture=record), record
+    return dataclasses.replace(noise, sigma=sigma, texture=record)
