@@ -213,20 +213,23 @@ def test_direct_equals_fft_masked_3d():
         np.testing.assert_allclose(a[key], b[key], atol=1e-8 * np.nanmax(np.abs(a[key])), err_msg=key)
 
 
+def _blobs(shape, centres, radius):
+    """Discs (balls in 3-D) of ``radius`` px around ``centres``."""
+    grid = np.indices(shape)
+    return np.any([sum((g - x) ** 2 for g, x in zip(grid, c, strict=True)) < radius**2 for c in centres], axis=0)
+
+
 @pytest.mark.parametrize("method", ["fft", "direct"])
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_edge_values_by_boxes_equal_the_whole_image(monkeypatch, method, ndim):
     """Mask-edge sums read from one box per group of edge pixels (blobs far apart, one at the image border) equal
-    the whole-image correlation; the boxes are used, and a single blob's box is smaller than the image."""
+    the whole-image correlation; the boxes are used, one per blob."""
     from napari_mollifier import masked
 
     shape = (90, 110) if ndim == 2 else (36, 40, 44)
     half = 4
-    grid = np.indices(shape)
     centres = [(18, 20), (70, 85), (5, 100)] if ndim == 2 else [(9, 10, 10), (27, 30, 34)]
-    mask = np.zeros(shape, bool)
-    for c in centres:
-        mask |= sum((g - x) ** 2 for g, x in zip(grid, c, strict=True)) < 8**2
+    mask = _blobs(shape, centres, 8)
     rng = np.random.default_rng(0)
     src = torch.as_tensor(np.where(mask, rng.normal(size=(2,) + shape), 0.0))[:, None]
     inner = ndimage.binary_erosion(mask, iterations=3)
@@ -249,11 +252,8 @@ def test_field_spectrum_by_boxes_equals_the_whole_image_where_read(ndim):
     from napari_mollifier import masked
 
     shape = (96, 120) if ndim == 2 else (40, 44, 48)
-    grid = np.indices(shape)
     centres = [(20, 22), (70, 90), (6, 112)] if ndim == 2 else [(10, 10, 11), (29, 32, 36)]
-    where = np.zeros(shape, bool)
-    for c in centres:
-        where |= sum((g - x) ** 2 for g, x in zip(grid, c, strict=True)) < 7**2
+    where = _blobs(shape, centres, 7)
     rng = np.random.default_rng(1)
     x = torch.as_tensor(rng.normal(size=(2, 1) + shape))
     max_half = 6
