@@ -121,14 +121,19 @@ def test_auto_radius_keeps_the_smooth_nucleus_sharp():
     assert ladder[-1]["accepted"] is False or ladder[-1]["radius"] == res.radius  # it stopped where it rejected
 
 
-def test_auto_radius_small_for_noise_free_rate_at_the_pixel_scale():
-    """No added noise, a rate that is white noise around its mean: the rule stays within 1.5x of the smallest radius
-    (quasi-optimality went several times larger), and the map follows the truth at the scale it can be seen."""
+def _texture_state():
+    """The noise-free steady state whose rate is white noise around 1 (std 0.3): 128² px, ``l2`` = (4 px)²."""
     shape = (128, 128)
     lam = 1.0 + 0.3 * np.random.default_rng(0).standard_normal(shape)
     w = S.smooth_random_field(shape, 6, 0.2, 0.7, seed=2)
     l2 = (4 * PX) ** 2
-    st = S.chromatin_steady_state(w, lam, pixel_size=PX, params={"l2": l2})
+    return lam, l2, S.chromatin_steady_state(w, lam, pixel_size=PX, params={"l2": l2})
+
+
+def test_auto_radius_small_for_noise_free_rate_at_the_pixel_scale():
+    """No added noise, a rate that is white noise around its mean: the rule stays within 1.5x of the smallest radius
+    (quasi-optimality went several times larger), and the map follows the truth at the scale it can be seen."""
+    lam, l2, st = _texture_state()
     fields = {"phi_h": st["phi_h"], "phi_e": st["phi_e"]}
     kw = dict(params={"l2": l2}, pixel_size=PX, boundary="periodic", uncertainty="none")
     lep = nm.infer_rates(fields, **kw)
@@ -184,12 +189,9 @@ def test_texture_check_out_of_memory_keeps_the_estimate(monkeypatch):
 
     from napari_mollifier import solve
 
-    shape = (128, 128)
-    lam = 1.0 + 0.3 * np.random.default_rng(0).standard_normal(shape)
-    w = S.smooth_random_field(shape, 6, 0.2, 0.7, seed=2)
-    st_ = S.chromatin_steady_state(w, lam, pixel_size=PX, params={"l2": (4 * PX) ** 2})
+    _, l2, st_ = _texture_state()
     fields = {"phi_h": st_["phi_h"], "phi_e": st_["phi_e"]}
-    kw = dict(params={"l2": (4 * PX) ** 2}, pixel_size=PX, boundary="periodic", uncertainty="none")
+    kw = dict(params={"l2": l2}, pixel_size=PX, boundary="periodic", uncertainty="none")
     real_rate = solve._Context.rate
 
     def rate(self, *args, **kwargs):
@@ -211,14 +213,10 @@ def test_auto_runs_noise_model_gives_its_uncertainty_at_a_fixed_radius():
     """Where the texture check scaled the noise down (auto radius), passing the auto run's recorded noise model to
     a fixed-radius run at the same radius gives the same uncertainty map (docs/science.md); without it the
     fixed-radius run uses the unscaled estimate."""
-    shape = (128, 128)
-    lam = 1.0 + 0.3 * np.random.default_rng(0).standard_normal(shape)
-    w = S.smooth_random_field(shape, 6, 0.2, 0.7, seed=2)
-    l2 = (4 * PX) ** 2
-    st_ = S.chromatin_steady_state(w, lam, pixel_size=PX, params={"l2": l2})
+    _, l2, st_ = _texture_state()
     rng = np.random.default_rng(7)
-    wn = st_["phi_w"] + 0.001 * rng.standard_normal(shape)
-    dn = st_["phi_d"] + 0.001 * rng.standard_normal(shape)
+    wn = st_["phi_w"] + 0.001 * rng.standard_normal(st_["phi_w"].shape)
+    dn = st_["phi_d"] + 0.001 * rng.standard_normal(st_["phi_d"].shape)
     fields = {"phi_h": (1 - wn + dn) / 2, "phi_e": (1 - wn - dn) / 2}
     kw = dict(params={"l2": l2}, pixel_size=PX, boundary="periodic")
     auto = nm.infer_rates(fields, **kw)
